@@ -21,7 +21,7 @@ ensure_system_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     # node/npm: only when absent (a NodeSource nodejs already ships npm and conflicts with Debian's)
-    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    if [ "${NEED_NPM:-1}" = 1 ]; then command -v npm >/dev/null 2>&1 || missing+=(nodejs npm); fi
     if ((${#missing[@]})); then
         log "apt-get install ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

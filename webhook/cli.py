@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "get": "webhook.inspect.commands:get_core",
     "debug": "webhook.inspect.commands:debug",
     "gcore": "webhook.inspect.commands:gcore",
-    "demo": "webhook.demo:demo",
+    "demo": "webhook.demo.command:demo",
 }
 
 

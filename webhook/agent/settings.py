@@ -1,0 +1,87 @@
+"""The node agent's settings: one object, filled from CLI flags and env vars, passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from webhook import constants
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything the node agent and its crash path may be configured with."""
+
+    #: Host directory of the agent (a hostPath mounted at the same path in the DaemonSet):
+    #: holds the helper binary, the socket, the sysctl backup, the spool and the node cores.
+    host_dir: str = constants.DEFAULT_HOST_DIR
+    #: The same directory as the kernel (the host) sees it, when it is mounted elsewhere in the
+    #: agent's container; None means "the same path" (the recommended DaemonSet layout).
+    host_dir_on_host: str | None = None
+    #: This node's name (downward API spec.nodeName), recorded in metadata and events.
+    node_name: str = ""
+    #: kernel.core_pipe_limit the agent sets (>= 16): concurrent piped dumps, and it makes the
+    #: kernel keep /proc/<pid> alive until the agent is done.
+    core_pipe_limit: int = 32
+    #: What to do with cores of processes that carry no registration: "skip", "node", "chain"
+    #: or "auto" (chain when the previous core_pattern was a pipe, else node).
+    unregistered: str = "auto"
+    #: Append ".PID" when the pattern has no %p (the ECI behaviour; kernel.core_uses_pid).
+    append_pid: bool = True
+    #: Largest core written for a pod (bytes); a pod annotation may ask for less, never more.
+    max_core_bytes: int = 16 * 1024**3
+    #: Free space (bytes) to leave on the target filesystem; a core that would eat into it is
+    #: cut and kept as .partial.
+    keep_free_bytes: int = 1 * 1024**3
+    #: At most this many cores per container per rate_limit_seconds; the rest are counted.
+    rate_limit_count: int = 1
+    #: Window of the per-container rate limit (the blog seed's 5-minute lock).
+    rate_limit_seconds: float = 300.0
+    #: A single dump may take this long before it is cut (.partial) and the process released.
+    dump_timeout_seconds: float = 600.0
+    #: How long the static helper waits for the agent's answer before it gives up.
+    helper_timeout_seconds: float = 30.0
+    #: Cores handled at once; further crashes wait (the kernel keeps them pinned).
+    max_concurrent_dumps: int = 8
+    #: Default compression for pods that don't choose: "none" or "zstd".
+    compression: str = "none"
+    #: zstd level when compressing.
+    zstd_level: int = 1
+    #: Node fallback location retention: delete cores older than this many seconds (0 = keep).
+    retention_max_age_seconds: float = 7 * 24 * 3600.0
+    #: Node fallback location retention: keep the total under this many bytes (0 = no cap).
+    retention_max_total_bytes: int = 20 * 1024**3
+    #: Optional notification webhook URL and its message shape: "json", "slack", "feishu", "dingtalk".
+    notify_url: str = ""
+    notify_format: str = "json"
+    #: Post a Kubernetes Event on the pod when the API is reachable.
+    events: bool = True
+    #: Address of the agent's metrics endpoint ("" disables it).
+    metrics_bind: str = "0.0.0.0:9402"
+    #: Log level name.
+    log_level: str = "INFO"
+
+    @property
+    def socket_path(self) -> str:
+        """Unix socket the static helper connects to."""
+        return os.path.join(self.host_dir, "agent.sock")
+
+    @property
+    def spool_dir(self) -> str:
+        """Where the helper spools cores while the agent is unreachable."""
+        return os.path.join(self.host_dir, "spool")
+
+    @property
+    def node_cores_dir(self) -> str:
+        """Node fallback location: cores/<namespace>/<pod>/<container>/ and cores/host/."""
+        return os.path.join(self.host_dir, "cores")
+
+    @property
+    def helper_path(self) -> str:
+        """The helper binary as the agent sees it."""
+        return os.path.join(self.host_dir, "coredump-helper")
+
+    @property
+    def helper_path_on_host(self) -> str:
+        """The helper binary as the kernel sees it (what goes into core_pattern)."""
+        return os.path.join(self.host_dir_on_host or self.host_dir, "coredump-helper")

@@ -1,0 +1,1 @@
+"""The seed scenarios and the `coredump demo` command."""
