@@ -73,6 +73,8 @@ REGISTRATION_ENV = (
     ENV_COMPRESS,
     ENV_COREDUMP_FILTER,
 )
+#: "1" makes the wrapper log its RLIMIT_CORE steps on stderr (for debugging; never injected).
+ENV_WRAPPER_DEBUG = "COREDUMP_WRAPPER_DEBUG"
 
 # --- Objects the webhook injects -----------------------------------------------------------
 #: emptyDir holding the static ulimit wrapper, shared by the init container and targets.
