@@ -1,0 +1,174 @@
+"""AdmissionReview v1 in, AdmissionReview v1 out: the webhook's whole protocol, without HTTP.
+
+``handle_review`` raises only :class:`ReviewError` (the server answers HTTP 400): for any JSON
+value that is not a usable AdmissionReview v1. A valid review always gets an answer. Refusals
+carry ``status.code`` 400 ("BadRequest": the annotation's value is what is wrong, not the
+caller's rights); the API server shows it as ``admission webhook ... denied the request: ...``.
+An unexpected error inside the mutation fails open, as ``failurePolicy: Ignore`` would: the
+object is admitted unchanged with a warning, and the error is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+from webhook.admission.mutate import MutationResult, Resolver, mutate_pod
+from webhook.admission.settings import AdmissionSettings
+from webhook.admission.workloads import is_workload, misplaced_annotation, pod_template, synthetic_pod
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+#: status.code of a refusal (see the module docstring).
+REFUSAL_CODE = 400
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+#: The warning of a failed-open admission.
+INTERNAL_ERROR_WARNING = "coredump-webhook: internal error, admitted unchanged (see the webhook's log)"
+
+
+class ReviewError(ValueError):
+    """The body is not a valid AdmissionReview v1 request (the server maps it to HTTP 400)."""
+
+
+def _request(body: object) -> dict[str, Any]:
+    """The validated ``request`` of an AdmissionReview body (a parsed or raw JSON document)."""
+    if isinstance(body, (bytes, bytearray, str)):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise ReviewError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ReviewError("body must be a JSON object (an AdmissionReview)")
+    if body.get("apiVersion") != API_VERSION:
+        raise ReviewError(f"apiVersion must be {API_VERSION!r}, got {_short(body.get('apiVersion'))}")
+    if body.get("kind") != KIND:
+        raise ReviewError(f"kind must be {KIND!r}, got {_short(body.get('kind'))}")
+    request = body.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("request is missing or not an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewError("request.uid is missing or not a string")
+    gvk = request.get("kind")
+    if not isinstance(gvk, dict) or not isinstance(gvk.get("kind"), str):
+        raise ReviewError("request.kind must be an object with a string kind")
+    if not isinstance(gvk.get("group", ""), str):
+        raise ReviewError("request.kind.group must be a string")
+    if request.get("operation") not in OPERATIONS:
+        raise ReviewError(f"request.operation must be one of {', '.join(OPERATIONS)}")
+    for key in ("namespace", "subResource"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise ReviewError(f"request.{key} must be a string")
+    if request.get("dryRun") is not None and not isinstance(request["dryRun"], bool):
+        raise ReviewError("request.dryRun must be a boolean")
+    obj = request.get("object")
+    if obj is not None and not isinstance(obj, dict):
+        raise ReviewError("request.object must be an object")
+    return request
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def handle_review(
+    body: object, settings: AdmissionSettings, *, resolve_image: Resolver | None = None
+) -> dict[str, Any]:
+    """Answer one AdmissionReview v1. Raise only :class:`ReviewError`.
+
+    Pods on CREATE are mutated; workloads on CREATE/UPDATE have their pod template checked
+    (refused or warned, never patched); everything else is allowed unchanged. ``dryRun``
+    changes nothing: the mutation has no side effects.
+    """
+    request = _request(body)
+    uid = request["uid"]
+    gvk = request["kind"]
+    group, kind = gvk.get("group", ""), gvk["kind"]
+    operation = request["operation"]
+    obj = request.get("object")
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if request.get("subResource"):
+        return _review(response)
+    is_pod = group == "" and kind == "Pod" and operation == "CREATE"
+    is_checked_workload = is_workload(group, kind) and operation in ("CREATE", "UPDATE")
+    if not (is_pod or is_checked_workload):
+        return _review(response)
+    if obj is None:
+        raise ReviewError(f"request.object is missing for {operation} of a {kind}")
+    namespace = request.get("namespace") or _namespace_of(obj)
+    deadline = time.monotonic() + settings.admission_budget_seconds
+    try:
+        if is_pod:
+            result = mutate_pod(obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline)
+        else:
+            result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline)
+    except Exception:
+        logger.exception(
+            "admission failed open", extra={"uid": uid, "kind": kind, "namespace": namespace, "operation": operation}
+        )
+        response["warnings"] = [INTERNAL_ERROR_WARNING]
+        return _review(response)
+    return _review(_fill(response, result, with_patch=is_pod))
+
+
+def _check_workload(
+    obj: dict[str, Any],
+    kind: str,
+    settings: AdmissionSettings,
+    namespace: str,
+    resolve_image: Resolver | None,
+    deadline: float,
+) -> MutationResult:
+    """The pod template judged as the pod it will make; the workload keeps no patch."""
+    template = pod_template(obj, kind)
+    misplaced = misplaced_annotation(obj, template, kind)
+    if template is None:
+        result = MutationResult()
+    else:
+        result = mutate_pod(
+            synthetic_pod(template, namespace), settings, namespace=namespace,
+            resolve_image=resolve_image, deadline=deadline,
+        )
+    if misplaced:
+        result.warnings.insert(0, misplaced)
+    result.patch = []
+    return result
+
+
+def _namespace_of(obj: dict[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    ns = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return ns if isinstance(ns, str) else ""
+
+
+def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool) -> dict[str, Any]:
+    response["allowed"] = result.allowed
+    if not result.allowed:
+        response["status"] = {
+            "status": "Failure",
+            "code": REFUSAL_CODE,
+            "reason": "BadRequest",
+            "message": result.message,
+        }
+    elif with_patch and result.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(result.patch, separators=(",", ":")).encode()).decode()
+    if result.warnings:
+        response["warnings"] = list(result.warnings)
+    return response
+
+
+def _review(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def decoded_patch(review_response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSONPatch operations of a response produced by :func:`handle_review` ([] if none)."""
+    patch = review_response.get("response", {}).get("patch")
+    return json.loads(base64.b64decode(patch)) if patch else []

@@ -1,0 +1,216 @@
+"""Settings of the admission logic: what the mutation adds and how far it may go.
+
+One frozen dataclass, filled from click options (each also an environment variable) by the
+``serve`` and ``review`` commands and passed down; nothing below reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+#: Kubernetes resource quantity (the subset that makes sense for an emptyDir size limit).
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+#: RFC 1123 DNS subdomain: PVC names.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: RFC 1123 DNS label: namespace names.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class VolumeSpecError(ValueError):
+    """A volume choice ("emptyDir", "nfs:SERVER:/PATH", "pvc:CLAIM") that cannot be used."""
+
+
+def parse_volume_spec(spec: str, *, empty_dir_size_limit: str | None = None) -> dict[str, Any]:
+    """Turn a volume choice into the source part of a pod volume (without its name).
+
+    ``emptyDir`` -> ``{"emptyDir": {...}}``; ``nfs:SERVER:/PATH`` -> ``{"nfs": {...}}`` (the
+    path is what starts at the first ``:/``, so an IPv6 server in brackets still works);
+    ``pvc:CLAIM`` -> ``{"persistentVolumeClaim": {"claimName": CLAIM}}`` (an existing claim,
+    e.g. an OSS or NAS one). Raise :class:`VolumeSpecError` with the reason.
+    """
+    if not isinstance(spec, str):
+        raise VolumeSpecError(f"must be a string, not {type(spec).__name__}")
+    text = spec.strip()
+    if text.lower() in ("emptydir", "empty-dir"):
+        source: dict[str, Any] = {}
+        if empty_dir_size_limit:
+            source["sizeLimit"] = empty_dir_size_limit
+        return {"emptyDir": source}
+    kind, sep, rest = text.partition(":")
+    kind = kind.lower()
+    if sep and kind == "nfs":
+        idx = rest.find(":/")
+        if idx <= 0:
+            raise VolumeSpecError(f"{spec!r}: expected nfs:SERVER:/PATH")
+        server, path = rest[:idx], rest[idx + 1 :]
+        if any(c.isspace() for c in server) or ".." in path.split("/"):
+            raise VolumeSpecError(f"{spec!r}: bad NFS server or path")
+        return {"nfs": {"server": server, "path": path}}
+    if sep and kind == "pvc":
+        if len(rest) > 253 or not _DNS_SUBDOMAIN.match(rest):
+            raise VolumeSpecError(f"{spec!r}: {rest!r} is not a valid claim name")
+        return {"persistentVolumeClaim": {"claimName": rest}}
+    raise VolumeSpecError(f"{spec!r}: expected emptyDir, nfs:SERVER:/PATH or pvc:CLAIM")
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """What the mutation injects and the limits it works within (see the README's mutation part)."""
+
+    #: The project's image: the installer init container copies the static wrapper out of it.
+    image: str = "ghcr.io/coredump-webhook/coredump-webhook:0.1.0"
+    #: imagePullPolicy of the installer init container.
+    image_pull_policy: str = "IfNotPresent"
+    #: Volume created at the pattern's directory when no user volume covers it:
+    #: "emptyDir", "nfs:SERVER:/PATH" or "pvc:CLAIM". A pod may pick its own with the
+    #: coredump-webhook.io/volume annotation (see allow_pod_volume_override).
+    default_volume: str = "emptyDir"
+    #: sizeLimit of an injected emptyDir core volume (a quantity such as "4Gi"); None: no limit.
+    empty_dir_size_limit: str | None = None
+    #: Add SYS_RESOURCE to target containers so the wrapper can raise the hard RLIMIT_CORE.
+    #: Pod Security "baseline" (and "restricted") reject pods that add it: operators whose
+    #: namespaces enforce those levels set this to False, or list the namespaces below. Without
+    #: it the wrapper still raises the soft limit up to the hard one, and the node agent ignores
+    #: the limit for registered pods anyway.
+    add_capability: bool = True
+    #: Namespaces where SYS_RESOURCE is never added (e.g. those labelled with a PSA level).
+    no_capability_namespaces: tuple[str, ...] = ()
+    #: Look up ENTRYPOINT/CMD in the registry for containers without a command; without it such
+    #: containers keep their command (not wrapped, with a warning).
+    resolve_entrypoints: bool = True
+    #: Wall-clock budget of one admission in seconds (registry look-ups stop when it is spent);
+    #: keep it well below the webhook's timeoutSeconds.
+    admission_budget_seconds: float = 3.0
+    #: Platform picked from multi-platform images when resolving entrypoints ("os/arch[/variant]").
+    platform: str = "linux/amd64"
+    #: Let a pod choose its core volume with the coredump-webhook.io/volume annotation.
+    allow_pod_volume_override: bool = True
+
+    def __post_init__(self) -> None:
+        # Validate at start-up so a bad flag stops the server instead of every admission.
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ValueError(f"image {self.image!r} is not an image reference")
+        if self.image_pull_policy not in _PULL_POLICIES:
+            raise ValueError(f"image_pull_policy must be one of {', '.join(_PULL_POLICIES)}")
+        if self.empty_dir_size_limit is not None and not _QUANTITY.match(self.empty_dir_size_limit):
+            raise ValueError(f"empty_dir_size_limit {self.empty_dir_size_limit!r} is not a quantity (e.g. 4Gi)")
+        try:
+            parse_volume_spec(self.default_volume)
+        except VolumeSpecError as exc:
+            raise ValueError(f"default_volume: {exc}") from None
+        for ns in self.no_capability_namespaces:
+            if not _DNS_LABEL.match(ns):
+                raise ValueError(f"no_capability_namespaces: {ns!r} is not a namespace name")
+        if not 0 < self.admission_budget_seconds <= 30:
+            raise ValueError("admission_budget_seconds must be in (0, 30]")
+        parts = self.platform.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"platform {self.platform!r} must be os/arch[/variant]")
+
+    def capability_allowed(self, namespace: str) -> bool:
+        """Whether SYS_RESOURCE may be added to containers of pods in ``namespace``."""
+        return self.add_capability and namespace not in self.no_capability_namespaces
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings as plain JSON values, for the start-up log."""
+        out = dataclasses.asdict(self)
+        out["no_capability_namespaces"] = list(self.no_capability_namespaces)
+        return out
+
+
+def _env(name: str) -> str:
+    return "COREDUMP_WEBHOOK_" + name.upper()
+
+
+#: Options the ``serve`` and ``review`` commands append; every one is also an environment variable.
+ADMISSION_OPTIONS: list[click.Option] = [
+    click.Option(
+        ["--image"], envvar=_env("image"), default=AdmissionSettings.image, show_default=True,
+        help="The project's image; its init container installs the core-limit wrapper.",
+    ),
+    click.Option(
+        ["--image-pull-policy"], envvar=_env("image_pull_policy"), default=AdmissionSettings.image_pull_policy,
+        type=click.Choice(_PULL_POLICIES), show_default=True,
+        help="imagePullPolicy of the installer init container.",
+    ),
+    click.Option(
+        ["--default-volume"], envvar=_env("default_volume"), default=AdmissionSettings.default_volume,
+        show_default=True,
+        help="Core volume added when none covers the pattern's directory: emptyDir, nfs:SERVER:/PATH or pvc:CLAIM.",
+    ),
+    click.Option(
+        ["--empty-dir-size-limit"], envvar=_env("empty_dir_size_limit"), default=None,
+        help="sizeLimit of an injected emptyDir core volume (e.g. 4Gi); none by default.",
+    ),
+    click.Option(
+        ["--add-capability/--no-add-capability"], envvar=_env("add_capability"),
+        default=AdmissionSettings.add_capability, show_default=True,
+        help="Add SYS_RESOURCE so the wrapper can raise the hard core limit "
+        "(Pod Security baseline rejects it: disable it or list namespaces below).",
+    ),
+    click.Option(
+        ["--no-capability-namespaces"], envvar=_env("no_capability_namespaces"), default="",
+        help="Comma-separated namespaces where SYS_RESOURCE is never added.",
+    ),
+    click.Option(
+        ["--resolve-entrypoints/--no-resolve-entrypoints"], envvar=_env("resolve_entrypoints"),
+        default=AdmissionSettings.resolve_entrypoints, show_default=True,
+        help="Read ENTRYPOINT/CMD from the registry for containers without a command.",
+    ),
+    click.Option(
+        ["--admission-budget-seconds"], envvar=_env("admission_budget_seconds"), type=float,
+        default=AdmissionSettings.admission_budget_seconds, show_default=True,
+        help="Time budget of one admission (registry look-ups stop when spent); below timeoutSeconds.",
+    ),
+    click.Option(
+        ["--platform"], envvar=_env("platform"), default=AdmissionSettings.platform, show_default=True,
+        help="Platform chosen from multi-platform images (os/arch[/variant]).",
+    ),
+    click.Option(
+        ["--allow-pod-volume-override/--no-allow-pod-volume-override"],
+        envvar=_env("allow_pod_volume_override"), default=AdmissionSettings.allow_pod_volume_override,
+        show_default=True,
+        help="Let pods choose their core volume with the coredump-webhook.io/volume annotation.",
+    ),
+]
+
+for _option in ADMISSION_OPTIONS:
+    _option.show_envvar = True
+
+
+def settings_from_params(params: dict[str, Any]) -> AdmissionSettings:
+    """Build the settings from a click ``params`` dict (extra keys are ignored).
+
+    Raises ``click.BadParameter`` for a value the settings refuse, so the command exits with
+    a usage error instead of a traceback.
+    """
+    defaults = AdmissionSettings()
+    namespaces = params.get("no_capability_namespaces") or ""
+    if isinstance(namespaces, str):
+        namespaces = namespaces.split(",")
+    kwargs: dict[str, Any] = {
+        "image": params.get("image") or defaults.image,
+        "image_pull_policy": params.get("image_pull_policy") or defaults.image_pull_policy,
+        "default_volume": params.get("default_volume") or defaults.default_volume,
+        "empty_dir_size_limit": params.get("empty_dir_size_limit") or None,
+        "add_capability": bool(params.get("add_capability", defaults.add_capability)),
+        "no_capability_namespaces": tuple(n.strip() for n in namespaces if n and n.strip()),
+        "resolve_entrypoints": bool(params.get("resolve_entrypoints", defaults.resolve_entrypoints)),
+        "admission_budget_seconds": float(
+            params.get("admission_budget_seconds") or defaults.admission_budget_seconds
+        ),
+        "platform": params.get("platform") or defaults.platform,
+        "allow_pod_volume_override": bool(
+            params.get("allow_pod_volume_override", defaults.allow_pod_volume_override)
+        ),
+    }
+    try:
+        return AdmissionSettings(**kwargs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

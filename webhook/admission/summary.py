@@ -1,0 +1,135 @@
+"""What a pod gets from the webhook, in words: for the demo and ``coredump review``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import textwrap
+from typing import Any
+
+from webhook import constants as C
+from webhook.admission.mutate import CAPABILITY, apply, normalize_path
+from webhook.pattern import PatternError, parse
+
+_WIDTH = 100
+
+
+def summarize(
+    pod_before: dict[str, Any],
+    patch: list[dict[str, Any]],
+    warnings: list[str],
+    *,
+    allowed: bool = True,
+    message: str = "",
+) -> str:
+    """A multi-line description of the pod after ``patch``: volume, mounts, command, capability, env."""
+    meta = pod_before.get("metadata") or {}
+    name = meta.get("name") or (meta.get("generateName", "") + "<generated>")
+    namespace = meta.get("namespace") or ""
+    kind = pod_before.get("kind") or "Pod"
+    lines = [f"{kind} {namespace + '/' if namespace else ''}{name}"]
+    if not allowed:
+        lines.append("  REFUSED: " + message)
+    elif not patch:
+        lines.append("  admitted unchanged")
+    else:
+        after = apply(pod_before, patch)
+        lines.extend(_describe(pod_before, after))
+    if warnings:
+        lines.append("  warnings:")
+        lines.extend("    - " + w for w in warnings)
+    return "\n".join(lines)
+
+
+def _describe(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    ann = after["metadata"].get("annotations") or {}
+    spec = after["spec"]
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    old_volumes = {v.get("name") for v in (before.get("spec") or {}).get("volumes") or []}
+    out = [f"  pattern: {ann.get(C.ANN_EFFECTIVE_PATTERN, '?')}"]
+    core = ann.get(C.ANN_CORE_VOLUME, "")
+    if core:
+        vol_name, _, path = core.partition("@")
+        origin = "added" if vol_name not in old_volumes else "the pod's own"
+        directory = _directory(ann.get(C.ANN_EFFECTIVE_PATTERN, "")) or path
+        where = f"{directory}, on" if directory == path else f"{directory}, inside"
+        out.append(f"  cores go to: {where} volume {vol_name} at {path} ({_source(volumes.get(vol_name))}, {origin})")
+    else:
+        out.append("  cores go to: the process's working directory (relative pattern, no volume)")
+    installer = next((c for c in spec.get("initContainers") or [] if c["name"].startswith(C.INSTALLER_CONTAINER)), None)
+    if installer:
+        out.append(f"  init container {installer['name']} ({installer['image']}) installs {C.WRAPPER_PATH}")
+    targets = set(json.loads(ann.get(C.ANN_TARGETS, "[]")))
+    old = {
+        (f, c.get("name")): c
+        for f in ("initContainers", "containers")
+        for c in (before.get("spec") or {}).get(f) or []
+    }
+    for field in ("initContainers", "containers"):
+        for c in spec.get(field) or []:
+            if c["name"] not in targets:
+                continue
+            prev = old.get((field, c["name"]), {})
+            label = "init container" if field == "initContainers" else "container"
+            out.append(f"  {label} {c['name']}:")
+            out.extend(_wrap("runs:   ", _argv(prev)))
+            if _argv(prev) != _argv(c):
+                out.extend(_wrap("now:    ", _argv(c)))
+            added = [m for m in c.get("volumeMounts") or [] if m not in (prev.get("volumeMounts") or [])]
+            for m in added:
+                extra = f" subPath {m['subPath']}" if m.get("subPath") else ""
+                ro = " read-only" if m.get("readOnly") else ""
+                out.append(f"    mount:  {m['name']} at {normalize_path(m['mountPath'])}{extra}{ro}")
+            caps = ((c.get("securityContext") or {}).get("capabilities") or {})
+            prev_caps = (((prev.get("securityContext") or {}).get("capabilities") or {}).get("add") or [])
+            if CAPABILITY in (caps.get("add") or []) and CAPABILITY not in prev_caps:
+                drop = f" (drop {', '.join(caps['drop'])} kept)" if caps.get("drop") else ""
+                out.append(f"    capability: + {CAPABILITY}{drop}")
+            env = [e for e in c.get("env") or [] if e.get("name") in C.REGISTRATION_ENV]
+            out.extend(_wrap("env:    ", ", ".join(_env(e) for e in env)))
+    return out
+
+
+def _directory(raw: str) -> str | None:
+    try:
+        return parse(raw).directory
+    except PatternError:
+        return None
+
+
+def _source(volume: dict[str, Any] | None) -> str:
+    if not volume:
+        return "not found in the pod"
+    if "emptyDir" in volume:
+        limit = (volume["emptyDir"] or {}).get("sizeLimit")
+        return "emptyDir" + (f", at most {limit}" if limit else "")
+    if "nfs" in volume:
+        return f"NFS {volume['nfs'].get('server')}:{volume['nfs'].get('path')}"
+    if "persistentVolumeClaim" in volume:
+        return f"PVC {volume['persistentVolumeClaim'].get('claimName')}"
+    if "csi" in volume:
+        return f"CSI {volume['csi'].get('driver')}"
+    kinds = [k for k in volume if k != "name"]
+    return kinds[0] if kinds else "?"
+
+
+def _argv(container: dict[str, Any]) -> str:
+    command = container.get("command") or []
+    args = container.get("args") or []
+    if command:
+        return shlex.join([*command, *args])
+    return "<image ENTRYPOINT> " + (shlex.join(args) if args else "<image CMD>")
+
+
+def _env(var: dict[str, Any]) -> str:
+    if "value" in var:
+        return f"{var['name']}={var['value']}"
+    ref = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "?")
+    return f"{var['name']}<-{ref}"
+
+
+def _wrap(head: str, text: str) -> list[str]:
+    return textwrap.wrap(
+        text, width=_WIDTH, initial_indent="    " + head, subsequent_indent="    " + " " * len(head),
+        break_long_words=False, break_on_hyphens=False,
+    ) or ["    " + head.rstrip()]
