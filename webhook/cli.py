@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "debug": "webhook.inspect.commands:debug",
     "gcore": "webhook.inspect.commands:gcore",
     "demo": "webhook.demo.command:demo",
+    "page": "webhook.inspect.commands:page",
 }
 
 

@@ -1,0 +1,165 @@
+"""A tiny stand-in for kube-apiserver: replays recorded responses over a real socket.
+
+Routes map (METHOD, path) to a list of responses served in order (the last one repeats).
+Exec requests are upgraded to a real websocket (``v4.channel.k8s.io``) and the command is run
+here, in a directory that plays the container's filesystem: absolute paths in its arguments are
+mapped under that directory, the way the kubelet would run them in the container.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import struct
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from kubernetes import client
+
+RECORDED = Path(__file__).resolve().parent / "recorded" / "inspect"
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Recorded:
+    """A response: HTTP status and the recorded JSON file (or a dict)."""
+
+    def __init__(self, status: int, body: str | dict):
+        self.status = status
+        self.body = body
+
+    def bytes(self) -> bytes:
+        if isinstance(self.body, dict):
+            return json.dumps(self.body).encode()
+        return (RECORDED / self.body).read_bytes()
+
+
+class Exec:
+    """Marker: run the exec command for real under ``root``."""
+
+    def __init__(self, root: Path | None = None, frame: int = 65536):
+        self.root = root
+        self.frame = frame
+
+
+class FakeApiServer:
+    def __init__(self):
+        self.routes: dict[tuple[str, str], list] = {}
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _handle(self):
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                req = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
+                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                server.requests.append(req)
+                queue = server.routes.get((self.command, url.path))
+                if not queue:
+                    self._send(404, json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                "message": "the server could not find the requested resource",
+                                                "reason": "NotFound", "details": {}, "code": 404}).encode())
+                    return
+                resp = queue.pop(0) if len(queue) > 1 else queue[0]
+                if isinstance(resp, Exec):
+                    self._exec(resp, req)
+                else:
+                    self._send(resp.status, resp.bytes())
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+            def _send(self, status, data):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _frame(self, opcode: int, payload: bytes) -> bytes:
+                n = len(payload)
+                head = bytes([0x80 | opcode])
+                if n < 126:
+                    head += bytes([n])
+                elif n < 65536:
+                    head += bytes([126]) + struct.pack(">H", n)
+                else:
+                    head += bytes([127]) + struct.pack(">Q", n)
+                return head + payload
+
+            def _exec(self, spec: Exec, req):
+                key = self.headers["Sec-WebSocket-Key"]
+                accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", accept)
+                self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+                self.end_headers()
+                cmd = req["query"].get("command", [])
+                if spec.root is not None:
+                    root = str(spec.root)
+                    cmd = [a if not a.startswith("/") or a.startswith(root) else root + a for a in cmd]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                while block := proc.stdout.read(spec.frame):
+                    self.wfile.write(self._frame(2, b"\x01" + block))
+                err = proc.stderr.read()
+                if err:
+                    self.wfile.write(self._frame(2, b"\x02" + err))
+                code = proc.wait()
+                if code == 0:
+                    status = {"metadata": {}, "status": "Success"}
+                else:
+                    status = {"metadata": {}, "status": "Failure",
+                              "message": f"command terminated with non-zero exit code: error executing command [{' '.join(cmd[:2])}...], exit code {code}",
+                              "reason": "NonZeroExitCode",
+                              "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+                self.wfile.write(self._frame(2, b"\x03" + json.dumps(status).encode()))
+                self.wfile.write(self._frame(8, struct.pack(">H", 1000)))
+                self.wfile.flush()
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def route(self, method: str, path: str, *responses) -> None:
+        self.routes[(method, path)] = list(responses)
+
+    def api(self) -> client.ApiClient:
+        cfg = client.Configuration()
+        cfg.host = self.url
+        cfg.api_key = {"authorization": "Bearer test-token"}
+        return client.ApiClient(cfg)
+
+    def kubeconfig(self, path: Path, namespace: str = "shop") -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "alice", "user": {"token": "alice-token"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "alice", "namespace": namespace}}],
+        }))
+        return path
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

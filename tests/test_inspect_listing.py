@@ -1,0 +1,101 @@
+"""Listing: the exec script run by real shells over real metadata files, grouping, rendering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.inspect_data import write_core
+from webhook.inspect import listing
+
+SIG_A = "a" * 64
+SIG_B = "b" * 64
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    write_core(root, "data/dump-a/core-!usr!local!bin!web-7-1700000000", namespace="shop", pod="web-1",
+               container="app", t=1700000000, signature=SIG_A, frames=["f", "h", "main"])
+    write_core(root, "data/dump-a/core-!usr!local!bin!web-7-1700000500", namespace="shop", pod="web-1",
+               container="app", t=1700000500, signature=SIG_A, frames=["f", "h", "main"])
+    write_core(root, "data/dump-a/sub/core-!usr!local!bin!web-9-1700000900", namespace="shop", pod="web-1",
+               container="app", t=1700000900, signal=6, signature=SIG_B, frames=["g", "main"])
+    write_core(root, "data/dump-a/core-old", namespace="shop", pod="web-1", container="app", t=1690000000)
+    (root / "data/dump-a/core-old").unlink()  # metadata left, core deleted by hand
+    (root / "data/dump-a/config.json").write_text('{"not": "metadata"}')
+    (root / "data/dump-a/broken.json").write_text("{oops")
+    return root
+
+
+@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]])
+def test_listing_script_in_real_shells(tree, shell):
+    if shutil.which(shell[0]) is None:
+        pytest.skip(f"{shell[0]} missing")
+    cmd = listing.listing_command([str(tree / "data/dump-a"), str(tree / "nonexistent")])
+    out = subprocess.run(shell + cmd[1:], capture_output=True, text=True, check=True).stdout
+    records, warnings = listing.parse_listing(out, namespace="shop", pod="web-1")
+    assert len(records) == 4
+    assert any("broken.json" in w for w in warnings)
+    by_time = listing.newest_first(records)
+    assert [r.time for r in by_time] == [1700000900, 1700000500, 1700000000, 1690000000]
+    assert by_time[0].signal_name == "SIGABRT" and by_time[0].path.endswith("sub/core-!usr!local!bin!web-9-1700000900")
+    assert [r.present for r in by_time] == [True, True, True, False]
+
+
+def test_scan_directory_matches_the_exec_listing(tree):
+    local, _ = listing.scan_directory(str(tree))
+    out = subprocess.run(listing.listing_command([str(tree)]), capture_output=True, text=True, check=True).stdout
+    remote, _ = listing.parse_listing(out)
+    assert sorted(r.sha256 for r in local) == sorted(r.sha256 for r in remote)
+    # the metadata path is the container's view; the local one is kept apart
+    assert all(r.path.startswith("/data/dump-a/") for r in local)
+    assert all(r.location.startswith(str(tree)) and r.location.endswith(r.name) for r in local)
+
+
+def test_grouping_counts_and_orders(tree):
+    records, _ = listing.scan_directory(str(tree))
+    groups = listing.group_by_signature(records)
+    assert [(g.signature, g.count) for g in groups] == [(SIG_A, 2), (SIG_B, 1), ("", 1)]
+    assert groups[0].top_frames() == ["f", "h", "main"]
+    assert groups[0].last.time == 1700000500 and groups[0].first_seen == 1700000000
+
+
+def test_render_table_wide_group_json_yaml(tree):
+    records, _ = listing.scan_directory(str(tree))
+    table = listing.render(records)
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
+    assert "SIGABRT" in lines[1] and "bbbbbbbbbbbb" in lines[1]
+    assert "(missing)" in lines[-1]
+    wide = listing.render(records, "wide").splitlines()
+    assert "COUNT" in wide[0] and "TOP FRAME" in wide[0]
+    assert wide[2].split()[-3:] == ["2", "node-3", "f"]
+    grouped = listing.render(records, group=True).splitlines()
+    assert grouped[1].split()[:2] == ["aaaaaaaaaaaa", "2"] and "f < h < main" in grouped[1]
+    data = json.loads(listing.render(records, "json"))
+    assert [c["time"] for c in data["cores"]] == [1700000900, 1700000500, 1700000000, 1690000000]
+    assert data["cores"][0]["time_iso"].startswith("2023-11-14T")
+    ydata = yaml.safe_load(listing.render(records, "yaml", group=True))
+    assert ydata["groups"][0]["count"] == 2 and ydata["groups"][0]["pods"] == ["shop/web-1"]
+
+
+def test_find_record_by_name_path_or_sha(tree):
+    records, _ = listing.scan_directory(str(tree))
+    r = records[0]
+    assert listing.find_record(records, r.name) is r
+    assert listing.find_record(records, r.path) is r
+    assert listing.find_record(records, r.sha256[:10]) is r
+    assert listing.find_record(records, "nope") is None
+
+
+def test_core_path_command_offsets(tmp_path):
+    f = tmp_path / "core"
+    f.write_bytes(bytes(range(256)) * 4)
+    out = subprocess.run(listing.core_path_command(str(f), 1000), capture_output=True, check=True).stdout
+    assert out == f.read_bytes()[1000:]
+    assert subprocess.run(listing.core_path_command(str(f)), capture_output=True).stdout == f.read_bytes()

@@ -1,0 +1,121 @@
+"""The page, served by a real local server, rendered by headless Chromium; downloads give exact bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from tests.conftest import which_or_fail
+from tests.inspect_data import write_core
+from webhook.inspect.page import create_page_app
+
+SIG_A = hashlib.sha256(b"f\nh\nmain").hexdigest()
+SIG_B = hashlib.sha256(b"g\nmain").hexdigest()
+#: token -> namespaces it may read (the RBAC rule of this test's cluster).
+GRANTS = {"alice-token": {"shop"}, "admin-token": {"shop", "payments"}}
+
+
+def authorize(token: str, namespace: str) -> bool:
+    return namespace in GRANTS.get(token, set())
+
+
+@pytest.fixture
+def cores(tmp_path):
+    root = tmp_path / "cores"
+    made = {
+        "a1": write_core(root, "shop/web-1/app/core-web-7-1700000000", namespace="shop", pod="web-1", container="app",
+                         t=1700000000, signature=SIG_A, frames=["f", "h", "main"]),
+        "a2": write_core(root, "shop/web-2/app/core-web-7-1700000600", namespace="shop", pod="web-2", container="app",
+                         t=1700000600, signature=SIG_A, frames=["f", "h", "main"]),
+        "b": write_core(root, "payments/pay-0/api/core-api-1-1700000300", namespace="payments", pod="pay-0",
+                        container="api", t=1700000300, signal=6, signature=SIG_B, frames=["g", "main"]),
+    }
+    return root, made
+
+
+class Served:
+    def __init__(self, app):
+        self.srv = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.srv.server_port}/"
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def auth_proxy(upstream: str, token: str):
+    """What an authenticating proxy in front of the page does: add the user's bearer token."""
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        r = requests.get(upstream.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        start_response(f"{r.status_code} {r.reason}", [("Content-Type", r.headers.get("Content-Type", "text/html"))])
+        return [r.content]
+    return app
+
+
+def chromium_dom(url: str, tmp_path) -> str:
+    chromium = which_or_fail("chromium")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    proc = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_page_in_headless_chromium_shows_only_allowed_namespaces(cores, tmp_path):
+    root, made = cores
+    with Served(create_page_app(str(root), authorize=authorize)) as page, Served(auth_proxy(page.url, "alice-token")) as proxy:
+        dom = chromium_dom(proxy.url, tmp_path)
+    assert "Namespace shop" in dom and "web-1" in dom and "web-2" in dom
+    assert SIG_A[:12] in dom and "f &lt; h &lt; main" in dom
+    assert "#0 f at web.c:10" in dom  # backtrace rendered
+    # alice may not read "payments": neither its pod nor its signature appears
+    assert "payments" not in dom and "pay-0" not in dom and SIG_B[:12] not in dom
+    # the signature table counts the two crashes of the same bug once
+    assert '<td class="count">2</td>' in dom
+
+
+def test_download_gives_exact_bytes_and_respects_rbac(cores):
+    root, made = cores
+    with Served(create_page_app(str(root), authorize=authorize)) as page:
+        html = requests.get(page.url, headers={"Authorization": "Bearer admin-token"}, timeout=10).text
+        assert "pay-0" in html and "web-1" in html
+        for key, core in made.items():
+            rel = core.relative_to(root)
+            assert f'href="download/{rel}"' in html
+            r = requests.get(page.url + f"download/{rel}", headers={"Authorization": "Bearer admin-token"}, timeout=10)
+            assert r.status_code == 200
+            assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(core.read_bytes()).hexdigest()
+            assert r.headers["X-Core-SHA256"] == hashlib.sha256(core.read_bytes()).hexdigest()
+        pay = made["b"].relative_to(root)
+        assert requests.get(page.url + f"download/{pay}", headers={"Authorization": "Bearer alice-token"}, timeout=10).status_code == 404
+        assert requests.get(page.url + f"download/{pay}", timeout=10).status_code == 401
+        assert requests.get(page.url + "download/../../etc/passwd", headers={"Authorization": "Bearer admin-token"}, timeout=10).status_code == 404
+        # metadata file itself is not a downloadable core
+        r = requests.get(page.url + f"download/{pay}.json", headers={"Authorization": "Bearer admin-token"}, timeout=10)
+        assert r.status_code == 404
+
+
+def test_login_form_sets_a_cookie_and_unknown_token_sees_nothing(cores):
+    root, _ = cores
+    with Served(create_page_app(str(root), authorize=authorize)) as page:
+        first = requests.get(page.url, timeout=10)
+        assert first.status_code == 401 and 'name="token"' in first.text
+        s = requests.Session()
+        r = s.post(page.url + "login", data={"token": "alice-token"}, timeout=10)
+        assert r.status_code == 200 and "web-1" in r.text and "pay-0" not in r.text
+        cookie = next(c for c in s.cookies if c.name == "coredump_token")
+        assert cookie.has_nonstandard_attr("HttpOnly")
+        nobody = requests.get(page.url, headers={"Authorization": "Bearer stranger"}, timeout=10).text
+        assert 'id="empty"' in nobody and "web-1" not in nobody

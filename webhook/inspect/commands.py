@@ -1,0 +1,400 @@
+"""``coredump list / get / debug / gcore / page``: find cores, fetch them, debug next to them.
+
+kubectl-style options everywhere (``-n``, ``-A``, ``--context``, ``--kubeconfig``, ``-o``); every
+option also reads an env var. All access goes through the Kubernetes API with the user's own
+credentials: what RBAC refuses is reported (or, with ``-A``, skipped with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+import click
+import yaml
+
+from webhook import constants
+from webhook.inspect import ephemeral as eph
+from webhook.inspect.listing import CoreRecord, find_record, listing_command, parse_listing, render
+
+DEFAULT_DEBUG_IMAGE = "ghcr.io/coredump-webhook/coredump-webhook:0.1.0"
+DEFAULT_READER_IMAGE = "docker.io/library/busybox:1.36"
+
+
+@dataclass(frozen=True)
+class InspectSettings:
+    """Settings of the inspection commands (filled from click options / env vars)."""
+
+    #: kubeconfig context (--context); None = current context.
+    context: str | None = None
+    #: kubeconfig file (--kubeconfig); None = $KUBECONFIG or ~/.kube/config, else in-cluster.
+    kubeconfig: str | None = None
+    #: Image of the debug container: needs gdb and a shell. The project's own image carries gdb
+    #: (the agent uses it for signatures and gcore), so it is the default.
+    debug_image: str = DEFAULT_DEBUG_IMAGE
+    #: imagePullPolicy of the debug container.
+    pull_policy: str = "IfNotPresent"
+    #: Seconds to wait for the debug container / reader pod to run.
+    wait_timeout: float = 120.0
+    #: Image of the reader pod that mounts a claim after the crashed pod is gone (needs sh,
+    #: find, cat, tail, sleep: busybox is enough).
+    reader_image: str = DEFAULT_READER_IMAGE
+    #: runAsUser of the reader pod (the app's uid; lets it run under PSA "restricted").
+    reader_uid: int | None = None
+
+
+def _env(name: str) -> str:
+    return "COREDUMP_" + name.upper().replace("-", "_")
+
+
+def kube_options(f):
+    """--context/--kubeconfig/-n shared by every command."""
+    f = click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="kubeconfig file")(f)
+    f = click.option("--context", envvar=_env("context"), default=None, help="kubeconfig context")(f)
+    f = click.option("-n", "--namespace", envvar=_env("namespace"), default=None,
+                     help="namespace (default: the context's)")(f)
+    return f
+
+
+def _settings(**kw) -> InspectSettings:
+    return InspectSettings(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _namespace(ns: str | None, s: InspectSettings) -> str:
+    if ns:
+        return ns
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts(config_file=s.kubeconfig)
+        if s.context:
+            contexts, _ = config.list_kube_config_contexts(config_file=s.kubeconfig)
+            active = next((c for c in contexts if c["name"] == s.context), active)
+        return (active or {}).get("context", {}).get("namespace") or "default"
+    except Exception:
+        return "default"
+
+
+def _api(s: InspectSettings):
+    from webhook.inspect import kube
+
+    return kube.api_client(s.context, s.kubeconfig)
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+# --- list ------------------------------------------------------------------------------------
+
+
+def _prepared(pod: dict) -> bool:
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    return ann.get(constants.ANN_STATUS) == constants.STATUS_INJECTED or bool(ann.get(constants.ANN_CORE_VOLUME))
+
+
+def cores_of_pod(api, pod: dict, container: str | None = None) -> tuple[list[CoreRecord], list[str]]:
+    """List the metadata files in a running pod's core directory through exec."""
+    from webhook.inspect import kube
+
+    meta = pod.get("metadata") or {}
+    ns, name = meta.get("namespace", "default"), meta.get("name", "?")
+    loc = eph.core_location(pod, container)
+    if (pod.get("status") or {}).get("phase") != "Running":
+        return [], [f"{ns}/{name}: pod is {(pod.get('status') or {}).get('phase')}; for a claim use --claim"]
+    try:
+        out = kube.exec_output(api, ns, name, loc.container, listing_command([loc.directory]))
+    except kube.Forbidden:
+        raise
+    except kube.KubeError as exc:
+        hint = " (no shell in the container? run `coredump debug` and look in $COREDUMP_DIR)"
+        return [], [f"{ns}/{name}: {exc}{hint if 'executable file not found' in str(exc) or 'exit code 127' in str(exc) else ''}"]
+    return parse_listing(out.decode(errors="replace"), namespace=ns, pod=name)
+
+
+def _pods_to_scan(api, s: InspectSettings, pod: str | None, namespace: str | None, all_ns: bool) -> tuple[list[dict], list[str]]:
+    from webhook.inspect import kube
+
+    warnings: list[str] = []
+    if pod:
+        return [kube.read_pod(api, _namespace(namespace, s), pod)], warnings
+    if not all_ns:
+        return kube.list_pods(api, _namespace(namespace, s)), warnings
+    try:
+        return kube.list_pods(api, None), warnings
+    except kube.Forbidden:
+        pass
+    pods: list[dict] = []
+    for ns in kube.list_namespaces(api):
+        try:
+            pods += kube.list_pods(api, ns)
+        except kube.Forbidden:
+            warnings.append(f"namespace {ns}: no access to its pods, skipped")
+    return pods, warnings
+
+
+def collect(api, s: InspectSettings, *, pod: str | None, namespace: str | None, all_ns: bool,
+            container: str | None = None) -> tuple[list[CoreRecord], list[str]]:
+    from webhook.inspect import kube
+
+    pods, warnings = _pods_to_scan(api, s, pod, namespace, all_ns)
+    records: list[CoreRecord] = []
+    for p in pods:
+        if not _prepared(p):
+            if pod:
+                raise eph.NoCoreVolume(f"pod {eph.pod_ref(p)} was not prepared by coredump-webhook")
+            continue
+        try:
+            recs, warns = cores_of_pod(api, p, container)
+        except kube.Forbidden as exc:
+            if pod or not all_ns:
+                raise
+            warnings.append(str(exc))
+            continue
+        except eph.InspectError as exc:
+            warnings.append(str(exc))
+            continue
+        records += recs
+        warnings += warns
+    return records, warnings
+
+
+def _with_reader(api, s: InspectSettings, namespace: str, claim: str):
+    """Create a reader pod on a claim; returns (pod name, cleanup)."""
+    from webhook.inspect import kube
+
+    name = eph.unique_name({}, prefix=eph.READER_PREFIX)
+    kube.create_pod(api, eph.reader_pod(namespace, claim, image=s.reader_image, name=name, run_as_user=s.reader_uid))
+    try:
+        kube.wait_pod_running(api, namespace, name, timeout=s.wait_timeout)
+    except Exception:
+        kube.delete_pod(api, namespace, name)
+        raise
+    return name, lambda: kube.delete_pod(api, namespace, name)
+
+
+def claim_records(api, s: InspectSettings, namespace: str, claim: str, reader: str) -> tuple[list[CoreRecord], list[str]]:
+    from webhook.inspect import kube
+
+    out = kube.exec_output(api, namespace, reader, "reader", listing_command([eph.READER_MOUNT]))
+    return parse_listing(out.decode(errors="replace"), namespace=namespace, pod=f"(claim {claim})")
+
+
+@click.command("list")
+@click.argument("pod", required=False)
+@kube_options
+@click.option("-A", "--all-namespaces", "all_ns", is_flag=True, help="every namespace you can read")
+@click.option("-c", "--container", default=None, help="container to read the cores through")
+@click.option("-o", "--output", type=click.Choice(["", "wide", "json", "yaml"]), default="", help="output format")
+@click.option("--group", is_flag=True, envvar=_env("group"), help="group by crash signature, with counts")
+@click.option("--claim", default=None, help="list cores on a PVC (pod gone) through a short-lived reader pod")
+@click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
+@click.option("--reader-uid", envvar=_env("reader_uid"), type=int, default=None, help="runAsUser of the reader pod")
+def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid):
+    """List cores of the pods you can see, newest first."""
+    s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image, reader_uid=reader_uid)
+    try:
+        api = _api(s)
+        if claim:
+            ns = _namespace(namespace, s)
+            reader, cleanup = _with_reader(api, s, ns, claim)
+            try:
+                records, warnings = claim_records(api, s, ns, claim, reader)
+            finally:
+                cleanup()
+        else:
+            records, warnings = collect(api, s, pod=pod, namespace=namespace, all_ns=all_ns, container=container)
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    for w in warnings:
+        _warn(w)
+    if not records and output not in ("json", "yaml"):
+        click.echo("No cores found.", err=True)
+        return
+    click.echo(render(records, output, group=group))
+
+
+# --- get -------------------------------------------------------------------------------------
+
+
+@click.command("get")
+@click.argument("pod")
+@click.argument("core")
+@kube_options
+@click.option("-c", "--container", default=None)
+@click.option("-o", "--output-file", "output", default=None, help="where to save (default: the core's name)")
+@click.option("--claim", default=None, help="POD is then a label only: fetch from this PVC through a reader pod")
+@click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
+def get_core(pod, core, namespace, context, kubeconfig, container, output, claim, reader_image):
+    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256."""
+    from webhook.inspect import download as dl
+    from webhook.inspect import kube
+
+    s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image)
+    cleanup = None
+    try:
+        api = _api(s)
+        ns = _namespace(namespace, s)
+        if claim:
+            reader, cleanup = _with_reader(api, s, ns, claim)
+            records, _ = claim_records(api, s, ns, claim, reader)
+            exec_pod, exec_container = reader, "reader"
+        else:
+            p = kube.read_pod(api, ns, pod)
+            records, _ = cores_of_pod(api, p, container)
+            exec_pod, exec_container = pod, eph.core_location(p, container).container
+        rec = find_record(records, core)
+        if rec is None:
+            raise eph.InspectError(f"no core {core!r} in {ns}/{pod} (see `coredump list {pod} -n {ns}`)")
+        dest = output or rec.name
+        if not rec.sha256:
+            _warn("metadata has no sha256: the download is checked by size only")
+        bar = dl.ProgressBar(sys.stderr, rec.name)
+        res = dl.download(kube.ExecSource(api, ns, exec_pod, exec_container, rec.location), dest,
+                          sha256=rec.sha256 or None, size=rec.stored_size, progress=bar, compression=rec.compression)
+    except (eph.InspectError, dl.DownloadError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        if cleanup:
+            cleanup()
+    state = "already there" if res.already_done else (f"resumed at {res.resumed_from}" if res.resumed_from else "downloaded")
+    click.echo(f"{res.path}: {res.size} bytes, sha256 {res.sha256} verified ({state})")
+
+
+# --- debug -----------------------------------------------------------------------------------
+
+
+@click.command("debug")
+@click.argument("pod", required=False)
+@kube_options
+@click.option("-c", "--container", default=None, help="the crashed container (default: the first target)")
+@click.option("--image", envvar=_env("debug_image"), default=DEFAULT_DEBUG_IMAGE, show_default=True,
+              help="debug image (needs gdb and a shell)")
+@click.option("--pull-policy", envvar=_env("debug_pull_policy"), default="IfNotPresent", show_default=True)
+@click.option("--dry-run", is_flag=True, help="print the PATCH body and call nothing")
+@click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="read the pod from this file (JSON or YAML) instead of the API")
+@click.option("--timeout", "wait_timeout", envvar=_env("debug_timeout"), type=float, default=120.0, show_default=True)
+def debug(pod, namespace, context, kubeconfig, container, image, pull_policy, dry_run, pod_file, wait_timeout):
+    """Add a debug container (gdb) next to POD's cores and attach to it."""
+    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=image, pull_policy=pull_policy, wait_timeout=wait_timeout)
+    try:
+        if pod_file:
+            with open(pod_file) as f:
+                obj = yaml.safe_load(f)
+            if not isinstance(obj, dict) or obj.get("kind", "Pod") != "Pod":
+                raise eph.InspectError(f"{pod_file} does not hold a Pod")
+            meta = obj.setdefault("metadata", {})
+            if pod and meta.get("name") and pod != meta["name"]:
+                raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
+            ns = namespace or meta.get("namespace") or _namespace(None, s)
+            meta.setdefault("namespace", ns)
+            name = meta.get("name") or pod
+        else:
+            if not pod:
+                raise eph.InspectError("POD is required (or -f POD_FILE)")
+            ns, name, obj = _namespace(namespace, s), pod, None
+        if obj is None:
+            from webhook.inspect import kube
+
+            api = _api(s)
+            obj = kube.read_pod(api, ns, name)
+        cname = eph.unique_name(obj)
+        ec = eph.debug_container(obj, image=s.debug_image, name=cname, container=container, pull_policy=s.pull_policy)
+        body = eph.ephemeral_patch(ec)
+        if dry_run:
+            click.echo(json.dumps(body, indent=2))
+            return
+        from webhook.inspect import kube
+
+        api = _api(s)
+        kube.patch_ephemeral(api, ns, name, body)
+        click.echo(f"debug container {cname} added to {ns}/{name}; waiting for it to run...", err=True)
+        kube.wait_ephemeral(api, ns, name, cname, timeout=s.wait_timeout)
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    loc = eph.core_location(obj, container)
+    line = eph.attach_command(ns, name, cname, context=s.context, kubeconfig=s.kubeconfig)
+    click.echo(f"cores are in {loc.directory} (also $COREDUMP_DIR); gdb /path/to/exe CORE", err=True)
+    kubectl = shutil.which("kubectl")
+    if sys.stdout.isatty() and sys.stdin.isatty() and kubectl:
+        os.execvp(kubectl, [kubectl, *line[1:]])
+    click.echo(" ".join(line))
+
+
+# --- gcore -----------------------------------------------------------------------------------
+
+
+def gcore_request(pod: dict, container: str | None, pid: int | None) -> dict:
+    """What the CLI asks the agent on the pod's node (see webhook/inspect/gcore.py)."""
+    name = eph.pick_container(pod, container)
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    cid = next((c.get("containerID", "") for c in status.get("containerStatuses") or [] if c.get("name") == name), "")
+    return {
+        "namespace": meta.get("namespace"), "pod": meta.get("name"), "pod_uid": meta.get("uid"),
+        "container": name, "container_id": cid.split("://", 1)[-1], "node": (pod.get("spec") or {}).get("nodeName"),
+        "pid": pid or 1,
+    }
+
+
+@click.command("gcore")
+@click.argument("pod", required=False)
+@kube_options
+@click.option("-c", "--container", default=None)
+@click.option("--pid", type=int, default=None, help="PID inside the container (default: its main process, 1)")
+@click.option("--dry-run", is_flag=True, help="print the request for the node agent and stop")
+@click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None)
+def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file):
+    """Core of a RUNNING process, without killing it (done by the agent on the pod's node)."""
+    s = _settings(context=context, kubeconfig=kubeconfig)
+    try:
+        if pod_file:
+            with open(pod_file) as f:
+                obj = yaml.safe_load(f)
+        else:
+            if not pod:
+                raise eph.InspectError("POD is required (or -f POD_FILE)")
+            from webhook.inspect import kube
+
+            obj = kube.read_pod(_api(s), _namespace(namespace, s), pod)
+        eph.core_location(obj, container)  # the pod must have a core volume to receive it
+        req = gcore_request(obj, container, pid)
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    click.echo(json.dumps(req, indent=2))
+    if not dry_run:
+        raise click.ClickException(
+            "the agent's gcore endpoint is not wired yet: run `webhook.inspect.gcore.snapshot` on the node "
+            f"({req['node']}) for the container's host PID, then deliver it through the agent's writer")
+
+
+# --- page ------------------------------------------------------------------------------------
+
+
+@click.command("page")
+@click.option("--cores-root", envvar=_env("page_cores_root"), default=os.path.join(constants.DEFAULT_HOST_DIR, "cores"),
+              show_default=True, help="directory holding cores and their .json metadata")
+@click.option("--bind", envvar=_env("page_bind"), default="127.0.0.1:8383", show_default=True)
+@click.option("--insecure-no-auth", is_flag=True, envvar=_env("page_insecure_no_auth"),
+              help="show every namespace to everyone (local use only)")
+def page(cores_root, bind, insecure_no_auth):
+    """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview)."""
+    from werkzeug.serving import run_simple
+
+    from webhook.inspect.page import create_page_app
+
+    if insecure_no_auth:
+        authorize = lambda token, ns: True  # noqa: E731
+    else:
+        from webhook.inspect import kube
+
+        authorize = kube.make_authorizer(kube.api_client())
+    host, _, port = bind.rpartition(":")
+    run_simple(host or "127.0.0.1", int(port), create_page_app(cores_root, authorize=authorize), threaded=True)

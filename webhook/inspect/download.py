@@ -1,0 +1,182 @@
+"""Resumable, verified download of a core from any byte source.
+
+The transport (an exec stream running ``tail -c +N FILE`` in the pod, or a local file in tests)
+only has to deliver the bytes from an offset to the end. Here: the ``.part`` file, resuming from
+its size, the progress callback and the sha256 check against the metadata. A mismatch never
+produces the final file: the ``.part`` stays for inspection and the error says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+#: Suffix of an unfinished download.
+PART_SUFFIX = ".part"
+_CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """The download did not produce a verified file."""
+
+
+class ByteSource(Protocol):
+    """Bytes of one remote file, from an offset to its end."""
+
+    def read_from(self, offset: int) -> Iterator[bytes]: ...
+
+
+@dataclass
+class FileSource:
+    """A local file as a byte source (tests, and the page's server side)."""
+
+    path: str
+    chunk: int = _CHUNK
+
+    def read_from(self, offset: int) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while block := f.read(self.chunk):
+                yield block
+
+
+@dataclass(frozen=True)
+class Result:
+    path: str
+    size: int
+    sha256: str
+    #: Bytes already present in the .part file when this run started.
+    resumed_from: int
+    #: True when the final file was already there and verified (nothing fetched).
+    already_done: bool = False
+
+
+def _sha256_of(path: str, limit: int | None = None) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while True:
+            want = _CHUNK if left is None else min(_CHUNK, left)
+            if want == 0:
+                break
+            block = f.read(want)
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h
+
+
+def _sha256_zstd(path: str) -> str:
+    """sha256 of a zstd file's *decompressed* bytes (the agent hashes the original core)."""
+    import zstandard
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+        while block := reader.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(
+    source: ByteSource,
+    dest: str,
+    *,
+    sha256: str | None,
+    size: int | None,
+    progress: Callable[[int, int | None], None] | None = None,
+    compression: str = "none",
+) -> Result:
+    """Fetch ``source`` into ``dest`` through ``dest.part``, resuming, then verify.
+
+    ``sha256`` comes from the core's metadata and covers the *original* core; ``size`` is the
+    number of bytes of the stored file (``stored_size``). For a ``zstd`` core the check
+    decompresses the downloaded file. Without a sha256 only the size is checked (the caller
+    warns).
+    """
+    zstd = compression == "zstd"
+    part = dest + PART_SUFFIX
+    if os.path.exists(dest) and sha256:
+        if (_sha256_zstd(dest) if zstd else _sha256_of(dest).hexdigest()) == sha256:
+            return Result(dest, os.path.getsize(dest), sha256, 0, already_done=True)
+        raise DownloadError(f"{dest} exists and does not match sha256 {sha256}: remove it or choose -o")
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    if size is not None and offset > size:
+        offset = 0  # a .part larger than the core is not a prefix of it: start over
+    h = _sha256_of(part, offset) if offset else hashlib.sha256()
+    done = offset
+    mode = "r+b" if offset else "wb"
+    with open(part, mode) as out:
+        out.seek(offset)
+        out.truncate()
+        if progress:
+            progress(done, size)
+        for block in source.read_from(offset):
+            out.write(block)
+            h.update(block)
+            done += len(block)
+            if progress:
+                progress(done, size)
+        out.flush()
+        os.fsync(out.fileno())
+    if size is not None and done != size:
+        raise DownloadError(
+            f"got {done} of {size} bytes; {part} kept: run the same command again to resume"
+        )
+    try:
+        digest = _sha256_zstd(part) if zstd else h.hexdigest()
+    except Exception as exc:  # zstandard.ZstdError: a corrupt frame is a mismatch too
+        digest = f"undecodable zstd ({exc})"
+    if sha256 and digest != sha256:
+        raise DownloadError(
+            f"sha256 mismatch: metadata says {sha256}, got {digest}; {part} kept for inspection "
+            "(delete it to download again from the start)"
+        )
+    os.replace(part, dest)
+    return Result(dest, done, digest, offset)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream; silent when it is not a terminal."""
+
+    def __init__(self, stream=None, label: str = "", enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and (total is None or done < total):
+            return
+        self._last = now
+        self.stream.write("\r" + render_progress(self.label, done, total))
+        if total is not None and done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def render_progress(label: str, done: int, total: int | None, width: int = 30) -> str:
+    """'core.12 [#######.......]  23% 1.2 MiB/5.0 MiB'"""
+    if not total:
+        return f"{label} {human_size(done)}"
+    frac = min(done / total, 1.0)
+    filled = int(frac * width)
+    return f"{label} [{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}% {human_size(done)}/{human_size(total)}"

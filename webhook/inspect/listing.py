@@ -1,0 +1,317 @@
+"""Cores as rows: read metadata files, sort newest first, group by signature, render.
+
+The metadata files (``<core>.json``, written by the agent next to each core) are read either
+through an exec stream in the pod (:data:`LISTING_SCRIPT`, plain POSIX ``sh`` + ``find`` +
+``cat``, so busybox is enough) or from a local directory (:func:`scan_directory`, the page and
+the node-side view). Everything after that is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import yaml
+
+from webhook import constants
+from webhook.inspect.download import human_size
+
+#: Record separator in the listing stream (ASCII RS: never in a path we care about or in JSON).
+RS = "\x1e"
+
+#: Prints, for each metadata file under the given directories: RS, its path, TAB,
+#: "present"/"missing" (is the core itself there), newline, then the file's content.
+LISTING_SCRIPT = r"""
+for d in "$@"; do
+  [ -d "$d" ] || continue
+  find "$d" -maxdepth 8 -type f -name '*.json' 2>/dev/null
+done | while IFS= read -r f; do
+  core="${f%.json}"
+  if [ -e "$core" ]; then state=present; else state=missing; fi
+  printf '\036%s\t%s\n' "$f" "$state"
+  cat "$f" 2>/dev/null
+  printf '\n'
+done
+"""
+
+#: Metadata keys that mark a JSON file as a core's metadata (other JSON files are ignored).
+_REQUIRED = ("sha256", "size")
+
+
+def listing_command(directories: list[str]) -> list[str]:
+    """The exec command that lists metadata under ``directories`` (passed as argv, unquoted)."""
+    return ["sh", "-c", LISTING_SCRIPT, "coredump-list", *directories]
+
+
+def core_path_command(path: str, offset: int = 0) -> list[str]:
+    """The exec command that streams a core from ``offset`` (``tail -c +N`` is 1-based)."""
+    return ["tail", "-c", f"+{offset + 1}", path]
+
+
+@dataclass
+class CoreRecord:
+    """One core as the CLI and the page show it."""
+
+    namespace: str
+    pod: str
+    container: str
+    time: float
+    signal: int | None
+    signal_name: str
+    size: int | None
+    sha256: str
+    #: Path of the core as the crashed container sees it (metadata ``path``).
+    path: str
+    signature: str = ""
+    backtrace: list[str] = field(default_factory=list)
+    node: str = ""
+    image: str = ""
+    exe: str = ""
+    truncated: bool = False
+    truncated_reason: str = ""
+    compression: str = ""
+    #: Bytes of the stored file (differs from ``size`` when compressed); what a download fetches.
+    stored_size: int | None = None
+    #: Where the core was found by whoever listed it (a path in the pod or reader pod the exec
+    #: ran in, or a local path for the page): what a download reads.
+    location: str = ""
+    #: False when the metadata is there but the core file is not (deleted by hand).
+    present: bool = True
+    #: The full metadata as read.
+    metadata: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def time_iso(self) -> str:
+        return self.metadata.get("time_iso") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time))
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("metadata")
+        d["time_iso"] = self.time_iso
+        return d
+
+
+def _num(value, default=None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
+    """A record from one metadata dict; None when the JSON is not a core's metadata."""
+    if not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED):
+        return None
+    core_path = meta_path[: -len(constants.METADATA_SUFFIX)] if meta_path.endswith(constants.METADATA_SUFFIX) else meta_path
+    try:
+        when = float(meta.get("time") or 0)
+    except (TypeError, ValueError):
+        when = 0.0
+    backtrace = meta.get("backtrace") or []
+    return CoreRecord(
+        namespace=str(meta.get("namespace") or namespace),
+        pod=str(meta.get("pod") or pod),
+        container=str(meta.get("container") or ""),
+        time=when,
+        signal=_num(meta.get("signal")),
+        signal_name=str(meta.get("signal_name") or (f"SIG{meta['signal']}" if meta.get("signal") else "")),
+        size=_num(meta.get("size")),
+        sha256=str(meta.get("sha256") or ""),
+        path=str(meta.get("path") or core_path),
+        location=core_path,
+        signature=str(meta.get("signature") or ""),
+        backtrace=[str(x) for x in backtrace] if isinstance(backtrace, list) else [],
+        node=str(meta.get("node") or ""),
+        image=str(meta.get("image") or ""),
+        exe=str(meta.get("exe") or ""),
+        truncated=bool(meta.get("truncated")),
+        truncated_reason=str(meta.get("truncated_reason") or ""),
+        compression=str(meta.get("compression") or ""),
+        stored_size=_num(meta.get("stored_size"), _num(meta.get("size"))),
+        present=present,
+        metadata=meta,
+    )
+
+
+def parse_listing(text: str, *, namespace: str = "", pod: str = "") -> tuple[list[CoreRecord], list[str]]:
+    """Parse :data:`LISTING_SCRIPT` output; unreadable files become warnings, never errors."""
+    records: list[CoreRecord] = []
+    warnings: list[str] = []
+    for chunk in text.split(RS)[1:]:
+        header, _, body = chunk.partition("\n")
+        path, _, state = header.partition("\t")
+        try:
+            meta = json.loads(body) if body.strip() else None
+        except ValueError as exc:
+            warnings.append(f"{namespace}/{pod}: {path}: not valid JSON ({exc.msg})")
+            continue
+        rec = record_from_metadata(meta, path, present=state.strip() != "missing", namespace=namespace, pod=pod)
+        if rec is not None:
+            records.append(rec)
+    return records, warnings
+
+
+def scan_directory(root: str) -> tuple[list[CoreRecord], list[str]]:
+    """Records from metadata files under a local directory (page, node fallback location)."""
+    records: list[CoreRecord] = []
+    warnings: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if not fn.endswith(constants.METADATA_SUFFIX):
+                continue
+            full = os.path.join(dirpath, fn)
+            try:
+                with open(full) as f:
+                    meta = json.load(f)
+            except (OSError, ValueError) as exc:
+                warnings.append(f"{full}: {exc}")
+                continue
+            core = full[: -len(constants.METADATA_SUFFIX)]
+            rec = record_from_metadata(meta, full, present=os.path.exists(core))
+            if rec is not None:
+                records.append(rec)
+    return records, warnings
+
+
+def newest_first(records: list[CoreRecord]) -> list[CoreRecord]:
+    return sorted(records, key=lambda r: (-r.time, r.namespace, r.pod, r.path))
+
+
+@dataclass
+class Group:
+    """All cores sharing one signature ("" = not computed yet: each such core is its own group)."""
+
+    signature: str
+    records: list[CoreRecord]
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    @property
+    def last(self) -> CoreRecord:
+        return self.records[0]
+
+    @property
+    def first_seen(self) -> float:
+        return min(r.time for r in self.records)
+
+    @property
+    def pods(self) -> list[str]:
+        return sorted({f"{r.namespace}/{r.pod}" for r in self.records})
+
+    def top_frames(self, n: int = 3) -> list[str]:
+        frames = self.last.metadata.get("signature_frames") or []
+        if frames:
+            return [str(f) for f in frames[:n]]
+        return [line.split(" ", 2)[1] if line.startswith("#") and " " in line else line for line in self.last.backtrace[:n]]
+
+    def as_dict(self) -> dict:
+        return {
+            "signature": self.signature,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "last_seen": self.last.time,
+            "pods": self.pods,
+            "top_frames": self.top_frames(),
+            "cores": [r.as_dict() for r in self.records],
+        }
+
+
+def group_by_signature(records: list[CoreRecord]) -> list[Group]:
+    """Groups, the most frequent first, then the most recent; cores newest first in each."""
+    buckets: dict[str, list[CoreRecord]] = {}
+    loose: list[Group] = []
+    for rec in newest_first(records):
+        if rec.signature:
+            buckets.setdefault(rec.signature, []).append(rec)
+        else:
+            loose.append(Group("", [rec]))
+    groups = [Group(sig, recs) for sig, recs in buckets.items()] + loose
+    return sorted(groups, key=lambda g: (-g.count, -g.last.time))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["   ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for r in rows:
+        lines.append("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "?"
+
+
+def _short(sig: str) -> str:
+    return sig[:12] if sig else "-"
+
+
+def _size(rec: CoreRecord) -> str:
+    s = human_size(rec.size)
+    if rec.truncated:
+        s += " (truncated)"
+    if not rec.present:
+        s += " (missing)"
+    return s
+
+
+def render_table(records: list[CoreRecord], *, wide: bool = False) -> str:
+    """kubectl-style table, newest first; ``wide`` adds node, count per signature, top frame."""
+    records = newest_first(records)
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.signature:
+            counts[r.signature] = counts.get(r.signature, 0) + 1
+    headers = ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
+    if wide:
+        headers += ["COUNT", "NODE", "TOP FRAME"]
+    rows = []
+    for r in records:
+        row = [r.namespace, r.pod, r.container, _when(r.time), r.signal_name or "-", _size(r), _short(r.signature), r.path]
+        if wide:
+            top = Group(r.signature, [r]).top_frames(1)
+            row += [str(counts.get(r.signature, 1)), r.node or "-", top[0] if top else "-"]
+        rows.append(row)
+    return _table(headers, rows)
+
+
+def render_groups(groups: list[Group]) -> str:
+    headers = ["SIGNATURE", "COUNT", "LAST SEEN", "PODS", "TOP FRAMES", "LATEST CORE"]
+    rows = []
+    for g in groups:
+        pods = g.pods
+        shown = ", ".join(pods[:2]) + (f" +{len(pods) - 2}" if len(pods) > 2 else "")
+        rows.append([_short(g.signature), str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
+    return _table(headers, rows)
+
+
+def render(records: list[CoreRecord], output: str = "", *, group: bool = False) -> str:
+    """Render for ``-o``: "" (table), "wide", "json", "yaml"; ``group`` groups by signature."""
+    if output in ("json", "yaml"):
+        if group:
+            data: dict = {"groups": [g.as_dict() for g in group_by_signature(records)]}
+        else:
+            data = {"cores": [r.as_dict() for r in newest_first(records)]}
+        if output == "json":
+            return json.dumps(data, indent=2, sort_keys=True)
+        return yaml.safe_dump(data, sort_keys=True).rstrip("\n")
+    if group:
+        return render_groups(group_by_signature(records))
+    return render_table(records, wide=output == "wide")
+
+
+def find_record(records: list[CoreRecord], core: str) -> CoreRecord | None:
+    """Match ``coredump get``'s CORE argument: a full path, a file name, or a sha256 prefix."""
+    for r in records:
+        if core in (r.path, r.name, r.location):
+            return r
+    hits = [r for r in records if len(core) >= 8 and r.sha256.startswith(core)]
+    return hits[0] if len(hits) == 1 else None

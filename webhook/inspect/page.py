@@ -1,0 +1,133 @@
+"""A small read-only page: cores per namespace and pod, signatures, backtraces, downloads.
+
+Served by the agent (node cores) or next to a volume holding cores; reads the ``.json``
+metadata under ``cores_root`` on every request (no state). RBAC rule: each request carries the
+user's Kubernetes bearer token (``Authorization: Bearer``, as set by an authenticating proxy, or
+the cookie set by the login form); a namespace is shown, and its cores downloadable, only when
+``authorize(token, namespace)`` says so (in production: TokenReview + SubjectAccessReview,
+``webhook.inspect.kube.make_authorizer``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from flask import Flask, Response, abort, redirect, render_template_string, request, send_file
+
+from webhook.inspect.download import human_size
+from webhook.inspect.listing import CoreRecord, group_by_signature, newest_first, scan_directory
+
+TOKEN_COOKIE = "coredump_token"
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:1.5em}
+td,th{border-bottom:1px solid #ddd;padding:.3em .7em;text-align:left;vertical-align:top}
+code{font-size:90%} .sig{font-family:monospace} .muted{color:#888}
+</style></head><body>
+<h1>{{ title }}</h1>
+{% if not namespaces %}<p id="empty">No cores you are allowed to see.</p>{% endif %}
+{% for ns, pods in namespaces %}
+<section class="namespace" id="ns-{{ ns }}"><h2>Namespace {{ ns }}</h2>
+ <h3>Signatures</h3>
+ <table class="groups"><tr><th>signature</th><th>count</th><th>last seen</th><th>top frames</th></tr>
+ {% for g in groups[ns] %}<tr><td class="sig">{{ g.signature[:12] or "-" }}</td><td class="count">{{ g.count }}</td>
+ <td>{{ when(g.last.time) }}</td><td>{{ " < ".join(g.top_frames()) or "-" }}</td></tr>{% endfor %}
+ </table>
+ {% for pod, cores in pods %}
+ <h3 class="pod">{{ pod }}</h3>
+ <table class="cores"><tr><th>time</th><th>container</th><th>signal</th><th>size</th><th>signature</th><th>core</th><th>backtrace</th></tr>
+ {% for c in cores %}<tr class="core">
+  <td>{{ when(c.time) }}</td><td>{{ c.container }}</td><td>{{ c.signal_name or "-" }}</td>
+  <td>{{ size(c.size) }}{% if c.truncated %} (truncated: {{ c.truncated_reason }}){% endif %}</td>
+  <td class="sig" title="{{ c.signature }}">{{ c.signature[:12] or "-" }}</td>
+  <td>{% if c.present %}<a class="download" href="{{ link(c) }}">{{ c.name }}</a>{% else %}{{ c.name }} <span class="muted">(missing)</span>{% endif %}
+   <div class="muted"><code>{{ c.path }}</code></div></td>
+  <td>{% if c.backtrace %}<details><summary>{{ c.backtrace|length }} frames</summary><pre class="bt">{{ "\\n".join(c.backtrace) }}</pre></details>{% else %}-{% endif %}</td>
+ </tr>{% endfor %}
+ </table>
+ {% endfor %}
+</section>
+{% endfor %}
+</body></html>"""
+
+_LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}: sign in</title></head>
+<body><h1>{{ title }}</h1><p id="login">Paste a Kubernetes bearer token (e.g. <code>kubectl create token NAME</code>).
+Only namespaces where it may <code>create pods/exec</code> are shown.</p>
+<form method="post" action="login"><input type="password" name="token" autocomplete="off"><button>Sign in</button></form>
+</body></html>"""
+
+
+def _token() -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get(TOKEN_COOKIE, "")
+
+
+def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, title: str = "Core dumps") -> Flask:
+    """The page as a Flask app; ``authorize(token, namespace) -> bool`` is the RBAC rule."""
+    app = Flask(__name__)
+    root = os.path.realpath(cores_root)
+
+    def allowed_records(token: str) -> list[CoreRecord]:
+        records, _ = scan_directory(root)
+        verdicts: dict[str, bool] = {}
+        out = []
+        for r in records:
+            if r.namespace not in verdicts:
+                verdicts[r.namespace] = bool(token) and bool(authorize(token, r.namespace))
+            if verdicts[r.namespace]:
+                out.append(r)
+        return out
+
+    def link(rec: CoreRecord) -> str:
+        return "download/" + os.path.relpath(rec.location, root)
+
+    @app.get("/healthz")
+    def healthz():
+        return "ok\n"
+
+    @app.get("/")
+    def index():
+        token = _token()
+        if not token:
+            return render_template_string(_LOGIN, title=title), 401
+        records = newest_first(allowed_records(token))
+        by_ns: dict[str, dict[str, list[CoreRecord]]] = {}
+        for r in records:
+            by_ns.setdefault(r.namespace, {}).setdefault(r.pod, []).append(r)
+        namespaces = [(ns, sorted(pods.items())) for ns, pods in sorted(by_ns.items())]
+        groups = {ns: group_by_signature([r for r in records if r.namespace == ns]) for ns in by_ns}
+        return render_template_string(
+            _PAGE, title=title, namespaces=namespaces, groups=groups, link=link, size=human_size,
+            when=lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?")
+
+    @app.post("/login")
+    def login():
+        token = (request.form.get("token") or "").strip()
+        resp = redirect("./", code=303)
+        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+        return resp
+
+    @app.get("/download/<path:rel>")
+    def download(rel: str):
+        token = _token()
+        if not token:
+            abort(401)
+        full = os.path.realpath(os.path.join(root, rel))
+        if os.path.commonpath([root, full]) != root or not os.path.isfile(full + ".json"):
+            abort(404)
+        rec = next((r for r in allowed_records(token) if os.path.realpath(r.location) == full), None)
+        if rec is None or not os.path.isfile(full):
+            abort(404)  # not found and not allowed look the same: no namespace probing
+        resp: Response = send_file(full, as_attachment=True, download_name=rec.name, conditional=True)
+        if rec.sha256:
+            resp.headers["X-Core-SHA256"] = rec.sha256
+        return resp
+
+    return app
