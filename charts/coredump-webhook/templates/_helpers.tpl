@@ -1,0 +1,111 @@
+{{/* Names, labels and shared pieces of the coredump-webhook chart. */}}
+
+{{- define "coredump-webhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name prefix: the release name, plus the chart name unless it is already in it. */}}
+{{- define "coredump-webhook.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "coredump-webhook.agentName" -}}
+{{- printf "%s-agent" (include "coredump-webhook.fullname" .) }}
+{{- end }}
+
+{{- define "coredump-webhook.certsName" -}}
+{{- printf "%s-certs" (include "coredump-webhook.fullname" .) }}
+{{- end }}
+
+{{/* The kubernetes.io/tls Secret the webhook mounts (bootstrap Job or cert-manager writes it). */}}
+{{- define "coredump-webhook.tlsSecret" -}}
+{{- printf "%s-tls" (include "coredump-webhook.fullname" .) }}
+{{- end }}
+
+{{/* The MutatingWebhookConfiguration: cluster-scoped, so the namespace is part of the name. */}}
+{{- define "coredump-webhook.webhookConfig" -}}
+{{- if eq .Release.Namespace (include "coredump-webhook.fullname" .) }}
+{{- include "coredump-webhook.fullname" . }}
+{{- else }}
+{{- printf "%s-%s" (include "coredump-webhook.fullname" .) .Release.Namespace | trunc 253 }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped RBAC objects get the namespace in their name as well. */}}
+{{- define "coredump-webhook.clusterName" -}}
+{{- $ctx := index . 0 }}{{ $suffix := index . 1 }}
+{{- printf "%s-%s" (include "coredump-webhook.webhookConfig" $ctx) $suffix }}
+{{- end }}
+
+{{- define "coredump-webhook.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "coredump-webhook.labels" -}}
+helm.sh/chart: {{ include "coredump-webhook.chart" . }}
+app.kubernetes.io/name: {{ include "coredump-webhook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: coredump-webhook
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include with (list . "webhook"). */}}
+{{- define "coredump-webhook.selectorLabels" -}}
+{{- $ctx := index . 0 }}{{ $component := index . 1 -}}
+app.kubernetes.io/name: {{ include "coredump-webhook.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ $component }}
+{{- end }}
+
+{{/* All labels of one component. */}}
+{{- define "coredump-webhook.componentLabels" -}}
+{{- $ctx := index . 0 }}{{ $component := index . 1 -}}
+{{ include "coredump-webhook.labels" $ctx }}
+app.kubernetes.io/component: {{ $component }}
+{{- end }}
+
+{{/* The project image, by digest when one is given. */}}
+{{- define "coredump-webhook.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* An env var value as a string; whole numbers stay integers (YAML numbers reach templates as
+     float64, and 8589934592 would otherwise render as 8.589934592e+09). */}}
+{{- define "coredump-webhook.envValue" -}}
+{{- if kindIs "float64" . }}
+{{- if eq (float64 (int64 .)) . }}{{ int64 . | toString | quote }}{{ else }}{{ . | toString | quote }}{{ end }}
+{{- else }}
+{{- . | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The Service's DNS name inside the cluster. */}}
+{{- define "coredump-webhook.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "coredump-webhook.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "coredump-webhook.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}

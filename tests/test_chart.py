@@ -1,0 +1,686 @@
+"""The Helm chart, rendered by the real helm binary and checked object by object.
+
+helm lint --strict and helm template run for the default values and every overlay; each
+rendered object is validated with kubernetes-validate (strict) against Kubernetes 1.29-1.33;
+the fields that make the install safe are asserted one by one; the environment variables and
+flags the chart passes are checked against the real click commands, so a renamed option
+breaks this test instead of silently doing nothing in a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "coredump-webhook"
+RELEASE = "coredump-webhook"
+NAMESPACE = "coredump-webhook"
+OVERLAYS = ("values-gke-cos.yaml", "values-bottlerocket.yaml", "values-openshift.yaml")
+K8S_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
+#: Kinds kubernetes-validate has no schema for (CRDs): skipped by name, nothing else is.
+NOT_IN_SCHEMAS = {
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("security.openshift.io/v1", "SecurityContextConstraints"),
+}
+#: Agent settings the chart sets itself (never through agent.settings).
+CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root"}
+#: Every variant the tests render: name -> extra helm arguments.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    **{o: ["-f", str(CHART / o)] for o in OVERLAYS},
+    "cert-manager": ["--set", "certManager.enabled=true"],
+    "pull-secrets": ["--set", "registry.readPullSecrets=true"],
+}
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """helm with its HOME and caches in a temp dir (never the user's)."""
+    home = tmp_path_factory.mktemp("helm-home")
+    env = dict(os.environ)
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), XDG_CONFIG_HOME=str(home / "config"),
+               XDG_DATA_HOME=str(home / "data"))
+    return env
+
+
+def run_helm(helm: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(helm), *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def render(helm: Path, env: dict[str, str], *extra: str, namespace: str = NAMESPACE,
+           chart: Path = CHART) -> list[dict[str, Any]]:
+    out = run_helm(helm, env, "template", RELEASE, str(chart), "--namespace", namespace, *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: Path, helm_env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {name: render(helm, helm_env, *args) for name, args in VARIANTS.items()}
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def hooks(obj: dict[str, Any]) -> set[str]:
+    raw = (obj["metadata"].get("annotations") or {}).get("helm.sh/hook", "")
+    return {h.strip() for h in raw.split(",") if h.strip()}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def webhook_deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "Deployment")
+
+
+def agent_daemonset(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "DaemonSet")
+
+
+# --- lint and schema validation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_helm_lint_strict(helm: Path, helm_env: dict[str, str], variant: str) -> None:
+    proc = run_helm(helm, helm_env, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *VARIANTS[variant])
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]], variant: str, version: str) -> None:
+    objs = rendered[variant]
+    assert len(objs) >= 12
+    skipped = set()
+    for obj in objs:
+        key = (obj["apiVersion"], obj["kind"])
+        if key in NOT_IN_SCHEMAS:
+            skipped.add(key)
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(obj, version, strict=True)
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {exc.message}") from None
+    expected_skips = {
+        "cert-manager": {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")},
+        "values-openshift.yaml": {("security.openshift.io/v1", "SecurityContextConstraints")},
+    }.get(variant, set())
+    assert skipped == expected_skips
+
+
+def test_kubernetes_validate_bundles_the_versions() -> None:
+    base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    for version in K8S_VERSIONS:
+        assert (base / f"v{version}-local-strict").is_dir(), version
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "webhook.timeoutSeconds=11"], "webhook.timeoutSeconds"),
+        (["--set", "webhook.failurePolicy=Sometimes"], "webhook.failurePolicy"),
+        (["--set", "webhook.bogus=1"], "bogus"),
+        (["--set", "agent.settings.not_a_field=1"], "not_a_field"),
+        (["--set", "agent.settings.compression=gzip"], "agent.settings.compression"),
+        (["--set", "agent.hostDir=relative/dir"], "agent.hostDir"),
+        (["--set", "podSecurityContext.runAsUser=0"], "podSecurityContext.runAsUser"),
+        (["--set", "containerSecurityContext.allowPrivilegeEscalation=true"], "allowPrivilegeEscalation"),
+        (["--set", "webhook.defaultVolume=hostPath:/x"], "webhook.defaultVolume"),
+        (["--set", "image.pullPolicy=Sometimes"], "image.pullPolicy"),
+    ],
+)
+def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr
+
+
+def test_schema_accepts_what_values_yaml_documents(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+    values = {
+        "webhook": {"objectSelector": {"matchLabels": {"coredump-webhook.io/enabled": "true"}},
+                    "defaultVolume": "nfs:nas.example.com:/dumps", "excludeNamespaces": ["monitoring"],
+                    "extraEnv": [{"name": "COREDUMP_WEBHOOK_WORKERS", "value": "3"}]},
+        "agent": {"settings": {"compression": "zstd", "rate_limit_seconds": 60, "max_core_bytes": 8589934592,
+                               "events": False}},
+        "image": {"digest": "sha256:" + "a" * 64},
+    }
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(values))
+    objs = render(helm, helm_env, "-f", str(path))
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    for hook in mwc["webhooks"]:
+        assert hook["objectSelector"] == {"matchLabels": {"coredump-webhook.io/enabled": "true"}}
+        assert "monitoring" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
+    deploy = webhook_deployment(objs)
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    assert env["COREDUMP_WEBHOOK_DEFAULT_VOLUME"] == "nfs:nas.example.com:/dumps"
+    assert env["COREDUMP_WEBHOOK_WORKERS"] == "3"
+    # The digest pins every image, including the one the webhook injects into application pods.
+    assert container["image"].endswith("@sha256:" + "a" * 64)
+    assert env["COREDUMP_WEBHOOK_IMAGE"] == container["image"]
+    agent_env = env_of(agent_daemonset(objs)["spec"]["template"]["spec"]["containers"][0])
+    # Whole numbers stay integers (YAML numbers reach helm templates as floats).
+    assert agent_env["COREDUMP_AGENT_MAX_CORE_BYTES"] == "8589934592"
+    assert agent_env["COREDUMP_AGENT_RATE_LIMIT_SECONDS"] == "60"
+    assert agent_env["COREDUMP_AGENT_EVENTS"] == "false"
+    assert agent_env["COREDUMP_AGENT_COMPRESSION"] == "zstd"
+
+
+def test_schema_agent_settings_match_the_agent_dataclass() -> None:
+    """agent.settings in the schema == the fields of AgentSettings (names and JSON types)."""
+    from webhook.agent.settings import AgentSettings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    props = schema["properties"]["agent"]["properties"]["settings"]["properties"]
+    hints = typing.get_type_hints(AgentSettings)
+    json_type = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    expected = {f.name: json_type.get(hints[f.name], "string") for f in dataclasses.fields(AgentSettings)
+                if f.name not in CHART_MANAGED_AGENT_FIELDS}
+    assert {k: v["type"] for k, v in props.items()} == expected
+
+
+def test_every_value_is_documented() -> None:
+    """Each value of values.yaml has a `# --` comment right above its key (helm-docs style), or
+    is a group of such values; a documented key documents its whole block (e.g. resources)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    keys = []  # (indent, key, has a "# --" comment block right above)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "- ")) or ":" not in stripped:
+            continue
+        j = i - 1
+        comment = []
+        while j >= 0 and lines[j].strip().startswith("#"):
+            comment.append(lines[j].strip())
+            j -= 1
+        keys.append((len(line) - len(line.lstrip()), stripped.split(":")[0], any(c.startswith("# --") for c in comment)))
+
+    def check(start: int, end: int, path: str) -> list[str]:
+        """Undocumented leaves among keys[start:end] (all at the same depth)."""
+        missing = []
+        i = start
+        while i < end:
+            indent, key, documented = keys[i]
+            j = i + 1
+            while j < end and keys[j][0] > indent:
+                j += 1
+            if not documented:
+                if j == i + 1:
+                    missing.append(path + key)
+                else:
+                    missing.extend(check(i + 1, j, f"{path}{key}."))
+            i = j
+        return missing
+
+    assert len(keys) > 60
+    assert check(0, len(keys), "") == []
+
+
+def test_schema_covers_every_value() -> None:
+    """values.schema.json names every key of values.yaml (strict: additionalProperties false)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> None:
+        if not isinstance(value, dict) or node.get("additionalProperties") is not False:
+            return
+        for key, sub in value.items():
+            assert key in node.get("properties", {}), f"{path}{key} missing from values.schema.json"
+            walk(sub, node["properties"][key], f"{path}{key}.")
+
+    walk(values, schema, "")
+    assert schema["additionalProperties"] is False
+
+
+# --- the webhook ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("namespace", [NAMESPACE, "tools"])
+def test_webhook_configuration_is_safe(helm: Path, helm_env: dict[str, str], namespace: str) -> None:
+    objs = render(helm, helm_env, namespace=namespace)
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    service = one(objs, "Service")
+    hooks_by_name = {h["name"]: h for h in mwc["webhooks"]}
+    assert set(hooks_by_name) == {"pods.coredump-webhook.io", "workloads.coredump-webhook.io"}
+    for hook in mwc["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["sideEffects"] == "None"
+        assert 1 <= hook["timeoutSeconds"] <= 10 and hook["timeoutSeconds"] == 5
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["clientConfig"]["service"] == {
+            "name": service["metadata"]["name"], "namespace": namespace, "path": "/mutate",
+            "port": service["spec"]["ports"][0]["port"],
+        }
+        expr = hook["namespaceSelector"]["matchExpressions"][0]
+        assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
+        assert {"kube-system", namespace} <= set(expr["values"])
+        assert "objectSelector" not in hook
+    pods = hooks_by_name["pods.coredump-webhook.io"]["rules"]
+    assert pods == [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"],
+                     "scope": "Namespaced"}]
+    workloads = hooks_by_name["workloads.coredump-webhook.io"]["rules"]
+    resources = {(g, r) for rule in workloads for g in rule["apiGroups"] for r in rule["resources"]}
+    assert resources == {("apps", r) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")} | {
+        ("batch", "jobs"), ("batch", "cronjobs")}
+    assert all(rule["operations"] == ["CREATE", "UPDATE"] for rule in workloads)
+    # The objects the release runs in its own namespace are never sent to itself.
+    for obj in objs:
+        assert obj["metadata"].get("namespace") in (None, namespace)
+
+
+def test_webhook_failure_policy_is_documented(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    text = (CHART / "values.yaml").read_text()
+    assert "a broken webhook must never block" in text
+    tmpl = (CHART / "templates" / "mutatingwebhookconfiguration.yaml").read_text()
+    assert "must never block pod creation" in tmpl
+
+
+def test_webhook_deployment_is_restricted_and_probed(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["default"]
+    deploy = webhook_deployment(objs)
+    spec = deploy["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    # Spread across nodes.
+    (tsc,) = pod["topologySpreadConstraints"]
+    assert tsc["topologyKey"] == "kubernetes.io/hostname" and tsc["maxSkew"] == 1
+    assert tsc["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    # Restricted security context.
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True
+    assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod.get("hostPID") is not True and pod.get("hostNetwork") is not True
+    (container,) = pod["containers"]
+    csc = container["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert "privileged" not in csc
+    # Probes over HTTPS on the serving port.
+    port = container["ports"][0]
+    assert port["name"] == "https"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert (get["scheme"], get["path"], get["port"]) == ("HTTPS", path, "https")
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    # The certificates: the TLS Secret mounted where --cert-dir points.
+    args = container["args"]
+    assert args[0] == "serve"
+    cert_dir = args[args.index("--cert-dir") + 1]
+    assert args[args.index("--bind") + 1] == f"0.0.0.0:{port['containerPort']}"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[cert_dir]["name"]]["secret"]["secretName"] == f"{RELEASE}-tls"
+    assert mounts["/tmp"]  # writable scratch on a read-only root
+    # Service and PDB select exactly these pods.
+    service = one(objs, "Service")
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "https"
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # The injected init container runs this very image.
+    env = env_of(container)
+    assert env["COREDUMP_WEBHOOK_IMAGE"] == container["image"]
+    assert env["COREDUMP_WEBHOOK_DEFAULT_VOLUME"] == "emptyDir"
+    assert env["COREDUMP_WEBHOOK_ADD_CAPABILITY"] == "true"
+
+
+def _click_envvars(command: Any) -> set[str]:
+    names: set[str] = set()
+    for param in command.params:
+        envvar = getattr(param, "envvar", None)
+        if isinstance(envvar, str):
+            names.add(envvar)
+        elif envvar:
+            names.update(envvar)
+    return names
+
+
+def _click_flags(command: Any) -> set[str]:
+    return {opt for param in command.params for opt in getattr(param, "opts", [])}
+
+
+def test_webhook_env_and_flags_exist_in_coredump_serve(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from webhook.server.commands import serve
+
+    container = webhook_deployment(rendered["default"])["spec"]["template"]["spec"]["containers"][0]
+    unknown = set(env_of(container)) - _click_envvars(serve)
+    assert unknown == set(), f"the chart sets variables `coredump serve` does not read: {unknown}"
+    flags = {a for a in container["args"] if a.startswith("--")}
+    assert flags <= _click_flags(serve)
+
+
+def test_agent_env_and_flags_exist_in_coredump_agent(rendered: dict[str, list[dict[str, Any]]], helm: Path,
+                                                      helm_env: dict[str, str], tmp_path: Path) -> None:
+    from webhook.agent.commands import agent
+
+    run, uninstall = agent.commands["run"], agent.commands["uninstall"]
+    path = tmp_path / "v.yaml"
+    # Every settable key, with a value of the right type, to see its variable name.
+    schema_props = json.loads((CHART / "values.schema.json").read_text())["properties"]["agent"]["properties"]
+    sample = {"integer": 16, "number": 1.5, "boolean": True, "string": "auto"}
+    settings = {k: sample[v["type"]] for k, v in schema_props["settings"]["properties"].items()}
+    settings["compression"], settings["notify_format"], settings["unregistered"] = "zstd", "json", "auto"
+    path.write_text(yaml.safe_dump({"agent": {"settings": settings}}))
+    container = agent_daemonset(render(helm, helm_env, "-f", str(path)))["spec"]["template"]["spec"]["containers"][0]
+    unknown = set(env_of(container)) - _click_envvars(run)
+    assert unknown == set(), f"the chart sets variables `coredump agent run` does not read: {unknown}"
+    assert container["args"][:2] == ["agent", "run"]
+    assert {a for a in container["args"] if a.startswith("--")} <= _click_flags(run)
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert {a for a in pre_stop if a.startswith("--")} <= _click_flags(uninstall)
+
+
+# --- the node agent -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "host_dir"),
+    [("default", "/var/lib/coredump-webhook"), ("values-gke-cos.yaml", "/home/kubernetes/bin/coredump-webhook"),
+     ("values-bottlerocket.yaml", "/opt/csi/coredump-webhook"), ("values-openshift.yaml", "/var/lib/coredump-webhook")],
+)
+def test_agent_daemonset(rendered: dict[str, list[dict[str, Any]]], variant: str, host_dir: str) -> None:
+    from webhook import constants
+
+    objs = rendered[variant]
+    ds = agent_daemonset(objs)
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    strategy = ds["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    (container,) = pod["containers"]
+    assert container["securityContext"]["privileged"] is True
+    assert container["securityContext"]["runAsUser"] == 0
+    # The host dir: a hostPath mounted at the SAME path, passed to run and to the preStop uninstall.
+    args = container["args"]
+    assert args[args.index("--host-dir") + 1] == host_dir
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["coredump", "agent", "uninstall", "--host-dir", host_dir]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]]]
+    assert mount["mountPath"] == host_dir == volumes[mount["name"]]["hostPath"]["path"]
+    assert volumes[mount["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
+    env = env_of(container)
+    assert env["COREDUMP_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    metrics_port = container["ports"][0]["containerPort"]
+    assert env["COREDUMP_AGENT_METRICS_BIND"] == f"0.0.0.0:{metrics_port}"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"]
+    if variant == "default":
+        assert host_dir == constants.DEFAULT_HOST_DIR
+    if variant == "values-gke-cos.yaml":
+        quota = one(objs, "ResourceQuota")
+        expr = quota["spec"]["scopeSelector"]["matchExpressions"][0]
+        assert (expr["scopeName"], expr["operator"], expr["values"]) == ("PriorityClass", "In", ["system-node-critical"])
+    else:
+        assert find(objs, "ResourceQuota") == []
+
+
+def test_gke_overlay_says_why_that_path(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    text = (CHART / "values-gke-cos.yaml").read_text()
+    assert "noexec" in text and "/home/kubernetes/bin" in text
+
+
+def test_agent_can_be_disabled(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set", "agent.enabled=false")
+    assert find(objs, "DaemonSet") == [] and webhook_deployment(objs)
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+
+def _rules(objs: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    role = one(objs, kind, name)
+    out = set()
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.add((group, resource, tuple(sorted(rule.get("resourceNames", []))), tuple(sorted(rule["verbs"]))))
+    return out
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_no_wildcards_anywhere(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    for obj in rendered[variant]:
+        for rule in obj.get("rules", []) if obj["kind"] in ("Role", "ClusterRole") else []:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), (obj["metadata"]["name"], rule)
+            assert "nonResourceURLs" not in rule
+
+
+def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["default"]
+    mwc = one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    tls = f"{RELEASE}-tls"
+    # Webhook: no API rights and no token by default (`coredump serve` needs none).
+    assert find(objs, "ClusterRole", f"{RELEASE}-webhook") == []
+    assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # Agent: read pods (RBAC cannot narrow to one node; the agent uses a spec.nodeName field
+    # selector), post events.
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
+        ("", "pods", (), ("get", "list", "watch")), ("", "events", (), ("create", "patch"))}
+    assert "fieldSelector=spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
+    # Certificates: create the Secret (RBAC cannot name what does not exist yet), then only that
+    # Secret and that webhook configuration by name.
+    secret_rules = {("", "secrets", (), ("create",)), ("", "secrets", (tls,), ("get", "update"))}
+    assert _rules(objs, "Role", f"{RELEASE}-certs") == secret_rules
+    assert _rules(objs, "Role", f"{RELEASE}-certs-pre") == secret_rules
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs"}
+
+
+def test_webhook_may_patch_only_its_own_configuration_when_asked(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set", "webhook.rbac.patchWebhookConfiguration=true")
+    mwc = one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-webhook") == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
+    assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_pull_secrets_only_when_asked(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    def secret_rules(objs: list[dict[str, Any]]) -> set[Any]:
+        return {r for r in _rules(objs, "ClusterRole", f"{RELEASE}-webhook") if r[1] == "secrets"}
+
+    assert find(rendered["default"], "ClusterRole", f"{RELEASE}-webhook") == []
+    assert secret_rules(rendered["pull-secrets"]) == {("", "secrets", (), ("get",))}
+    assert webhook_deployment(rendered["pull-secrets"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    env = env_of(webhook_deployment(rendered["pull-secrets"])["spec"]["template"]["spec"]["containers"][0])
+    assert env["COREDUMP_REGISTRY_READ_PULL_SECRETS"] == "true"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bindings_and_service_accounts_line_up(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    objs = rendered[variant]
+    accounts = {o["metadata"]["name"] for o in find(objs, "ServiceAccount")}
+    roles = {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"] in ("Role", "ClusterRole")}
+    for binding in find(objs, "RoleBinding") + find(objs, "ClusterRoleBinding"):
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in roles
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["name"] in accounts
+            assert subject["namespace"] == NAMESPACE
+        if binding["kind"] == "RoleBinding" and binding["roleRef"]["kind"] == "Role":
+            role = one(objs, "Role", binding["roleRef"]["name"])
+            assert hooks(role) == hooks(binding)  # hook RBAC lives exactly as long as its binding
+    for obj in objs:
+        spec = _pod_spec(obj)
+        if spec is not None and obj["kind"] != "Pod":
+            assert spec["serviceAccountName"] in accounts, obj["metadata"]["name"]
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    kind = obj["kind"]
+    if kind == "Pod":
+        return obj["spec"]
+    if kind in ("Deployment", "DaemonSet", "Job", "StatefulSet"):
+        return obj["spec"]["template"]["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return None
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from certs.commands import bootstrap
+
+    objs = rendered["default"]
+    jobs = {j["metadata"]["name"]: j for j in find(objs, "Job")}
+    pre, post = jobs[f"{RELEASE}-certs-pre"], jobs[f"{RELEASE}-certs"]
+    assert hooks(pre) == {"pre-install", "pre-upgrade"}
+    assert hooks(post) == {"post-install", "post-upgrade"}
+    # The hook RBAC exists before the pre-install Job runs and goes away after it succeeded.
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        obj = one(objs, kind, f"{RELEASE}-certs-pre")
+        assert hooks(obj) == {"pre-install", "pre-upgrade"}
+        assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(pre["metadata"]["annotations"]["helm.sh/hook-weight"])
+        assert "hook-succeeded" in obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    container = post["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["coredump", "certs", "bootstrap"]
+    env = env_of(container)
+    assert set(env) <= _click_envvars(bootstrap)
+    deploy = webhook_deployment(objs)
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert env["COREDUMP_CERTS_SECRET"] == volumes["tls"]["secret"]["secretName"]
+    assert env["COREDUMP_CERTS_WEBHOOK_CONFIG"] == one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    assert env["COREDUMP_CERTS_SERVICE"] == one(objs, "Service")["metadata"]["name"]
+    assert env["COREDUMP_CERTS_NAMESPACE"] == NAMESPACE
+    assert env_of(pre["spec"]["template"]["spec"]["containers"][0]) == env
+    cron = one(objs, "CronJob")
+    cron_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert cron_container["command"] == container["command"] and env_of(cron_container) == env
+    for job in (pre, post):
+        psc = job["spec"]["template"]["spec"]["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_pre_install_script_runs_against_the_real_certs_module(rendered: dict[str, list[dict[str, Any]]],
+                                                              tmp_path: Path) -> None:
+    """The pre-install Job's Python, run for real: with no API server it must fail cleanly
+    (exit 1 and a JSON error line), which proves it imports and builds its settings."""
+    pre = one(rendered["default"], "Job", f"{RELEASE}-certs-pre")
+    container = pre["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["python", "-c"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))}
+    env.update(env_of(container), HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "missing-kubeconfig"))
+    proc = subprocess.run([sys.executable, "-c", command[2]], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    line = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert line["event"] == "certs.secret.failed" and "kubeconfig" in line["error"]
+
+
+def test_cert_manager_alternative(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["cert-manager"]
+    assert find(objs, "Job") == [] and find(objs, "CronJob") == []
+    issuers = {i["metadata"]["name"]: i for i in find(objs, "Issuer")}
+    certs = {c["metadata"]["name"]: c for c in find(objs, "Certificate")}
+    ca = certs[f"{RELEASE}-ca"]
+    serving = certs[f"{RELEASE}-serving"]
+    assert ca["spec"]["isCA"] is True
+    assert issuers[ca["spec"]["issuerRef"]["name"]]["spec"] == {"selfSigned": {}}
+    ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    deploy = webhook_deployment(objs)
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert serving["spec"]["secretName"] == volumes["tls"]["secret"]["secretName"]
+    service = one(objs, "Service")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in serving["spec"]["dnsNames"]
+    mwc = one(objs, "MutatingWebhookConfiguration")
+    assert mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{RELEASE}-serving"
+
+
+# --- OpenShift ------------------------------------------------------------------------------
+
+
+def test_openshift_overlay(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["values-openshift.yaml"]
+    scc = one(objs, "SecurityContextConstraints")
+    assert scc["allowPrivilegedContainer"] and scc["allowHostPID"] and scc["allowHostDirVolumePlugin"]
+    assert not scc["allowHostNetwork"] and scc["users"] == [] and scc["groups"] == []
+    use = [r for r in find(objs, "ClusterRole") if any("securitycontextconstraints" in x["resources"] for x in r["rules"])]
+    (role,) = use
+    assert role["rules"] == [{"apiGroups": ["security.openshift.io"], "resources": ["securitycontextconstraints"],
+                              "resourceNames": [scc["metadata"]["name"]], "verbs": ["use"]}]
+    binding = one(objs, "RoleBinding", f"{RELEASE}-agent-scc")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == agent_daemonset(objs)["spec"]["template"]["spec"]["serviceAccountName"]
+    psc = webhook_deployment(objs)["spec"]["template"]["spec"]["securityContext"]
+    assert "runAsUser" not in psc and "fsGroup" not in psc and psc["runAsNonRoot"] is True
+    assert find(rendered["default"], "SecurityContextConstraints") == []
+
+
+# --- helm test and NOTES --------------------------------------------------------------------
+
+
+def test_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["default"]
+    pods = find(objs, "Pod")
+    (pod,) = pods
+    assert hooks(pod) == {"test"}
+    (container,) = pod["spec"]["containers"]
+    script = container["command"][2]
+    compile(script, "test-connection", "exec")
+    assert f"https://{RELEASE}.{NAMESPACE}.svc:443/healthz" in script
+    volume = pod["spec"]["volumes"][0]["secret"]
+    assert volume["secretName"] == f"{RELEASE}-tls" and volume["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_notes_explain_how_to_check(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+    """NOTES.txt rendered through a copy of the chart (helm template does not print NOTES)."""
+    chart = tmp_path / "coredump-webhook"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ include (printf "%s/templates/NOTES.txt" .Chart.Name) . | quote }}\n'
+    )
+    objs = render(helm, helm_env, "--show-only", "templates/zz-notes.yaml", chart=chart)
+    notes = objs[0]["data"]["notes"]
+    assert "deploy/examples/crasher-deployment.yaml" in notes
+    assert "coredump list" in notes
+    assert f"helm test {RELEASE}" in notes
+    assert "failurePolicy is Ignore" in notes
+    assert (REPO / "deploy" / "examples" / "crasher-deployment.yaml").is_file()

@@ -1,0 +1,197 @@
+"""deploy/: the raw manifests (the chart rendered with default values) and the examples.
+
+The raw manifests are re-rendered with the real helm through scripts/render-deploy.sh and must
+match the committed file byte for byte. Every object validates with kubernetes-validate (strict,
+1.29-1.33). Each example is run through the webhook's real mutation: it is prepared (not refused),
+keeps the user's NAS/OSS volume or gets the emptyDir, and the patched pod still validates. The
+ephemeral-container body is applied with `kubectl patch --local` (one of the few kubectl verbs
+that work without an API server) to the mutated pod and the result validated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from webhook import constants as C
+from webhook.admission.mutate import apply, mutate_pod
+from webhook.admission.settings import AdmissionSettings
+from webhook.pattern import parse
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy" / "coredump-webhook.yaml"
+EXAMPLES = REPO / "deploy" / "examples"
+NAMESPACE = "coredump-webhook"
+K8S_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "PersistentVolume"}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def validate_all(objs: list[dict[str, Any]], version: str) -> None:
+    for obj in objs:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {exc.message}") from None
+
+
+# --- the raw manifests ----------------------------------------------------------------------
+
+
+def test_raw_manifests_do_not_drift(helm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "coredump-webhook.yaml"
+    env = dict(os.environ, COREDUMP_TEST_HELM=str(helm), HOME=str(tmp_path))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "render-deploy.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == DEPLOY.read_text(), (
+        "deploy/coredump-webhook.yaml is stale: run `bash scripts/render-deploy.sh` and commit the result")
+
+
+def test_raw_manifests_shape() -> None:
+    objs = load(DEPLOY)
+    ns = objs[0]
+    assert (ns["kind"], ns["metadata"]["name"]) == ("Namespace", NAMESPACE)
+    # The agent is privileged: Pod Security must allow it in this namespace.
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    kinds = [o["kind"] for o in objs]
+    for kind in ("Deployment", "DaemonSet", "Service", "PodDisruptionBudget", "MutatingWebhookConfiguration",
+                 "Job", "CronJob", "ServiceAccount", "ClusterRole"):
+        assert kind in kinds
+    assert "Pod" not in kinds  # the helm test pod is not part of an installation
+    for obj in objs:
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"]
+        else:
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
+    mwc = next(o for o in objs if o["kind"] == "MutatingWebhookConfiguration")
+    for hook in mwc["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore"
+        assert {"kube-system", NAMESPACE} <= set(hook["namespaceSelector"]["matchExpressions"][0]["values"])
+    # Kubernetes applies the file in order: the Secret-making Job comes before the caBundle one.
+    jobs = [o["metadata"]["name"] for o in objs if o["kind"] == "Job"]
+    assert jobs == [f"{NAMESPACE}-certs-pre", f"{NAMESPACE}-certs"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_raw_manifests_validate(version: str) -> None:
+    validate_all(load(DEPLOY), version)
+
+
+# --- the examples ---------------------------------------------------------------------------
+
+
+def pods_of(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pod an example makes, as the webhook will see it (Deployment pods from the template)."""
+    pods = []
+    for obj in objs:
+        if obj["kind"] == "Pod":
+            pods.append(obj)
+        elif obj["kind"] == "Deployment":
+            template = obj["spec"]["template"]
+            pods.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {**template["metadata"], "generateName": obj["metadata"]["name"] + "-",
+                                      "namespace": obj["metadata"]["namespace"]},
+                         "spec": template["spec"]})
+    return pods
+
+
+def test_every_seed_scenario_has_an_example() -> None:
+    assert set(EXAMPLE_FILES) >= {"nas-nfs-deployment.yaml", "nas-csi-deployment.yaml", "oss-pvc-deployment.yaml",
+                                  "emptydir-pod.yaml", "eci-pod.yaml", "crasher-deployment.yaml"}
+    assert (EXAMPLES / "emptydir-inspect-ephemeral.json").is_file()
+    drivers = {o["spec"]["csi"]["driver"] for f in EXAMPLE_FILES for o in load(EXAMPLES / f)
+               if o["kind"] == "PersistentVolume"}
+    assert drivers == {"nasplugin.csi.alibabacloud.com", "ossplugin.csi.alibabacloud.com"}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_example_validates(name: str, version: str) -> None:
+    validate_all(load(EXAMPLES / name), version)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_example_pods_are_mutated(name: str) -> None:
+    mwc = next(o for o in load(DEPLOY) if o["kind"] == "MutatingWebhookConfiguration")
+    excluded = set(mwc["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"])
+    pods = pods_of(load(EXAMPLES / name))
+    assert pods, name
+    for pod in pods:
+        namespace = pod["metadata"]["namespace"]
+        assert namespace not in excluded
+        annotations = pod["metadata"]["annotations"]
+        raw = annotations.get(C.ANN_PATTERN) or annotations.get(C.ANN_PATTERN_ECI)
+        assert raw, f"{name}: no pattern annotation"
+        pattern = parse(raw)
+        assert not pattern.is_relative
+        result = mutate_pod(pod, AdmissionSettings(), namespace=namespace)
+        assert result.allowed, result.message
+        assert result.patch, f"{name}: the webhook would leave the pod alone"
+        after = apply(pod, result.patch)
+        assert after["metadata"]["annotations"][C.ANN_STATUS] == C.STATUS_INJECTED
+        for version in ("1.29.0", "1.33.0"):
+            kubernetes_validate.validate(after, version, strict=True)
+        volume_name, _, mount_path = after["metadata"]["annotations"][C.ANN_CORE_VOLUME].partition("@")
+        volumes = {v["name"]: v for v in after["spec"]["volumes"]}
+        user_volumes = {v["name"] for v in pod["spec"].get("volumes", [])}
+        if user_volumes:
+            # NAS / OSS / NFS: the user's volume at the pattern's directory is kept and used.
+            assert volume_name in user_volumes
+            assert len(volumes) == len(user_volumes) + 1  # + the wrapper's emptyDir only
+        else:
+            assert volume_name == C.CORE_VOLUME and "emptyDir" in volumes[volume_name]
+            assert mount_path == pattern.directory.rstrip("/")
+        # Idempotent: the mutated pod sent again (reinvocation) gets nothing more.
+        assert mutate_pod(after, AdmissionSettings(), namespace=namespace).patch == []
+
+
+def test_eci_example_relies_on_the_appended_pid() -> None:
+    (pod,) = pods_of(load(EXAMPLES / "eci-pod.yaml"))
+    pattern = parse(pod["metadata"]["annotations"][C.ANN_PATTERN_ECI])
+    assert not pattern.has_pid  # the agent appends .PID, as in the ECI document (core-eci.12)
+    assert C.ANN_PATTERN not in pod["metadata"]["annotations"]
+
+
+def test_crasher_crashes_a_child_not_pid_1() -> None:
+    (pod,) = pods_of(load(EXAMPLES / "crasher-deployment.yaml"))
+    script = pod["spec"]["containers"][0]["command"][-1]
+    # PID 1 of a pid namespace ignores signals it has no handler for: the SIGSEGV goes to a child.
+    assert "sh -c 'kill -SEGV $$'" in script
+    assert parse(pod["metadata"]["annotations"][C.ANN_PATTERN]).directory.rstrip("/") == "/cores"
+
+
+def test_ephemeral_inspection_body_applies_to_the_mutated_pod(kubectl: Path, tmp_path: Path) -> None:
+    (pod,) = pods_of(load(EXAMPLES / "emptydir-pod.yaml"))
+    mutated = apply(pod, mutate_pod(pod, AdmissionSettings(), namespace="default").patch)
+    pod_file = tmp_path / "pod.json"
+    pod_file.write_text(json.dumps(mutated))
+    body = EXAMPLES / "emptydir-inspect-ephemeral.json"
+    proc = subprocess.run(
+        [str(kubectl), "patch", "--local", "-f", str(pod_file), "--type", "strategic", "--patch-file", str(body),
+         "-o", "json"],
+        env=dict(os.environ, HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "none")),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    patched = json.loads(proc.stdout)
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(patched, version, strict=True)
+    (debug,) = patched["spec"]["ephemeralContainers"]
+    assert debug["targetContainerName"] in {c["name"] for c in patched["spec"]["containers"]}
+    volume_name, _, mount_path = mutated["metadata"]["annotations"][C.ANN_CORE_VOLUME].partition("@")
+    (mount,) = debug["volumeMounts"]
+    # The body mounts the injected core volume at the same path as the crashed container sees it.
+    assert mount["name"] == volume_name and mount["mountPath"].rstrip("/") == mount_path
+    assert patched["spec"]["containers"] == mutated["spec"]["containers"]  # nothing else changed

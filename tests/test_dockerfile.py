@@ -1,0 +1,333 @@
+"""The Dockerfile, checked without a Docker engine (none runs on these machines).
+
+The Dockerfile is parsed; every file it copies from the build context must exist and survive
+.dockerignore; the build steps it runs are run here for real on a copy of the build context
+(the same `webhook/native/build.sh`, the same `pip install .` as a wheel build), and their
+outputs checked: static binaries at the paths webhook/constants.py names, a wheel holding
+every module and the C sources. The final stage's user, entry point and labels are asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import struct
+import subprocess
+import tomllib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from webhook import constants as C
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+VENV_PIP = REPO / ".venv" / "bin" / "pip"
+
+
+# --- a small Dockerfile parser ----------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    name: str
+    args: str
+
+
+@dataclass
+class Stage:
+    base: str
+    alias: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, name: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.name == name]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages). Handles comments, line continuations and `AS` aliases."""
+    logical: list[str] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue  # comment lines inside a continued instruction are dropped by Docker
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    assert not buf, "dangling line continuation"
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        name, _, rest = line.partition(" ")
+        name = name.upper()
+        rest = rest.strip()
+        if name == "FROM":
+            parts = rest.split()
+            parts = [p for p in parts if not p.startswith("--platform")]
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            alias = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base, alias))
+        elif not stages and name == "ARG":
+            key, _, default = rest.partition("=")
+            args[key] = default
+        else:
+            assert stages, f"{name} before FROM"
+            stages[-1].instructions.append(Instruction(name, rest))
+    return args, stages
+
+
+def copy_parts(instruction: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """(flags, sources, destination) of a COPY (shell form only, as this Dockerfile uses)."""
+    words = shlex.split(instruction.args)
+    flags = {}
+    while words and words[0].startswith("--"):
+        key, _, value = words.pop(0)[2:].partition("=")
+        flags[key] = value
+    return flags, words[:-1], words[-1]
+
+
+# --- .dockerignore, with Docker's semantics ---------------------------------------------------
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            continue
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + "$")
+
+
+def load_dockerignore(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        line = line[1:].strip() if negate else line
+        line = os.path.normpath(line).lstrip("/")
+        rules.append((negate, _pattern_regex(line)))
+    return rules
+
+
+def excluded(rules: list[tuple[bool, re.Pattern[str]]], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = PurePosixPath(path).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for negate, regex in rules:
+        if any(regex.match(c) for c in candidates):
+            result = not negate
+    return result
+
+
+def context_files() -> list[str]:
+    """Every file of the repository (git's view: tracked and untracked, not ignored)."""
+    proc = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return [p for p in proc.stdout.splitlines() if (REPO / p).is_file()]
+
+
+@pytest.fixture(scope="module")
+def parsed() -> tuple[dict[str, str], list[Stage]]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what `docker build .` would send: the repository minus .dockerignore."""
+    rules = load_dockerignore(DOCKERIGNORE.read_text())
+    ctx = tmp_path_factory.mktemp("docker-context")
+    for rel in context_files():
+        if not excluded(rules, rel):
+            dest = ctx / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest)
+    return ctx
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_dockerignore_matcher_follows_docker_rules() -> None:
+    rules = load_dockerignore("*\n!webhook/\n**/__pycache__\n!keep.txt\n")
+    assert excluded(rules, "tests/test_x.py")
+    assert excluded(rules, ".venv/bin/python")
+    assert not excluded(rules, "webhook/cli.py")
+    assert not excluded(rules, "webhook/native/build.sh")
+    assert excluded(rules, "webhook/__pycache__/cli.cpython-311.pyc")
+    assert not excluded(rules, "keep.txt")
+
+
+def test_stages_and_final_image(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    args, stages = parsed
+    aliases = [s.alias for s in stages]
+    assert aliases == ["native", "venv", None]
+    final = stages[-1]
+    assert final.base == "python:3.11-slim-bookworm"
+    assert stages[1].base == final.base  # the venv's interpreter path exists in the final image
+    # Only the venv and the static binaries come into the final image; no compiler there.
+    sources = {copy_parts(i)[0].get("from") for i in final.all("COPY")}
+    assert sources == {"venv", "native"}
+    # The only package the final stage installs is gdb (signatures, gcore, `coredump debug`).
+    (run,) = final.all("RUN")
+    assert re.search(r"apt-get install -y --no-install-recommends gdb\s", run.args)
+    assert "rm -rf /var/lib/apt/lists/*" in run.args and "gcc" not in run.args
+    (user,) = final.all("USER")
+    uid, _, gid = user.args.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit()
+    chart_values = yaml.safe_load((REPO / "charts/coredump-webhook/values.yaml").read_text())
+    assert int(uid) == chart_values["podSecurityContext"]["runAsUser"]
+    assert int(gid) == chart_values["podSecurityContext"]["runAsGroup"]
+    (entrypoint,) = final.all("ENTRYPOINT")
+    assert entrypoint.args == '["coredump"]'
+    env = " ".join(i.args for i in final.all("ENV"))
+    assert "PATH=/opt/venv/bin:" in env
+
+
+def test_oci_labels_and_versions(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    from webhook.admission.settings import AdmissionSettings
+
+    _, stages = parsed
+    final = stages[-1]
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', " ".join(i.args for i in final.all("LABEL"))))
+    for key in ("title", "description", "version", "revision", "created", "licenses", "source"):
+        assert f"org.opencontainers.image.{key}" in labels, key
+    version_arg = next(i.args for i in final.all("ARG") if i.args.startswith("VERSION="))
+    version = version_arg.partition("=")[2]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((REPO / "charts/coredump-webhook/Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "charts/coredump-webhook/values.yaml").read_text())
+    assert version == pyproject["version"] == chart["appVersion"]
+    assert labels["org.opencontainers.image.licenses"] == pyproject["license"]["text"]
+    # The image the webhook injects by default is the one the chart deploys.
+    assert AdmissionSettings().image == f"{values['image']['repository']}:{chart['appVersion']}"
+
+
+def test_every_copied_file_is_in_the_build_context(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    _, stages = parsed
+    rules = load_dockerignore(DOCKERIGNORE.read_text())
+    files = context_files()
+    aliases = {s.alias for s in stages if s.alias}
+    checked = 0
+    for stage in stages:
+        for copy in stage.all("COPY"):
+            flags, sources, _ = copy_parts(copy)
+            if "from" in flags:
+                assert flags["from"] in aliases, copy.args
+                continue
+            for src in sources:
+                path = REPO / src
+                assert path.exists(), f"COPY {src}: missing from the repository"
+                inside = [f for f in files if f == src.rstrip("/") or f.startswith(src.rstrip("/") + "/")]
+                kept = [f for f in inside if not excluded(rules, f)]
+                assert kept, f"COPY {src}: everything excluded by .dockerignore"
+                checked += 1
+    assert checked >= 5
+
+
+def test_native_stage_runs_the_shared_build_script(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    _, stages = parsed
+    native = stages[0]
+    runs = " ".join(i.args for i in native.all("RUN"))
+    assert "gcc" in runs and "libc6-dev" in runs
+    assert "sh webhook/native/build.sh /out/bin" in runs
+    # The same script the test suite and scripts/lib.sh use.
+    assert "webhook/native/build.sh" in (REPO / "scripts/lib.sh").read_text()
+    assert "webhook/native/build.sh" in (REPO / "tests/conftest.py").read_text()
+    (copy,) = [c for c in stages[-1].all("COPY") if copy_parts(c)[0].get("from") == "native"]
+    _, sources, dest = copy_parts(copy)
+    assert sources == ["/out/bin/"]
+    assert dest.rstrip("/") == os.path.dirname(C.IMAGE_WRAPPER_PATH) == os.path.dirname(C.IMAGE_HELPER_PATH)
+
+
+def _is_static_elf(path: Path) -> bool:
+    """An ELF executable without a PT_INTERP program header (no dynamic loader needed)."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit
+        return False
+    endian = "<" if data[5] == 1 else ">"
+    phoff = struct.unpack_from(endian + "Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
+    types = [struct.unpack_from(endian + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
+    return 3 not in types  # PT_INTERP
+
+
+def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path) -> None:
+    """Run the Dockerfile's RUN line on the context copy; the outputs are what the image ships."""
+    out = tmp_path / "out" / "bin"
+    subprocess.run(["sh", "webhook/native/build.sh", str(out)], cwd=build_context, check=True,
+                   capture_output=True, timeout=300)
+    built = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    sources = {p.stem for p in (REPO / "webhook/native").glob("*.c")}
+    assert built == sources
+    for image_path in (C.IMAGE_WRAPPER_PATH, C.IMAGE_HELPER_PATH):
+        binary = out / os.path.basename(image_path)
+        assert binary.is_file() and os.access(binary, os.X_OK), image_path
+        assert _is_static_elf(binary), f"{binary.name} is not a static ELF"
+    # The init container's command, for real: the wrapper installs itself where targets exec it.
+    dest = tmp_path / "shared" / os.path.basename(C.WRAPPER_PATH)
+    dest.parent.mkdir()
+    proc = subprocess.run([str(out / os.path.basename(C.IMAGE_WRAPPER_PATH)), C.WRAPPER_INSTALL_FLAG, str(dest)],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == (out / os.path.basename(C.IMAGE_WRAPPER_PATH)).read_bytes()
+    assert dest.stat().st_mode & stat.S_IXUSR
+
+
+def test_pip_install_builds_a_complete_wheel(build_context: Path, tmp_path: Path) -> None:
+    """`pip install .` in the venv stage builds this wheel: every module, the C sources and
+    build.sh, and the `coredump` console script must be in it."""
+    out = tmp_path / "wheels"
+    proc = subprocess.run([str(VENV_PIP), "wheel", "--no-deps", "--disable-pip-version-check", "-q", ".", "-w", str(out)],
+                          cwd=build_context, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = out.glob("coredump_webhook-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    expected = {str(p.relative_to(build_context)) for pkg in ("webhook", "certs")
+                for p in (build_context / pkg).rglob("*.py")}
+    expected |= {str(p.relative_to(build_context)) for p in (build_context / "webhook/native").glob("*.c")}
+    expected.add("webhook/native/build.sh")
+    # Whatever pyproject.toml declares as package data (demo inputs, the page's static files...).
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, patterns in package_data.items():
+        for pattern in patterns:
+            expected |= {str(p.relative_to(build_context)) for p in (build_context / package).glob(pattern) if p.is_file()}
+    assert len(expected) > 20
+    missing = expected - names
+    assert missing == set(), f"missing from the wheel: {sorted(missing)}"
+    # The context copy held every module of the repository (nothing lost to .dockerignore).
+    repo_modules = {str(p.relative_to(REPO)) for pkg in ("webhook", "certs") for p in (REPO / pkg).rglob("*.py")
+                    if "__pycache__" not in p.parts}
+    assert repo_modules <= names
+    assert re.search(r"^coredump\s*=\s*webhook\.cli:main$", entry_points, re.M)
+    assert not any(n.startswith(("tests/", "charts/", "deploy/")) for n in names)
