@@ -1,0 +1,315 @@
+"""``coredump certs bootstrap`` against recorded API responses and a real kubernetes ApiClient.
+
+A tiny HTTP server on 127.0.0.1 answers from tests/recorded/certs/ and records every request
+(method, path, content type, body), so the tests assert what the client really sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import json
+import subprocess
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonpatch
+import pytest
+from kubernetes import client as k8s
+
+from certs import generate as gen
+from certs import kube
+
+REPO = Path(__file__).resolve().parent.parent
+RECORDED = REPO / "tests" / "recorded" / "certs"
+COREDUMP = REPO / ".venv" / "bin" / "coredump"
+
+NS, SVC, SECRET, MWC = "coredump-webhook", "coredump-webhook", "coredump-webhook-tls", "coredump-webhook"
+SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/{SECRET}"
+SECRETS_PATH = f"/api/v1/namespaces/{NS}/secrets"
+MWC_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{MWC}"
+VWC = "coredump-webhook-workloads"
+VWC_PATH = f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{VWC}"
+SETTINGS = kube.BootstrapSettings(namespace=NS, service=SVC, secret=SECRET, webhook_config=MWC, days=90,
+                                  renew_before_days=30, request_timeout=5)
+
+
+def recorded(name: str) -> dict[str, Any]:
+    return json.loads((RECORDED / name).read_text())
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    content_type: str | None
+    body: Any
+    authorization: str | None = None
+
+
+class FakeAPI:
+    """Routes (method, path) to queued (status, JSON) answers; records what arrives."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+        self.seen: list[Seen] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                api.seen.append(Seen(self.command, path, self.headers.get("Content-Type"),
+                                     json.loads(raw) if raw else None, self.headers.get("Authorization")))
+                answers = api.routes.get((self.command, path))
+                if answers:
+                    status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+                else:
+                    status, body = 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                         "reason": "NotFound", "code": 404, "message": "unrouted"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = _serve
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def route(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
+        self.routes[(method, path)] = list(answers)
+
+    def requests(self, method: str | None = None) -> list[Seen]:
+        return [s for s in self.seen if method is None or s.method == method]
+
+
+@pytest.fixture()
+def api() -> Iterator[FakeAPI]:
+    fake = FakeAPI()
+    fake.thread.start()
+    try:
+        yield fake
+    finally:
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+
+
+@pytest.fixture()
+def client(api: FakeAPI) -> Iterator[k8s.ApiClient]:
+    configuration = k8s.Configuration()
+    configuration.host = api.url
+    with k8s.ApiClient(configuration) as c:
+        yield c
+
+
+def secret_with(bundle: gen.CertBundle) -> dict[str, Any]:
+    secret = recorded("secret-get-200-expired.json")
+    secret["data"] = {k: base64.b64encode(v).decode() for k, v in bundle.files().items()}
+    return secret
+
+
+def applied(api: FakeAPI, config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration after the PATCH the client sent (as the apiserver would apply it)."""
+    patches = api.requests("PATCH")
+    assert len(patches) == 1
+    assert patches[0].content_type == "application/json-patch+json"
+    return jsonpatch.apply_patch(copy.deepcopy(config), patches[0].body)
+
+
+def ca_bundle_of(config: dict[str, Any], i: int) -> bytes:
+    return base64.b64decode(config["webhooks"][i]["clientConfig"]["caBundle"])
+
+
+def test_first_run_creates_secret_and_patches_every_webhook(api: FakeAPI, client: k8s.ApiClient) -> None:
+    api.route("GET", SECRET_PATH, (404, recorded("secret-get-404.json")))
+    api.route("POST", SECRETS_PATH, (201, recorded("secret-create-201.json")))
+    config = recorded("mwc-get-200.json")
+    api.route("GET", MWC_PATH, (200, config))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+
+    result = kube.bootstrap(client, SETTINGS)
+
+    assert result.secret_action == "created"
+    assert result.webhooks_patched == ["pods.coredump-webhook.io", "workloads.coredump-webhook.io"]
+    assert [(s.method, s.path) for s in api.seen] == [
+        ("GET", SECRET_PATH), ("POST", SECRETS_PATH), ("GET", MWC_PATH), ("PATCH", MWC_PATH)]
+    created = api.requests("POST")[0].body
+    assert created["type"] == "kubernetes.io/tls"
+    assert created["metadata"]["name"] == SECRET and created["metadata"]["namespace"] == NS
+    assert "resourceVersion" not in created["metadata"]
+    bundle = kube.bundle_from_secret(created)
+    assert not gen.renewal_due(bundle, renew_before=dt.timedelta(days=30), service=SVC, namespace=NS).due
+    after = applied(api, config)
+    # both webhooks trust the new CA first; the expired CA recorded in the second is dropped
+    assert ca_bundle_of(after, 0) == bundle.ca_crt
+    assert ca_bundle_of(after, 1) == bundle.ca_crt
+    ops = api.requests("PATCH")[0].body
+    assert {"op": "test", "path": "/webhooks/1/name", "value": "workloads.coredump-webhook.io"} in ops
+
+
+def test_valid_secret_is_reused_and_nothing_is_patched(api: FakeAPI, client: k8s.ApiClient) -> None:
+    bundle = gen.generate(SVC, NS, 90)
+    api.route("GET", SECRET_PATH, (200, secret_with(bundle)))
+    config = recorded("mwc-get-200.json")
+    for webhook in config["webhooks"]:
+        webhook["clientConfig"]["caBundle"] = base64.b64encode(bundle.ca_crt).decode()
+    api.route("GET", MWC_PATH, (200, config))
+
+    result = kube.bootstrap(client, SETTINGS)
+
+    assert result.secret_action == "reused" and result.webhooks_patched == []
+    assert [(s.method, s.path) for s in api.seen] == [("GET", SECRET_PATH), ("GET", MWC_PATH)]
+
+
+def test_reused_secret_still_fixes_a_webhook_missing_the_ca(api: FakeAPI, client: k8s.ApiClient) -> None:
+    bundle = gen.generate(SVC, NS, 90)
+    api.route("GET", SECRET_PATH, (200, secret_with(bundle)))
+    config = recorded("mwc-get-200.json")  # webhook 0 has no caBundle, webhook 1 an expired one
+    api.route("GET", MWC_PATH, (200, config))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+
+    result = kube.bootstrap(client, SETTINGS)
+
+    assert result.secret_action == "reused"
+    after = applied(api, config)
+    assert ca_bundle_of(after, 0) == bundle.ca_crt and ca_bundle_of(after, 1) == bundle.ca_crt
+    assert not api.requests("PUT") and not api.requests("POST")
+
+
+def test_expired_secret_is_rotated_keeping_the_previous_valid_ca(api: FakeAPI, client: k8s.ApiClient) -> None:
+    api.route("GET", SECRET_PATH, (200, recorded("secret-get-200-expired.json")))
+    api.route("PUT", SECRET_PATH, (200, recorded("secret-replace-200.json")))
+    previous = gen.generate(SVC, NS, 90)  # a CA still valid, from an earlier rotation
+    config = recorded("mwc-get-200.json")
+    config["webhooks"][1]["clientConfig"]["caBundle"] = base64.b64encode(previous.ca_crt).decode()
+    api.route("GET", MWC_PATH, (200, config))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+
+    result = kube.bootstrap(client, SETTINGS)
+
+    assert result.secret_action == "rotated" and "expired" in result.reason
+    put = api.requests("PUT")[0].body
+    assert put["metadata"]["resourceVersion"] == "48213"  # optimistic concurrency on the recorded version
+    new = kube.bundle_from_secret(put)
+    assert gen.signed_by(new.tls_crt, new.ca_crt)
+    after = applied(api, config)
+    assert ca_bundle_of(after, 0) == new.ca_crt
+    assert [c.fingerprint(gen.hashes.SHA256()) for c in gen.load_certs(ca_bundle_of(after, 1))] == [
+        gen.load_cert(new.ca_crt).fingerprint(gen.hashes.SHA256()),
+        gen.load_cert(previous.ca_crt).fingerprint(gen.hashes.SHA256()),
+    ]
+
+
+def test_secret_for_another_service_is_rotated(api: FakeAPI, client: k8s.ApiClient) -> None:
+    api.route("GET", SECRET_PATH, (200, secret_with(gen.generate("other", NS, 90))))
+    api.route("PUT", SECRET_PATH, (200, recorded("secret-replace-200.json")))
+    api.route("GET", MWC_PATH, (200, recorded("mwc-get-200.json")))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+    result = kube.bootstrap(client, SETTINGS)
+    assert result.secret_action == "rotated" and "subjectAltName" in result.reason
+
+
+def test_lost_create_race_reuses_the_winners_secret(api: FakeAPI, client: k8s.ApiClient) -> None:
+    """Two Jobs at once: ours gets 409 AlreadyExists, reads again and adopts the other's CA."""
+    winner = gen.generate(SVC, NS, 90)
+    api.route("GET", SECRET_PATH, (404, recorded("secret-get-404.json")), (200, secret_with(winner)))
+    api.route("POST", SECRETS_PATH, (409, recorded("secret-create-409.json")))
+    config = recorded("mwc-get-200.json")
+    api.route("GET", MWC_PATH, (200, config))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+
+    result = kube.bootstrap(client, SETTINGS)
+
+    assert result.secret_action == "reused"
+    assert [(s.method, s.path) for s in api.seen] == [
+        ("GET", SECRET_PATH), ("POST", SECRETS_PATH), ("GET", SECRET_PATH), ("GET", MWC_PATH), ("PATCH", MWC_PATH)]
+    assert ca_bundle_of(applied(api, config), 0) == winner.ca_crt
+
+
+def test_validating_configuration_is_patched_too(api: FakeAPI, client: k8s.ApiClient) -> None:
+    bundle = gen.generate(SVC, NS, 90)
+    api.route("GET", SECRET_PATH, (200, secret_with(bundle)))
+    mutating = recorded("mwc-get-200.json")
+    for webhook in mutating["webhooks"]:
+        webhook["clientConfig"]["caBundle"] = base64.b64encode(bundle.ca_crt).decode()
+    api.route("GET", MWC_PATH, (200, mutating))
+    validating = recorded("vwc-get-200.json")
+    api.route("GET", VWC_PATH, (200, validating))
+    api.route("PATCH", VWC_PATH, (200, recorded("vwc-patch-200.json")))
+    settings = kube.BootstrapSettings(**{**SETTINGS.__dict__, "validating_webhook_config": VWC})
+
+    result = kube.bootstrap(client, settings)
+
+    assert result.webhooks_patched == ["workloads.coredump-webhook.io"]
+    assert ca_bundle_of(applied(api, validating), 0) == bundle.ca_crt
+    assert api.requests("PATCH")[0].path == VWC_PATH
+
+
+def test_forbidden_is_a_clear_error_and_nothing_is_written(api: FakeAPI, client: k8s.ApiClient) -> None:
+    api.route("GET", SECRET_PATH, (403, recorded("secret-get-403.json")))
+    with pytest.raises(kube.KubeError) as info:
+        kube.bootstrap(client, SETTINGS)
+    message = str(info.value)
+    assert "HTTP 403" in message and "cannot get resource" in message and "RBAC" in message
+    assert [s.method for s in api.seen] == ["GET"]
+
+
+def test_failed_patch_test_operation_is_reported(api: FakeAPI, client: k8s.ApiClient) -> None:
+    api.route("GET", SECRET_PATH, (200, secret_with(gen.generate(SVC, NS, 90))))
+    api.route("GET", MWC_PATH, (200, recorded("mwc-get-200.json")))
+    api.route("PATCH", MWC_PATH, (422, recorded("mwc-patch-422.json")))
+    with pytest.raises(kube.KubeError, match="HTTP 422"):
+        kube.bootstrap(client, SETTINGS)
+
+
+def test_cli_bootstrap_with_kubeconfig(api: FakeAPI, tmp_path: Path) -> None:
+    api.route("GET", SECRET_PATH, (404, recorded("secret-get-404.json")))
+    api.route("POST", SECRETS_PATH, (201, recorded("secret-create-201.json")))
+    api.route("GET", MWC_PATH, (200, recorded("mwc-get-200.json")))
+    api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": api.url}}],
+        "users": [{"name": "test", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    args = [str(COREDUMP), "certs", "bootstrap", "--namespace", NS, "--service", SVC, "--secret", SECRET,
+            "--webhook-config", MWC, "--days", "90", "--renew-before", "30", "--kubeconfig", str(kubeconfig)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert line["event"] == "certs.bootstrap" and line["secret"] == "created"
+    assert len(line["webhooksPatched"]) == 2
+    assert [s.method for s in api.seen] == ["GET", "POST", "GET", "PATCH"]
+    assert {s.authorization for s in api.seen} == {"Bearer t0ken"}  # the kubeconfig's credentials
+
+    api.seen.clear()
+    api.route("GET", SECRET_PATH, (403, recorded("secret-get-403.json")))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "HTTP 403" in proc.stderr
+
+    api.seen.clear()
+    api.route("GET", SECRET_PATH, (200, secret_with(gen.generate(SVC, NS, 90))))
+    proc = subprocess.run(args + ["--secret-only"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1])["secret"] == "reused"
+    assert [(s.method, s.path) for s in api.seen] == [("GET", SECRET_PATH)]  # no webhook configuration touched
+
+    bad = subprocess.run(args[:-4] + ["--days", "10", "--renew-before", "30"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--renew-before" in bad.stderr
