@@ -60,6 +60,27 @@ class AgentSettings:
     metrics_bind: str = "0.0.0.0:9402"
     #: Log level name.
     log_level: str = "INFO"
+    #: (H4a) The static helper binary the agent copies into host_dir at install (the image's copy).
+    helper_binary: str = constants.IMAGE_HELPER_PATH
+    #: (H4a) Root of the sysctl tree the agent reads and writes (tests point it at a temp dir).
+    sysctl_root: str = "/proc/sys"
+    #: (H4a) The helper spools at most this many bytes in total while the agent is unreachable.
+    spool_max_bytes: int = 4 * 1024**3
+    #: (H4a) The helper leaves this much free space on the spool's filesystem (cores are cut).
+    spool_keep_free_bytes: int = 1 * 1024**3
+    #: (H4a) The helper stops spooling one core after this long (kept, marked truncated).
+    spool_timeout_seconds: float = 300.0
+    #: (H4a) How often the agent retries delivering spooled cores (also done at start).
+    spool_drain_interval_seconds: float = 30.0
+    #: (H4a) helper.log is rotated to helper.log.1 past this size.
+    helper_log_max_bytes: int = 1024**2
+    #: (H4a) fs.suid_dumpable to set while the agent runs (0, 1 or 2); -1 leaves it as found.
+    #: 2 lets processes that changed credentials dump too (safe: the pipe helper runs as root).
+    suid_dumpable: int = -1
+    #: (H4b) zstd worker threads when compressing (0 = compress in the calling thread).
+    zstd_threads: int = 2
+    #: (H4b) File name of cores in the node location (core(5) specifiers; no %p appended).
+    node_core_name: str = "core.%e.%P.%t"
 
     @property
     def socket_path(self) -> str:

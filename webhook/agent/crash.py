@@ -1,0 +1,536 @@
+"""The crash path: from the kernel's core pipe and the helper's arguments to a core on disk.
+
+``CrashProcessor.handle`` identifies the crashing process from ``/proc/<%P>`` (registration in
+its environment, cross-checked with its cgroup), expands the pod's pattern as the kernel would,
+and streams the core into the container's own view (``writer``) within the node's limits
+(``stream``, ``limits``), with ``<name>.json`` next to it (``metadata``). Processes without a
+registration are skipped, chained to the previous pipe helper or written to the node location.
+Logs, metrics, the pod Event and the notification never delay the answer to the helper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO, Callable
+
+from webhook.agent import chain as chain_mod
+from webhook.agent import metadata as meta
+from webhook.agent import metrics as metrics_mod
+from webhook.agent.limits import RateLimiter
+from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
+from webhook.agent.settings import AgentSettings
+from webhook.agent.stream import REASON_RLIMIT, StreamLimits, copy_core, parse_size
+from webhook.agent.writer import OutputFile, SafeRoot, write_small_file
+from webhook.pattern import CrashInfo, PatternError, expand, parse
+
+log = logging.getLogger(__name__)
+
+#: The helper's argv after argv[0], in this order (the agent's core_pattern is built from it).
+HELPER_ARGS = ("%P", "%p", "%I", "%i", "%s", "%t", "%c", "%d", "%C", "%u", "%g", "%h", "%e")
+
+#: Below this soft RLIMIT_CORE an unregistered process gets no core (systemd-coredump's rule).
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+OUTCOMES = ("written", "partial", "skipped", "rate_limited", "failed", "chained")
+
+
+@dataclass(frozen=True)
+class CrashRequest:
+    """The kernel's view of one crash, as the helper passes it (see :data:`HELPER_ARGS`)."""
+
+    global_pid: int
+    pid: int
+    global_tid: int
+    tid: int
+    signal: int
+    time: int
+    rlimit_core: int
+    dump_mode: int
+    cpu: int
+    uid: int
+    gid: int
+    hostname: str
+    comm: str
+    #: From the helper's spool: the process is gone, /proc/<global_pid> means nothing.
+    spooled: bool = False
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> "CrashRequest":
+        """Parse the helper's arguments (argv[1:]); ValueError says what is wrong."""
+        if len(argv) != len(HELPER_ARGS):
+            raise ValueError(f"expected {len(HELPER_ARGS)} helper arguments ({' '.join(HELPER_ARGS)}), "
+                             f"got {len(argv)}: {argv!r}")
+        values: list[Any] = []
+        for spec, raw in zip(HELPER_ARGS[:11], argv[:11]):
+            if spec == "%C" and raw == "":
+                values.append(0)  # kernels before 6.2 drop %C
+                continue
+            try:
+                values.append(int(raw))
+            except ValueError:
+                raise ValueError(f"helper argument {spec} is not a number: {raw!r}") from None
+            if values[-1] < 0:
+                raise ValueError(f"helper argument {spec} is negative: {raw!r}")
+        if values[0] <= 0:
+            raise ValueError(f"helper argument %P must be a positive PID, got {argv[0]!r}")
+        return cls(*values, hostname=argv[11], comm=argv[12])
+
+    def crash_info(self, exe: str = "") -> CrashInfo:
+        return CrashInfo(pid=self.pid, global_pid=self.global_pid, tid=self.tid, global_tid=self.global_tid,
+                         uid=self.uid, gid=self.gid, signal=self.signal, time=self.time, hostname=self.hostname,
+                         comm=self.comm, exe=exe, rlimit_core=self.rlimit_core, dump_mode=self.dump_mode,
+                         cpu=self.cpu)
+
+
+@dataclass
+class CrashOutcome:
+    """What became of one crash (also the answer the server gives the helper)."""
+
+    outcome: str  # one of OUTCOMES
+    reason: str
+    #: The core's path as the crashing container sees it (node location: the agent's path).
+    path: str | None = None
+    metadata_path: str | None = None
+    size: int = 0  # original bytes captured
+    disk_size: int = 0  # bytes allocated on disk
+    duration: float = 0.0
+    destination: str | None = None  # "pod", "node", "chain"
+    #: Where the agent wrote it, as the agent sees it (for the node location, = path).
+    host_path: str | None = None
+    sha256: str | None = None
+    compression: str = "none"
+    truncated: bool = False
+    namespace: str | None = None
+    pod: str | None = None
+    pod_uid: str | None = None
+    container: str | None = None
+    container_id: str | None = None
+    pid: int = 0
+    global_pid: int = 0
+    signal: int = 0
+    comm: str = ""
+    node: str = ""
+    #: Cores of this container refused by the rate limit so far (rate_limited outcomes).
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Who:
+    """Names for a crash: from the registration, else from the pod watch, else from the cgroup."""
+
+    namespace: str | None = None
+    pod: str | None = None
+    pod_uid: str | None = None
+    container: str | None = None
+    container_id: str | None = None
+    image: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    runtime: str | None = None
+
+
+@dataclass
+class _Target:
+    """Where to write: a root, a directory inside it, a file name, and the limits."""
+
+    root_path: str  # what SafeRoot opens
+    directory: str  # inside the root
+    name: str
+    view_prefix: str  # how the crashing process names the root ("" for its own root)
+    destination: str  # "pod" or "node"
+    max_bytes: int | None
+    max_reason: str
+    compression: str
+    uid: int | None
+    gid: int | None
+    pattern: str
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _component(value: str | None, fallback: str) -> str:
+    """A single, harmless path component for the node location."""
+    value = _SAFE_NAME.sub("_", value or "")[:128].strip(".")
+    return value or fallback
+
+
+class CrashProcessor:
+    """Handles crashes; safe to call from several threads at once."""
+
+    def __init__(self, settings: AgentSettings, previous_pattern: str | None = None, *,
+                 clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
+                 metrics: metrics_mod.AgentMetrics | None = None,
+                 pod_lookup: Callable[[str], meta.PodView | None] | None = None,
+                 proc: str = "/proc") -> None:
+        """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
+        settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
+        is the pod watch's cache (image, labels, owner); it must not block."""
+        self.settings = settings
+        self.previous_pattern = previous_pattern.strip() if previous_pattern else None
+        self.clock = clock
+        self.metrics = metrics or metrics_mod.get()
+        self.pod_lookup = pod_lookup
+        self.proc = proc
+        self.rate = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds, clock=clock)
+        if events is None:
+            from webhook.agent.events import make_event_poster
+
+            events = make_event_poster(settings.events)
+        if notifier is None:
+            from webhook.agent.notify import make_notifier
+
+            notifier = make_notifier(settings.notify_url, settings.notify_format)
+        self.events = events or None
+        self.notifier = notifier or None
+        self.node_pattern = parse(settings.node_core_name)
+
+    # --- the entry point ------------------------------------------------------------------------
+    def handle(self, request: CrashRequest, core: int | BinaryIO) -> CrashOutcome:
+        """Save one core (or decide not to); never raises."""
+        start = time.monotonic()
+        doc: dict[str, Any] | None = None
+        try:
+            outcome, doc = self._handle(request, core, start)
+        except Exception as exc:  # noqa: BLE001 - the crash path must answer, whatever happened
+            log.exception("crash handling failed", extra={"pid": request.global_pid})
+            outcome = CrashOutcome("failed", f"internal_error: {exc}")
+        outcome.duration = time.monotonic() - start
+        outcome.pid = request.pid
+        outcome.global_pid = request.global_pid
+        outcome.signal = request.signal
+        outcome.comm = request.comm
+        outcome.node = self.settings.node_name
+        try:
+            self._report(outcome, doc)
+        except Exception:  # noqa: BLE001
+            log.exception("crash reporting failed")
+        return outcome
+
+    # --- decisions ------------------------------------------------------------------------------
+    def _handle(self, request: CrashRequest, core: int | BinaryIO,
+                start: float) -> tuple[CrashOutcome, dict | None]:
+        proc: ProcessInfo | None = None
+        if request.spooled:
+            ident = Identity(None, CgroupIdentity(), "spooled")
+        else:
+            try:
+                proc = read_process(request.global_pid, self.proc)
+                ident = identify(proc.environ, proc.cgroup)
+            except ProcessGone:
+                ident = Identity(None, CgroupIdentity(), "process_gone")
+        who = self._who(ident)
+        if ident.registration is not None and proc is not None:
+            key = (who.pod_uid or "", who.container or "")
+            if not self.rate.allow(key):
+                return self._rate_limited(who, key), None
+            try:
+                target = self._pod_target(request, proc, ident)
+            except _NoPodTarget as exc:
+                log.warning("pod destination unusable, using the node location",
+                            extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail})
+                return self._write(request, core, proc, ident, who, self._node_target(request, proc, who, True),
+                                   start, fallback_reason=exc.reason)
+            try:
+                return self._write(request, core, proc, ident, who, target, start)
+            except _NoPodTarget as exc:  # nothing read yet: the node location gets it
+                log.warning("pod destination unusable, using the node location",
+                            extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail})
+                return self._write(request, core, proc, ident, who, self._node_target(request, proc, who, True),
+                                   start, fallback_reason=exc.reason)
+
+        mode = self.settings.unregistered
+        if mode == "auto":
+            mode = "chain" if chain_mod.is_pipe(self.previous_pattern) else "node"
+        if proc is None:
+            mode = "node"  # spooled or vanished: only the node location makes sense
+        if mode == "skip":
+            return CrashOutcome("skipped", ident.reason, **self._who_fields(who)), None
+        if mode == "chain":
+            if chain_mod.is_pipe(self.previous_pattern):
+                return self._chain(request, core, proc, ident, who, start), None
+            mode = "node"
+        if mode != "node":
+            log.warning("unknown 'unregistered' setting, using node", extra={"setting": mode})
+        if request.rlimit_core < PAGE_SIZE and proc is not None:
+            return CrashOutcome("skipped", f"{ident.reason}; rlimit_core {request.rlimit_core} below a page",
+                                **self._who_fields(who)), None
+        key = (who.pod_uid or "host", who.container or who.container_id or request.comm)
+        if not self.rate.allow(key):
+            return self._rate_limited(who, key), None
+        target = self._node_target(request, proc, who, False)
+        return self._write(request, core, proc, ident, who, target, start)
+
+    def _who(self, ident: Identity) -> _Who:
+        reg = ident.registration
+        cg = ident.cgroup
+        who = _Who(pod_uid=cg.pod_uid, container_id=cg.container_id, runtime=cg.runtime)
+        view = None
+        if cg.pod_uid and self.pod_lookup is not None:
+            try:
+                view = self.pod_lookup(cg.pod_uid)
+            except Exception:  # noqa: BLE001 - a cache, never fatal
+                view = None
+        if reg is not None:
+            who.namespace, who.pod, who.container = reg.namespace, reg.pod_name, reg.container
+        if view is not None:
+            who.namespace = who.namespace or view.namespace
+            who.pod = who.pod or view.name
+            if not who.container and cg.container_id:
+                who.container = view.container_ids.get(cg.container_id)
+            if who.container:
+                who.image = view.images.get(who.container)
+            who.labels = dict(view.labels)
+            who.owner = view.owner
+        return who
+
+    @staticmethod
+    def _who_fields(who: _Who) -> dict[str, Any]:
+        return {"namespace": who.namespace, "pod": who.pod, "pod_uid": who.pod_uid,
+                "container": who.container, "container_id": who.container_id}
+
+    def _rate_limited(self, who: _Who, key: tuple[str, str]) -> CrashOutcome:
+        self.metrics.rate_limited.labels(who.namespace or "").inc()
+        dropped = self.rate.dropped(key)
+        return CrashOutcome("rate_limited",
+                            f"more than {self.settings.rate_limit_count} core(s) in "
+                            f"{self.settings.rate_limit_seconds:g}s for this container",
+                            dropped=dropped, **self._who_fields(who))
+
+    def _pod_target(self, request: CrashRequest, proc: ProcessInfo, ident: Identity) -> _Target:
+        reg = ident.registration
+        assert reg is not None
+        try:
+            pattern = parse(reg.pattern)
+        except PatternError as exc:
+            raise _NoPodTarget("invalid_pattern", exc.reason) from None
+        expanded = expand(pattern, request.crash_info(proc.exe), append_pid=self.settings.append_pid)
+        if pattern.is_relative:
+            cwd = self._checked_cwd(request, proc)
+            expanded = posixpath.join(cwd, expanded)
+        directory, name = posixpath.split(expanded)
+        node_max = self.settings.max_core_bytes
+        pod_max = parse_size(reg.max_size)
+        max_bytes = node_max if pod_max is None else min(pod_max, node_max)
+        compression = (reg.compress or self.settings.compression).strip().lower()
+        if compression not in ("zstd", "none"):
+            compression = self.settings.compression
+        return _Target(root_path=f"{self.proc}/{request.global_pid}/root", directory=directory or "/", name=name,
+                       view_prefix="", destination="pod", max_bytes=max_bytes or None, max_reason="size_limit",
+                       compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern)
+
+    def _checked_cwd(self, request: CrashRequest, proc: ProcessInfo) -> str:
+        """The process cwd inside its root, proven to be the same directory as its real cwd.
+
+        ``/proc/<pid>/cwd`` is a magic link we must not follow inside the container, and the
+        cwd may even lie outside the root (chroot without chdir): we resolve the cwd's path
+        from the root with RESOLVE_IN_ROOT and check it is the very directory (st_dev,
+        st_ino) the process has as cwd. Anything else is refused (the node location gets it).
+        """
+        if not proc.cwd:
+            raise _NoPodTarget("cwd_outside_root", "the working directory is not below the process root")
+        try:
+            real = os.stat(f"{self.proc}/{request.global_pid}/cwd")
+            with SafeRoot.open(f"{self.proc}/{request.global_pid}/root") as root:
+                seen = root.stat(proc.cwd)
+        except OSError as exc:
+            raise _NoPodTarget("cwd_unreachable", str(exc)) from None
+        if (real.st_dev, real.st_ino) != (seen.st_dev, seen.st_ino):
+            raise _NoPodTarget("cwd_outside_root", f"{proc.cwd} inside the root is not the process cwd")
+        return proc.cwd
+
+    def _node_target(self, request: CrashRequest, proc: ProcessInfo | None, who: _Who,
+                     registered: bool) -> _Target:
+        if who.pod_uid:
+            parts = (_component(who.namespace, "_unknown-namespace"), _component(who.pod, f"pod-{who.pod_uid}"),
+                     _component(who.container, (who.container_id or "unknown-container")[:12]))
+        elif proc is None:
+            parts = ("unknown",)
+        else:
+            parts = ("host",)
+        name = expand(self.node_pattern, request.crash_info(proc.exe if proc else ""), append_pid=False)
+        name = _component(name, f"core.{request.global_pid}.{request.time}")
+        if registered or proc is None:  # a pod's opt-in (or unknown): its full core up to the maximum
+            max_bytes, reason = self.settings.max_core_bytes, "size_limit"
+        else:  # %c honoured: truncate at the soft limit, like systemd-coredump
+            max_bytes = min(self.settings.max_core_bytes, request.rlimit_core)
+            reason = REASON_RLIMIT if request.rlimit_core < self.settings.max_core_bytes else "size_limit"
+        return _Target(root_path=self.settings.node_cores_dir, directory="/" + "/".join(parts), name=name,
+                       view_prefix=self.settings.node_cores_dir, destination="node", max_bytes=max_bytes or None,
+                       max_reason=reason, compression=self.settings.compression, uid=None, gid=None,
+                       pattern=self.settings.node_core_name)
+
+    # --- writing --------------------------------------------------------------------------------
+    def _write(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
+               who: _Who, target: _Target, start: float,
+               fallback_reason: str | None = None) -> tuple[CrashOutcome, dict | None]:
+        pod = target.destination == "pod"
+        if target.destination == "node":
+            os.makedirs(self.settings.node_cores_dir, mode=0o700, exist_ok=True)
+        try:
+            root = SafeRoot.open(target.root_path)
+        except OSError as exc:
+            if pod:
+                raise _NoPodTarget("root_unreachable", str(exc)) from None
+            raise
+        try:
+            try:
+                dirfd = root.open_dir(target.directory, uid=target.uid if pod else None,
+                                      gid=target.gid if pod else None)
+            except OSError as exc:
+                if pod:
+                    raise _NoPodTarget("directory_unusable", f"{target.directory}: {exc.strerror or exc}") from None
+                raise
+            try:
+                if pod:
+                    st = os.fstatvfs(dirfd)
+                    if st.f_bavail * st.f_frsize <= self.settings.keep_free_bytes:
+                        raise _NoPodTarget("pod_volume_full",
+                                           f"{target.directory} has less than keep_free_bytes free")
+                try:
+                    out = OutputFile(dirfd, target.name, mode=0o600)
+                except OSError as exc:
+                    if pod:
+                        raise _NoPodTarget("create_failed", f"{target.directory}: {exc.strerror or exc}") from None
+                    raise
+                return self._stream(request, core, proc, ident, who, target, dirfd, out, start, fallback_reason)
+            finally:
+                os.close(dirfd)
+        finally:
+            root.close()
+
+    def _stream(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
+                who: _Who, target: _Target, dirfd: int, out: OutputFile, start: float,
+                fallback_reason: str | None) -> tuple[CrashOutcome, dict | None]:
+        s = self.settings
+        limits = StreamLimits(max_bytes=target.max_bytes, max_reason=target.max_reason,
+                              keep_free_bytes=s.keep_free_bytes, deadline=start + s.dump_timeout_seconds,
+                              compression=target.compression, zstd_level=s.zstd_level,
+                              zstd_threads=s.zstd_threads)
+        try:
+            out.chown(target.uid, target.gid)
+            result = copy_core(core, out.fd, limits)
+        except BaseException:
+            out.discard()
+            raise
+        ext = ".zst" if target.compression == "zstd" else ""
+        final: str | None = None
+        commit_error = None
+        if result.complete or result.size > 0:
+            try:
+                final = out.commit(target.name, ext if result.complete else ext + ".partial")
+            except OSError as exc:
+                commit_error = f"{exc.strerror or exc}"
+                out.discard()
+        else:
+            out.discard()
+        disk_size = 0
+        if final:
+            try:
+                disk_size = os.stat(final, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
+            except OSError:
+                pass
+        view_dir = target.directory if target.destination == "pod" else posixpath.join(
+            target.view_prefix, target.directory.lstrip("/"))
+        path = posixpath.join(view_dir, final) if final else None
+        host_path = (posixpath.join(f"{self.proc}/{request.global_pid}/root", target.directory.lstrip("/"), final)
+                     if final and target.destination == "pod" else path)
+        if commit_error:
+            outcome, reason = "failed", f"commit_failed: {commit_error}"
+        elif result.complete:
+            outcome, reason = "written", fallback_reason or ident.reason
+        elif final:
+            outcome, reason = "partial", result.reason or "unknown"
+        else:
+            outcome, reason = "failed", f"{result.reason}: nothing captured"
+        if result.detail and outcome != "written":
+            reason = f"{reason} ({result.detail})"
+        exe = proc.exe if proc else ""
+        doc = meta.build(
+            node=s.node_name, namespace=who.namespace, pod=who.pod, pod_uid=who.pod_uid, container=who.container,
+            container_id=who.container_id, image=who.image, labels=who.labels, owner=who.owner, runtime=who.runtime,
+            registered=ident.registration is not None, identification=fallback_reason or ident.reason,
+            destination=target.destination, pid=request.pid, global_pid=request.global_pid, tid=request.tid,
+            global_tid=request.global_tid, uid=request.uid, gid=request.gid, signal=request.signal, exe=exe,
+            comm=request.comm, hostname=request.hostname, time=request.time, path=path or "", file=final or "",
+            size=result.size, stored_size=result.written, disk_size=disk_size, sha256=result.sha256,
+            compression=target.compression, truncated=not result.complete, reason=result.reason,
+            pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode)
+        metadata_path = None
+        if final:
+            try:
+                json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
+                                             uid=target.uid, gid=target.gid)
+                metadata_path = posixpath.join(view_dir, json_name)
+            except OSError as exc:
+                log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
+        outcome_obj = CrashOutcome(
+            outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
+            destination=target.destination, host_path=host_path, sha256=result.sha256,
+            compression=target.compression, truncated=not result.complete, **self._who_fields(who))
+        return outcome_obj, doc
+
+    def _chain(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
+               who: _Who, start: float) -> CrashOutcome:
+        assert self.previous_pattern
+        fd = core if isinstance(core, int) else core.fileno()
+        remaining = max(1.0, start + self.settings.dump_timeout_seconds - time.monotonic())
+        try:
+            result = chain_mod.run_previous(self.previous_pattern, request.crash_info(proc.exe if proc else ""), fd,
+                                            timeout=remaining, global_pid=request.global_pid)
+        except chain_mod.ChainError as exc:
+            return CrashOutcome("failed", f"{ident.reason}; chain: {exc}", destination="chain",
+                                **self._who_fields(who))
+        if result.returncode is None:
+            return CrashOutcome("failed", f"{ident.reason}; previous helper {result.argv[0]} timed out",
+                                destination="chain", **self._who_fields(who))
+        return CrashOutcome("chained", f"{ident.reason}; previous helper {result.argv[0]} exited "
+                                       f"{result.returncode}", destination="chain", **self._who_fields(who))
+
+    # --- visibility -----------------------------------------------------------------------------
+    def _report(self, outcome: CrashOutcome, doc: dict | None) -> None:
+        short_reason = outcome.reason.split(" ")[0].split(";")[0].rstrip(":")
+        dest = outcome.destination or ""
+        self.metrics.cores.labels(outcome.outcome, short_reason, dest).inc()
+        self.metrics.duration.labels(outcome.outcome).observe(outcome.duration)
+        if outcome.size:
+            self.metrics.bytes.labels(dest).inc(outcome.size)
+        if doc:
+            self.metrics.stored_bytes.labels(dest).inc(doc.get("stored_size", 0))
+        line = {
+            "outcome": outcome.outcome, "reason": outcome.reason, "namespace": outcome.namespace,
+            "pod": outcome.pod, "container": outcome.container, "pid": outcome.pid,
+            "global_pid": outcome.global_pid, "signal": outcome.signal, "comm": outcome.comm,
+            "path": outcome.path, "size": outcome.size, "disk_size": outcome.disk_size,
+            "duration": round(outcome.duration, 4), "destination": outcome.destination,
+        }
+        if outcome.outcome == "rate_limited":
+            line["dropped"] = outcome.dropped
+        level = logging.WARNING if outcome.outcome in ("failed", "partial") else logging.INFO
+        log.log(level, "crash", extra=line)
+        summary = outcome.as_dict()
+        summary.update(doc or {})
+        summary["path"] = outcome.path
+        for sink in (self.events, self.notifier):
+            if sink is not None and outcome.outcome in ("written", "partial", "failed"):
+                try:
+                    sink.submit(summary)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not queue a crash notification")
+
+
+class _NoPodTarget(Exception):
+    """The pod's destination cannot take the core; nothing was read yet."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,118 @@
+"""A ``CoreDumped`` Kubernetes Event on the crashed pod, posted off the crash path.
+
+The body is built by a pure function; the kubernetes client is only the edge that POSTs it
+(``/api/v1/namespaces/<ns>/events``). A background thread does the posting, so an unreachable
+API server never delays the helper's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from webhook import constants
+from webhook.agent.background import BackgroundSender
+from webhook.agent.metadata import iso_time
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "coredump-agent"
+REPORTING_CONTROLLER = "coredump-webhook.io/agent"
+
+
+def build_event(info: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """The core/v1 Event for a crash summary, or None when the crash is not a known pod's."""
+    namespace, pod = info.get("namespace"), info.get("pod")
+    if not namespace or not pod:
+        return None
+    container = info.get("container")
+    sig = info.get("signal_name") or f"signal {info.get('signal')}"
+    outcome = info.get("outcome", "written")
+    if outcome == "written":
+        what = f"core dumped to {info.get('path')} ({info.get('size')} bytes)"
+    elif outcome == "partial":
+        what = (f"core cut short ({info.get('truncated_reason')}): {info.get('path')} "
+                f"({info.get('size')} bytes)")
+    else:
+        what = f"core not saved ({outcome}: {info.get('reason')})"
+    message = f"Container {container} pid {info.get('pid')} ({info.get('comm')}) killed by {sig}: {what}"
+    stamp = iso_time(now)
+    involved: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod}
+    if info.get("pod_uid"):
+        involved["uid"] = info["pod_uid"]
+    if container:
+        involved["fieldPath"] = f"spec.containers{{{container}}}"
+    node = info.get("node") or ""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{pod}.", "namespace": namespace},
+        "involvedObject": involved,
+        "reason": constants.EVENT_REASON,
+        "message": message[:1024],
+        "type": "Warning",
+        "count": 1,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "source": {"component": COMPONENT, "host": node},
+        "reportingComponent": REPORTING_CONTROLLER,
+        "reportingInstance": node or COMPONENT,
+    }
+
+
+def post_event(api_client: Any, body: dict[str, Any], timeout: float = 10.0) -> Any:
+    """POST ``body`` with the kubernetes client (the only I/O here)."""
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client).create_namespaced_event(
+        body["metadata"]["namespace"], body, _request_timeout=timeout)
+
+
+class EventPoster:
+    """Queues crash summaries and posts their Events from a background thread."""
+
+    def __init__(self, api_client: Any, *, clock=None, timeout: float = 10.0) -> None:
+        import time
+
+        self.api_client = api_client
+        self.timeout = timeout
+        self.clock = clock or time.time
+        self._sender = BackgroundSender("events", self._post)
+
+    def _post(self, info: dict[str, Any]) -> None:
+        body = build_event(info, self.clock())
+        if body is not None:
+            post_event(self.api_client, body, self.timeout)
+
+    def submit(self, info: dict[str, Any]) -> bool:
+        if not info.get("namespace") or not info.get("pod"):
+            return False
+        return self._sender.submit(info)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self._sender.flush(timeout)
+
+    @property
+    def sent(self) -> int:
+        return self._sender.sent
+
+    @property
+    def failed(self) -> int:
+        return self._sender.failed
+
+
+def make_event_poster(enabled: bool = True) -> EventPoster | None:
+    """In-cluster config, else the local kubeconfig; None when disabled or neither works."""
+    if not enabled:
+        return None
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except Exception:  # noqa: BLE001 - not in a cluster
+        try:
+            config.load_kube_config()
+        except Exception as exc:  # noqa: BLE001
+            log.info("no Kubernetes API configuration, events disabled: %s", exc)
+            return None
+    return EventPoster(client.ApiClient())

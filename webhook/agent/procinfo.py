@@ -1,0 +1,277 @@
+"""Who is crashing: read a dumping process from ``/proc/<global pid>`` and identify its pod.
+
+The parsers are pure (text in, values out) so every cgroup driver, runtime and cgroup version
+is tested on samples; :func:`read_process` is the only part that touches ``/proc``. The kernel
+keeps ``/proc/<pid>`` readable while the pipe helper runs (``core_pipe_limit`` > 0).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+
+from webhook import constants
+
+#: A pod UID in a cgroup path: dashes (cgroupfs) or underscores (systemd slice names).
+_POD_UID_RE = re.compile(
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?$"
+)
+#: systemd scope / cgroupfs leaf naming of the runtimes: prefix -> runtime name.
+_RUNTIME_PREFIXES = (
+    ("cri-containerd-", "containerd"),
+    ("crio-", "cri-o"),
+    ("docker-", "docker"),
+    ("containerd-", "containerd"),
+)
+_CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+#: Largest environ block read (a hostile process could have a huge one).
+MAX_ENVIRON_BYTES = 1 << 20
+
+
+class ProcessGone(Exception):
+    """``/proc/<pid>`` vanished (or never existed): the process was reaped or spooled."""
+
+
+@dataclass(frozen=True)
+class CgroupIdentity:
+    """What a process's cgroup says about it. ``pod_uid`` is None outside Kubernetes."""
+
+    pod_uid: str | None = None
+    container_id: str | None = None
+    runtime: str | None = None  # "containerd", "cri-o", "docker", or None (cgroupfs, no prefix)
+    qos: str | None = None  # "besteffort", "burstable", "guaranteed"
+    path: str = ""  # the cgroup path it was read from
+
+    @property
+    def in_kubernetes(self) -> bool:
+        return self.pod_uid is not None
+
+
+def parse_cgroup_path(path: str) -> CgroupIdentity:
+    """One cgroup path (v1 controller line or the v2 ``0::`` line, without the prefix).
+
+    cgroupfs: ``/kubepods/burstable/pod<uid>/<id>``, ``/kubepods/pod<uid>/crio-<id>``;
+    systemd: ``/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<u_i_d>.slice/
+    cri-containerd-<id>.scope`` (or ``crio-``, ``docker-``). The path may be relative to the
+    reader's cgroup namespace (``/../../kubepods...``): components are matched anywhere.
+    """
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    pod_index = None
+    pod_uid = None
+    qos = None
+    for i, part in enumerate(parts):
+        m = _POD_UID_RE.search(part)
+        if m and ("kubepods" in part or part.startswith("pod")):
+            pod_uid = m.group(1).replace("_", "-")
+            pod_index = i
+            break
+    if pod_uid is None:
+        return CgroupIdentity(path=path)
+    for part in parts[:pod_index + 1]:
+        for name in ("besteffort", "burstable"):
+            if name in part and "kubepods" in part or part == name:
+                qos = name
+    if qos is None:
+        qos = "guaranteed"
+    container_id = None
+    runtime = None
+    if pod_index + 1 < len(parts):
+        leaf = parts[pod_index + 1]
+        if leaf.endswith(".scope"):
+            leaf = leaf[: -len(".scope")]
+        if "conmon" not in leaf:
+            for prefix, name in _RUNTIME_PREFIXES:
+                if leaf.startswith(prefix):
+                    leaf, runtime = leaf[len(prefix):], name
+                    break
+            if _CONTAINER_ID_RE.match(leaf):
+                container_id = leaf
+            else:
+                runtime = None
+    return CgroupIdentity(pod_uid=pod_uid, container_id=container_id, runtime=runtime, qos=qos, path=path)
+
+
+def parse_cgroup(text: str) -> CgroupIdentity:
+    """``/proc/<pid>/cgroup``: prefer the v2 ``0::`` line, else the first v1 line naming a pod.
+
+    A line carrying a container ID beats one that only names the pod (e.g. a v1 controller
+    left at the pod level by a partial hierarchy).
+    """
+    candidates: list[tuple[int, CgroupIdentity]] = []
+    for line in text.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        hierarchy, _controllers, path = fields
+        ident = parse_cgroup_path(path)
+        if not ident.in_kubernetes:
+            continue
+        score = (2 if ident.container_id else 0) + (1 if hierarchy == "0" else 0)
+        candidates.append((score, ident))
+    if not candidates:
+        return CgroupIdentity()
+    candidates.sort(key=lambda c: -c[0])
+    return candidates[0][1]
+
+
+def parse_environ(raw: bytes) -> dict[str, str]:
+    """NUL-separated ``KEY=VALUE`` block; undecodable bytes are replaced, never fatal."""
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        if not item or b"=" not in item:
+            continue
+        key, _, value = item.partition(b"=")
+        env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+@dataclass(frozen=True)
+class Status:
+    """The fields of ``/proc/<pid>/status`` the agent uses."""
+
+    name: str = ""
+    uid: int | None = None  # real
+    gid: int | None = None  # real
+    nspid: tuple[int, ...] = ()  # outermost first; the last one is the PID in its own namespace
+
+
+def parse_status(text: str) -> Status:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            values[key] = value.strip()
+
+    def first_int(key: str) -> int | None:
+        try:
+            return int(values[key].split()[0])
+        except (KeyError, IndexError, ValueError):
+            return None
+
+    nspid: tuple[int, ...] = ()
+    try:
+        nspid = tuple(int(v) for v in values.get("NSpid", "").split())
+    except ValueError:
+        nspid = ()
+    return Status(name=values.get("Name", ""), uid=first_int("Uid"), gid=first_int("Gid"), nspid=nspid)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the webhook put in a prepared container's environment (``COREDUMP_*``)."""
+
+    pattern: str
+    pod_name: str
+    namespace: str
+    pod_uid: str
+    container: str
+    node_name: str = ""
+    max_size: str = ""
+    compress: str = ""
+
+
+def parse_registration(env: dict[str, str]) -> Registration | None:
+    """The registration, or None when the pattern or the pod UID is missing."""
+    pattern = env.get(constants.ENV_PATTERN, "")
+    pod_uid = env.get(constants.ENV_POD_UID, "").strip().lower()
+    if not pattern or not pod_uid:
+        return None
+    return Registration(
+        pattern=pattern,
+        pod_name=env.get(constants.ENV_POD_NAME, ""),
+        namespace=env.get(constants.ENV_POD_NAMESPACE, ""),
+        pod_uid=pod_uid,
+        container=env.get(constants.ENV_CONTAINER_NAME, ""),
+        node_name=env.get(constants.ENV_NODE_NAME, ""),
+        max_size=env.get(constants.ENV_MAX_SIZE, ""),
+        compress=env.get(constants.ENV_COMPRESS, ""),
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The verdict: a registration the cgroup confirms, or None with the reason why not."""
+
+    registration: Registration | None
+    cgroup: CgroupIdentity
+    reason: str  # "registered", or why the process counts as unregistered
+
+
+def identify(env: dict[str, str], cgroup: CgroupIdentity) -> Identity:
+    """Registration cross-checked with the cgroup: the environment alone is not trusted.
+
+    A process can set any environment it likes (or inherit one from a pod it was copied
+    from); the cgroup is set by the runtime. A registration counts only when the pod UID it
+    names is the one of the pod whose cgroup the process lives in.
+    """
+    reg = parse_registration(env)
+    if reg is None:
+        has_any = any(k in env for k in constants.REGISTRATION_ENV)
+        return Identity(None, cgroup, "incomplete_registration" if has_any else "no_registration")
+    if not cgroup.in_kubernetes:
+        return Identity(None, cgroup, "registration_without_pod_cgroup")
+    if cgroup.pod_uid != reg.pod_uid:
+        return Identity(None, cgroup, "pod_uid_mismatch")
+    return Identity(reg, cgroup, "registered")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A crashing process as read from ``/proc/<global_pid>`` (paths as its root sees them)."""
+
+    global_pid: int
+    environ: dict[str, str] = field(default_factory=dict)
+    cgroup: CgroupIdentity = field(default_factory=CgroupIdentity)
+    exe: str = ""  # inside the process's root
+    cwd: str | None = None  # inside the process's root; None when not below it
+    root: str = "/"  # the root as the agent sees it (readlink /proc/<pid>/root)
+    status: Status = field(default_factory=Status)
+
+
+def strip_root(path: str, root: str) -> str | None:
+    """``path`` as seen from ``root`` (both as the agent's readlink shows them), or None."""
+    if path.endswith(" (deleted)"):
+        path = path[: -len(" (deleted)")]
+    if root in ("", "/"):
+        return path if path.startswith("/") else None
+    if path == root:
+        return "/"
+    if path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")):]
+    return None
+
+
+def _read(path: str, limit: int = 1 << 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def read_process(global_pid: int, proc: str = "/proc") -> ProcessInfo:
+    """Read everything the crash path needs; raise :class:`ProcessGone` if it is not there."""
+    base = f"{proc}/{global_pid}"
+    try:
+        status = parse_status(_read(f"{base}/status").decode("utf-8", "replace"))
+    except FileNotFoundError as exc:
+        raise ProcessGone(f"{base} does not exist") from exc
+    except ProcessLookupError as exc:  # pragma: no cover - reaped between open and read
+        raise ProcessGone(str(exc)) from exc
+
+    def optional(reader, default):
+        try:
+            return reader()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESRCH) and not os.path.exists(base):
+                raise ProcessGone(f"{base} vanished") from exc
+            return default
+
+    environ = optional(lambda: parse_environ(_read(f"{base}/environ", MAX_ENVIRON_BYTES)), {})
+    cgroup = optional(lambda: parse_cgroup(_read(f"{base}/cgroup").decode("utf-8", "replace")), CgroupIdentity())
+    root = optional(lambda: os.readlink(f"{base}/root"), "/")
+    exe_raw = optional(lambda: os.readlink(f"{base}/exe"), "")
+    cwd_raw = optional(lambda: os.readlink(f"{base}/cwd"), "")
+    exe = (strip_root(exe_raw, root) or "") if exe_raw else ""
+    cwd = strip_root(cwd_raw, root) if cwd_raw else None
+    return ProcessInfo(global_pid=global_pid, environ=environ, cgroup=cgroup, exe=exe, cwd=cwd, root=root,
+                       status=status)
