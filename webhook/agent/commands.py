@@ -1,0 +1,245 @@
+"""``coredump agent run`` and ``coredump agent uninstall``: the DaemonSet's two commands.
+
+Every :class:`AgentSettings` field is an option (``--max-core-bytes``) with an environment
+variable (``COREDUMP_AGENT_MAX_CORE_BYTES``); the help text is the field's ``#:`` comment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from webhook.agent import settings as settings_module
+from webhook.agent.settings import AgentSettings
+
+log = logging.getLogger("webhook.agent")
+
+ENV_PREFIX = "COREDUMP_AGENT_"
+#: How often the node fallback location is trimmed (retention by age and total size).
+RETENTION_INTERVAL_SECONDS = 600.0
+#: How long a stopping agent waits for the dumps in flight (the DaemonSet's grace period is
+#: longer; the kernel settings are restored before this wait).
+STOP_WAIT_SECONDS = 20.0
+
+
+# --- structured logs ---------------------------------------------------------------------------
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and every ``extra`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+# --- options from the settings dataclass -------------------------------------------------------
+def _field_docs() -> dict[str, str]:
+    """The ``#:`` comment lines above each field of AgentSettings, joined."""
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(settings_module.AgentSettings).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(re.sub(r"^\(\w+\)\s*", "", stripped[2:].strip()))  # drop "(owner)" tags
+            continue
+        m = re.match(r"([a-z_][a-z0-9_]*)\s*:", stripped)
+        if m and pending:
+            docs[m.group(1)] = " ".join(pending)
+        if not stripped.startswith("#"):
+            pending = []
+    return docs
+
+
+def settings_options(fields: tuple[str, ...] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command with one option per settings field (or the named ones)."""
+    hints = typing.get_type_hints(AgentSettings)
+    docs = _field_docs()
+    chosen = [f for f in dataclasses.fields(AgentSettings) if fields is None or f.name in fields]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for f in reversed(chosen):
+            hint = hints[f.name]
+            flag = "--" + f.name.replace("_", "-")
+            envvar = ENV_PREFIX + f.name.upper()
+            help_text = docs.get(f.name, "")
+            if hint is bool:
+                option = click.option(
+                    f"{flag}/--no-{flag[2:]}", f.name, default=f.default, envvar=envvar, show_default=True, help=help_text
+                )
+            else:
+                base = {int: int, float: float}.get(hint, str)  # str and "str | None"
+                option = click.option(
+                    flag, f.name, type=base, default=f.default, envvar=envvar, show_default=True, help=help_text
+                )
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def build_settings(values: dict[str, Any]) -> AgentSettings:
+    names = {f.name for f in dataclasses.fields(AgentSettings)}
+    return AgentSettings(**{k: v for k, v in values.items() if k in names})
+
+
+# --- the commands -----------------------------------------------------------------------------
+@click.group()
+def agent() -> None:
+    """The node agent (runs as a DaemonSet, one per node)."""
+
+
+def _crash_handler(settings: AgentSettings, previous_pattern: str) -> Callable[[Any, int], Any]:
+    from webhook.agent.crash import CrashProcessor
+
+    return CrashProcessor(settings, previous_pattern=previous_pattern or None).handle
+
+
+def _metrics_registry() -> Any:
+    try:
+        from webhook.agent.metrics import REGISTRY
+    except ImportError:  # the crash path's metrics module is optional here
+        from prometheus_client import REGISTRY
+    return REGISTRY
+
+
+def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS) -> None:
+    """Trim the node fallback location now and every ``interval`` seconds until ``stop``."""
+    from webhook.agent.limits import apply_retention
+
+    while not stop.is_set():
+        try:
+            result = apply_retention(
+                settings.node_cores_dir,
+                max_age_seconds=settings.retention_max_age_seconds,
+                max_total_bytes=settings.retention_max_total_bytes,
+            )
+            if result.removed:
+                log.info(
+                    "retention removed node cores",
+                    extra={"removed": list(result.removed), "freed": result.freed_bytes, "kept_bytes": result.kept_bytes},
+                )
+        except Exception:
+            log.exception("retention failed")
+        stop.wait(interval)
+
+
+def run_agent(
+    settings: AgentSettings,
+    stop: threading.Event,
+    *,
+    handler_factory: Callable[[AgentSettings, str], Callable[[Any, int], Any]] = _crash_handler,
+    registry: Any = None,
+) -> None:
+    """Install, serve until ``stop`` is set, then restore the kernel settings (always)."""
+    from webhook.agent import install
+    from webhook.agent.endpoints import HealthServer
+    from webhook.agent.server import AgentServer
+
+    from webhook.agent.sysctl import CORE_PATTERN
+
+    registry = registry if registry is not None else _metrics_registry()
+    backup = install.prepare(settings)
+    server = AgentServer(settings, handler_factory(settings, backup.values.get(CORE_PATTERN, "")), registry=registry)
+    # Binding fails when another agent serves this host dir: then nothing here is ours to
+    # restore, and the exception leaves before the finally below.
+    server.start()
+    http: HealthServer | None = None
+    try:
+        if settings.metrics_bind:
+            http = HealthServer(settings.metrics_bind, lambda: server.healthy, registry)
+            http.start()
+        threading.Thread(target=retention_loop, args=(settings, stop), name="agent-retention", daemon=True).start()
+        applied = install.activate(settings)
+        log.info(
+            "agent serving",
+            extra={
+                "node": settings.node_name,
+                "socket": settings.socket_path,
+                "applied": applied,
+                "originals": backup.values,
+                "metrics": settings.metrics_bind,
+            },
+        )
+        stop.wait()
+        log.info("agent stopping")
+    finally:
+        try:
+            restored = install.uninstall(settings)
+            log.info("kernel settings restored on stop", extra={"restored": restored})
+        except Exception:
+            log.exception("could not restore the kernel settings; the backup is kept for uninstall")
+        server.stop(wait_seconds=min(STOP_WAIT_SECONDS, settings.dump_timeout_seconds))
+        if http is not None:
+            http.stop()
+
+
+@agent.command("run")
+@settings_options()
+def run(**values: Any) -> None:
+    """Install the helper, point the kernel at it, serve until SIGTERM, restore everything."""
+    settings = build_settings(values)
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run_agent(settings, stop)
+    except Exception as exc:
+        log.exception("agent failed")
+        raise click.ClickException(str(exc)) from exc
+
+
+@agent.command("uninstall")
+@settings_options(("host_dir", "sysctl_root", "log_level"))
+def uninstall_cmd(**values: Any) -> None:
+    """Restore the kernel settings from the backup (the DaemonSet's preStop). Idempotent."""
+    from webhook.agent import install
+
+    settings = build_settings(values)
+    configure_logging(settings.log_level)
+    try:
+        restored = install.uninstall(settings)
+    except Exception as exc:
+        log.exception("uninstall failed")
+        raise click.ClickException(str(exc)) from exc
+    if restored is None:
+        log.info("nothing to restore (no backup)", extra={"host_dir": settings.host_dir})
+    click.echo(json.dumps({"restored": restored}, sort_keys=True))
+
