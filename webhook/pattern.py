@@ -187,53 +187,31 @@ def _escape(value: str) -> str:
     return value.replace("/", "!")
 
 
+def _values(info: CrashInfo) -> dict[str, str]:
+    """What each specifier stands for in this crash (before escaping)."""
+    return {
+        "%": "%", "c": str(info.rlimit_core), "C": str(info.cpu), "d": str(info.dump_mode),
+        "e": info.comm, "E": info.exe, "f": posixpath.basename(info.exe), "g": str(info.gid),
+        "h": info.hostname, "i": str(info.tid), "I": str(info.global_tid), "p": str(info.pid),
+        "P": str(info.global_pid), "s": str(info.signal), "t": str(info.time), "u": str(info.uid),
+    }
+
+
 def expand(pattern: Pattern, info: CrashInfo, *, append_pid: bool = True) -> str:
     """The file name the kernel would produce for ``info`` (relative patterns stay relative).
 
     ``append_pid`` mirrors ``kernel.core_uses_pid``: ``.PID`` (the namespace PID) is added
     when the pattern has no ``%p``, as the ECI document shows (``core-eci`` -> ``core-eci.12``).
     """
+    values = _values(info)
     out: list[str] = []
     for token in pattern.tokens:
         if token.spec is None:
             out.append(token.text)
-            continue
-        s = token.spec
-        if s == "%":
-            value = "%"
-        elif s == "c":
-            value = str(info.rlimit_core)
-        elif s == "C":
-            value = str(info.cpu)
-        elif s == "d":
-            value = str(info.dump_mode)
-        elif s == "e":
-            value = info.comm
-        elif s == "E":
-            value = info.exe
-        elif s == "f":
-            value = posixpath.basename(info.exe)
-        elif s == "g":
-            value = str(info.gid)
-        elif s == "h":
-            value = info.hostname
-        elif s == "i":
-            value = str(info.tid)
-        elif s == "I":
-            value = str(info.global_tid)
-        elif s == "p":
-            value = str(info.pid)
-        elif s == "P":
-            value = str(info.global_pid)
-        elif s == "s":
-            value = str(info.signal)
-        elif s == "t":
-            value = str(info.time)
-        elif s == "u":
-            value = str(info.uid)
-        else:  # pragma: no cover - parse() refuses unknown specifiers
-            value = ""
-        out.append(_escape(value) if s in _ESCAPED else value)
+        elif token.spec in _ESCAPED:
+            out.append(_escape(values[token.spec]))
+        else:
+            out.append(values[token.spec])
     name = "".join(out)
     if append_pid and not pattern.has_pid:
         name += f".{info.pid}"
