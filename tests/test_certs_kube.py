@@ -1,7 +1,8 @@
 """``coredump certs bootstrap`` against recorded API responses and a real kubernetes ApiClient.
 
-A tiny HTTP server on 127.0.0.1 answers from tests/recorded/certs/ and records every request
-(method, path, content type, body), so the tests assert what the client really sent.
+A tiny HTTP server on 127.0.0.1 (tests/certs_apiserver.py) answers from tests/recorded/certs/ and
+records every request (method, path, content type, body), so the tests assert what the client
+really sent.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import copy
 import datetime as dt
 import json
 import subprocess
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,9 +21,9 @@ from kubernetes import client as k8s
 
 from certs import generate as gen
 from certs import kube
+from tests.certs_apiserver import FakeAPI, recorded
 
 REPO = Path(__file__).resolve().parent.parent
-RECORDED = REPO / "tests" / "recorded" / "certs"
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
 
 NS, SVC, SECRET, MWC = "coredump-webhook", "coredump-webhook", "coredump-webhook-tls", "coredump-webhook"
@@ -38,75 +36,10 @@ SETTINGS = kube.BootstrapSettings(namespace=NS, service=SVC, secret=SECRET, webh
                                   renew_before_days=30, request_timeout=5)
 
 
-def recorded(name: str) -> dict[str, Any]:
-    return json.loads((RECORDED / name).read_text())
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    content_type: str | None
-    body: Any
-    authorization: str | None = None
-
-
-class FakeAPI:
-    """Routes (method, path) to queued (status, JSON) answers; records what arrives."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], list[tuple[int, Any]]] = {}
-        self.seen: list[Seen] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                path = self.path.split("?", 1)[0]
-                api.seen.append(Seen(self.command, path, self.headers.get("Content-Type"),
-                                     json.loads(raw) if raw else None, self.headers.get("Authorization")))
-                answers = api.routes.get((self.command, path))
-                if answers:
-                    status, body = answers.pop(0) if len(answers) > 1 else answers[0]
-                else:
-                    status, body = 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                         "reason": "NotFound", "code": 404, "message": "unrouted"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_PATCH = _serve
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def route(self, method: str, path: str, *answers: tuple[int, Any]) -> None:
-        self.routes[(method, path)] = list(answers)
-
-    def requests(self, method: str | None = None) -> list[Seen]:
-        return [s for s in self.seen if method is None or s.method == method]
-
-
 @pytest.fixture()
 def api() -> Iterator[FakeAPI]:
-    fake = FakeAPI()
-    fake.thread.start()
-    try:
+    with FakeAPI() as fake:
         yield fake
-    finally:
-        fake.httpd.shutdown()
-        fake.httpd.server_close()
 
 
 @pytest.fixture()
@@ -260,6 +193,48 @@ def test_validating_configuration_is_patched_too(api: FakeAPI, client: k8s.ApiCl
     assert api.requests("PATCH")[0].path == VWC_PATH
 
 
+@pytest.mark.parametrize("state", ["missing", "valid", "expired", "lost-race"])
+def test_secret_only_never_touches_a_webhook_configuration(api: FakeAPI, client: k8s.ApiClient, state: str) -> None:
+    """The pre-install hook's mode: whatever the Secret's state, only the Secret is read or
+    written, even with both webhook configurations routed (and a validating one configured)."""
+    winner = gen.generate(SVC, NS, 90)
+    if state == "missing":
+        api.route("GET", SECRET_PATH, (404, recorded("secret-get-404.json")))
+        api.route("POST", SECRETS_PATH, (201, recorded("secret-create-201.json")))
+    elif state == "valid":
+        api.route("GET", SECRET_PATH, (200, secret_with(winner)))
+    elif state == "expired":
+        api.route("GET", SECRET_PATH, (200, recorded("secret-get-200-expired.json")))
+        api.route("PUT", SECRET_PATH, (200, recorded("secret-replace-200.json")))
+    else:
+        api.route("GET", SECRET_PATH, (404, recorded("secret-get-404.json")), (200, secret_with(winner)))
+        api.route("POST", SECRETS_PATH, (409, recorded("secret-create-409.json")))
+    for path, answer in ((MWC_PATH, "mwc-get-200.json"), (VWC_PATH, "vwc-get-200.json")):
+        api.route("GET", path, (200, recorded(answer)))
+        api.route("PATCH", path, (200, recorded(answer.replace("get", "patch"))))
+    settings = kube.BootstrapSettings(**{**SETTINGS.__dict__, "validating_webhook_config": VWC})
+
+    result = kube.bootstrap(client, settings, secret_only=True)
+
+    expected = {
+        "missing": ("created", [("GET", SECRET_PATH), ("POST", SECRETS_PATH)]),
+        "valid": ("reused", [("GET", SECRET_PATH)]),
+        "expired": ("rotated", [("GET", SECRET_PATH), ("PUT", SECRET_PATH)]),
+        "lost-race": ("reused", [("GET", SECRET_PATH), ("POST", SECRETS_PATH), ("GET", SECRET_PATH)]),
+    }[state]
+    assert (result.secret_action, [(s.method, s.path) for s in api.seen]) == expected
+    assert result.webhooks_patched == []
+    assert not any(s.path.startswith("/apis/admissionregistration.k8s.io/") for s in api.seen)
+    written = (api.requests("POST") + api.requests("PUT"))[-1:]
+    if state in ("missing", "expired"):
+        # The certificate in the result is the one written, valid for this Service.
+        bundle = kube.bundle_from_secret(written[0].body)
+        assert result.not_after == gen.not_after(bundle.tls_crt).isoformat()
+        assert not gen.renewal_due(bundle, renew_before=dt.timedelta(days=30), service=SVC, namespace=NS).due
+    elif state == "lost-race":
+        assert result.not_after == gen.not_after(winner.tls_crt).isoformat()
+
+
 def test_forbidden_is_a_clear_error_and_nothing_is_written(api: FakeAPI, client: k8s.ApiClient) -> None:
     api.route("GET", SECRET_PATH, (403, recorded("secret-get-403.json")))
     with pytest.raises(kube.KubeError) as info:
@@ -282,13 +257,7 @@ def test_cli_bootstrap_with_kubeconfig(api: FakeAPI, tmp_path: Path) -> None:
     api.route("POST", SECRETS_PATH, (201, recorded("secret-create-201.json")))
     api.route("GET", MWC_PATH, (200, recorded("mwc-get-200.json")))
     api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": api.url}}],
-        "users": [{"name": "test", "user": {"token": "t0ken"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     args = [str(COREDUMP), "certs", "bootstrap", "--namespace", NS, "--service", SVC, "--secret", SECRET,
             "--webhook-config", MWC, "--days", "90", "--renew-before", "30", "--kubeconfig", str(kubeconfig)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60)

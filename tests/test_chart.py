@@ -156,6 +156,8 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         (["--set", "containerSecurityContext.allowPrivilegeEscalation=true"], "allowPrivilegeEscalation"),
         (["--set", "webhook.defaultVolume=hostPath:/x"], "webhook.defaultVolume"),
         (["--set", "image.pullPolicy=Sometimes"], "image.pullPolicy"),
+        (["--set", "registry.platform=amd64"], "registry.platform"),
+        (["--set", "webhook.platform=linux/arm64"], "platform"),  # moved to registry.platform
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
@@ -173,6 +175,7 @@ def test_schema_accepts_what_values_yaml_documents(helm: Path, helm_env: dict[st
         "agent": {"settings": {"compression": "zstd", "rate_limit_seconds": 60, "max_core_bytes": 8589934592,
                                "events": False}},
         "image": {"digest": "sha256:" + "a" * 64},
+        "registry": {"platform": "linux/arm64/v8"},
     }
     path = tmp_path / "v.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -186,6 +189,9 @@ def test_schema_accepts_what_values_yaml_documents(helm: Path, helm_env: dict[st
     env = env_of(container)
     assert env["COREDUMP_WEBHOOK_DEFAULT_VOLUME"] == "nfs:nas.example.com:/dumps"
     assert env["COREDUMP_WEBHOOK_WORKERS"] == "3"
+    # One platform setting, the registry resolver's (`coredump serve --registry-platform`).
+    assert env["COREDUMP_REGISTRY_PLATFORM"] == "linux/arm64/v8"
+    assert not any("PLATFORM" in name for name in env if name != "COREDUMP_REGISTRY_PLATFORM")
     # The digest pins every image, including the one the webhook injects into application pods.
     assert container["image"].endswith("@sha256:" + "a" * 64)
     assert env["COREDUMP_WEBHOOK_IMAGE"] == container["image"]
@@ -495,11 +501,11 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     # Webhook: no API rights and no token by default (`coredump serve` needs none).
     assert find(objs, "ClusterRole", f"{RELEASE}-webhook") == []
     assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    # Agent: read pods (RBAC cannot narrow to one node; the agent uses a spec.nodeName field
-    # selector), post events.
+    # Agent: list/watch pods (its own node's, by field selector: RBAC cannot narrow it), post
+    # CoreDumped Events; nothing else (see test_agent_rbac_is_what_the_agent_calls).
     assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
-        ("", "pods", (), ("get", "list", "watch")), ("", "events", (), ("create", "patch"))}
-    assert "fieldSelector=spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
+        ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",))}
+    assert "spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
     # Certificates: create the Secret (RBAC cannot name what does not exist yet), then only that
     # Secret and that webhook configuration by name.
     secret_rules = {("", "secrets", (), ("create",)), ("", "secrets", (tls,), ("get", "update"))}
@@ -508,6 +514,93 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
     assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs"}
+
+
+#: kubernetes client method prefix -> RBAC verb.
+_CLIENT_VERBS = {"create": "create", "read": "get", "list": "list", "patch": "patch", "replace": "update",
+                 "delete": "delete", "delete_collection": "deletecollection"}
+_SUBRESOURCES = ("status", "log", "ephemeralcontainers", "eviction", "binding", "scale", "proxy", "exec", "attach")
+
+
+def _agent_api_calls() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every Kubernetes API call in webhook/agent/, read from its
+    source: each call of a CoreV1Api method (a `watch=` argument or a `watch.Watch` makes a
+    list a watch)."""
+    import ast
+    import re
+
+    from kubernetes import client as k8s
+
+    api_classes = {n for n in dir(k8s) if n.endswith("Api") and n[:1].isupper()}
+    core_methods = {m for m in dir(k8s.CoreV1Api) if not m.startswith("_")}
+    pattern = re.compile(r"(delete_collection|create|read|list|patch|replace|delete)_(namespaced_)?([a-z_]+?)"
+                         r"(_for_all_namespaces)?(_with_http_info)?")
+    calls: set[tuple[str, str, str]] = set()
+    for path in sorted((REPO / "webhook" / "agent").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
+            n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert names & api_classes <= {"CoreV1Api"}, (
+            f"{path.name} uses {names & api_classes}: teach this test its API group and update agent-rbac.yaml")
+        called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                method = node.func.attr
+            elif isinstance(node, ast.Attribute) and id(node) not in called:
+                method = node.attr  # also a method passed around uncalled (e.g. to watch.Watch().stream)
+            else:
+                continue
+            match = pattern.fullmatch(method) if method in core_methods else None
+            if not match:
+                continue
+            verb, kind = _CLIENT_VERBS[match.group(1)], match.group(3)
+            base, _, sub = kind.rpartition("_")
+            is_sub = bool(base) and sub in _SUBRESOURCES
+            resource = (base if is_sub else kind).replace("_", "") + "s" + (f"/{sub}" if is_sub else "")
+            watching = isinstance(node, ast.Call) and any(k.arg == "watch" for k in node.keywords)
+            if verb == "list" and (watching or "Watch" in names):
+                calls.add(("", resource, "watch"))
+            if not (verb == "list" and watching):
+                calls.add(("", resource, verb))
+    return calls
+
+
+def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, Any]]], helm: Path,
+                                            helm_env: dict[str, str]) -> None:
+    """The agent's ClusterRole grants exactly the (group, resource, verb) its code calls: a new
+    API call in webhook/agent/ without its RBAC (or RBAC left over) fails here."""
+    calls = _agent_api_calls()
+    assert ("", "events", "create") in calls  # the CoreDumped Event (webhook/agent/events.py)
+    for variant in ("default", "values-gke-cos.yaml", "values-bottlerocket.yaml", "values-openshift.yaml"):
+        role = one(rendered[variant], "ClusterRole", f"{RELEASE}-agent")
+        granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                   for v in rule["verbs"]}
+        assert granted == calls, variant
+        assert all("resourceNames" not in rule for rule in role["rules"])
+    if ("", "pods", "list") in calls or ("", "pods", "watch") in calls:
+        # RBAC cannot narrow list/watch to one node: the agent must ask for its own node's pods.
+        source = "".join(p.read_text() for p in (REPO / "webhook" / "agent").glob("*.py"))
+        assert "spec.nodeName=" in source and "field_selector=" in source
+        assert "spec.nodeName" in (REPO / "README.md").read_text()
+    assert agent_daemonset(rendered["default"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # Each API-using feature off drops its rule; both off: no ClusterRole and no token.
+    for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
+                              (["events=false", "watch_pods=false"], {"events", "pods"})):
+        args = [a for setting in settings for a in ("--set", f"agent.settings.{setting}")]
+        objs = render(helm, helm_env, *args)
+        left = {c for c in calls if c[1].split("/")[0] not in dropped}
+        pod_spec = agent_daemonset(objs)["spec"]["template"]["spec"]
+        if left:
+            role = one(objs, "ClusterRole", f"{RELEASE}-agent")
+            assert {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                    for v in rule["verbs"]} == left, settings
+            assert pod_spec["automountServiceAccountToken"] is True
+        else:
+            assert find(objs, "ClusterRole", f"{RELEASE}-agent") == []
+            assert find(objs, "ClusterRoleBinding", f"{RELEASE}-agent") == []
+            assert pod_spec["automountServiceAccountToken"] is False
+        env = env_of(pod_spec["containers"][0])
+        assert all(env[f"COREDUMP_AGENT_{s.split('=')[0].upper()}"] == "false" for s in settings)
 
 
 def test_webhook_may_patch_only_its_own_configuration_when_asked(helm: Path, helm_env: dict[str, str]) -> None:
@@ -578,6 +671,10 @@ def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) 
         assert "hook-succeeded" in obj["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     container = post["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["coredump", "certs", "bootstrap"]
+    pre_container = pre["spec"]["template"]["spec"]["containers"][0]
+    # Before the webhook configuration exists: the same command, the Secret only.
+    assert pre_container["command"] == ["coredump", "certs", "bootstrap", "--secret-only"]
+    assert "--secret-only" in _click_flags(bootstrap)
     env = env_of(container)
     assert set(env) <= _click_envvars(bootstrap)
     deploy = webhook_deployment(objs)
@@ -586,30 +683,120 @@ def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) 
     assert env["COREDUMP_CERTS_WEBHOOK_CONFIG"] == one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
     assert env["COREDUMP_CERTS_SERVICE"] == one(objs, "Service")["metadata"]["name"]
     assert env["COREDUMP_CERTS_NAMESPACE"] == NAMESPACE
-    assert env_of(pre["spec"]["template"]["spec"]["containers"][0]) == env
+    assert env_of(pre_container) == env
+    # The renewal makes a new CA: it must patch the caBundle too (the full bootstrap).
     cron = one(objs, "CronJob")
     cron_container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert cron_container["command"] == container["command"] and env_of(cron_container) == env
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert _pod_spec(cron)["serviceAccountName"] == _pod_spec(post)["serviceAccountName"]
     for job in (pre, post):
         psc = job["spec"]["template"]["spec"]["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not (CHART / "files").exists()  # no script beside the CLI
 
 
-def test_pre_install_script_runs_against_the_real_certs_module(rendered: dict[str, list[dict[str, Any]]],
-                                                              tmp_path: Path) -> None:
-    """The pre-install Job's Python, run for real: with no API server it must fail cleanly
-    (exit 1 and a JSON error line), which proves it imports and builds its settings."""
-    pre = one(rendered["default"], "Job", f"{RELEASE}-certs-pre")
-    container = pre["spec"]["template"]["spec"]["containers"][0]
-    command = container["command"]
-    assert command[:2] == ["python", "-c"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))}
-    env.update(env_of(container), HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "missing-kubeconfig"))
-    proc = subprocess.run([sys.executable, "-c", command[2]], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    line = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert line["event"] == "certs.secret.failed" and "kubeconfig" in line["error"]
+def test_renewal_runs_well_within_the_renewal_window() -> None:
+    """The weekly CronJob must get several chances inside renewBeforeDays (and renewBeforeDays
+    below days, or `coredump certs bootstrap` refuses to run)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["certs"]
+    minute, hour, dom, month, dow = values["renewal"]["schedule"].split()
+    assert (dom, month) == ("*", "*") and dow != "*"  # weekly
+    assert values["renewBeforeDays"] >= 3 * 7
+    assert values["renewBeforeDays"] < values["days"]
+
+
+def _request_attributes(method: str, path: str) -> tuple[str, str, str | None, str | None, str]:
+    """RBAC attributes of an API request: (apiGroup, resource, namespace, name, verb)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "api":
+        group, rest = "", parts[2:]
+    else:
+        group, rest = parts[1], parts[3:]
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
+    verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete"}[method]
+    return group, resource, namespace, name, verb
+
+
+def _granted(objs: list[dict[str, Any]], account: str) -> list[tuple[str, int, dict[str, Any], str | None]]:
+    """Every rule bound to a ServiceAccount: (role, rule index, rule, namespace it applies in or None)."""
+    out = []
+    for binding in find(objs, "RoleBinding") + find(objs, "ClusterRoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == account and s["namespace"] == NAMESPACE
+                   for s in binding["subjects"]):
+            continue
+        role = one(objs, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        where = binding["metadata"]["namespace"] if binding["kind"] == "RoleBinding" else None
+        for i, rule in enumerate(role["rules"]):
+            out.append((f"{role['kind']}/{role['metadata']['name']}", i, rule, where))
+    return out
+
+
+def _permits(rule: dict[str, Any], where: str | None, attrs: tuple[str, str, str | None, str | None, str]) -> bool:
+    group, resource, namespace, name, verb = attrs
+    if where is not None and namespace != where:
+        return False  # a RoleBinding grants in its namespace only (never cluster-scoped objects)
+    if "resourceNames" in rule and name not in rule["resourceNames"]:
+        return False  # create carries no name: a named rule never allows it
+    return group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+
+
+def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, list[dict[str, Any]]],
+                                                         tmp_path: Path) -> None:
+    """Each certificate Job's real command, with its rendered environment, against recorded API
+    answers (Secret missing, then expired): every request must be allowed by the RBAC bound to
+    the Job's ServiceAccount, and every verb of that RBAC must be used by some request."""
+    from tests.certs_apiserver import FakeAPI, recorded
+
+    objs = rendered["default"]
+    runners = [("Job", f"{RELEASE}-certs-pre"), ("Job", f"{RELEASE}-certs"), ("CronJob", f"{RELEASE}-certs-renew")]
+    used: dict[str, set[tuple[str, int, str]]] = {}
+    calls: dict[str, set[tuple[str, str]]] = {}
+    for kind, name in runners:
+        spec = _pod_spec(one(objs, kind, name))
+        (container,) = spec["containers"]
+        env = env_of(container)
+        account = spec["serviceAccountName"]
+        granted = _granted(objs, account)
+        secret = f"/api/v1/namespaces/{env['COREDUMP_CERTS_NAMESPACE']}/secrets"
+        mwc = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{env['COREDUMP_CERTS_WEBHOOK_CONFIG']}"
+        for state in ("missing", "expired"):
+            with FakeAPI() as api:
+                if state == "missing":
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (404, recorded("secret-get-404.json")))
+                    api.route("POST", secret, (201, recorded("secret-create-201.json")))
+                else:
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-get-200-expired.json")))
+                    api.route("PUT", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-replace-200.json")))
+                api.route("GET", mwc, (200, recorded("mwc-get-200.json")))
+                api.route("PATCH", mwc, (200, recorded("mwc-patch-200.json")))
+                run_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG", "COREDUMP_"))}
+                run_env.update(env, HOME=str(tmp_path),
+                               KUBECONFIG=str(api.write_kubeconfig(tmp_path / f"kubeconfig-{state}")))
+                command = [str(Path(sys.executable).parent / container["command"][0]), *container["command"][1:]]
+                proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                assert proc.returncode == 0, (name, state, proc.stderr)
+                line = json.loads(proc.stderr.strip().splitlines()[-1])
+                assert line["event"] == "certs.bootstrap"
+                assert line["secret"] == {"missing": "created", "expired": "rotated"}[state]
+                assert len(line["webhooksPatched"]) == (0 if "--secret-only" in command else 2)
+                for seen in api.seen:
+                    attrs = _request_attributes(seen.method, seen.path)
+                    allowing = [(role, i, attrs[4]) for role, i, rule, where in granted if _permits(rule, where, attrs)]
+                    assert allowing, f"{name}: {seen.method} {seen.path} would be Forbidden for {account}"
+                    used.setdefault(account, set()).update(allowing)
+                    calls.setdefault(name, set()).add((seen.method, seen.path))
+    for account in used:
+        every = {(role, i, verb) for role, i, rule, _ in _granted(objs, account) for verb in rule["verbs"]}
+        assert every - used[account] == set(), f"{account} is granted verbs no certificate Job uses"
+    # The pre-install hook never reads or patches a webhook configuration (it does not exist yet).
+    assert all(not path.startswith("/apis/") for _, path in calls[f"{RELEASE}-certs-pre"])
+    assert calls[f"{RELEASE}-certs"] == calls[f"{RELEASE}-certs-renew"]
+    assert {m for m, p in calls[f"{RELEASE}-certs"] if p.startswith("/apis/")} == {"GET", "PATCH"}
 
 
 def test_cert_manager_alternative(rendered: dict[str, list[dict[str, Any]]]) -> None:

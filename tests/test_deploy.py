@@ -82,6 +82,8 @@ def test_raw_manifests_shape() -> None:
     # Kubernetes applies the file in order: the Secret-making Job comes before the caBundle one.
     jobs = [o["metadata"]["name"] for o in objs if o["kind"] == "Job"]
     assert jobs == [f"{NAMESPACE}-certs-pre", f"{NAMESPACE}-certs"]
+    commands = [o["spec"]["template"]["spec"]["containers"][0]["command"] for o in objs if o["kind"] == "Job"]
+    assert commands == [["coredump", "certs", "bootstrap", "--secret-only"], ["coredump", "certs", "bootstrap"]]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

@@ -320,7 +320,6 @@ def test_settings_validation_and_describe() -> None:
         {"empty_dir_size_limit": "lots"},
         {"no_capability_namespaces": ("Bad_NS",)},
         {"admission_budget_seconds": 0},
-        {"platform": "amd64"},
         {"image": "has space"},
     ):
         with pytest.raises(ValueError):
@@ -348,12 +347,11 @@ def test_options_have_env_vars_and_build_settings(monkeypatch: pytest.MonkeyPatc
         "COREDUMP_WEBHOOK_DEFAULT_VOLUME": "pvc:cores",
         "COREDUMP_WEBHOOK_ADMISSION_BUDGET_SECONDS": "1.5",
     }
-    result = CliRunner().invoke(cmd, ["--platform", "linux/arm64"], env=env)
+    result = CliRunner().invoke(cmd, ["--empty-dir-size-limit", "4Gi"], env=env)
     assert result.exit_code == 0, result.output
     s = seen["settings"]
-    assert (s.add_capability, s.no_capability_namespaces, s.default_volume, s.admission_budget_seconds, s.platform) == (
-        False, ("team-a", "team-b"), "pvc:cores", 1.5, "linux/arm64",
-    )
+    assert (s.add_capability, s.no_capability_namespaces, s.default_volume, s.admission_budget_seconds,
+            s.empty_dir_size_limit) == (False, ("team-a", "team-b"), "pvc:cores", 1.5, "4Gi")
     assert CliRunner().invoke(cmd, [], env={}).exit_code == 0 and seen["settings"] == AdmissionSettings()
     bad = CliRunner().invoke(cmd, ["--default-volume", "nfs:x"])
     assert bad.exit_code == 2 and "default_volume" in bad.output
@@ -375,6 +373,111 @@ def test_review_command_prints_decoded_patch_and_summary(tmp_path: Path) -> None
     assert result.exit_code == 1 and "not a valid AdmissionReview" in result.output
     result = CliRunner().invoke(review_command, [str(tmp_path / "missing.json")])
     assert result.exit_code == 1 and "cannot read" in result.output
+
+
+def test_platform_is_the_registry_setting_only() -> None:
+    """One platform setting: the registry's (--registry-platform / COREDUMP_REGISTRY_PLATFORM),
+    read by `coredump serve` and `coredump review` alike; the admission settings have none."""
+    from webhook.server.commands import serve
+
+    assert "platform" not in AdmissionSettings.__dataclass_fields__
+    for command in (serve, review_command):
+        flags = {opt for p in command.params for opt in getattr(p, "opts", [])}
+        envvars = {getattr(p, "envvar", None) for p in command.params}
+        assert "--registry-platform" in flags and "--platform" not in flags, command.name
+        assert "COREDUMP_REGISTRY_PLATFORM" in envvars and "COREDUMP_WEBHOOK_PLATFORM" not in envvars
+    result = CliRunner().invoke(review_command, ["--platform", "linux/arm64", "-"], input="{}")
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
+class _MultiPlatformRegistry:
+    """A registry (distribution API v2 subset, plain HTTP on 127.0.0.1) holding one image as an
+    OCI index with a linux/amd64 and a linux/arm64 manifest, each with its own ENTRYPOINT; every
+    document is served under its content digest, as a registry does, and each request is logged."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        def digest(data: bytes) -> str:
+            return "sha256:" + hashlib.sha256(data).hexdigest()
+
+        self.docs: dict[str, tuple[str, bytes]] = {}  # reference -> (media type, body)
+        entries = []
+        for arch in ("amd64", "arm64"):
+            config = json.dumps({"architecture": arch, "os": "linux",
+                                 "config": {"Entrypoint": [f"/bin/{arch}-entry"], "Cmd": ["serve"]}}).encode()
+            self.docs[digest(config)] = ("application/vnd.oci.image.config.v1+json", config)
+            manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                   "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                              "digest": digest(config), "size": len(config)},
+                                   "layers": []}).encode()
+            self.docs[digest(manifest)] = ("application/vnd.oci.image.manifest.v1+json", manifest)
+            entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(manifest),
+                            "size": len(manifest), "platform": {"os": "linux", "architecture": arch}})
+        index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": entries}).encode()
+        self.docs["1.0"] = ("application/vnd.oci.image.index.v1+json", index)
+        self.paths: list[str] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                registry.paths.append(self.path)
+                prefix = "/v2/team/multi/"
+                found = None
+                if self.path.startswith(prefix + "manifests/") or self.path.startswith(prefix + "blobs/"):
+                    found = registry.docs.get(self.path.rsplit("/", 1)[1])
+                media_type, body = found or ("application/json", b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", media_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.image = f"127.0.0.1:{self.httpd.server_address[1]}/team/multi:1.0"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_review_resolve_uses_the_registry_options(tmp_path: Path) -> None:
+    """`coredump review --resolve` builds its resolver from --registry-* / COREDUMP_REGISTRY_*:
+    the platform picks the manifest whose ENTRYPOINT gets wrapped."""
+    registry = _MultiPlatformRegistry()
+    try:
+        pod = make_pod([container(image=registry.image)])
+        file = tmp_path / "review.json"
+        file.write_text(json.dumps(review_of(pod)))
+
+        def wrapped(args: list[str], env: dict[str, str] | None = None) -> list[str]:
+            result = CliRunner().invoke(review_command, [*args, str(file)], env=env)
+            assert result.exit_code == 0, result.output
+            after = apply(pod, json.loads(result.output)["response"]["patch"])
+            return after["spec"]["containers"][0]["command"]
+
+        assert wrapped(["--resolve"]) == [C.WRAPPER_PATH, "/bin/amd64-entry"]  # the default platform
+        assert wrapped(["--resolve", "--registry-platform", "linux/arm64"]) == [C.WRAPPER_PATH, "/bin/arm64-entry"]
+        assert wrapped(["--resolve"], env={"COREDUMP_REGISTRY_PLATFORM": "linux/arm64"}) == [
+            C.WRAPPER_PATH, "/bin/arm64-entry"]
+        assert any("/manifests/1.0" in p for p in registry.paths)
+        # Without --resolve no registry is contacted and the container keeps its (empty) command.
+        registry.paths.clear()
+        result = CliRunner().invoke(review_command, ["--registry-platform", "linux/arm64", str(file)])
+        assert result.exit_code == 0 and registry.paths == []
+        # A bad platform is a usage error, before any request.
+        bad = CliRunner().invoke(review_command, ["--resolve", "--registry-platform", "arm64", str(file)])
+        assert bad.exit_code == 2 and "platform" in bad.output and registry.paths == []
+    finally:
+        registry.close()
 
 
 def test_review_command_is_registered_in_the_cli() -> None:

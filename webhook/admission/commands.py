@@ -12,21 +12,39 @@ from webhook.admission.review import ReviewError, decoded_patch, handle_review
 from webhook.admission.settings import ADMISSION_OPTIONS, settings_from_params
 from webhook.admission.summary import summarize
 
+try:  # the registry resolver's options, when that module is present (as in `coredump serve`)
+    from webhook.registry import registry_options as _registry_options
+    from webhook.registry import settings_from_options as _registry_settings
+except ImportError:  # pragma: no cover - built without it
+    _registry_options = None
+    _registry_settings = None
 
-def _review_command(**params: Any) -> None:
+
+def _with_registry_options(func: Any) -> Any:
+    """The resolver's --registry-* options, as `coredump serve` has them (when built with it)."""
+    return _registry_options(func) if _registry_options is not None else func
+
+
+@click.command("review")
+@click.argument("file", default="-", required=False, metavar="[FILE|-]")
+@click.option("--summary", is_flag=True, help="Describe what the pod gets instead of printing JSON.")
+@click.option("--resolve", is_flag=True, help="Read ENTRYPOINT/CMD from the images' registries (see --registry-*).")
+@_with_registry_options
+def review(**params: Any) -> None:
     """Read an AdmissionReview v1 (JSON) from FILE or stdin and print the webhook's answer.
 
     The response is printed with its patch decoded (a JSON list instead of base64); ``--summary``
     prints what the pod gets in words instead. No registry is contacted unless ``--resolve`` is
-    given (anonymous pulls, the --platform image): without it, containers without a command are
-    reported as not wrapped.
+    given; the resolver is then built from the --registry-* options (COREDUMP_REGISTRY_*), exactly
+    as `coredump serve` builds it. Without it, containers without a command are reported as not
+    wrapped.
     """
     source = params.pop("file")
     summary = params.pop("summary")
     resolve = params.pop("resolve")
     settings = settings_from_params(params)
+    resolver = _registry_resolver(params) if resolve and settings.resolve_entrypoints else None
     text = sys.stdin.read() if source == "-" else _read(source)
-    resolver = _registry_resolver(settings.platform) if resolve and settings.resolve_entrypoints else None
     try:
         body = json.loads(text)
         answer = handle_review(body, settings, resolve_image=resolver)
@@ -48,12 +66,39 @@ def _review_command(**params: Any) -> None:
     click.echo(json.dumps({**answer, "response": response}, indent=2))
 
 
-def _registry_resolver(platform: str) -> Any:
+def _registry_resolver(params: dict[str, Any]) -> Any:
+    """The registry resolver from the --registry-* options (the server's settings, the same way)."""
+    if _registry_settings is None:  # pragma: no cover - built without the resolver
+        raise click.ClickException("--resolve needs webhook.registry, which this build lacks")
+    from webhook.registry import RegistryResolver
+
     try:
-        from webhook.registry import RegistryResolver, RegistrySettings
-    except ImportError:  # pragma: no cover - built without the resolver
-        raise click.ClickException("--resolve needs webhook.registry, which this build lacks") from None
-    return RegistryResolver(RegistrySettings(platform=platform))
+        settings = _registry_settings(params)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    reader = _pull_secret_reader() if settings.read_pull_secrets else None
+    return RegistryResolver(settings, secret_reader=reader)
+
+
+def _pull_secret_reader() -> Any:
+    """Read imagePullSecrets through the API: the in-cluster account, else the kubeconfig
+    (``coredump review`` also runs on a laptop). Asked for explicitly, so failing is an error."""
+    from kubernetes import client as k8s
+    from kubernetes import config as kconfig
+
+    from webhook.registry import secret_reader_for
+
+    configuration = k8s.Configuration()
+    try:
+        kconfig.load_incluster_config(client_configuration=configuration)
+    except kconfig.ConfigException:
+        try:
+            kconfig.load_kube_config(client_configuration=configuration)
+        except (kconfig.ConfigException, OSError) as exc:
+            raise click.ClickException(
+                f"--registry-read-pull-secrets: no in-cluster service account and no usable kubeconfig: {exc}"
+            ) from None
+    return secret_reader_for(k8s.CoreV1Api(k8s.ApiClient(configuration)))
 
 
 def _read(path: str) -> str:
@@ -64,14 +109,4 @@ def _read(path: str) -> str:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
 
 
-review = click.Command(
-    "review",
-    callback=_review_command,
-    help=_review_command.__doc__,
-    params=[
-        click.Argument(["file"], default="-", required=False, metavar="[FILE|-]"),
-        click.Option(["--summary"], is_flag=True, help="Describe what the pod gets instead of printing JSON."),
-        click.Option(["--resolve"], is_flag=True, help="Read ENTRYPOINT/CMD from the images' registries (anonymously)."),
-        *ADMISSION_OPTIONS,
-    ],
-)
+review.params.extend(ADMISSION_OPTIONS)

@@ -82,13 +82,12 @@ class AdmissionSettings:
     #: Namespaces where SYS_RESOURCE is never added (e.g. those labelled with a PSA level).
     no_capability_namespaces: tuple[str, ...] = ()
     #: Look up ENTRYPOINT/CMD in the registry for containers without a command; without it such
-    #: containers keep their command (not wrapped, with a warning).
+    #: containers keep their command (not wrapped, with a warning). How the registry is reached
+    #: (platform, timeouts, pull secrets) is RegistrySettings' (webhook/registry.py).
     resolve_entrypoints: bool = True
     #: Wall-clock budget of one admission in seconds (registry look-ups stop when it is spent);
     #: keep it well below the webhook's timeoutSeconds.
     admission_budget_seconds: float = 3.0
-    #: Platform picked from multi-platform images when resolving entrypoints ("os/arch[/variant]").
-    platform: str = "linux/amd64"
     #: Let a pod choose its core volume with the coredump-webhook.io/volume annotation.
     allow_pod_volume_override: bool = True
 
@@ -109,9 +108,6 @@ class AdmissionSettings:
                 raise ValueError(f"no_capability_namespaces: {ns!r} is not a namespace name")
         if not 0 < self.admission_budget_seconds <= 30:
             raise ValueError("admission_budget_seconds must be in (0, 30]")
-        parts = self.platform.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"platform {self.platform!r} must be os/arch[/variant]")
 
     def capability_allowed(self, namespace: str) -> bool:
         """Whether SYS_RESOURCE may be added to containers of pods in ``namespace``."""
@@ -169,10 +165,6 @@ ADMISSION_OPTIONS: list[click.Option] = [
         help="Time budget of one admission (registry look-ups stop when spent); below timeoutSeconds.",
     ),
     click.Option(
-        ["--platform"], envvar=_env("platform"), default=AdmissionSettings.platform, show_default=True,
-        help="Platform chosen from multi-platform images (os/arch[/variant]).",
-    ),
-    click.Option(
         ["--allow-pod-volume-override/--no-allow-pod-volume-override"],
         envvar=_env("allow_pod_volume_override"), default=AdmissionSettings.allow_pod_volume_override,
         show_default=True,
@@ -205,7 +197,6 @@ def settings_from_params(params: dict[str, Any]) -> AdmissionSettings:
         "admission_budget_seconds": float(
             params.get("admission_budget_seconds") or defaults.admission_budget_seconds
         ),
-        "platform": params.get("platform") or defaults.platform,
         "allow_pod_volume_override": bool(
             params.get("allow_pod_volume_override", defaults.allow_pod_volume_override)
         ),

@@ -184,8 +184,9 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
     host_dir = work / "agent"
     volume = work / "volumes" / "dump-a"      # the pod's volume as the node sees it
     rootfs = work / "rootfs"                  # the container's root filesystem
-    for d in (host_dir, volume, rootfs / "bin", rootfs / "proc", rootfs / "tmp"):
+    for d in (host_dir, volume, rootfs / "bin", rootfs / "proc", rootfs / "tmp", rootfs / "dev"):
         d.mkdir(parents=True, exist_ok=True)
+    (rootfs / "dev" / "null").touch()  # /dev/null is bind-mounted over it inside the sandbox
     shutil.copy2(busybox, rootfs / "bin" / "busybox")
     for applet in ("sh", "sleep", "kill", "ls"):
         (rootfs / "bin" / applet).symlink_to("busybox")
@@ -241,6 +242,7 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
 
     command = container["command"] + container.get("args", [])
     inner = (f'mount --bind {volume} {rootfs}{mount_path} && mount -t proc proc {rootfs}/proc && '
+             f'mount --bind /dev/null {rootfs}/dev/null && '
              f'exec chroot {rootfs} /bin/sh -c "{" ".join(command[:1])} /bin/sleep 30 & '
              f'sleep 0.3; kill -SEGV \\$!; wait; true"')
     click.echo(f"   pod {namespace}/{pod_name} container {container['name']}: "

@@ -40,8 +40,9 @@ containers:
       {{- toYaml $ctx.Values.containerSecurityContext | nindent 6 }}
 {{- end }}
 
-{{/* Secret rules of the certificate Jobs: create (RBAC cannot name an object that does not
-     exist yet), and get/update of that one Secret (the bootstrap replaces it on rotation). */}}
+{{/* Secret rules of the certificate Jobs, exactly the calls of certs/kube.py ensure_secret:
+     create (POST when it is missing; RBAC cannot name an object that does not exist yet), get
+     (read it to judge it) and update (PUT on rotation, versioned) of that one Secret. */}}
 {{- define "coredump-webhook.certsSecretRules" -}}
 - apiGroups: [""]
   resources: [secrets]

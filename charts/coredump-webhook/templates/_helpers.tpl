@@ -22,6 +22,23 @@
 {{- printf "%s-agent" (include "coredump-webhook.fullname" .) }}
 {{- end }}
 
+{{/* "true" when the agent posts CoreDumped Events (agent.settings.events, the agent's default
+     true), empty otherwise: only then does it get `create` on events. */}}
+{{- define "coredump-webhook.agentEvents" -}}
+{{- if or (not (hasKey .Values.agent.settings "events")) .Values.agent.settings.events }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent watches its node's pods (agent.settings.watch_pods, the agent's
+     default true), empty otherwise: only then does it get `list`/`watch` on pods. */}}
+{{- define "coredump-webhook.agentWatchPods" -}}
+{{- if or (not (hasKey .Values.agent.settings "watch_pods")) .Values.agent.settings.watch_pods }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
+{{- define "coredump-webhook.agentUsesApi" -}}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
+{{- end }}
+
 {{- define "coredump-webhook.certsName" -}}
 {{- printf "%s-certs" (include "coredump-webhook.fullname" .) }}
 {{- end }}
