@@ -108,8 +108,8 @@ def decode_patch(response: dict) -> list[dict]:
     return json.loads(base64.b64decode(patch)) if patch else []
 
 
-def run_scenarios(server: WebhookServer) -> dict[str, tuple[dict, dict]]:
-    """Send every scenario; return name -> (request object, mutated object)."""
+def run_scenarios(server: WebhookServer) -> dict[str, tuple[str, dict]]:
+    """Send every scenario; return name -> (namespace, mutated object) for admitted pods."""
     from webhook.admission.summary import summarize
 
     results: dict[str, tuple[dict, dict]] = {}
@@ -129,7 +129,9 @@ def run_scenarios(server: WebhookServer) -> dict[str, tuple[dict, dict]]:
         patch = decode_patch(response)
         warnings = resp.get("warnings", [])
         click.echo(summarize(obj, patch, warnings))
-        results[scenario["name"]] = (obj, jsonpatch.apply_patch(obj, patch) if patch else obj)
+        if patch and review["request"].get("kind", {}).get("kind") == "Pod":
+            results[scenario["name"]] = (review["request"].get("namespace", "default"),
+                                         jsonpatch.apply_patch(obj, patch))
     return results
 
 
@@ -305,7 +307,7 @@ def demo(bin_dir: Path, work_dir: Path | None, crash: bool) -> None:
         results = run_scenarios(server)
         if crash:
             _heading("a real crash, captured by the node agent")
-            name, (obj, mutated) = next(iter(results.items()))
+            name, (namespace, mutated) = next(iter(results.items()))
             click.echo(f"   using the pod of scenario {name!r} as the webhook mutated it")
-            crash_demo(mutated, "default", bin_dir, work, stack)
+            crash_demo(mutated, namespace, bin_dir, work, stack)
         _heading("done")
