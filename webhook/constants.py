@@ -30,6 +30,10 @@ ANN_COREDUMP_FILTER = PREFIX + "coredump-filter"
 ANN_MAX_SIZE = PREFIX + "max-size"
 #: "zstd" to compress cores of this pod (file name gains ".zst"), "none" for raw.
 ANN_COMPRESS = PREFIX + "compress"
+#: (set by `coredump gcore`, read by the node agent) JSON {"id", "container", "pid", "requestedAt"}:
+#: the agent on the pod's node snapshots that process with gcore into the pod's volume and
+#: answers with a EVENT_REASON_SNAPSHOT Event naming the request id.
+ANN_GCORE_REQUEST = PREFIX + "gcore-request"
 
 # --- Annotations the webhook writes --------------------------------------------------------
 #: Set to STATUS_INJECTED once a pod has been mutated: makes the mutation idempotent.
@@ -103,3 +107,5 @@ METADATA_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"
 #: Kubernetes Event reason for a saved core.
 EVENT_REASON = "CoreDumped"
+#: Kubernetes Event reason for a gcore snapshot (taken or failed) of a running process.
+EVENT_REASON_SNAPSHOT = "CoreSnapshot"

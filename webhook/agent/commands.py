@@ -126,6 +126,38 @@ def _crash_handler(settings: AgentSettings, previous_pattern: str) -> Callable[[
     return CrashProcessor(settings, previous_pattern=previous_pattern or None).handle
 
 
+def make_pod_watch(settings: AgentSettings) -> Any:
+    """The pod watch (not started), or None when off, without a node name or without an API."""
+    if not settings.watch_pods:
+        return None
+    if not settings.node_name:
+        log.info("pod watch off: no --node-name (set it from the downward API spec.nodeName)")
+        return None
+    from webhook.agent import podwatch
+
+    api = podwatch.api_client_or_none()
+    if api is None:
+        return None
+    return podwatch.PodWatcher(api, settings.node_name)
+
+
+def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Callable[[Any, int], Any], Any]:
+    """The crash handler wired to the pod watch (metadata) and the gcore requests it carries."""
+    from webhook.agent.crash import CrashProcessor
+
+    watch = make_pod_watch(settings)
+    processor = CrashProcessor(settings, previous_pattern=previous_pattern or None,
+                               pod_lookup=watch.index.lookup if watch is not None else None)
+    if watch is not None and settings.gcore_requests:
+        from webhook.agent.snapshots import GcoreService
+
+        service = GcoreService(processor, host_dir=settings.host_dir, node_name=settings.node_name,
+                               events=processor.events, max_age=settings.gcore_request_max_age_seconds,
+                               timeout=settings.gcore_timeout_seconds)
+        watch.on_pod = service.on_pod
+    return processor.handle, watch
+
+
 def _metrics_registry() -> Any:
     try:
         from webhook.agent.metrics import REGISTRY
@@ -159,10 +191,14 @@ def run_agent(
     settings: AgentSettings,
     stop: threading.Event,
     *,
-    handler_factory: Callable[[AgentSettings, str], Callable[[Any, int], Any]] = _crash_handler,
+    handler_factory: Callable[[AgentSettings, str], Callable[[Any, int], Any]] | None = None,
     registry: Any = None,
 ) -> None:
-    """Install, serve until ``stop`` is set, then restore the kernel settings (always)."""
+    """Install, serve until ``stop`` is set, then restore the kernel settings (always).
+
+    Without ``handler_factory``: the crash processor, with the pod watch when the API is
+    reachable (metadata, gcore requests); failing to reach the API only logs.
+    """
     from webhook.agent import install
     from webhook.agent.endpoints import HealthServer
     from webhook.agent.server import AgentServer
@@ -171,7 +207,13 @@ def run_agent(
 
     registry = registry if registry is not None else _metrics_registry()
     backup = install.prepare(settings)
-    server = AgentServer(settings, handler_factory(settings, backup.values.get(CORE_PATTERN, "")), registry=registry)
+    previous = backup.values.get(CORE_PATTERN, "")
+    watch = None
+    if handler_factory is None:
+        handler, watch = _agent_services(settings, previous)
+    else:
+        handler = handler_factory(settings, previous)
+    server = AgentServer(settings, handler, registry=registry)
     # Binding fails when another agent serves this host dir: then nothing here is ours to
     # restore, and the exception leaves before the finally below.
     server.start()
@@ -181,6 +223,8 @@ def run_agent(
             http = HealthServer(settings.metrics_bind, lambda: server.healthy, registry)
             http.start()
         threading.Thread(target=retention_loop, args=(settings, stop), name="agent-retention", daemon=True).start()
+        if watch is not None:
+            watch.start()
         applied = install.activate(settings)
         log.info(
             "agent serving",
@@ -201,6 +245,8 @@ def run_agent(
         except Exception:
             log.exception("could not restore the kernel settings; the backup is kept for uninstall")
         server.stop(wait_seconds=min(STOP_WAIT_SECONDS, settings.dump_timeout_seconds))
+        if watch is not None:
+            watch.stop()
         if http is not None:
             http.stop()
 

@@ -14,6 +14,8 @@ import logging
 import os
 import posixpath
 import re
+import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable
@@ -58,6 +60,8 @@ class CrashRequest:
     comm: str
     #: From the helper's spool: the process is gone, /proc/<global_pid> means nothing.
     spooled: bool = False
+    #: Why the helper spooled it (the spool entry's "reason"), recorded in the metadata.
+    spool_reason: str = ""
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> "CrashRequest":
@@ -170,7 +174,7 @@ class CrashProcessor:
                  clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
-                 proc: str = "/proc") -> None:
+                 proc: str = "/proc", signatures: Any = None) -> None:
         """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
         settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
         is the pod watch's cache (image, labels, owner); it must not block."""
@@ -192,6 +196,11 @@ class CrashProcessor:
         self.events = events or None
         self.notifier = notifier or None
         self.node_pattern = parse(settings.node_core_name)
+        # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
+        # settings, False disables it; jobs wait in _pending until _report hands them the summary.
+        self.signatures = self._make_signatures(signatures)
+        self._pending: dict[int, Any] = {}
+        self._pending_lock = threading.Lock()
 
     # --- the entry point ------------------------------------------------------------------------
     def handle(self, request: CrashRequest, core: int | BinaryIO) -> CrashOutcome:
@@ -230,7 +239,7 @@ class CrashProcessor:
         who = self._who(ident)
         if ident.registration is not None and proc is not None:
             key = (who.pod_uid or "", who.container or "")
-            if not self.rate.allow(key):
+            if not _is_snapshot(request) and not self.rate.allow(key):  # a gcore was asked for
                 return self._rate_limited(who, key), None
             try:
                 target = self._pod_target(request, proc, ident)
@@ -463,8 +472,11 @@ class CrashProcessor:
             comm=request.comm, hostname=request.hostname, time=request.time, path=path or "", file=final or "",
             size=result.size, stored_size=result.written, disk_size=disk_size, sha256=result.sha256,
             compression=target.compression, truncated=not result.complete, reason=result.reason,
-            pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode)
+            pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
+            spool_reason=request.spool_reason)
+        sysroot = self._before_metadata(request, proc, dirfd, final, doc, target)
         metadata_path = None
+        json_name = None
         if final:
             try:
                 json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
@@ -472,6 +484,7 @@ class CrashProcessor:
                 metadata_path = posixpath.join(view_dir, json_name)
             except OSError as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
+        self._queue_signature(request, proc, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
             destination=target.destination, host_path=host_path, sha256=result.sha256,
@@ -519,12 +532,88 @@ class CrashProcessor:
         summary = outcome.as_dict()
         summary.update(doc or {})
         summary["path"] = outcome.path
+        job = self._take_pending(doc)
+        if job is not None and outcome.outcome in ("written", "partial", "failed"):
+            job.summary = summary  # the Event waits for the signature (bounded): see analysis.py
+            self.signatures.submit(job)
+            return
+        if job is not None:
+            job.close()
         for sink in (self.events, self.notifier):
             if sink is not None and outcome.outcome in ("written", "partial", "failed"):
                 try:
                     sink.submit(summary)
                 except Exception:  # noqa: BLE001
                     log.exception("could not queue a crash notification")
+
+
+    # --- saved binaries, gcore marks, signatures (webhook/agent/analysis.py) ------------------
+    def _make_signatures(self, given: Any) -> Any:
+        if given is not None:
+            return given or None
+        if not self.settings.signatures:
+            return None
+        if shutil.which("gdb") is None:
+            log.info("gdb not found: crash signatures are off (install gdb in the agent image)")
+            return None
+        from webhook.agent.analysis import SignatureWorker
+
+        s = self.settings
+        return SignatureWorker(lambda: [x for x in (self.events, self.notifier) if x is not None],
+                               timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
+                               maxsize=s.signature_queue_size,
+                               no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))
+
+    def _before_metadata(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
+                         doc: dict, target: _Target) -> str | None:
+        """Still pinned: mark snapshots, save the binaries; returns their staging dir (sysroot)."""
+        if _is_snapshot(request):
+            doc["gcore"] = True
+            doc["gcore_request"] = request.snapshot_id  # type: ignore[attr-defined]
+        if not final or proc is None or not self.settings.save_binaries:
+            return None
+        from webhook.agent.analysis import save_binaries
+
+        pod = target.destination == "pod"
+        try:
+            keys, sysroot = save_binaries(request.global_pid, dirfd, final, self.settings.host_dir,
+                                          self.settings.save_binaries_budget_bytes, uid=target.uid if pod else None,
+                                          gid=target.gid if pod else None, proc=self.proc)
+        except Exception as exc:  # noqa: BLE001 - the core is written; binaries are a bonus
+            log.warning("could not save the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
+            return None
+        if keys.get("binaries_dir") and doc.get("path"):
+            keys["binaries_dir"] = posixpath.join(posixpath.dirname(doc["path"]), keys["binaries_dir"])
+        doc.update(keys)
+        return sysroot
+
+    def _queue_signature(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
+                         json_name: str | None, doc: dict, target: _Target, sysroot: str | None) -> None:
+        if not final or not json_name or self.signatures is None or target.compression == "zstd":
+            if sysroot:
+                shutil.rmtree(sysroot, ignore_errors=True)
+            return
+        from webhook.agent.analysis import prepare_job
+
+        pod = target.destination == "pod"
+        # A spooled or vanished process: its PID may be another process's now, so no exe fd.
+        job = prepare_job(request.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
+                          proc.exe if proc else "", sysroot, uid=target.uid if pod else None,
+                          gid=target.gid if pod else None, proc=self.proc)
+        with self._pending_lock:
+            self._pending[id(doc)] = job
+
+    def _take_pending(self, doc: dict | None) -> Any:
+        if doc is None:
+            return None
+        with self._pending_lock:
+            job = self._pending.pop(id(doc), None)
+        return job if job is not None and job.doc is doc else None
+
+
+def _is_snapshot(request: Any) -> bool:
+    """A gcore request (webhook/agent/gcore.py) rather than a crash: not rate limited, marked."""
+    return bool(getattr(request, "snapshot_id", ""))
 
 
 class _NoPodTarget(Exception):

@@ -35,7 +35,17 @@ def build_event(info: dict[str, Any], now: float) -> dict[str, Any] | None:
                 f"({info.get('size')} bytes)")
     else:
         what = f"core not saved ({outcome}: {info.get('reason')})"
-    message = f"Container {container} pid {info.get('pid')} ({info.get('comm')}) killed by {sig}: {what}"
+    if info.get("gcore"):  # `coredump gcore`: the CLI finds its answer by the request id
+        if outcome in ("written", "partial"):
+            what = f"core written to {info.get('path')} ({info.get('size')} bytes)"
+        message = (f"gcore {info.get('gcore_request')} of container {container} pid {info.get('pid')}: "
+                   + (what if outcome in ("written", "partial") else f"failed: {info.get('reason')}"))
+    else:
+        message = f"Container {container} pid {info.get('pid')} ({info.get('comm')}) killed by {sig}: {what}"
+    if info.get("image"):
+        message += f"; image {info['image']}"
+    if info.get("signature_frames"):
+        message += f"; top frames: {' < '.join(info['signature_frames'][:3])}; signature {info['signature'][:12]}"
     stamp = iso_time(now)
     involved: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod}
     if info.get("pod_uid"):
@@ -48,9 +58,9 @@ def build_event(info: dict[str, Any], now: float) -> dict[str, Any] | None:
         "kind": "Event",
         "metadata": {"generateName": f"{pod}.", "namespace": namespace},
         "involvedObject": involved,
-        "reason": constants.EVENT_REASON,
+        "reason": constants.EVENT_REASON_SNAPSHOT if info.get("gcore") else constants.EVENT_REASON,
         "message": message[:1024],
-        "type": "Warning",
+        "type": "Normal" if info.get("gcore") and outcome != "failed" else "Warning",
         "count": 1,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,

@@ -51,9 +51,11 @@ def build(*, node: str, namespace: str | None, pod: str | None, pod_uid: str | N
           pid: int, global_pid: int, tid: int, global_tid: int, uid: int, gid: int,
           signal: int, exe: str, comm: str, hostname: str, time: int, path: str, file: str,
           size: int, stored_size: int, disk_size: int, sha256: str, compression: str,
-          truncated: bool, reason: str | None, pattern: str, rlimit_core: int, dump_mode: int) -> dict:
+          truncated: bool, reason: str | None, pattern: str, rlimit_core: int, dump_mode: int,
+          spool_reason: str = "") -> dict:
     """The metadata document (plain JSON types). ``path`` is where the core is as the crashing
-    container sees it (or on the node for the node location)."""
+    container sees it (or on the node for the node location). ``spool_reason``: why the helper
+    spooled the core (agent unreachable, no ACK, ...), None in the document when it was not."""
     return {
         "schema": SCHEMA_VERSION,
         "agent_version": __version__,
@@ -95,6 +97,7 @@ def build(*, node: str, namespace: str | None, pod: str | None, pod_uid: str | N
         "pattern": pattern,
         "rlimit_core": rlimit_core,
         "dump_mode": dump_mode,
+        "spool_reason": spool_reason or None,
     }
 
 

@@ -21,8 +21,11 @@ def summary_text(info: dict[str, Any]) -> str:
     where = info.get("path") or "not saved"
     state = info.get("outcome", "written")
     extra = f" ({info.get('truncated_reason')})" if info.get("truncated_reason") else ""
-    return (f"Core dump on node {info.get('node')}: {who}, pid {info.get('pid')} {info.get('comm')} "
+    text = (f"Core dump on node {info.get('node')}: {who}, pid {info.get('pid')} {info.get('comm')} "
             f"killed by {sig}; {state}{extra}: {where}, {info.get('size')} bytes")
+    if info.get("signature_frames"):
+        text += f"; top frames: {' < '.join(info['signature_frames'][:3])}"
+    return text
 
 
 def message(fmt: str, info: dict[str, Any]) -> dict[str, Any]:

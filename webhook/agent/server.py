@@ -336,6 +336,8 @@ class AgentServer:
         try:
             try:
                 request = self.request_factory(argv, spooled)
+                if spooled:
+                    request = _with_spool_reason(request, note)
             except Exception as exc:  # bad arguments: the core cannot be attributed
                 log.error("bad helper arguments", extra={"argv": argv, "error": str(exc)})
                 core.release()  # no handler thread will hold it
@@ -509,6 +511,14 @@ def _set_aside(path: str) -> None:
         os.rename(path, path + SPOOL_FAILED_SUFFIX)
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _with_spool_reason(request: Any, reason: str) -> Any:
+    """Hand the helper's spool reason to a request that has a ``spool_reason`` field (H4b's)."""
+    if reason and dataclasses.is_dataclass(request) and not isinstance(request, type) and any(
+            f.name == "spool_reason" for f in dataclasses.fields(request)):
+        return dataclasses.replace(request, spool_reason=reason)
+    return request
 
 
 def _read_text(path: str) -> str:

@@ -81,6 +81,29 @@ class AgentSettings:
     zstd_threads: int = 2
     #: (H4b) File name of cores in the node location (core(5) specifiers; no %p appended).
     node_core_name: str = "core.%e.%P.%t"
+    #: Watch this node's pods through the API (in-cluster config or kubeconfig) to add image,
+    #: labels and owner to the metadata and to take gcore requests; never used on the crash path.
+    watch_pods: bool = True
+    #: While the crashing process is pinned, copy its executable and libraries next to the core
+    #: (<core>.d/, sysroot layout) so it stays debuggable after the image is gone.
+    save_binaries: bool = False
+    #: Most bytes of executable and libraries saved per core (larger files are skipped).
+    save_binaries_budget_bytes: int = 256 * 1024**2
+    #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
+    #: (turned off, with a log line, when gdb is not installed).
+    signatures: bool = True
+    #: gdb gets this long per core.
+    signature_timeout_seconds: float = 120.0
+    #: The pod Event / notification wait this long for the signature (then go without it).
+    signature_event_wait_seconds: float = 30.0
+    #: Cores waiting for their signature at most; beyond, a core gets none (logged).
+    signature_queue_size: int = 16
+    #: Act on `coredump gcore` requests (the pod annotation) for this node's registered pods.
+    gcore_requests: bool = True
+    #: A gcore request older than this (its requestedAt) is ignored (e.g. seen again at restart).
+    gcore_request_max_age_seconds: float = 600.0
+    #: gcore gets this long per snapshot (the process is stopped while it dumps).
+    gcore_timeout_seconds: float = 300.0
 
     @property
     def socket_path(self) -> str:

@@ -259,3 +259,30 @@ def write_small_file(dirfd: int, name: str, data: bytes, *, mode: int = 0o644,
     except BaseException:
         out.discard()
         raise
+
+
+def replace_small_file(dirfd: int, name: str, data: bytes, *, mode: int = 0o644,
+                       uid: int | None = None, gid: int | None = None) -> None:
+    """Write ``data`` under a temporary name and rename it over ``name`` (atomic replace).
+
+    Only for files that are ours to update (a core's metadata): ``rename`` replaces whatever
+    entry ``name`` is (a symlink is replaced, never followed) and stays inside ``dirfd``.
+    """
+    out = OutputFile(dirfd, name, mode=mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out.fd, view):]
+        out.chown(uid, gid)
+        os.fsync(out.fd)
+        os.close(out.fd)
+        out.fd = -1
+        os.rename(out.tmp_name, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        out.final_name = name
+    except BaseException:
+        out.discard()
+        raise
+    try:
+        os.fsync(dirfd)
+    except OSError:
+        pass

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 
 import click
@@ -344,16 +347,67 @@ def gcore_request(pod: dict, container: str | None, pid: int | None) -> dict:
     }
 
 
+#: What the agent's CoreSnapshot Event says (webhook/agent/events.py build_event).
+_GCORE_WRITTEN = re.compile(r"core written to (?P<path>\S+) \((?P<size>\d+) bytes\)")
+
+
+def gcore_annotation(request_id: str, container: str, pid: int | None, now: float) -> str:
+    """The value of ``coredump-webhook.io/gcore-request`` (pid None: the container's main process)."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return json.dumps({"id": request_id, "container": container, "pid": pid, "requestedAt": at},
+                      separators=(",", ":"))
+
+
+def gcore_answer(events: list[dict], request_id: str) -> dict | None:
+    """The agent's answer to ``request_id`` among CoreSnapshot Events: {path, size} or {error}."""
+    for ev in events:
+        msg = ev.get("message") or ""
+        if f"gcore {request_id} " not in msg:
+            continue
+        if m := _GCORE_WRITTEN.search(msg):
+            return {"path": m["path"], "size": int(m["size"]), "message": msg}
+        return {"error": msg.split(": failed: ", 1)[-1], "message": msg}
+    return None
+
+
+def wait_gcore(api, namespace: str, pod: str, request_id: str, *, timeout: float, poll: float = 2.0,
+               sleep=None, clock=None) -> dict:
+    """Poll the pod's CoreSnapshot Events until the agent answers ``request_id``."""
+    from webhook.inspect import kube
+
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
+
+    selector = f"involvedObject.name={pod},reason={constants.EVENT_REASON_SNAPSHOT}"
+    deadline = clock() + timeout
+    while True:
+        answer = gcore_answer(kube.list_events(api, namespace, selector), request_id)
+        if answer is not None:
+            return answer
+        if clock() >= deadline:
+            raise eph.InspectError(
+                f"no answer from the node agent within {timeout:.0f}s for gcore request {request_id}: is the agent "
+                "running on the pod's node with --watch-pods and --gcore-requests (and its API access)?")
+        sleep(poll)
+
+
 @click.command("gcore")
 @click.argument("pod", required=False)
 @kube_options
-@click.option("-c", "--container", default=None)
-@click.option("--pid", type=int, default=None, help="PID inside the container (default: its main process, 1)")
+@click.option("-c", "--container", default=None, help="container (default: the first prepared one)")
+@click.option("--pid", type=int, default=None, help="PID inside the container (default: its main process)")
 @click.option("--dry-run", is_flag=True, help="print the request for the node agent and stop")
 @click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None)
-def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file):
-    """Core of a RUNNING process, without killing it (done by the agent on the pod's node)."""
+@click.option("--timeout", "wait_timeout", envvar=_env("gcore_timeout"), type=float, default=300.0,
+              show_default=True, help="seconds to wait for the agent's answer")
+@click.option("--request-id", envvar=_env("gcore_request_id"), default=None, hidden=True)
+def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file, wait_timeout, request_id):
+    """Core of a RUNNING process, without killing it (done by the agent on the pod's node).
+
+    Sets the annotation coredump-webhook.io/gcore-request on the pod (RBAC: patch pods), then
+    waits for the agent's CoreSnapshot Event (RBAC: list events) and prints the core's path.
+    """
     s = _settings(context=context, kubeconfig=kubeconfig)
+    request_id = request_id or "gc-" + secrets.token_hex(4)
     try:
         if pod_file:
             with open(pod_file) as f:
@@ -366,13 +420,26 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
             obj = kube.read_pod(_api(s), _namespace(namespace, s), pod)
         eph.core_location(obj, container)  # the pod must have a core volume to receive it
         req = gcore_request(obj, container, pid)
+        value = gcore_annotation(request_id, req["container"], pid, time.time())
+        req.update(id=request_id, annotation={constants.ANN_GCORE_REQUEST: value})
+        if dry_run:
+            click.echo(json.dumps(req, indent=2))
+            return
+        if pod_file:
+            raise eph.InspectError("-f works with --dry-run only: the request goes through the API")
+        from webhook.inspect import kube
+
+        api = _api(s)
+        kube.annotate_pod(api, req["namespace"], req["pod"], {constants.ANN_GCORE_REQUEST: value})
+        click.echo(f"gcore {request_id} requested from the agent on node {req['node']}; waiting...", err=True)
+        answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=wait_timeout)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
-    click.echo(json.dumps(req, indent=2))
-    if not dry_run:
-        raise click.ClickException(
-            "the agent's gcore endpoint is not wired yet: run `webhook.inspect.gcore.snapshot` on the node "
-            f"({req['node']}) for the container's host PID, then deliver it through the agent's writer")
+    if "error" in answer:
+        raise click.ClickException(f"gcore {request_id} failed on node {req['node']}: {answer['error']}")
+    click.echo(f"{answer['size']} bytes (container {req['container']}; `coredump get {req['pod']} "
+               f"{answer['path'].rsplit('/', 1)[-1]}` downloads it)", err=True)
+    click.echo(answer["path"])
 
 
 # --- page ------------------------------------------------------------------------------------

@@ -346,3 +346,24 @@ def make_authorizer(api: client.ApiClient, rule: AccessRule = AccessRule()) -> C
             return False
 
     return authorize
+
+
+def annotate_pod(api: client.ApiClient, namespace: str, name: str, annotations: dict[str, str | None]) -> dict:
+    """JSON merge PATCH of the pod's annotations (``coredump gcore``: only 'patch' on the pod)."""
+    body = {"metadata": {"annotations": annotations}}
+    try:
+        resp = client.CoreV1Api(api).patch_namespaced_pod(
+            name, namespace, body, _content_type="application/merge-patch+json", _preload_content=False)
+    except ApiException as exc:
+        raise _translate(exc, f"annotate pod {namespace}/{name}", "patch", "pods", namespace) from exc
+    return _json(resp)
+
+
+def list_events(api: client.ApiClient, namespace: str, field_selector: str) -> list[dict]:
+    """Events of a namespace matching ``field_selector`` (e.g. involvedObject.name=POD,reason=R)."""
+    try:
+        resp = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=field_selector,
+                                                           _preload_content=False)
+    except ApiException as exc:
+        raise _translate(exc, f"list events in {namespace}", "list", "events", namespace) from exc
+    return list(_json(resp).get("items") or [])
