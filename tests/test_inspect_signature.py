@@ -175,3 +175,16 @@ def test_save_mappings_of_a_live_process_under_a_budget(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_frames_below_main_never_change_the_signature():
+    from webhook.inspect.signature import Frame, signature_of
+
+    def frames(*names):
+        return [Frame(i, n, hex(0x1000 + i), None, None) for i, n in enumerate(names)]
+
+    named = frames("crash_here", "main", "__libc_start_call_main", "__libc_start_main_impl", "_start")
+    unnamed = frames("crash_here", "main", "??", "??", "??")
+    assert signature_of(named) == signature_of(unnamed)
+    assert signature_of(named)[1] == ["crash_here", "main"]
+    assert signature_of(frames("a", "b", "c", "d", "e", "f"))[1] == ["a", "b", "c", "d", "e"]

@@ -140,12 +140,17 @@ def parse_backtrace(text: str) -> list[Frame]:
 
 
 def signature_of(frames: list[Frame], top: int = DEFAULT_TOP) -> tuple[str, list[str]]:
-    """sha256 (hex) of the top ``top`` frame keys after the noise frames; and those keys."""
+    """sha256 (hex) of the top ``top`` frame keys after the noise frames, cut after ``main``;
+    and those keys."""
     keys = [f.key() for f in frames]
     start = 0
     while start < len(keys) - 1 and keys[start] in NOISE_FUNCTIONS:
         start += 1
     picked = keys[start : start + top]
+    # Frames below main are the C runtime's start-up (__libc_start_main, _start): whether gdb
+    # can name them depends on whether the libraries were saved, so they never sign a crash.
+    if "main" in picked:
+        picked = picked[: picked.index("main") + 1]
     digest = hashlib.sha256("\n".join(picked).encode()).hexdigest()
     return digest, picked
 
