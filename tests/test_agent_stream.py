@@ -212,3 +212,139 @@ def test_enospc_on_a_small_tmpfs_then_the_next_core_fits(tmp_path):
         assert again.complete and (mnt / "core2").read_bytes() == small
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# --- hole detection: exact at chunk boundaries, odd tails, all-zero and zero-free inputs ---------
+from webhook.agent.stream import BLOCK, ZERO_STEP, zero_runs  # noqa: E402
+
+
+def reference_zero_runs(buf: bytes, n: int, offset: int) -> list[tuple[int, int]]:
+    """The obvious per-block definition: maximal runs of file-aligned all-zero whole blocks."""
+    runs: list[tuple[int, int]] = []
+    off = (-offset) % BLOCK
+    while off + BLOCK <= n:
+        if not any(buf[off:off + BLOCK]):
+            if runs and runs[-1][1] == off:
+                runs[-1] = (runs[-1][0], off + BLOCK)
+            else:
+                runs.append((off, off + BLOCK))
+        off += BLOCK
+    return runs
+
+
+def blocks(kinds: str, seed: int = 7) -> bytes:
+    """One BLOCK per letter: z zero, r random, f zero but the first byte, l zero but the last."""
+    import random
+
+    rnd = random.Random(seed)
+    out = []
+    for k in kinds:
+        if k == "z":
+            out.append(bytes(BLOCK))
+        elif k == "r":
+            out.append(rnd.randbytes(BLOCK))
+        elif k == "f":
+            out.append(b"\x01" + bytes(BLOCK - 1))
+        else:
+            out.append(bytes(BLOCK - 1) + b"\x01")
+    return b"".join(out)
+
+
+def test_zero_runs_matches_the_per_block_definition():
+    import random
+
+    rnd = random.Random(3)
+    per_chunk = CHUNK // BLOCK
+    layouts = [
+        "z" * per_chunk, "r" * per_chunk, "rz" * (per_chunk // 2), "zr" * (per_chunk // 2),
+        "z" * 17 + "r" + "z" * (per_chunk - 18),  # a run through a 64 KiB step boundary
+        "r" + "z" * (per_chunk - 1),  # zeros not aligned to a 64 KiB step
+        "f" * per_chunk, "l" * per_chunk, ("z" * 15 + "l") * (per_chunk // 16),
+    ] + ["".join(rnd.choice("zzzrfl") for _ in range(per_chunk)) for _ in range(20)]
+    for layout in layouts:
+        buf = bytearray(blocks(layout))
+        for n in (len(buf), len(buf) - 1, len(buf) - BLOCK, 3 * BLOCK + 5, BLOCK - 1, 0):
+            for offset in (0, BLOCK, 1, BLOCK - 1, 12345):
+                assert zero_runs(buf, n, offset) == reference_zero_runs(bytes(buf), n, offset), (layout[:40], n, offset)
+    assert zero_runs(bytearray(CHUNK), CHUNK) == [(0, CHUNK)]
+    assert zero_runs(bytearray(b"\x01" * CHUNK), CHUNK) == []
+    assert ZERO_STEP % BLOCK == 0
+
+
+def holes_dir(tmp_path):
+    """tmpfs counts exactly the pages a file holds; fall back to tmp_path (>= checks only)."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        import tempfile
+
+        return tempfile.mkdtemp(dir="/dev/shm", prefix="cdw-holes-"), True
+    return str(tmp_path), False
+
+
+@pytest.mark.parametrize("layout,tail", [
+    ("all-zero", 0), ("all-zero", 100), ("no-zero", 0), ("no-zero", 5),
+    ("across-chunks", 0), ("across-chunks", 4095), ("single-bytes", 1),
+])
+def test_sparse_output_at_chunk_boundaries_and_odd_tails(tmp_path, layout, tail):
+    """Bytes read back equal the input; the file holds a page for exactly each block that is
+    not all zero (a partial tail block is always written); chunk edges change nothing."""
+    import random
+    import shutil
+
+    rnd = random.Random(11)
+    per_chunk = CHUNK // BLOCK
+    if layout == "all-zero":
+        kinds = "z" * (3 * per_chunk)
+    elif layout == "no-zero":
+        kinds = "r" * (2 * per_chunk + 3)
+    elif layout == "across-chunks":  # zero runs and data blocks straddling both 1 MiB edges
+        kinds = ("r" * (per_chunk - 2) + "zzzz" + "r" * (per_chunk - 5) + "zr" + "z" * 40
+                 + "l" + "z" * 100 + "f")
+    else:  # zero but one byte, alternating with zero blocks and random runs
+        kinds = "".join(rnd.choice("zzlfr") for _ in range(2 * per_chunk + 77))
+    tail_bytes = bytes(tail) if layout == "all-zero" else rnd.randbytes(tail)
+    data = blocks(kinds) + tail_bytes
+    expected_pages = sum(k != "z" for k in kinds) + (1 if tail else 0)
+    d, exact = holes_dir(tmp_path)
+    try:
+        # odd write sizes on the pipe: reads never line up with blocks, the chunks still do
+        r, w = os.pipe()
+
+        def writer() -> None:
+            view = memoryview(data)
+            step = 4097 * 3
+            while view:
+                view = view[os.write(w, view[:step]):]
+            os.close(w)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        out = os.path.join(d, "core")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            result = copy_core(r, fd, StreamLimits())
+        finally:
+            os.close(fd)
+            os.close(r)
+            t.join(10)
+        assert result.complete and result.size == len(data) == os.stat(out).st_size == result.written
+        with open(out, "rb") as f:
+            assert f.read() == data
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        allocated = os.stat(out).st_blocks * 512
+        if exact:
+            assert allocated == expected_pages * BLOCK, (allocated, expected_pages)
+        else:
+            assert allocated >= expected_pages * BLOCK
+    finally:
+        if d != str(tmp_path):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_cut_inside_a_chunk_hashes_exactly_the_kept_bytes(tmp_path):
+    """The size cap inside the second chunk of a ring of buffers: file, size and sha256 agree."""
+    data = synthetic_core(6)
+    for cap in (CHUNK + 4096 + 7, 5 * CHUNK - 1, 1):
+        result = copy_via_pipe(data, str(tmp_path / "cut"), StreamLimits(max_bytes=cap))
+        assert result.reason == "size_limit" and result.size == cap
+        assert (tmp_path / "cut").read_bytes() == data[:cap]
+        assert result.sha256 == hashlib.sha256(data[:cap]).hexdigest()

@@ -1,0 +1,86 @@
+"""Why a core was spooled reaches its metadata: the static helper writes the reason into the
+spool entry, the agent's drain hands it to CrashProcessor, ``<core>.json`` says it.
+
+The first test runs the real helper by hand (no agent listening, so it spools); the second
+goes through the kernel's own core pipe (``kernel`` marker)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.test_agent_kernel import agent_env, check_elf_core, reap, segv, start_sleepers, wait_for  # noqa: F401
+from tests.test_helper import ARGV, host, run_helper, settings_for, spool_entries  # noqa: F401
+from webhook.agent import install
+from webhook.agent.crash import CrashProcessor, CrashRequest
+from webhook.agent.metrics import AgentMetrics
+from webhook.agent.server import AgentServer, _with_spool_reason, crash_request
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def processor_for(settings) -> CrashProcessor:
+    return CrashProcessor(settings, None, events=False, notifier=False, metrics=AgentMetrics(CollectorRegistry()))
+
+
+def only_core(cores: Path) -> tuple[Path, dict]:
+    (meta_path,) = [p for p in cores.rglob("*.json")]
+    return meta_path.with_suffix(""), json.loads(meta_path.read_text())
+
+
+def test_spool_reason_reaches_the_metadata(host):
+    core = os.urandom(300_000) + bytes(200_000)
+    argv = ["999999999", *ARGV[1:]]  # a PID that cannot exist: the process is long gone
+    assert run_helper(host, core, argv).returncode == 0  # no agent: the helper spools
+    (entry,) = spool_entries(host)
+    reason = (entry / "reason").read_text().strip()
+    assert reason.startswith("agent unreachable")
+    settings = settings_for(host, keep_free_bytes=0, unregistered="skip")
+    server = AgentServer(settings, processor_for(settings).handle, request_factory=crash_request,
+                         registry=CollectorRegistry())
+    try:
+        assert dict(server.drain_spool()) == {entry.name: "delivered"}
+    finally:
+        server.stop()
+    core_path, meta = only_core(Path(settings.node_cores_dir))
+    assert core_path.read_bytes() == core
+    assert meta["spool_reason"] == reason and meta["identification"] == "spooled"
+    assert meta["sha256"] == hashlib.sha256(core).hexdigest() and not meta["truncated"]
+    assert spool_entries(host) == []
+
+
+def test_a_core_handed_over_live_has_no_spool_reason(tmp_path):
+    request = CrashRequest.from_argv(list(ARGV))
+    assert request.spool_reason == "" and not request.spooled
+    # only spooled deliveries get one, and only requests with the field
+    assert _with_spool_reason(request, "").spool_reason == ""
+    assert _with_spool_reason(request, "no ACK").spool_reason == "no ACK"
+    assert _with_spool_reason(("not", "a", "dataclass"), "no ACK") == ("not", "a", "dataclass")
+
+
+@pytest.mark.kernel
+def test_kernel_crash_while_the_agent_is_down_says_why_in_its_metadata(agent_env):  # noqa: F811
+    host, settings, serve = agent_env
+    s = settings(keep_free_bytes=0, unregistered="node")
+    install.install(s)  # the pattern points at the helper, but no agent listens
+    (proc,) = start_sleepers(1)
+    segv([proc])
+    reap([proc])
+    wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 10)
+    (entry,) = list((host / "spool").iterdir())
+    reason = (entry / "reason").read_text().strip()
+    serve(s, processor_for(s).handle)  # drains the spool at start
+    wait_for(lambda: list(Path(s.node_cores_dir).rglob("*.json")))
+    core_path, meta = only_core(Path(s.node_cores_dir))
+    data = core_path.read_bytes()
+    check_elf_core(data)
+    assert meta["spool_reason"] == reason and "agent unreachable" in reason
+    assert meta["global_pid"] == proc.pid and meta["signal"] == signal.SIGSEGV
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["size"] == len(data)
+    wait_for(lambda: not list((host / "spool").iterdir()))
