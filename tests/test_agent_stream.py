@@ -129,7 +129,23 @@ def test_deadline_stops_a_stalled_dump(tmp_path):
     assert not result.complete and result.reason == "timeout" and result.size == 60000
 
 
-def test_keep_free_floor(tmp_path):
+@pytest.fixture
+def private_tmpfs(tmp_path):
+    """A filesystem nobody else writes to, so its free space only moves with this test."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.root
+def test_keep_free_floor(private_tmpfs):
+    tmp_path = private_tmpfs
     st = os.statvfs(tmp_path)
     free = st.f_bavail * st.f_frsize
     data = os.urandom(2 << 20)
