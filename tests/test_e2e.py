@@ -508,33 +508,23 @@ def run_escape(agent: Agent, node_factory, kind: str) -> Escape:
 @pytest.mark.parametrize("kind", sorted(ESCAPES))
 def test_symlink_in_the_volume_never_writes_outside_the_container(agent, kernel, node_factory, tmp_path, kind):
     """The agent resolves the app's symlink inside the container (as the kernel would for the
-    process) or refuses it; the outcome and its reason are in the agent's log."""
+    process) with the process's own credentials, or refuses it: a magic link is never followed
+    (``directory_unusable``), the app's /etc is root's and uid 1000 may not create a file there
+    (``permission_denied``). The node location gets the core; the reason is in the agent's log."""
     esc = run_escape(agent, node_factory, kind)
     line = esc.line
     assert line["outcome"] == "written", line
-    if line["destination"] == "pod":
-        # resolved inside the process's own root: its /etc, never the host's
-        assert kind != "magic", "a magic link must never be followed"
-        (f,) = [x for x in esc.found if not x.endswith(C.METADATA_SUFFIX)]
-        assert Path(f).parent == esc.rootfs / "etc"
-        assert line["path"] == f"/data/dump-a/x/core-esc{esc.token}-{esc.nspid}"
-        check_elf_core(Path(f).read_bytes())
-    else:
-        # refused: the node location gets it, with the reason logged and in the metadata
-        assert line["destination"] == "node" and esc.found == []
-        warn = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
-        assert warn and warn[-1]["reason"] == line["reason"] == "directory_unusable", (warn, line)
-        f = line["path"]
-        assert Path(f).is_relative_to(agent.host / "cores" / NAMESPACE / esc.run.pod["metadata"]["name"] / "app")
-        check_elf_core(Path(f).read_bytes())
-        assert json.loads(Path(f + C.METADATA_SUFFIX).read_text())["identification"] == line["reason"]
+    assert line["destination"] == "node" and esc.found == [], (line, esc.found)
+    expected = "directory_unusable" if kind == "magic" else "permission_denied"
+    warn = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
+    assert warn and warn[-1]["reason"] == line["reason"] == expected, (warn, line)
+    f = line["path"]
+    assert Path(f).is_relative_to(agent.host / "cores" / NAMESPACE / esc.run.pod["metadata"]["name"] / "app")
+    check_elf_core(Path(f).read_bytes())
+    assert json.loads(Path(f + C.METADATA_SUFFIX).read_text())["identification"] == line["reason"]
     stop_and_check(agent, kernel, esc.run.node, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the agent (root) creates the core in a directory the crashing user cannot write "
-    "(the container's root-owned /etc, reached through the app's own symlink); the kernel opens a "
-    "core file with the crashing process's credentials and would refuse (EACCES)"))
 def test_core_never_lands_where_the_crashing_user_could_not_write(agent, kernel, node_factory, tmp_path):
     esc = run_escape(agent, node_factory, "absolute")
     etc = esc.rootfs / "etc"

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from webhook.agent import metadata as meta
+from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.writer import RESOLVE_NAME, OutputFile, SafeRoot, openat2, replace_small_file
 
 log = logging.getLogger(__name__)
@@ -58,29 +59,39 @@ def staging_dir(host_dir: str) -> str:
     return path
 
 
-def _copy_into(dirfd: int, rel: str, src: str, uid: int | None, gid: int | None) -> str:
-    """Copy ``src`` to ``rel`` below ``dirfd`` (resolved inside it); returns the name used."""
+def _copy_into(dirfd: int, rel: str, src: str, uid: int | None, gid: int | None,
+               creds: Credentials | None = None) -> str:
+    """Copy ``src`` to ``rel`` below ``dirfd`` (resolved inside it); returns the name used.
+
+    The directories and the file are created with ``creds`` (the crashing process's); the
+    staging copy is read, and the new file filled, as the agent.
+    """
     parent, name = posixpath.split(rel)
-    root = SafeRoot(os.dup(dirfd), label="core directory")
-    try:
-        sub = root.open_dir(parent or "/", uid=uid, gid=gid)
-    finally:
-        root.close()
-    try:
-        out = OutputFile(sub, name, mode=0o644)
+    with open(src, "rb") as fin:  # staging is the agent's (0700): opened before any switch
+        root = SafeRoot(os.dup(dirfd), label="core directory")
         try:
-            with open(src, "rb") as fin:
+            with as_process_credentials(creds):
+                sub = root.open_dir(parent or "/", uid=uid, gid=gid)
+                try:
+                    out = OutputFile(sub, name, mode=0o644)
+                except BaseException:
+                    os.close(sub)
+                    raise
+        finally:
+            root.close()
+        try:
+            try:
                 while chunk := fin.read(COPY_CHUNK):
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(out.fd, view):]
-            out.chown(uid, gid)
-            return out.commit()
-        except BaseException:
-            out.discard()
-            raise
-    finally:
-        os.close(sub)
+                out.chown(uid, gid)
+                return out.commit()
+            except BaseException:
+                out.discard()
+                raise
+        finally:
+            os.close(sub)
 
 
 def _make_unique_dir(dirfd: int, name: str, uid: int | None, gid: int | None) -> str:
@@ -133,11 +144,14 @@ def _add_links(dirfd: int, links: dict[str, str]) -> list[str]:
 
 
 def save_binaries(global_pid: int, dirfd: int, core_name: str, host_dir: str, budget: int, *,
-                  uid: int | None, gid: int | None, proc: str = "/proc") -> tuple[dict, str | None]:
+                  uid: int | None, gid: int | None, proc: str = "/proc",
+                  creds: Credentials | None = None) -> tuple[dict, str | None]:
     """Save the executable and libraries of the pinned process as ``<core_name>.d/``.
 
     Returns (metadata keys, the staging directory to use as sysroot, or None when nothing was
-    saved). Never raises for the usual trouble: it is reported in the metadata.
+    saved). Never raises for the usual trouble: it is reported in the metadata. What is created
+    below ``dirfd`` is created with ``creds`` (the crashing process's credentials, None: the
+    agent's); the staging directory is always the agent's.
     """
     from webhook.inspect.signature import save_mappings
 
@@ -157,21 +171,27 @@ def save_binaries(global_pid: int, dirfd: int, core_name: str, host_dir: str, bu
         _add_links(stage_fd, links)
     finally:
         os.close(stage_fd)
-    dirname = _make_unique_dir(dirfd, core_name + BINARIES_SUFFIX, uid, gid)
+    try:
+        with as_process_credentials(creds):
+            dirname = _make_unique_dir(dirfd, core_name + BINARIES_SUFFIX, uid, gid)
+    except (OSError, CredentialsError) as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        return {"binaries_error": f"{getattr(exc, 'strerror', None) or exc}"}, None
     copied, skipped = [], [{"path": s.path, "reason": s.skipped} for s in saved if not s.saved_as]
     for s in files:
         try:
-            _copy_into(dirfd, posixpath.join(dirname, s.path.lstrip("/")), s.saved_as, uid, gid)
+            _copy_into(dirfd, posixpath.join(dirname, s.path.lstrip("/")), s.saved_as, uid, gid, creds)
             copied.append(s.path)
-        except OSError as exc:
-            skipped.append({"path": s.path, "reason": f"copy failed: {exc.strerror or exc}"})
+        except (OSError, CredentialsError) as exc:
+            skipped.append({"path": s.path, "reason": f"copy failed: {getattr(exc, 'strerror', None) or exc}"})
     try:
         bdir = openat2(dirfd, dirname, os.O_RDONLY | os.O_DIRECTORY, resolve=RESOLVE_NAME)
         try:
-            _add_links(bdir, links)
+            with as_process_credentials(creds):
+                _add_links(bdir, links)
         finally:
             os.close(bdir)
-    except OSError:
+    except (OSError, CredentialsError):
         pass
     return {"binaries_dir": dirname, "binaries": copied, "binaries_skipped": skipped,
             "binaries_bytes": sum(s.size for s in files if s.path in copied)}, stage
@@ -196,6 +216,8 @@ class SignatureJob:
     #: Owner of the metadata file (the crashing process's for a pod, None for the node location).
     uid: int | None = None
     gid: int | None = None
+    #: Credentials the metadata is rewritten with (the crashing process's for a pod, else None).
+    creds: Credentials | None = None
     sent: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     timer: threading.Timer | None = None
@@ -214,13 +236,15 @@ class SignatureJob:
 
 
 def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc: dict, exe: str,
-                sysroot: str | None, *, uid: int | None, gid: int | None, proc: str = "/proc") -> SignatureJob:
+                sysroot: str | None, *, uid: int | None, gid: int | None, proc: str = "/proc",
+                creds: Credentials | None = None) -> SignatureJob:
     """Take the fds the analysis needs while the process is still there."""
     try:
         exe_fd = os.open(f"{proc}/{global_pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         exe_fd = -1
-    return SignatureJob(os.dup(dirfd), core_name, json_name, doc, exe_fd, exe, sysroot, uid=uid, gid=gid)
+    return SignatureJob(os.dup(dirfd), core_name, json_name, doc, exe_fd, exe, sysroot, uid=uid, gid=gid,
+                        creds=creds)
 
 
 # --- off the crash path ----------------------------------------------------------------------
@@ -340,8 +364,10 @@ class SignatureWorker:
         try:
             for name in (job.core_name, job.json_name):  # deleted meanwhile: nothing to update
                 os.stat(name, dir_fd=job.dirfd, follow_symlinks=False)
-            replace_small_file(job.dirfd, job.json_name, meta.dumps(doc), mode=0o644, uid=job.uid, gid=job.gid)
-        except OSError as exc:
+            with as_process_credentials(job.creds):  # on this worker thread only
+                replace_small_file(job.dirfd, job.json_name, meta.dumps(doc), mode=0o644, uid=job.uid,
+                                   gid=job.gid)
+        except (OSError, CredentialsError) as exc:
             log.warning("could not update the metadata with the signature",
                         extra={"core": job.core_name, "error": str(exc)})
         if "signature" in found:

@@ -10,6 +10,7 @@ Logs, metrics, the pod Event and the notification never delay the answer to the 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO, Callable
 from webhook.agent import chain as chain_mod
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
+from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials, read_credentials
 from webhook.agent.limits import RateLimiter
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.settings import AgentSettings
@@ -156,7 +158,13 @@ class _Target:
     uid: int | None
     gid: int | None
     pattern: str
+    #: The crashing process's filesystem credentials: the pod's directories, core, metadata and
+    #: saved binaries are created with them (None: the node location, created as the agent).
+    creds: Credentials | None = None
 
+
+#: errnos that mean "the crashing process itself could not create this here".
+_DENIED = (errno.EACCES, errno.EPERM)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -332,9 +340,14 @@ class CrashProcessor:
         compression = (reg.compress or self.settings.compression).strip().lower()
         if compression not in ("zstd", "none"):
             compression = self.settings.compression
+        try:
+            creds = read_credentials(request.global_pid, self.proc)
+        except CredentialsError as exc:
+            raise _NoPodTarget("root_unreachable", str(exc)) from None
         return _Target(root_path=f"{self.proc}/{request.global_pid}/root", directory=directory or "/", name=name,
                        view_prefix="", destination="pod", max_bytes=max_bytes or None, max_reason="size_limit",
-                       compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern)
+                       compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern,
+                       creds=creds)
 
     def _checked_cwd(self, request: CrashRequest, proc: ProcessInfo) -> str:
         """The process cwd inside its root, proven to be the same directory as its real cwd.
@@ -385,36 +398,57 @@ class CrashProcessor:
         if target.destination == "node":
             os.makedirs(self.settings.node_cores_dir, mode=0o700, exist_ok=True)
         try:
-            root = SafeRoot.open(target.root_path)
+            root = SafeRoot.open(target.root_path)  # as root, before any switch: /proc/<pid>/root needs it
         except OSError as exc:
             if pod:
                 raise _NoPodTarget("root_unreachable", str(exc)) from None
             raise
         try:
             try:
-                dirfd = root.open_dir(target.directory, uid=target.uid if pod else None,
-                                      gid=target.gid if pod else None)
-            except OSError as exc:
-                if pod:
-                    raise _NoPodTarget("directory_unusable", f"{target.directory}: {exc.strerror or exc}") from None
-                raise
+                # The kernel would create the core with the process's credentials: so do we.
+                with as_process_credentials(target.creds if pod else None):
+                    dirfd, out = self._create(root, target, pod)
+            except CredentialsError as exc:
+                raise _NoPodTarget("credentials_unavailable", str(exc)) from None
             try:
-                if pod:
-                    st = os.fstatvfs(dirfd)
-                    if st.f_bavail * st.f_frsize <= self.settings.keep_free_bytes:
-                        raise _NoPodTarget("pod_volume_full",
-                                           f"{target.directory} has less than keep_free_bytes free")
-                try:
-                    out = OutputFile(dirfd, target.name, mode=0o600)
-                except OSError as exc:
-                    if pod:
-                        raise _NoPodTarget("create_failed", f"{target.directory}: {exc.strerror or exc}") from None
-                    raise
+                # Creation proved the permission: streaming, fsync and the rename run as the agent.
                 return self._stream(request, core, proc, ident, who, target, dirfd, out, start, fallback_reason)
             finally:
                 os.close(dirfd)
         finally:
             root.close()
+
+    def _create(self, root: SafeRoot, target: _Target, pod: bool) -> tuple[int, OutputFile]:
+        """The target directory's fd (made when missing) and the temporary core file in it.
+
+        For a pod, a refusal becomes :class:`_NoPodTarget`: ``permission_denied`` when the
+        process's own credentials may not create it (EACCES/EPERM), else why the directory or
+        the file is unusable.
+        """
+        try:
+            dirfd = root.open_dir(target.directory, uid=target.uid if pod else None,
+                                  gid=target.gid if pod else None)
+        except OSError as exc:
+            if pod:
+                reason = "permission_denied" if exc.errno in _DENIED else "directory_unusable"
+                raise _NoPodTarget(reason, f"{target.directory}: {exc.strerror or exc}") from None
+            raise
+        try:
+            if pod:
+                st = os.fstatvfs(dirfd)
+                if st.f_bavail * st.f_frsize <= self.settings.keep_free_bytes:
+                    raise _NoPodTarget("pod_volume_full",
+                                       f"{target.directory} has less than keep_free_bytes free")
+            try:
+                return dirfd, OutputFile(dirfd, target.name, mode=0o600)
+            except OSError as exc:
+                if pod:
+                    reason = "permission_denied" if exc.errno in _DENIED else "create_failed"
+                    raise _NoPodTarget(reason, f"{target.directory}: {exc.strerror or exc}") from None
+                raise
+        except BaseException:
+            os.close(dirfd)
+            raise
 
     def _stream(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                 who: _Who, target: _Target, dirfd: int, out: OutputFile, start: float,
@@ -479,10 +513,11 @@ class CrashProcessor:
         json_name = None
         if final:
             try:
-                json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
-                                             uid=target.uid, gid=target.gid)
+                with as_process_credentials(target.creds if target.destination == "pod" else None):
+                    json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
+                                                 uid=target.uid, gid=target.gid)
                 metadata_path = posixpath.join(view_dir, json_name)
-            except OSError as exc:
+            except (OSError, CredentialsError) as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
         self._queue_signature(request, proc, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(
@@ -578,7 +613,8 @@ class CrashProcessor:
         try:
             keys, sysroot = save_binaries(request.global_pid, dirfd, final, self.settings.host_dir,
                                           self.settings.save_binaries_budget_bytes, uid=target.uid if pod else None,
-                                          gid=target.gid if pod else None, proc=self.proc)
+                                          gid=target.gid if pod else None, proc=self.proc,
+                                          creds=target.creds if pod else None)
         except Exception as exc:  # noqa: BLE001 - the core is written; binaries are a bonus
             log.warning("could not save the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
             return None
@@ -599,7 +635,7 @@ class CrashProcessor:
         # A spooled or vanished process: its PID may be another process's now, so no exe fd.
         job = prepare_job(request.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
                           proc.exe if proc else "", sysroot, uid=target.uid if pod else None,
-                          gid=target.gid if pod else None, proc=self.proc)
+                          gid=target.gid if pod else None, proc=self.proc, creds=target.creds if pod else None)
         with self._pending_lock:
             self._pending[id(doc)] = job
 
