@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from webhook.agent import metadata as meta
+from webhook.agent.background import QueueWorker
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.writer import RESOLVE_NAME, OutputFile, SafeRoot, openat2, replace_small_file
 
@@ -289,7 +290,7 @@ def frames_text(frames: list[str], n: int = 3) -> str:
     return " < ".join(frames[:n])
 
 
-class SignatureWorker:
+class SignatureWorker(QueueWorker):
     """One thread running gdb over cores, one at a time; ``submit`` never blocks."""
 
     def __init__(self, sinks: Callable[[], list[Any]], *, gdb: str = "gdb", timeout: float = 120.0,
@@ -299,12 +300,10 @@ class SignatureWorker:
         self.gdb = gdb
         self.timeout = timeout
         self.event_wait = event_wait
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.done = 0
         self.failed = 0
         self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="agent-signatures", daemon=True)
-        self._thread.start()
+        super().__init__("agent-signatures", maxsize)
 
     def submit(self, job: SignatureJob) -> bool:
         """Queue a job; a full queue sends its summary at once and drops the analysis."""
@@ -338,24 +337,16 @@ class SignatureWorker:
             except Exception:  # noqa: BLE001
                 log.exception("could not queue a crash notification")
 
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._process(job)
-            except Exception:  # noqa: BLE001 - one bad core must not stop the worker
-                self.failed += 1
-                log.exception("signature failed", extra={"core": getattr(job, "core_name", "")})
-                if job is not None:
-                    self._send(job)
-            finally:
-                if job is not None:
-                    job.close()
-                self._queue.task_done()
+    def _failed(self, job: SignatureJob, exc: Exception) -> None:
+        """One bad core must not stop the worker: count it and still send the summary."""
+        self.failed += 1
+        log.error("signature failed", exc_info=exc, extra={"core": job.core_name})
+        self._send(job)
 
-    def _process(self, job: SignatureJob) -> None:
+    def _finish(self, job: SignatureJob) -> None:
+        job.close()
+
+    def _handle(self, job: SignatureJob) -> None:
         try:
             found = analyze_job(job, gdb=self.gdb, timeout=self.timeout, no_sysroot=self.no_sysroot)
         except OSError as exc:
@@ -382,18 +373,4 @@ class SignatureWorker:
         self._send(job, {k: found[k] for k in ("signature", "signature_frames", "backtrace") if k in found})
 
     def flush(self, timeout: float = 60.0) -> bool:
-        done = threading.Event()
-
-        def waiter() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=waiter, daemon=True).start()
-        return done.wait(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
+        return super().flush(timeout)

@@ -10,27 +10,27 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 
-class BackgroundSender:
-    """``submit()`` never blocks: items beyond ``maxsize`` are dropped (and counted)."""
+class QueueWorker:
+    """One daemon thread draining a bounded queue; subclasses say what an item means.
 
-    def __init__(self, name: str, send: Callable[[Any], None], maxsize: int = 256) -> None:
+    ``_handle(item)`` does the work, ``_failed(item, exc)`` hears about an exception (the
+    thread goes on), ``_finish(item)`` runs after either.
+    """
+
+    def __init__(self, name: str, maxsize: int) -> None:
         self.name = name
-        self._send = send
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.sent = 0
-        self.failed = 0
-        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: Any) -> bool:
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            log.warning("%s queue full: dropped one item", self.name)
-            return False
+    def _handle(self, item: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _failed(self, item: Any, exc: Exception) -> None:
+        log.warning("%s failed: %s", self.name, exc)
+
+    def _finish(self, item: Any) -> None:
+        pass
 
     def _run(self) -> None:
         while True:
@@ -38,12 +38,12 @@ class BackgroundSender:
             try:
                 if item is _STOP:
                     return
-                self._send(item)
-                self.sent += 1
-            except Exception as exc:  # noqa: BLE001 - a side effect failing must not stop the thread
-                self.failed += 1
-                log.warning("%s failed: %s", self.name, exc)
+                self._handle(item)
+            except Exception as exc:  # noqa: BLE001 - one bad item must not stop the thread
+                self._failed(item, exc)
             finally:
+                if item is not _STOP:
+                    self._finish(item)
                 self._queue.task_done()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -63,6 +63,54 @@ class BackgroundSender:
         except queue.Full:
             return
         self._thread.join(timeout)
+
+
+class BackgroundSender(QueueWorker):
+    """``submit()`` never blocks: items beyond ``maxsize`` are dropped (and counted)."""
+
+    def __init__(self, name: str, send: Callable[[Any], None], maxsize: int = 256) -> None:
+        self._send = send
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        super().__init__(name, maxsize)
+
+    def submit(self, item: Any) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.warning("%s queue full: dropped one item", self.name)
+            return False
+
+    def _handle(self, item: Any) -> None:
+        self._send(item)
+        self.sent += 1
+
+    def _failed(self, item: Any, exc: Exception) -> None:
+        self.failed += 1
+        super()._failed(item, exc)
+
+
+class SendsInBackground:
+    """For side effects (events, notifications) that hand each item to ``self._sender``."""
+
+    _sender: BackgroundSender
+
+    def submit(self, info: dict[str, Any]) -> bool:
+        return self._sender.submit(info)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self._sender.flush(timeout)
+
+    @property
+    def sent(self) -> int:
+        return self._sender.sent
+
+    @property
+    def failed(self) -> int:
+        return self._sender.failed
 
 
 _STOP = object()

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from webhook import constants
-from webhook.agent.background import BackgroundSender
+from webhook.agent.background import BackgroundSender, SendsInBackground
 from webhook.agent.metadata import iso_time
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def post_event(api_client: Any, body: dict[str, Any], timeout: float = 10.0) -> 
         body["metadata"]["namespace"], body, _request_timeout=timeout)
 
 
-class EventPoster:
+class EventPoster(SendsInBackground):
     """Queues crash summaries and posts their Events from a background thread."""
 
     def __init__(self, api_client: Any, *, clock=None, timeout: float = 10.0) -> None:
@@ -97,18 +97,8 @@ class EventPoster:
     def submit(self, info: dict[str, Any]) -> bool:
         if not info.get("namespace") or not info.get("pod"):
             return False
-        return self._sender.submit(info)
+        return super().submit(info)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        return self._sender.flush(timeout)
-
-    @property
-    def sent(self) -> int:
-        return self._sender.sent
-
-    @property
-    def failed(self) -> int:
-        return self._sender.failed
 
 
 def make_event_poster(enabled: bool = True) -> EventPoster | None:

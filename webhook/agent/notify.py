@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook.agent.background import BackgroundSender
+from webhook.agent.background import BackgroundSender, SendsInBackground
 
 FORMATS = ("json", "slack", "feishu", "dingtalk")
 
@@ -42,7 +42,7 @@ def message(fmt: str, info: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown notification format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-class Notifier:
+class Notifier(SendsInBackground):
     """Posts each crash summary to ``url`` from a background thread, with a timeout."""
 
     def __init__(self, url: str, fmt: str = "json", timeout: float = 5.0) -> None:
@@ -60,19 +60,6 @@ class Notifier:
         response = self._session.post(self.url, json=message(self.fmt, info), timeout=self.timeout)
         response.raise_for_status()
 
-    def submit(self, info: dict[str, Any]) -> bool:
-        return self._sender.submit(info)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        return self._sender.flush(timeout)
-
-    @property
-    def sent(self) -> int:
-        return self._sender.sent
-
-    @property
-    def failed(self) -> int:
-        return self._sender.failed
 
 
 def make_notifier(url: str, fmt: str = "json", timeout: float = 5.0) -> Notifier | None:
