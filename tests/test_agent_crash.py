@@ -56,6 +56,10 @@ def handle_bytes(processor: CrashProcessor, request: CrashRequest, data: bytes):
     finally:
         os.close(r)
         t.join(10)
+        # the signature worker rewrites the metadata off the crash path: let it finish so the
+        # files the test then looks at are settled
+        if processor.signatures is not None:
+            assert processor.signatures.flush(60)
 
 
 def webhook_env(pattern: str, pod_uid: str, **extra: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def processor_for(settings) -> CrashProcessor:
-    return CrashProcessor(settings, None, events=False, notifier=False, metrics=AgentMetrics(CollectorRegistry()))
+    return CrashProcessor(settings, None, events=False, notifier=False, signatures=False, metrics=AgentMetrics(CollectorRegistry()))
 
 
 def only_core(cores: Path) -> tuple[Path, dict]:
