@@ -3,7 +3,10 @@
 Routes map (METHOD, path) to a list of responses served in order (the last one repeats).
 Exec requests are upgraded to a real websocket (``v4.channel.k8s.io``) and the command is run
 here, in a directory that plays the container's filesystem: absolute paths in its arguments are
-mapped under that directory, the way the kubelet would run them in the container.
+mapped under that directory, the way the kubelet would run them in the container. A container
+can hold the real coredump wrapper (installed under that directory by its own install mode, as
+the webhook's init container does) and can lack programs (``missing``, e.g. :data:`DISTROLESS`):
+exec'ing one of those, or a path that does not exist, fails the way containerd reports it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import hashlib
 import json
 import socket
+import os
 import struct
 import subprocess
 import threading
@@ -20,6 +24,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
+
+from webhook import constants
 
 RECORDED = Path(__file__).resolve().parent / "recorded" / "inspect"
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -38,12 +44,37 @@ class Recorded:
         return (RECORDED / self.body).read_bytes()
 
 
-class Exec:
-    """Marker: run the exec command for real under ``root``."""
+#: What a distroless or scratch image lacks: no shell, no coreutils, no busybox.
+DISTROLESS = ("sh", "bash", "ash", "dash", "busybox", "find", "cat", "tail")
 
-    def __init__(self, root: Path | None = None, frame: int = 65536):
+
+class Exec:
+    """Marker: run the exec command for real under ``root``.
+
+    ``wrapper``: the real built coredump-wrapper, installed at ``root`` + WRAPPER_PATH by its
+    ``--coredump-install`` mode, so an exec of WRAPPER_PATH runs it. ``missing``: program names
+    (matched on argv[0]'s base name) this container does not have.
+    """
+
+    def __init__(self, root: Path | None = None, frame: int = 65536, wrapper: Path | None = None,
+                 missing: tuple[str, ...] = ()):
         self.root = root
         self.frame = frame
+        self.missing = frozenset(missing)
+        if wrapper is not None:
+            assert root is not None, "the wrapper is installed into the container's directory"
+            dest = str(root) + constants.WRAPPER_PATH
+            subprocess.run([str(wrapper), constants.WRAPPER_INSTALL_FLAG, dest], check=True, capture_output=True)
+
+
+def _not_found(argv0: str) -> dict:
+    """The exec Status containerd + kubelet send when the program is not in the container."""
+    why = f"stat {argv0}: no such file or directory" if argv0.startswith("/") else "executable file not found in $PATH"
+    msg = ("Internal error occurred: error executing command in container: failed to exec in container: failed to "
+           f'start exec "5f0c3b1e9a7d": OCI runtime exec failed: exec failed: unable to start container process: '
+           f'exec: "{argv0}": {why}: unknown')
+    return {"metadata": {}, "status": "Failure", "message": msg, "reason": "InternalError",
+            "details": {"causes": [{"message": msg}]}, "code": 500}
 
 
 class FakeApiServer:
@@ -107,10 +138,20 @@ class FakeApiServer:
                 self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
                 self.end_headers()
                 cmd = req["query"].get("command", [])
+                argv0 = cmd[0] if cmd else ""
                 if spec.root is not None:
                     root = str(spec.root)
                     cmd = [a if not a.startswith("/") or a.startswith(root) else root + a for a in cmd]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                try:
+                    if os.path.basename(argv0) in spec.missing:
+                        raise FileNotFoundError(argv0)
+                    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                except (FileNotFoundError, PermissionError, IndexError):
+                    self.wfile.write(self._frame(2, b"\x03" + json.dumps(_not_found(argv0)).encode()))
+                    self.wfile.write(self._frame(8, struct.pack(">H", 1000)))
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 while block := proc.stdout.read(spec.frame):
                     self.wfile.write(self._frame(2, b"\x01" + block))
                 err = proc.stderr.read()

@@ -43,6 +43,8 @@ VARIANTS: dict[str, list[str]] = {
     **{o: ["-f", str(CHART / o)] for o in OVERLAYS},
     "cert-manager": ["--set", "certManager.enabled=true"],
     "pull-secrets": ["--set", "registry.readPullSecrets=true"],
+    "page": ["--set", "agent.page.enabled=true", "--set", "agent.page.service.enabled=true",
+             "--set", "agent.page.tls.secretName=coredump-page-tls"],
 }
 
 
@@ -158,6 +160,10 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         (["--set", "image.pullPolicy=Sometimes"], "image.pullPolicy"),
         (["--set", "registry.platform=amd64"], "registry.platform"),
         (["--set", "webhook.platform=linux/arm64"], "platform"),  # moved to registry.platform
+        (["--set", "agent.page.bogus=1"], "bogus"),
+        (["--set", "agent.page.logLevel=loud"], "agent.page.logLevel"),
+        (["--set", "agent.page.port=0"], "agent.page.port"),
+        (["--set", "agent.page.tls.secretName=Not_A_Name"], "agent.page.tls.secretName"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
@@ -856,18 +862,180 @@ def test_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-def test_notes_explain_how_to_check(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+def _notes(helm: Path, helm_env: dict[str, str], tmp_path: Path, *args: str) -> str:
     """NOTES.txt rendered through a copy of the chart (helm template does not print NOTES)."""
     chart = tmp_path / "coredump-webhook"
-    shutil.copytree(CHART, chart)
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
     (chart / "templates" / "zz-notes.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
         '  notes: {{ include (printf "%s/templates/NOTES.txt" .Chart.Name) . | quote }}\n'
     )
-    objs = render(helm, helm_env, "--show-only", "templates/zz-notes.yaml", chart=chart)
-    notes = objs[0]["data"]["notes"]
+    objs = render(helm, helm_env, "--show-only", "templates/zz-notes.yaml", *args, chart=chart)
+    return objs[0]["data"]["notes"]
+
+
+def test_notes_explain_how_to_check(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+    notes = _notes(helm, helm_env, tmp_path)
+    assert "port-forward" not in notes  # the page is off by default
+    page_notes = _notes(helm, helm_env, tmp_path, "--set", "agent.page.enabled=true")
+    assert "port-forward pod/<page pod on the node> 8383" in page_notes
+    assert "http://localhost:8383/" in page_notes and "kubectl create token" in page_notes
     assert "deploy/examples/crasher-deployment.yaml" in notes
     assert "coredump list" in notes
     assert f"helm test {RELEASE}" in notes
     assert "failurePolicy is Ignore" in notes
     assert (REPO / "deploy" / "examples" / "crasher-deployment.yaml").is_file()
+
+
+# --- the cores page (agent.page) ---------------------------------------------------------------
+
+
+def page_daemonset(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "DaemonSet", f"{RELEASE}-page")
+
+
+def agent_daemonset_named(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "DaemonSet", f"{RELEASE}-agent")
+
+
+def test_page_is_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for variant in ("default", "values-gke-cos.yaml", "values-bottlerocket.yaml", "values-openshift.yaml"):
+        objs = rendered[variant]
+        assert [o for o in objs if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "page"] == []
+        assert find(objs, "DaemonSet", f"{RELEASE}-page") == []
+    assert "app.kubernetes.io/component: page" not in (REPO / "deploy" / "coredump-webhook.yaml").read_text()
+
+
+def test_page_needs_the_agent(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set", "agent.page.enabled=true", "--set", "agent.enabled=false")
+    assert find(objs, "DaemonSet") == [] and find(objs, "ServiceAccount", f"{RELEASE}-page") == []
+
+
+def test_page_does_not_restart_the_agents(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """agent.page stays out of the agent's checksum: enabling or tuning the page leaves the agent
+    DaemonSet byte-for-byte as it was (a restart would briefly leave nodes without the helper)."""
+    assert agent_daemonset_named(rendered["page"]) == agent_daemonset_named(rendered["default"])
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_page_daemonset_is_restricted_and_read_only(rendered: dict[str, list[dict[str, Any]]], helm: Path,
+                                                     helm_env: dict[str, str], tls: bool) -> None:
+    from webhook import constants
+    from webhook.inspect.commands import page
+
+    objs = rendered["page"] if tls else render(helm, helm_env, "--set", "agent.page.enabled=true")
+    agent = agent_daemonset_named(objs)["spec"]["template"]["spec"]
+    ds = page_daemonset(objs)
+    pod = ds["spec"]["template"]["spec"]
+    # Its own pod: no host PID namespace (uid 0 there could signal every host root process),
+    # no host network, no priority class; its own ServiceAccount.
+    assert "hostPID" not in pod and "hostNetwork" not in pod and "hostIPC" not in pod
+    assert "priorityClassName" not in pod
+    assert pod["serviceAccountName"] == f"{RELEASE}-page" != agent["serviceAccountName"]
+    assert pod["automountServiceAccountToken"] is True  # TokenReview + SubjectAccessReview
+    # Wherever the agent runs.
+    assert (pod["tolerations"], pod["nodeSelector"]) == (agent["tolerations"], agent["nodeSelector"])
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    # uid 0 to own-read the agent's root-only files, and nothing else: every capability dropped.
+    assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The node location, read-only, and only it (subPath: no socket, spool or helper binary).
+    host_dir = constants.DEFAULT_HOST_DIR
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    host_mounts = [m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]]]
+    assert host_mounts == [{"name": "host-dir", "mountPath": f"{host_dir}/cores", "subPath": "cores", "readOnly": True}]
+    assert volumes["host-dir"]["hostPath"] == {"path": host_dir, "type": "DirectoryOrCreate"}
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] != "tmp")
+    assert "emptyDir" in volumes["tmp"]
+    # The command, its variables and flags exist in `coredump page`.
+    env = env_of(container)
+    assert container["args"] == ["page"]
+    assert set(env) <= _click_envvars(page), set(env) - _click_envvars(page)
+    assert env["COREDUMP_PAGE_CORES_ROOT"] == f"{host_dir}/cores"
+    port = container["ports"][0]
+    assert port["name"] == "page" and env["COREDUMP_PAGE_BIND"] == f"0.0.0.0:{port['containerPort']}"
+    assert "COREDUMP_PAGE_INSECURE_NO_AUTH" not in env  # the chart never turns RBAC off
+    scheme = "HTTPS" if tls else "HTTP"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "page", "scheme": scheme}
+    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+    if tls:
+        assert volumes["tls"]["secret"]["secretName"] == "coredump-page-tls"
+        (tls_mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+        assert env["COREDUMP_PAGE_CERT_DIR"] == tls_mount["mountPath"]
+        service = one(objs, "Service", f"{RELEASE}-page")
+        assert service["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+        assert service["spec"]["ports"][0]["targetPort"] == "page"
+        assert service["spec"]["type"] == "ClusterIP"
+    else:
+        assert "COREDUMP_PAGE_CERT_DIR" not in env and "tls" not in volumes
+        assert find(objs, "Service", f"{RELEASE}-page") == []  # agent.page.service is off by default
+
+
+def _page_api_calls() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every Kubernetes API call the page can make: the functions of
+    webhook/inspect/kube.py that the page's modules call, followed through kube.py's own calls;
+    each client method's HTTP method and path are read from the kubernetes client itself."""
+    import ast
+    import inspect
+    import re
+
+    from kubernetes import client as k8s
+
+    kube_tree = ast.parse((REPO / "webhook" / "inspect" / "kube.py").read_text())
+    functions = {n.name: n for n in kube_tree.body if isinstance(n, ast.FunctionDef)}
+    roots = set()
+    for name in ("page.py", "page_server.py"):
+        tree = ast.parse((REPO / "webhook" / "inspect" / name).read_text())
+        roots |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                  and isinstance(n.value, ast.Name) and n.value.id == "kube"}
+    assert "make_authorizer" in roots  # the page's RBAC rule
+    assert roots <= set(functions) | {"KubeError"}, roots
+    seen: set[str] = set()
+    todo = [r for r in roots if r in functions]
+    calls: set[tuple[str, str, str]] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(functions[name]):
+            if isinstance(node, ast.Name) and node.id in functions:
+                todo.append(node.id)
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value  # client.SomeApi(api).method(...)
+            if not (isinstance(owner, ast.Call) and isinstance(owner.func, ast.Attribute)
+                    and owner.func.attr.endswith("Api")):
+                continue
+            cls = getattr(k8s, owner.func.attr)
+            source = inspect.getsource(getattr(cls, f"_{node.func.attr}_serialize"))
+            method = re.search(r"method='([A-Z]+)'", source).group(1)
+            path = re.search(r"resource_path='([^']+)'", source).group(1).replace("{namespace}", "ns")
+            group, resource, _, _, verb = _request_attributes(method, path)
+            calls.add((group, resource, verb))
+    return calls
+
+
+def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The page's ServiceAccount is granted exactly the API calls its code can make, the agent's
+    RBAC stays exactly the agent's calls with the page on, and nothing else is bound to it."""
+    calls = _page_api_calls()
+    assert calls == {("authentication.k8s.io", "tokenreviews", "create"),
+                     ("authorization.k8s.io", "subjectaccessreviews", "create")}
+    objs = rendered["page"]
+    granted = _granted(objs, f"{RELEASE}-page")
+    assert {role for role, *_ in granted} == {f"ClusterRole/{RELEASE}-page"}
+    assert {(g, r, v) for _, _, rule, _ in granted for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]} == calls
+    assert all("resourceNames" not in rule for _, _, rule, _ in granted)
+    agent_role = one(objs, "ClusterRole", f"{RELEASE}-agent")
+    assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]} == _agent_api_calls()
+    assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page"}

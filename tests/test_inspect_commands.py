@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
 
-from tests.inspect_apiserver import Exec, FakeApiServer, Recorded
+from tests.inspect_apiserver import DISTROLESS, RECORDED, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from webhook import constants
 from webhook.cli import main
 from webhook.inspect import ephemeral as eph
 
@@ -34,6 +36,16 @@ def container_fs(tmp_path):
                           container="app", t=1700000600, signature="a" * 64, frames=["f", "h", "main"]),
     }
     return root, cores
+
+
+@pytest.fixture(scope="module")
+def wrapper_bin(bin_dir):
+    """The real static wrapper, as build.sh makes it."""
+    return bin_dir / "coredump-wrapper"
+
+
+def exec_commands(server) -> list[list[str]]:
+    return [r["query"]["command"] for r in server.requests if r["path"].endswith("/exec")]
 
 
 def run(server, tmp_path, *args):
@@ -83,16 +95,18 @@ def test_debug_not_annotated_pod(server, tmp_path):
     assert res.exit_code == 1 and "not prepared by coredump-webhook" in res.output
 
 
-def test_list_reads_cores_through_exec(server, tmp_path, container_fs):
+def test_list_reads_cores_through_exec(server, tmp_path, container_fs, wrapper_bin):
     root, cores = container_fs
     server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
-    server.route("GET", POD_PATH + "/exec", Exec(root=root))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     res = run(server, tmp_path, "list", "-n", "shop")
     assert res.exit_code == 0, res.output
     lines = [l for l in res.output.splitlines() if l.startswith("shop")]
     assert len(lines) == 2 and "1700000600" in lines[0] and "aaaaaaaaaaaa" in lines[0]
     execs = [r for r in server.requests if r["path"].endswith("/exec")]
     assert len(execs) == 1 and execs[0]["query"]["container"] == ["app"]  # batch-1 is not prepared: skipped
+    # a prepared container is read through the wrapper's list mode, argv exec'd directly
+    assert execs[0]["query"]["command"] == [constants.WRAPPER_PATH, constants.WRAPPER_LIST_FLAG, "/data/dump-a"]
     grouped = run(server, tmp_path, "list", "-n", "shop", "--group")
     assert grouped.output.splitlines()[1].split()[:2] == ["aaaaaaaaaaaa", "2"]
     data = json.loads(run(server, tmp_path, "list", "-n", "shop", "-o", "json").output)
@@ -100,7 +114,7 @@ def test_list_reads_cores_through_exec(server, tmp_path, container_fs):
 
 
 def test_list_all_namespaces_skips_forbidden_ones(server, tmp_path, container_fs):
-    root, _ = container_fs
+    root, _ = container_fs  # no wrapper in this container: listed through the shell fallback
     server.route("GET", "/api/v1/pods", Recorded(403, "status-403-list-pods.json"))
     server.route("GET", "/api/v1/namespaces", Recorded(200, "namespacelist.json"))
     server.route("GET", "/api/v1/namespaces/payments/pods", Recorded(403, "status-403-list-pods.json"))
@@ -118,10 +132,10 @@ def test_list_in_forbidden_namespace_is_an_error(server, tmp_path):
     assert res.exit_code == 1 and "verb 'list' on 'pods' in namespace 'payments'" in res.output
 
 
-def test_get_downloads_and_verifies(server, tmp_path, container_fs):
+def test_get_downloads_and_verifies(server, tmp_path, container_fs, wrapper_bin):
     root, cores = container_fs
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
-    server.route("GET", POD_PATH + "/exec", Exec(root=root))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     out = tmp_path / "got.core"
     res = run(server, tmp_path, "get", POD, cores["old"].name, "-n", "shop", "-o", str(out))
     assert res.exit_code == 0, res.output
@@ -140,3 +154,87 @@ def test_gcore_dry_run_builds_the_agent_request(server, tmp_path):
     req = json.loads(res.output)
     assert req["container"] == "app" and req["node"] == "node-3" and req["pid"] == 1
     assert req["container_id"].startswith("8e2a4c6b")
+
+
+# --- distroless: no shell, no coreutils; only the wrapper the webhook put there ----------------
+
+
+def test_distroless_list_and_resumed_verified_get_through_the_wrapper(server, tmp_path, container_fs, wrapper_bin):
+    root, cores = container_fs
+    write_core(root, "data/dump-a/nested/core with space\nand newline", namespace="shop", pod=POD,
+               container="app", t=1700000900, signal=6)
+    server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
+    server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin, missing=DISTROLESS))
+    res = run(server, tmp_path, "list", "-n", "shop", "-o", "json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [c["time"] for c in data["cores"]] == [1700000900, 1700000600, 1700000000]
+    assert data["cores"][0]["path"] == "/data/dump-a/nested/core with space\nand newline"
+    assert all(c["present"] for c in data["cores"]) and res.stderr == ""
+    assert all(cmd[0] == constants.WRAPPER_PATH for cmd in exec_commands(server))
+
+    # get: an interrupted earlier download left a .part; the rest comes through --coredump-cat
+    want = cores["new"].read_bytes()
+    out = tmp_path / "got.core"
+    (tmp_path / "got.core.part").write_bytes(want[:3001])
+    server.requests.clear()
+    res = run(server, tmp_path, "get", POD, cores["new"].name, "-n", "shop", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == want and "resumed at 3001" in res.output and "verified" in res.output
+    cmds = exec_commands(server)
+    assert cmds[0][:2] == [constants.WRAPPER_PATH, constants.WRAPPER_LIST_FLAG]
+    assert cmds[1] == [constants.WRAPPER_PATH, constants.WRAPPER_CAT_FLAG, str(cores["new"]), "3001"]
+
+    # the name with a newline downloads too
+    odd = tmp_path / "odd.core"
+    res = run(server, tmp_path, "get", POD, "core with space\nand newline", "-n", "shop", "-o", str(odd))
+    assert res.exit_code == 0, res.output
+    assert odd.read_bytes() == (root / "data/dump-a/nested/core with space\nand newline").read_bytes()
+
+    # a corrupted core fails the sha256 check and keeps the .part
+    cores["old"].write_bytes(b"\0" * cores["old"].stat().st_size)
+    bad = run(server, tmp_path, "get", POD, cores["old"].name, "-n", "shop", "-o", str(tmp_path / "bad"))
+    assert bad.exit_code == 1 and "sha256 mismatch" in bad.output and (tmp_path / "bad.part").exists()
+
+    # a core swapped for a symlink (to a file outside the core directory) is refused by the wrapper
+    secret = tmp_path / "secret"
+    secret.write_bytes(want)
+    cores["new"].unlink()
+    cores["new"].symlink_to(secret)
+    res = run(server, tmp_path, "get", POD, cores["new"].name, "-n", "shop", "-o", str(tmp_path / "link"))
+    assert res.exit_code == 1 and "a symbolic link: refused" in res.output
+    assert not (tmp_path / "link").exists()
+    assert not any(os.path.basename(c[0]) in DISTROLESS for c in exec_commands(server))
+
+
+def test_prepared_container_without_a_working_wrapper_falls_back_to_the_shell(server, tmp_path, container_fs):
+    """A wrapper that does not answer (here: absent) sends list and get back to sh/find/tail."""
+    root, cores = container_fs
+    server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root))
+    out = tmp_path / "got"
+    res = run(server, tmp_path, "get", POD, cores["old"].name, "-n", "shop", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == cores["old"].read_bytes()
+    cmds = exec_commands(server)
+    assert [c[0] for c in cmds] == [constants.WRAPPER_PATH, "sh", "tail"]
+
+
+def test_no_wrapper_and_no_shell_says_what_to_do(server, tmp_path, container_fs):
+    root, _ = container_fs
+    # the prepared pod in a distroless image whose wrapper is gone: both readers fail, both are named
+    server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, missing=DISTROLESS))
+    res = run(server, tmp_path, "list", POD, "-n", "shop")
+    assert res.exit_code == 0 and "No cores found." in res.stderr
+    assert f"listing through {constants.WRAPPER_PATH} failed" in res.stderr and "through sh too" in res.stderr
+    # a container the webhook did not prepare (no status annotation): sh only, and the hint
+    pod = json.loads((RECORDED / "pod-web.json").read_text())
+    del pod["metadata"]["annotations"][constants.ANN_STATUS]
+    server.route("GET", POD_PATH, Recorded(200, pod))
+    server.requests.clear()
+    res = run(server, tmp_path, "list", POD, "-n", "shop", "-c", "app")
+    assert exec_commands(server)[0][0] == "sh" and len(exec_commands(server)) == 1
+    assert 'exec: "sh": executable file not found' in res.stderr
+    assert "has no shell and was not prepared by coredump-webhook" in res.stderr and "coredump debug" in res.stderr

@@ -116,6 +116,26 @@ def test_resumable_download_over_exec(server, tmp_path):
     assert server.requests[-1]["query"]["command"] == ["tail", "-c", "+123457", "/data/dump-a/core.7"]
 
 
+def test_resumable_download_through_the_wrapper_without_a_shell(server, tmp_path, bin_dir):
+    from tests.inspect_apiserver import DISTROLESS
+    from webhook import constants
+
+    root = tmp_path / "container"
+    (root / "data/dump-a").mkdir(parents=True)
+    data = os.urandom(200_000) + bytes(100_000)
+    (root / "data/dump-a/core.7").write_bytes(data)
+    server.route("GET", EXEC_PATH, Exec(root=root, wrapper=bin_dir / "coredump-wrapper", missing=DISTROLESS, frame=8192))
+    src = kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7", wrapper=constants.WRAPPER_PATH)
+    out = tmp_path / "core.7"
+    (tmp_path / "core.7.part").write_bytes(data[:99_999])
+    res = dl.download(src, str(out), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    assert res.resumed_from == 99_999 and out.read_bytes() == data
+    assert server.requests[-1]["query"]["command"] == [constants.WRAPPER_PATH, "--coredump-cat", "/data/dump-a/core.7", "99999"]
+    # tail is not there: the same source without the wrapper fails with the runtime's message
+    with pytest.raises(kube.KubeError, match='exec: "tail": executable file not found'):
+        list(kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7").read_from(0))
+
+
 def test_list_pods_forbidden(server):
     server.route("GET", "/api/v1/namespaces/payments/pods", Recorded(403, "status-403-list-pods.json"))
     with pytest.raises(kube.Forbidden, match="verb 'list' on 'pods' in namespace 'payments'"):

@@ -99,3 +99,47 @@ def test_core_path_command_offsets(tmp_path):
     out = subprocess.run(listing.core_path_command(str(f), 1000), capture_output=True, check=True).stdout
     assert out == f.read_bytes()[1000:]
     assert subprocess.run(listing.core_path_command(str(f)), capture_output=True).stdout == f.read_bytes()
+
+
+# --- the wrapper's framed listing: one parser for both readers --------------------------------
+
+
+def test_wrapper_listing_parses_like_the_shell_script(tree, bin_dir):
+    """The real wrapper and the real shell script over the same tree give the same records."""
+    cmd = listing.wrapper_listing_command([str(tree / "data/dump-a"), str(tree / "nonexistent")],
+                                          wrapper=str(bin_dir / "coredump-wrapper"))
+    framed = subprocess.run(cmd, capture_output=True, check=True).stdout
+    assert framed.startswith(b"coredump-list/1\n")
+    script = subprocess.run(listing.listing_command([str(tree / "data/dump-a"), str(tree / "nonexistent")]),
+                            capture_output=True, check=True).stdout
+    got, got_warn = listing.parse_listing(framed, namespace="shop", pod="web-1")
+    ref, ref_warn = listing.parse_listing(script, namespace="shop", pod="web-1")
+
+    def key(r):
+        return (r.location, r.present, r.sha256, r.time, r.signature)
+
+    assert sorted(map(key, got)) == sorted(map(key, ref)) and len(got) == 4
+    assert [w for w in got_warn if "broken.json" in w] and [w for w in ref_warn if "broken.json" in w]
+
+
+def _frame(kind: str, path: bytes, body: bytes) -> bytes:
+    return f"{kind} {len(path)} {len(body)}\n".encode() + path + body + b"\n"
+
+
+def test_framed_listing_is_unambiguous_and_damage_is_reported():
+    meta = json.dumps({"sha256": "ab" * 32, "size": 3, "time": 5, "pod": "p"}).encode()
+    odd = b"/d/x\x1e\tpresent\nend 9\n.json"  # a path holding the script format's separators and a fake end
+    good = b"coredump-list/1\n" + _frame("missing", odd, meta) + _frame("error", b"/d/big.json", b"larger than 1048576 bytes") + b"end 2\n"
+    records, warnings = listing.parse_listing(good, namespace="ns", pod="p")
+    assert [(r.location, r.present) for r in records] == [(odd[:-5].decode(), False)]
+    assert warnings == ["ns/p: /d/big.json: larger than 1048576 bytes"]
+    # cut anywhere: what came before is kept, and the cut is reported
+    for cut in (len(good) - 3, len(good) - 10, 40):
+        recs, warns = listing.parse_listing(good[:cut])
+        assert len(recs) == (1 if cut > 40 else 0) and any("cut short" in w for w in warns), (cut, warns)
+    recs, warns = listing.parse_listing(good.replace(b"end 2", b"end 3"))
+    assert len(recs) == 1 and "announces 3 files, 2 read" in warns[0]
+    recs, warns = listing.parse_listing(b"coredump-list/1\nbogus 1 2\n")
+    assert recs == [] and "damaged at byte 16" in warns[0]
+    # text (the shell script's output) never goes through the framed parser
+    assert listing.listing_entries("coredump-list/1\n") == ([], [])

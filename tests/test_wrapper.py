@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import which_or_fail
-from webhook.constants import ENV_COREDUMP_FILTER, ENV_WRAPPER_DEBUG, WRAPPER_INSTALL_FLAG
+from webhook.constants import (
+    ENV_COREDUMP_FILTER,
+    ENV_WRAPPER_DEBUG,
+    WRAPPER_CAT_FLAG,
+    WRAPPER_INSTALL_FLAG,
+    WRAPPER_LIST_FLAG,
+    WRAPPER_LIST_MAGIC,
+)
 
 UNLIMITED = "unlimited"
 PROBE_C = r"""
@@ -197,7 +204,8 @@ def test_c_names_match_the_python_contract():
     from webhook import constants as C
 
     source = (Path(__file__).parent.parent / "webhook/native/coredump-wrapper.c").read_text()
-    for name in ("WRAPPER_INSTALL_FLAG", "ENV_COREDUMP_FILTER", "ENV_WRAPPER_DEBUG"):
+    for name in ("WRAPPER_INSTALL_FLAG", "WRAPPER_LIST_FLAG", "WRAPPER_CAT_FLAG", "WRAPPER_LIST_MAGIC",
+                 "ENV_COREDUMP_FILTER", "ENV_WRAPPER_DEBUG"):
         assert f'#define {name} "{getattr(C, name)}"' in source
 
 
@@ -205,7 +213,11 @@ def test_no_arguments_prints_usage(wrapper):
     res = run([wrapper])
     assert res.returncode == 2
     assert "usage: coredump-wrapper PROGRAM [ARGS...]" in res.stderr and WRAPPER_INSTALL_FLAG in res.stderr
+    assert WRAPPER_LIST_FLAG in res.stderr and WRAPPER_CAT_FLAG in res.stderr
     assert run([wrapper, WRAPPER_INSTALL_FLAG]).returncode == 2
+    assert run([wrapper, WRAPPER_LIST_FLAG]).returncode == 2
+    assert run([wrapper, WRAPPER_CAT_FLAG]).returncode == 2
+    assert run([wrapper, WRAPPER_CAT_FLAG, "f", "0", "extra"]).returncode == 2
 
 
 # --- RLIMIT_CORE and coredump_filter -----------------------------------------------------------
@@ -302,6 +314,189 @@ def test_install_errors(wrapper, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+# --- read-only service modes: --coredump-list and --coredump-cat -------------------------------
+def read_frames(out: bytes) -> list[tuple[str, bytes, bytes]]:
+    """A strict reader of the documented framing (independent of webhook/inspect/listing.py)."""
+    head = WRAPPER_LIST_MAGIC.encode() + b"\n"
+    assert out.startswith(head), out[:40]
+    pos, frames = len(head), []
+    while True:
+        nl = out.index(b"\n", pos)
+        fields = out[pos:nl].decode().split(" ")
+        if fields[0] == "end":
+            assert fields == ["end", str(len(frames))] and nl + 1 == len(out)
+            return frames
+        kind, plen, blen = fields[0], int(fields[1]), int(fields[2])
+        assert kind in ("present", "missing", "error")
+        start = nl + 1
+        frames.append((kind, out[start:start + plen], out[start + plen:start + plen + blen]))
+        assert out[start + plen + blen:start + plen + blen + 1] == b"\n"
+        pos = start + plen + blen + 1
+
+
+def list_dirs(wrapper, *dirs) -> dict[bytes, tuple[str, bytes]]:
+    res = subprocess.run([str(wrapper), WRAPPER_LIST_FLAG, *map(str, dirs)], capture_output=True, timeout=30)
+    assert (res.returncode, res.stderr) == (0, b""), res.stderr
+    frames = read_frames(res.stdout)
+    by_path = {p: (k, b) for k, p, b in frames}
+    assert len(by_path) == len(frames)
+    return by_path
+
+
+@pytest.fixture
+def cores_tree(tmp_path):
+    """A core directory with everything a listing must get right or refuse."""
+    d = tmp_path / "cores"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text('{"secret": 1}')
+    (outside / "core.x").write_bytes(b"outside core")
+    nested = d / "a" / "b c" / "line\nbreak"
+    nested.mkdir(parents=True)
+    files = {
+        d / "core.1.json": b'{"sha256": "1", "size": 4}',
+        nested / "core two\nlines.json": b'{"n": "deep"}',
+        d / "no-core.json": b'{"n": "metadata whose core was deleted"}',
+        d / "core.1": b"core",
+        nested / "core two\nlines": b"core 2",
+        d / "notes.txt": b"not metadata",
+        d / "empty.json": b"",
+    }
+    for path, data in files.items():
+        path.write_bytes(data)
+    (d / "linked-core.json").write_text('{"n": "its core is a symlink"}')
+    (d / "linked-core").symlink_to(outside / "core.x")
+    (d / "to-outside").symlink_to(outside, target_is_directory=True)
+    (d / "secret.json").symlink_to(outside / "secret.json")
+    os.mkfifo(d / "fifo.json")
+    (d / "big.json").write_bytes(b"{" + b" " * (1 << 20) + b"}")
+    (d / "dir.json").mkdir()
+    (d / "dir.json" / "inner.json").write_text("{}")
+    deep = d.joinpath(*[f"l{i}" for i in range(1, 9)])  # files at depth 8 are listed, at 9 not
+    deep.mkdir(parents=True)
+    (deep.parent / "depth8.json").write_text("{}")
+    (deep / "depth9.json").write_text("{}")
+    return d, outside
+
+
+def test_list_mode_walks_without_following_links(wrapper, cores_tree):
+    d, outside = cores_tree
+    got = list_dirs(wrapper, d)
+    p = lambda rel: (str(d) + "/" + rel).encode()  # noqa: E731
+    deep8 = "/".join(f"l{i}" for i in range(1, 8)) + "/depth8.json"
+    assert got == {
+        p("core.1.json"): ("present", b'{"sha256": "1", "size": 4}'),
+        p("a/b c/line\nbreak/core two\nlines.json"): ("present", b'{"n": "deep"}'),
+        p("no-core.json"): ("missing", b'{"n": "metadata whose core was deleted"}'),
+        p("empty.json"): ("missing", b""),
+        p("linked-core.json"): ("missing", b'{"n": "its core is a symlink"}'),
+        p("dir.json/inner.json"): ("missing", b"{}"),
+        p(deep8): ("missing", b"{}"),
+        p("big.json"): ("error", b"larger than 1048576 bytes: not metadata, skipped"),
+    }
+    assert not any(b"secret" in body or b"outside" in path or b"fifo" in path for path, (_, body) in got.items())
+    # several directories, a trailing slash, a missing one (no cores yet) and one that is a link
+    (outside.parent / "link-to-cores").symlink_to(d)
+    again = list_dirs(wrapper, str(d / "a") + "/", outside.parent / "nope", outside.parent / "link-to-cores")
+    assert again == {
+        p("a/b c/line\nbreak/core two\nlines.json"): ("present", b'{"n": "deep"}'),
+        str(outside.parent / "link-to-cores").encode(): ("error", b"a symbolic link: not followed"),
+    }
+    assert list_dirs(wrapper, outside.parent / "nope") == {}
+
+
+def test_list_mode_output_parses_in_listing_py(wrapper, cores_tree):
+    from webhook.inspect.listing import listing_entries
+
+    d, _ = cores_tree
+    out = subprocess.run([str(wrapper), WRAPPER_LIST_FLAG, str(d)], capture_output=True, check=True).stdout
+    entries, problems = listing_entries(out)
+    assert problems == [] and len(entries) == 8
+    assert (str(d) + "/a/b c/line\nbreak/core two\nlines.json", "present", '{"n": "deep"}') in entries
+
+
+def test_list_mode_reports_what_it_cannot_read(wrapper, world_readable_dir):
+    """Unreadable files and directories become error records; the rest is still listed."""
+    d = world_readable_dir / "cores"
+    (d / "locked").mkdir(parents=True)
+    (d / "locked" / "hidden.json").write_text("{}")
+    (d / "ok.json").write_text('{"ok": 1}')
+    (d / "closed.json").write_text("{}")
+    for path, mode in ((d, 0o755), (d / "ok.json", 0o644), (d / "closed.json", 0o000), (d / "locked", 0o000)):
+        path.chmod(mode)
+    w = world_readable_dir / "w"
+    shutil.copy(wrapper, w)
+    cmd = [str(w), WRAPPER_LIST_FLAG, str(d)]
+    if os.geteuid() == 0:
+        cmd = [which_or_fail("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    res = subprocess.run(cmd, capture_output=True, timeout=30)
+    assert (res.returncode, res.stderr) == (0, b"")
+    got = {p: (k, b) for k, p, b in read_frames(res.stdout)}
+    assert got == {
+        f"{d}/ok.json".encode(): ("missing", b'{"ok": 1}'),
+        f"{d}/closed.json".encode(): ("error", b"open: Permission denied"),
+        f"{d}/locked".encode(): ("error", b"open directory: Permission denied"),
+    }
+    (d / "locked").chmod(0o755)  # let the fixture clean up
+
+
+@pytest.fixture
+def blob(tmp_path) -> tuple[Path, bytes]:
+    data = os.urandom(3 << 20) + bytes(12345)
+    path = tmp_path / "core.blob"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("offset", [None, 0, 1, 1 << 20, (3 << 20) + 12344, (3 << 20) + 12345, 10**12])
+def test_cat_mode_from_offsets(wrapper, blob, offset):
+    path, data = blob
+    args = [str(wrapper), WRAPPER_CAT_FLAG, str(path)] + ([] if offset is None else [str(offset)])
+    res = subprocess.run(args, capture_output=True, timeout=30)  # stdout is a pipe
+    assert (res.returncode, res.stderr) == (0, b"")
+    assert res.stdout == data[offset or 0:]
+
+
+def test_cat_mode_into_files_including_append_mode(wrapper, blob, tmp_path):
+    """sendfile to a regular file, and the read/write fallback where sendfile refuses (O_APPEND)."""
+    path, data = blob
+    plain = tmp_path / "plain"
+    with open(plain, "wb") as f:
+        assert subprocess.run([str(wrapper), WRAPPER_CAT_FLAG, str(path), "100"], stdout=f, timeout=30).returncode == 0
+    assert plain.read_bytes() == data[100:]
+    appended = tmp_path / "appended"
+    appended.write_bytes(b"head:")
+    with open(appended, "ab") as f:
+        res = subprocess.run([str(wrapper), WRAPPER_CAT_FLAG, str(path), "7"], stdout=f, stderr=subprocess.PIPE, timeout=30)
+    assert (res.returncode, res.stderr) == (0, b"")
+    assert appended.read_bytes() == b"head:" + data[7:]
+
+
+def test_cat_mode_refuses_links_and_special_files(wrapper, blob, tmp_path):
+    path, _ = blob
+    link = tmp_path / "core.link"
+    link.symlink_to(path)
+    fifo = tmp_path / "core.fifo"
+    os.mkfifo(fifo)
+    cases = {
+        link: f"coredump-wrapper: cat {link}: a symbolic link: refused\n",
+        fifo: f"coredump-wrapper: cat {fifo}: not a regular file: refused\n",  # and no hang on open
+        tmp_path: f"coredump-wrapper: cat {tmp_path}: not a regular file: refused\n",
+        tmp_path / "gone": f"coredump-wrapper: cat {tmp_path / 'gone'}: No such file or directory\n",
+    }
+    for target, message in cases.items():
+        res = run([wrapper, WRAPPER_CAT_FLAG, target, "0"])
+        assert (res.returncode, res.stdout, res.stderr) == (1, "", message)
+    # a link in a parent directory is the container's own business (only the last component counts)
+    via_dir = tmp_path / "dirlink"
+    via_dir.symlink_to(tmp_path, target_is_directory=True)
+    assert subprocess.run([str(wrapper), WRAPPER_CAT_FLAG, str(via_dir / path.name), "3145728"],
+                          capture_output=True).stdout == bytes(12345)
+    for bad in ("-1", "x", "", "1e3", "99999999999999999999", " 5"):
+        res = run([wrapper, WRAPPER_CAT_FLAG, path, bad])
+        assert res.returncode == 2 and "bad offset" in res.stderr and res.stdout == ""
+
+
 # --- no shell, no libc: chroot -----------------------------------------------------------------
 def _empty_root(tmp_path: Path, wrapper: Path) -> Path:
     root = tmp_path / "root"
@@ -346,6 +541,29 @@ def test_chroot_without_any_shell_or_proc(wrapper, probe, tmp_path):
     res = run([which_or_fail("chroot"), root, "/w/coredump-wrapper", WRAPPER_INSTALL_FLAG, "/shared/coredump-wrapper"])
     assert res.returncode == 0, res.stderr
     assert (root / "shared" / "coredump-wrapper").read_bytes() == wrapper.read_bytes()
+
+
+@pytest.mark.root
+def test_chroot_list_and_cat_without_any_shell(wrapper, tmp_path):
+    """The service modes need nothing but the kernel: an empty root with the wrapper and cores."""
+    root = _empty_root(tmp_path, wrapper)
+    cores = root / "data" / "dump"
+    (cores / "sub dir").mkdir(parents=True)
+    data = os.urandom(70000)
+    (cores / "sub dir" / "core.9").write_bytes(data)
+    (cores / "sub dir" / "core.9.json").write_text('{"size": 70000}')
+    (cores / "escape").symlink_to("/", target_is_directory=True)  # "/" is the chroot: still not followed
+    assert sorted(p.name for p in root.iterdir()) == ["data", "w"]
+    chroot = which_or_fail("chroot")
+    res = subprocess.run([chroot, str(root), "/w/coredump-wrapper", WRAPPER_LIST_FLAG, "/data/dump"],
+                         capture_output=True, env={}, timeout=30)
+    assert (res.returncode, res.stderr) == (0, b"")
+    assert read_frames(res.stdout) == [("present", b"/data/dump/sub dir/core.9.json", b'{"size": 70000}')]
+    res = subprocess.run([chroot, str(root), "/w/coredump-wrapper", WRAPPER_CAT_FLAG, "/data/dump/sub dir/core.9", "1000"],
+                         capture_output=True, env={}, timeout=30)
+    assert (res.returncode, res.stdout) == (0, data[1000:]), res.stderr
+    res = run([chroot, root, "/w/coredump-wrapper", WRAPPER_CAT_FLAG, "/data/dump/escape"], env={})
+    assert res.returncode == 1 and "a symbolic link: refused" in res.stderr
 
 
 # --- a real OCI container ----------------------------------------------------------------------

@@ -95,6 +95,15 @@ IMAGE_WRAPPER_PATH = "/usr/local/libexec/coredump-webhook/coredump-wrapper"
 IMAGE_HELPER_PATH = "/usr/local/libexec/coredump-webhook/coredump-helper"
 #: The wrapper's install mode: `coredump-wrapper --coredump-install DEST` copies itself to DEST.
 WRAPPER_INSTALL_FLAG = "--coredump-install"
+#: The wrapper's read-only listing mode (`coredump list` without a shell in the container):
+#: `coredump-wrapper --coredump-list DIR...` prints every *.json metadata file below DIR, framed
+#: (format in webhook/native/coredump-wrapper.c, parsed by webhook/inspect/listing.py).
+WRAPPER_LIST_FLAG = "--coredump-list"
+#: First line of that listing: names the framing and its version.
+WRAPPER_LIST_MAGIC = "coredump-list/1"
+#: The wrapper's read-only download mode (`coredump get` without tail in the container):
+#: `coredump-wrapper --coredump-cat FILE [OFFSET]` writes a regular file from OFFSET to stdout.
+WRAPPER_CAT_FLAG = "--coredump-cat"
 #: Base name of the injected core volume (a suffix is added on collision).
 CORE_VOLUME = "coredump-webhook-cores"
 

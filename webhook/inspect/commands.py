@@ -21,7 +21,14 @@ import yaml
 
 from webhook import constants
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.listing import CoreRecord, find_record, listing_command, parse_listing, render
+from webhook.inspect.listing import (
+    CoreRecord,
+    find_record,
+    listing_command,
+    parse_listing,
+    render,
+    wrapper_listing_command,
+)
 
 DEFAULT_DEBUG_IMAGE = "ghcr.io/coredump-webhook/coredump-webhook:0.1.0"
 DEFAULT_READER_IMAGE = "docker.io/library/busybox:1.36"
@@ -103,23 +110,52 @@ def _prepared(pod: dict) -> bool:
     return ann.get(constants.ANN_STATUS) == constants.STATUS_INJECTED or bool(ann.get(constants.ANN_CORE_VOLUME))
 
 
-def cores_of_pod(api, pod: dict, container: str | None = None) -> tuple[list[CoreRecord], list[str]]:
-    """List the metadata files in a running pod's core directory through exec."""
+def read_cores(api, pod: dict, container: str | None = None) -> tuple[list[CoreRecord], list[str], str]:
+    """List the metadata files in a running pod's core directory through exec.
+
+    A container the webhook prepared is read through the wrapper's list mode (argv exec'd
+    directly: distroless and scratch images work); any other container, or a wrapper too old to
+    have that mode, through the ``sh``/``find`` script. Returns the records, warnings, and the
+    wrapper path to download through ("" = the shell tools: ``tail``).
+    """
     from webhook.inspect import kube
 
     meta = pod.get("metadata") or {}
     ns, name = meta.get("namespace", "default"), meta.get("name", "?")
     loc = eph.core_location(pod, container)
     if (pod.get("status") or {}).get("phase") != "Running":
-        return [], [f"{ns}/{name}: pod is {(pod.get('status') or {}).get('phase')}; for a claim use --claim"]
+        return [], [f"{ns}/{name}: pod is {(pod.get('status') or {}).get('phase')}; for a claim use --claim"], ""
+    wrapper_error = None
+    if eph.has_wrapper(pod, loc.container):
+        try:
+            out = kube.exec_output(api, ns, name, loc.container, wrapper_listing_command([loc.directory]))
+        except kube.Forbidden:
+            raise
+        except kube.KubeError as exc:  # e.g. a wrapper from before the list mode: try the shell
+            wrapper_error = exc
+        else:
+            records, warnings = parse_listing(out, namespace=ns, pod=name)
+            return records, warnings, constants.WRAPPER_PATH
     try:
         out = kube.exec_output(api, ns, name, loc.container, listing_command([loc.directory]))
     except kube.Forbidden:
         raise
     except kube.KubeError as exc:
-        hint = " (no shell in the container? run `coredump debug` and look in $COREDUMP_DIR)"
-        return [], [f"{ns}/{name}: {exc}{hint if 'executable file not found' in str(exc) or 'exit code 127' in str(exc) else ''}"]
-    return parse_listing(out.decode(errors="replace"), namespace=ns, pod=name)
+        if wrapper_error is not None:
+            return [], [f"{ns}/{name}: listing through {constants.WRAPPER_PATH} failed ({wrapper_error}), "
+                        f"and through sh too ({exc})"], ""
+        no_shell = "executable file not found" in str(exc) or "exit code 127" in str(exc)
+        hint = (f" (container {loc.container} has no shell and was not prepared by coredump-webhook: "
+                "choose a prepared one with -c, or run `coredump debug` and look in $COREDUMP_DIR)")
+        return [], [f"{ns}/{name}: {exc}{hint if no_shell else ''}"], ""
+    records, warnings = parse_listing(out, namespace=ns, pod=name)
+    return records, warnings, ""
+
+
+def cores_of_pod(api, pod: dict, container: str | None = None) -> tuple[list[CoreRecord], list[str]]:
+    """:func:`read_cores` without the download route."""
+    records, warnings, _ = read_cores(api, pod, container)
+    return records, warnings
 
 
 def _pods_to_scan(api, s: InspectSettings, pod: str | None, namespace: str | None, all_ns: bool) -> tuple[list[dict], list[str]]:
@@ -187,7 +223,7 @@ def claim_records(api, s: InspectSettings, namespace: str, claim: str, reader: s
     from webhook.inspect import kube
 
     out = kube.exec_output(api, namespace, reader, "reader", listing_command([eph.READER_MOUNT]))
-    return parse_listing(out.decode(errors="replace"), namespace=namespace, pod=f"(claim {claim})")
+    return parse_listing(out, namespace=namespace, pod=f"(claim {claim})")
 
 
 @click.command("list")
@@ -248,11 +284,14 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
         if claim:
             reader, cleanup = _with_reader(api, s, ns, claim)
             records, _ = claim_records(api, s, ns, claim, reader)
-            exec_pod, exec_container = reader, "reader"
+            exec_pod, exec_container, wrapper = reader, "reader", ""
         else:
             p = kube.read_pod(api, ns, pod)
-            records, _ = cores_of_pod(api, p, container)
+            records, warnings, wrapper = read_cores(api, p, container)
             exec_pod, exec_container = pod, eph.core_location(p, container).container
+            if not records:
+                for w in warnings:
+                    _warn(w)
         rec = find_record(records, core)
         if rec is None:
             raise eph.InspectError(f"no core {core!r} in {ns}/{pod} (see `coredump list {pod} -n {ns}`)")
@@ -260,7 +299,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
         if not rec.sha256:
             _warn("metadata has no sha256: the download is checked by size only")
         bar = dl.ProgressBar(sys.stderr, rec.name)
-        res = dl.download(kube.ExecSource(api, ns, exec_pod, exec_container, rec.location), dest,
+        res = dl.download(kube.ExecSource(api, ns, exec_pod, exec_container, rec.location, wrapper), dest,
                           sha256=rec.sha256 or None, size=rec.stored_size, progress=bar, compression=rec.compression)
     except (eph.InspectError, dl.DownloadError) as exc:
         raise _fail(exc) from exc
@@ -447,21 +486,43 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
 
 @click.command("page")
 @click.option("--cores-root", envvar=_env("page_cores_root"), default=os.path.join(constants.DEFAULT_HOST_DIR, "cores"),
-              show_default=True, help="directory holding cores and their .json metadata")
-@click.option("--bind", envvar=_env("page_bind"), default="127.0.0.1:8383", show_default=True)
-@click.option("--insecure-no-auth", is_flag=True, envvar=_env("page_insecure_no_auth"),
-              help="show every namespace to everyone (local use only)")
-def page(cores_root, bind, insecure_no_auth):
-    """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview)."""
-    from werkzeug.serving import run_simple
+              show_default=True, show_envvar=True, help="directory holding cores and their .json metadata")
+@click.option("--bind", envvar=_env("page_bind"), default="127.0.0.1:8383", show_default=True, show_envvar=True,
+              help="HOST:PORT to listen on")
+@click.option("--cert-dir", envvar=_env("page_cert_dir"), default=None, show_envvar=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="directory with tls.crt and tls.key: serve HTTPS (reloaded when they change)")
+@click.option("--insecure-no-auth", is_flag=True, envvar=_env("page_insecure_no_auth"), show_envvar=True,
+              help="show every namespace to everyone, no token asked (local use only)")
+@click.option("--workers", envvar=_env("page_workers"), default=1, show_default=True, show_envvar=True,
+              type=click.IntRange(min=1), help="gunicorn worker processes")
+@click.option("--threads", envvar=_env("page_threads"), default=8, show_default=True, show_envvar=True,
+              type=click.IntRange(min=1), help="threads per worker (each download holds one)")
+@click.option("--log-level", envvar=_env("page_log_level"), default="info", show_default=True, show_envvar=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level):
+    """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
+    from webhook.inspect import page_server
+    from webhook.server import logs
+    from webhook.server.tls import CertLoadError
 
-    from webhook.inspect.page import create_page_app
-
-    if insecure_no_auth:
-        authorize = lambda token, ns: True  # noqa: E731
-    else:
+    settings = page_server.PageSettings(
+        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth,
+        workers=workers, threads=threads, log_level=log_level.lower())
+    try:
+        settings.host_port()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bind") from None
+    if not insecure_no_auth:
         from webhook.inspect import kube
 
-        authorize = kube.make_authorizer(kube.api_client())
-    host, _, port = bind.rpartition(":")
-    run_simple(host or "127.0.0.1", int(port), create_page_app(cores_root, authorize=authorize), threaded=True)
+        try:
+            kube.api_client()  # fail here, clearly, rather than in every worker
+        except kube.KubeError as exc:
+            raise click.ClickException(f"{exc} (the page needs API access for TokenReview and "
+                                       "SubjectAccessReview; --insecure-no-auth for local use)") from None
+    logs.configure(settings.log_level)
+    try:
+        page_server.run(settings)
+    except CertLoadError as exc:
+        raise click.ClickException(str(exc)) from None

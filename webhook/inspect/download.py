@@ -1,6 +1,7 @@
 """Resumable, verified download of a core from any byte source.
 
-The transport (an exec stream running ``tail -c +N FILE`` in the pod, or a local file in tests)
+The transport (an exec stream in the pod running the coredump wrapper's ``--coredump-cat FILE
+OFFSET`` or ``tail -c +N FILE``, or a local file in tests)
 only has to deliver the bytes from an offset to the end. Here: the ``.part`` file, resuming from
 its size, the progress callback and the sha256 check against the metadata. A mismatch never
 produces the final file: the ``.part`` stays for inspection and the error says what to do.

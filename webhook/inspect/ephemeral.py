@@ -81,6 +81,13 @@ def targets(pod: dict) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def has_wrapper(pod: dict, container: str) -> bool:
+    """True when the webhook put its static wrapper (with the read-only list and cat modes) at
+    :data:`~webhook.constants.WRAPPER_PATH` in ``container``: then no shell is needed to read cores."""
+    ann = _meta(pod).get("annotations") or {}
+    return ann.get(constants.ANN_STATUS) == constants.STATUS_INJECTED and container in targets(pod)
+
+
 def _containers(pod: dict) -> list[dict]:
     spec = pod.get("spec") or {}
     return list(spec.get("containers") or []) + list(spec.get("initContainers") or [])

@@ -18,7 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from webhook.inspect.ephemeral import InspectError, ephemeral_state
-from webhook.inspect.listing import core_path_command
+from webhook.inspect.listing import core_path_command, wrapper_cat_command
 
 STREAM_STDOUT, STREAM_STDERR, STREAM_ERROR = 1, 2, 3
 
@@ -241,16 +241,20 @@ def exec_output(api: client.ApiClient, namespace: str, pod: str, container: str,
 
 @dataclass
 class ExecSource:
-    """A core in a pod as a :class:`~webhook.inspect.download.ByteSource` (``tail -c +N``)."""
+    """A core in a pod as a :class:`~webhook.inspect.download.ByteSource`."""
 
     api: client.ApiClient
     namespace: str
     pod: str
     container: str
     path: str
+    #: The coredump wrapper's path in the container: read through its cat mode (no shell or
+    #: tail needed). "" = ``tail -c +N``.
+    wrapper: str = ""
 
     def read_from(self, offset: int) -> Iterator[bytes]:
-        return exec_stream(self.api, self.namespace, self.pod, self.container, core_path_command(self.path, offset))
+        cmd = wrapper_cat_command(self.path, offset, self.wrapper) if self.wrapper else core_path_command(self.path, offset)
+        return exec_stream(self.api, self.namespace, self.pod, self.container, cmd)
 
 
 def create_pod(api: client.ApiClient, pod: dict) -> dict:

@@ -1,9 +1,18 @@
 """Cores as rows: read metadata files, sort newest first, group by signature, render.
 
 The metadata files (``<core>.json``, written by the agent next to each core) are read either
-through an exec stream in the pod (:data:`LISTING_SCRIPT`, plain POSIX ``sh`` + ``find`` +
-``cat``, so busybox is enough) or from a local directory (:func:`scan_directory`, the page and
-the node-side view). Everything after that is pure.
+through an exec stream in the pod, or from a local directory (:func:`scan_directory`, the page
+and the node-side view). In the pod there are two readers, and :func:`parse_listing` takes the
+output of either:
+
+- the coredump wrapper the webhook put in every prepared container
+  (:func:`wrapper_listing_command`, no shell needed: distroless and scratch images work), whose
+  output is length-framed (:data:`webhook.constants.WRAPPER_LIST_MAGIC`, format in
+  ``webhook/native/coredump-wrapper.c``);
+- :data:`LISTING_SCRIPT`, plain POSIX ``sh`` + ``find`` + ``cat`` (busybox is enough), for
+  containers without the wrapper and for the reader pod on a claim.
+
+Everything after that is pure.
 """
 
 from __future__ import annotations
@@ -48,6 +57,16 @@ def listing_command(directories: list[str]) -> list[str]:
 def core_path_command(path: str, offset: int = 0) -> list[str]:
     """The exec command that streams a core from ``offset`` (``tail -c +N`` is 1-based)."""
     return ["tail", "-c", f"+{offset + 1}", path]
+
+
+def wrapper_listing_command(directories: list[str], wrapper: str = constants.WRAPPER_PATH) -> list[str]:
+    """The exec argv that lists metadata through the wrapper's list mode (no shell involved)."""
+    return [wrapper, constants.WRAPPER_LIST_FLAG, *directories]
+
+
+def wrapper_cat_command(path: str, offset: int = 0, wrapper: str = constants.WRAPPER_PATH) -> list[str]:
+    """The exec argv that streams a core from ``offset`` through the wrapper's cat mode."""
+    return [wrapper, constants.WRAPPER_CAT_FLAG, path, str(offset)]
 
 
 @dataclass
@@ -139,19 +158,76 @@ def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, na
     )
 
 
-def parse_listing(text: str, *, namespace: str = "", pod: str = "") -> tuple[list[CoreRecord], list[str]]:
-    """Parse :data:`LISTING_SCRIPT` output; unreadable files become warnings, never errors."""
-    records: list[CoreRecord] = []
-    warnings: list[str] = []
+#: One metadata file as a reader saw it: (path, state, body). ``state`` is "present" or
+#: "missing" (is the core file there?) with the file's text as body, or "error" with the reason
+#: the reader skipped ``path`` as body.
+Entry = tuple[str, str, str]
+
+_FRAMED_KINDS = (b"present", b"missing", b"error")
+
+
+def _script_entries(text: str) -> tuple[list[Entry], list[str]]:
+    """Entries of :data:`LISTING_SCRIPT` output (RS-separated, path TAB state, content)."""
+    entries: list[Entry] = []
     for chunk in text.split(RS)[1:]:
         header, _, body = chunk.partition("\n")
         path, _, state = header.partition("\t")
+        entries.append((path, "missing" if state.strip() == "missing" else "present", body))
+    return entries, []
+
+
+def _framed_entries(data: bytes) -> tuple[list[Entry], list[str]]:
+    """Entries of the wrapper's framed listing; a damaged or cut stream keeps what came before."""
+    entries: list[Entry] = []
+    pos = len(constants.WRAPPER_LIST_MAGIC) + 1
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return entries, [f"listing cut short after {len(entries)} files (no end marker)"]
+        head = data[pos:nl].split(b" ")
+        if len(head) == 2 and head[0] == b"end":
+            if head[1] != str(len(entries)).encode():
+                return entries, [f"listing damaged: it announces {head[1].decode(errors='replace')} files, {len(entries)} read"]
+            return entries, []
+        if len(head) != 3 or head[0] not in _FRAMED_KINDS or not (head[1].isdigit() and head[2].isdigit()):
+            return entries, [f"listing damaged at byte {pos}: {data[pos:nl][:80]!r}"]
+        start = nl + 1
+        cut = start + int(head[1])
+        end = cut + int(head[2])
+        if data[end:end + 1] != b"\n":
+            return entries, [f"listing cut short after {len(entries)} files"]
+        entries.append((data[start:cut].decode(errors="replace"), head[0].decode(), data[cut:end].decode(errors="replace")))
+        pos = end + 1
+
+
+def listing_entries(output: bytes | str) -> tuple[list[Entry], list[str]]:
+    """The entries of either reader's output: the wrapper's frames (bytes starting with
+    :data:`~webhook.constants.WRAPPER_LIST_MAGIC`) or :data:`LISTING_SCRIPT`'s text."""
+    magic = constants.WRAPPER_LIST_MAGIC.encode() + b"\n"
+    if isinstance(output, bytes):
+        if output.startswith(magic):
+            return _framed_entries(output)
+        output = output.decode(errors="replace")
+    return _script_entries(output)
+
+
+def parse_listing(output: bytes | str, *, namespace: str = "", pod: str = "") -> tuple[list[CoreRecord], list[str]]:
+    """Records from a listing (the wrapper's frames, as bytes, or :data:`LISTING_SCRIPT`'s
+    output); unreadable, skipped or non-JSON files become warnings, never errors."""
+    records: list[CoreRecord] = []
+    entries, problems = listing_entries(output)
+    where = f"{namespace}/{pod}: " if namespace or pod else ""
+    warnings = [where + p for p in problems]
+    for path, state, body in entries:
+        if state == "error":
+            warnings.append(f"{where}{path}: {body}")
+            continue
         try:
             meta = json.loads(body) if body.strip() else None
         except ValueError as exc:
-            warnings.append(f"{namespace}/{pod}: {path}: not valid JSON ({exc.msg})")
+            warnings.append(f"{where}{path}: not valid JSON ({exc.msg})")
             continue
-        rec = record_from_metadata(meta, path, present=state.strip() != "missing", namespace=namespace, pod=pod)
+        rec = record_from_metadata(meta, path, present=state == "present", namespace=namespace, pod=pod)
         if rec is not None:
             records.append(rec)
     return records, warnings

@@ -69,8 +69,13 @@ def _token() -> str:
     return request.cookies.get(TOKEN_COOKIE, "")
 
 
-def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, title: str = "Core dumps") -> Flask:
-    """The page as a Flask app; ``authorize(token, namespace) -> bool`` is the RBAC rule."""
+def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, title: str = "Core dumps",
+                    anonymous: bool = False) -> Flask:
+    """The page as a Flask app; ``authorize(token, namespace) -> bool`` is the RBAC rule.
+
+    ``anonymous`` (``coredump page --insecure-no-auth``, local use only) asks for no token:
+    ``authorize`` then decides with an empty one.
+    """
     app = Flask(__name__)
     root = os.path.realpath(cores_root)
 
@@ -80,7 +85,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
         out = []
         for r in records:
             if r.namespace not in verdicts:
-                verdicts[r.namespace] = bool(token) and bool(authorize(token, r.namespace))
+                verdicts[r.namespace] = (bool(token) or anonymous) and bool(authorize(token, r.namespace))
             if verdicts[r.namespace]:
                 out.append(r)
         return out
@@ -95,7 +100,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
     @app.get("/")
     def index():
         token = _token()
-        if not token:
+        if not token and not anonymous:
             return render_template_string(_LOGIN, title=title), 401
         records = newest_first(allowed_records(token))
         by_ns: dict[str, dict[str, list[CoreRecord]]] = {}
@@ -117,7 +122,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
     @app.get("/download/<path:rel>")
     def download(rel: str):
         token = _token()
-        if not token:
+        if not token and not anonymous:
             abort(401)
         full = os.path.realpath(os.path.join(root, rel))
         if os.path.commonpath([root, full]) != root or not os.path.isfile(full + ".json"):

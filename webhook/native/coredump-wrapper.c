@@ -21,6 +21,33 @@
  * copies /proc/self/exe to DEST atomically (DEST.tmp, mode 0755, fsync, rename), creating DEST's
  * directory when missing.
  *
+ * Read-only service modes, so `coredump list` / `coredump get` work over the exec API in
+ * containers that have no shell, find, cat or tail (the wrapper is in every prepared one):
+ *
+ *     coredump-wrapper --coredump-list DIR...
+ *
+ * prints every metadata file (a regular file named *.json) in each DIR and below it, down to
+ * `find -maxdepth 8`, never following a symbolic link (openat O_NOFOLLOW|O_DIRECTORY, fstatat
+ * AT_SYMLINK_NOFOLLOW); FIFOs, sockets and devices are skipped without being opened.
+ * The output is length-framed so any byte may appear in a path (the parser is
+ * webhook/inspect/listing.py):
+ *
+ *     WRAPPER_LIST_MAGIC "\n"
+ *     then per file:  KIND " " PATHLEN " " BODYLEN "\n" PATH BODY "\n"
+ *     then:           "end " RECORDS "\n"
+ *
+ * KIND "present" or "missing" (is the core next to it, PATH minus ".json", a regular file?) with
+ * BODY the file's bytes; KIND "error" with BODY the reason PATH was skipped (larger than
+ * LIST_MAX_JSON, unreadable, unreadable directory). Lengths are decimal byte counts. A DIR that
+ * does not exist prints no records. Exit 0 unless stdout fails (2 on bad usage).
+ *
+ *     coredump-wrapper --coredump-cat FILE [OFFSET]
+ *
+ * writes FILE's bytes from OFFSET (default 0; past the end prints nothing) to stdout with
+ * sendfile (read/write when stdout does not allow it). FILE must be a regular file and its last
+ * component is not followed when it is a symbolic link. Exit 1 with a message on any error, 2
+ * on a bad OFFSET.
+ *
  * Static (no loader, no NSS, no locale files) so it runs in scratch and distroless images. It
  * leaves no trace in the exec'd program: no fd stays open, no signal disposition or mask and no
  * environment variable is changed.
@@ -32,18 +59,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define NAME "coredump-wrapper"
 /* Keep in sync with webhook/constants.py. */
 #define WRAPPER_INSTALL_FLAG "--coredump-install"
+#define WRAPPER_LIST_FLAG "--coredump-list"
+#define WRAPPER_CAT_FLAG "--coredump-cat"
+#define WRAPPER_LIST_MAGIC "coredump-list/1"
 #define ENV_COREDUMP_FILTER "COREDUMP_FILTER"
 #define ENV_WRAPPER_DEBUG "COREDUMP_WRAPPER_DEBUG"
 /* The PATH runc and containerd put in a spec when the image has none. */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define COREDUMP_FILTER_FILE "/proc/self/coredump_filter"
+/* Metadata files are a few KiB: anything bigger is not ours and is skipped. */
+#define LIST_MAX_JSON (1 << 20)
+/* Like `find DIR -maxdepth 8`: files directly in DIR are at depth 1. */
+#define LIST_MAX_DEPTH 8
+#define METADATA_SUFFIX ".json"
 
 extern char **environ;
 
@@ -385,10 +423,320 @@ static int install(const char *self, const char *dest)
     return 0;
 }
 
+/* --- read-only service modes ------------------------------------------------------------- */
+
+/* Wait until a non-blocking stdout can take more (a runtime may hand us such a pipe). */
+static void wait_writable(int fd)
+{
+    struct pollfd p = {fd, POLLOUT, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+        ;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) {
+            wait_writable(fd);
+            continue;
+        }
+        if (w < 0)
+            return -1;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Buffered stdout for the listing (plain write(2): no stdio state to reason about). */
+static struct {
+    char buf[65536];
+    size_t used;
+    int failed;
+    unsigned long records;
+    char path[PATH_MAX];
+    char *json; /* LIST_MAX_JSON + 1 bytes */
+} L;
+
+static void out(const void *data, size_t len)
+{
+    if (L.failed)
+        return;
+    if (L.used + len > sizeof L.buf) {
+        if (write_all(STDOUT_FILENO, L.buf, L.used) != 0)
+            L.failed = errno;
+        L.used = 0;
+        if (len > sizeof L.buf) {
+            if (!L.failed && write_all(STDOUT_FILENO, data, len) != 0)
+                L.failed = errno;
+            return;
+        }
+    }
+    memcpy(L.buf + L.used, data, len);
+    L.used += len;
+}
+
+static void record(const char *kind, const char *path, size_t plen, const char *body, size_t blen)
+{
+    char head[96];
+    int n = snprintf(head, sizeof head, "%s %zu %zu\n", kind, plen, blen);
+    out(head, (size_t)n);
+    out(path, plen);
+    out(body, blen);
+    out("\n", 1);
+    L.records++;
+}
+
+static void record_error(const char *path, size_t plen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void record_error(const char *path, size_t plen, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof msg)
+        n = sizeof msg - 1;
+    record("error", path, plen, msg, (size_t)n);
+}
+
+static int ends_with(const char *s, size_t len, const char *suffix)
+{
+    size_t n = strlen(suffix);
+    return len >= n && memcmp(s + len - n, suffix, n) == 0;
+}
+
+/* One metadata file NAME in directory DFD; L.path (length PLEN) names it. */
+static void list_metadata(int dfd, const char *name, size_t nlen, size_t plen)
+{
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT && errno != ELOOP) /* gone, or replaced by a link meanwhile */
+            record_error(L.path, plen, "open: %s", strerror(errno));
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return;
+    }
+    if (st.st_size > LIST_MAX_JSON) {
+        record_error(L.path, plen, "larger than %d bytes: not metadata, skipped", LIST_MAX_JSON);
+        close(fd);
+        return;
+    }
+    size_t got = 0;
+    while (got <= LIST_MAX_JSON) {
+        ssize_t r = read(fd, L.json + got, (size_t)LIST_MAX_JSON + 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            record_error(L.path, plen, "read: %s", strerror(errno));
+            close(fd);
+            return;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got > LIST_MAX_JSON) {
+        record_error(L.path, plen, "larger than %d bytes: not metadata, skipped", LIST_MAX_JSON);
+        return;
+    }
+    /* The core is NAME without ".json" in the same directory; only a regular file counts. */
+    char core[NAME_MAX + 1];
+    size_t clen = nlen - (sizeof METADATA_SUFFIX - 1);
+    memcpy(core, name, clen);
+    core[clen] = '\0';
+    struct stat cst;
+    int present = clen > 0 && fstatat(dfd, core, &cst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(cst.st_mode);
+    record(present ? "present" : "missing", L.path, plen, L.json, got);
+}
+
+/* Walk directory DFD (consumed) whose path is L.path[0..plen); its entries are at DEPTH. */
+static void list_dir(int dfd, size_t plen, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (d == NULL) {
+        record_error(L.path, plen, "opendir: %s", strerror(errno));
+        close(dfd);
+        return;
+    }
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0)
+                record_error(L.path, plen, "readdir: %s", strerror(errno));
+            break;
+        }
+        const char *n = de->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        size_t nlen = strlen(n);
+        int json = ends_with(n, nlen, METADATA_SUFFIX);
+        if (!json && de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
+            continue;
+        if (plen + 1 + nlen >= sizeof L.path) {
+            record_error(L.path, plen, "an entry's path is longer than %d bytes: skipped", PATH_MAX - 1);
+            continue;
+        }
+        L.path[plen] = '/';
+        memcpy(L.path + plen + 1, n, nlen + 1);
+        size_t clen = plen + 1 + nlen;
+        struct stat st;
+        if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            L.path[plen] = '\0';
+            continue; /* removed meanwhile */
+        }
+        if (S_ISDIR(st.st_mode) && depth < LIST_MAX_DEPTH) {
+            int sub = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                list_dir(sub, clen, depth + 1);
+            else if (errno != ENOENT && errno != ELOOP && errno != ENOTDIR)
+                record_error(L.path, clen, "open directory: %s", strerror(errno));
+        } else if (S_ISREG(st.st_mode) && json) {
+            list_metadata(dirfd(d), n, nlen, clen);
+        }
+        L.path[plen] = '\0';
+    }
+    closedir(d);
+}
+
+static int list_mode(int ndirs, char **dirs)
+{
+    L.json = malloc((size_t)LIST_MAX_JSON + 1);
+    if (L.json == NULL) {
+        say(NULL, "list: out of memory");
+        return 1;
+    }
+    out(WRAPPER_LIST_MAGIC "\n", sizeof WRAPPER_LIST_MAGIC);
+    for (int i = 0; i < ndirs; i++) {
+        const char *dir = dirs[i];
+        size_t plen = strlen(dir);
+        if (plen >= sizeof L.path) {
+            record_error(dir, plen, "path too long");
+            continue;
+        }
+        memcpy(L.path, dir, plen + 1);
+        while (plen > 0 && L.path[plen - 1] == '/') /* "/data/" lists as "/data/x", "/" as "/x" */
+            L.path[--plen] = '\0';
+        int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            struct stat st; /* O_DIRECTORY|O_NOFOLLOW on a link gives ENOTDIR or ELOOP */
+            if (fstatat(AT_FDCWD, dir, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+                record_error(dir, strlen(dir), "a symbolic link: not followed");
+            else if (err != ENOENT) /* no directory yet means no cores yet: nothing to say */
+                record_error(dir, strlen(dir), "%s", strerror(err));
+            continue;
+        }
+        list_dir(fd, plen, 1);
+    }
+    char tail[48];
+    int n = snprintf(tail, sizeof tail, "end %lu\n", L.records);
+    out(tail, (size_t)n);
+    if (!L.failed && L.used > 0 && write_all(STDOUT_FILENO, L.buf, L.used) != 0)
+        L.failed = errno;
+    free(L.json);
+    if (L.failed) {
+        say(NULL, "list: writing to stdout: %s", strerror(L.failed));
+        return 1;
+    }
+    return 0;
+}
+
+/* A decimal byte offset: digits only, at most 2^63 - 1. */
+static int parse_offset(const char *s, off_t *out_off)
+{
+    if (*s == '\0')
+        return -1;
+    unsigned long long v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        if (v > (0x7fffffffffffffffULL - (unsigned)(*s - '0')) / 10)
+            return -1;
+        v = v * 10 + (unsigned)(*s - '0');
+    }
+    *out_off = (off_t)v;
+    return 0;
+}
+
+static int cat_mode(const char *file, const char *offset_arg)
+{
+    off_t off = 0;
+    if (offset_arg != NULL && parse_offset(offset_arg, &off) != 0) {
+        say(NULL, "cat: bad offset \"%s\": not a decimal byte count", offset_arg);
+        return 2;
+    }
+    /* O_NONBLOCK: opening a FIFO must not hang; it is refused below like any non-regular file. */
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        say(NULL, "cat %s: %s", file, errno == ELOOP ? "a symbolic link: refused" : strerror(errno));
+        return 1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        say(NULL, "cat %s: not a regular file: refused", file);
+        close(fd);
+        return 1;
+    }
+    char *buf = NULL;
+    for (;;) {
+        ssize_t n = -1;
+        if (buf == NULL) {
+            n = sendfile(STDOUT_FILENO, fd, &off, 1 << 30);
+            if (n < 0 && errno == EAGAIN) {
+                wait_writable(STDOUT_FILENO);
+                continue;
+            }
+            if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                buf = malloc(1 << 20); /* stdout refuses sendfile (O_APPEND, some ttys) */
+                if (buf == NULL) {
+                    say(NULL, "cat %s: out of memory", file);
+                    break;
+                }
+                continue;
+            }
+        } else {
+            n = pread(fd, buf, 1 << 20, off);
+            if (n > 0) {
+                if (write_all(STDOUT_FILENO, buf, (size_t)n) != 0) {
+                    say(NULL, "cat %s: writing to stdout: %s", file, strerror(errno));
+                    break;
+                }
+                off += n;
+            }
+        }
+        if (n == 0) { /* end of file (or OFFSET past it) */
+            free(buf);
+            close(fd);
+            return 0;
+        }
+        if (n < 0 && errno != EINTR) {
+            say(NULL, "cat %s at offset %lld: %s", file, (long long)off, strerror(errno));
+            break;
+        }
+    }
+    free(buf);
+    close(fd);
+    return 1;
+}
+
 static void usage(void)
 {
     say(NULL, "usage: " NAME " PROGRAM [ARGS...]\n"
               "       " NAME " " WRAPPER_INSTALL_FLAG " DEST\n"
+              "       " NAME " " WRAPPER_LIST_FLAG " DIR...\n"
+              "       " NAME " " WRAPPER_CAT_FLAG " FILE [OFFSET]\n"
               "Raises RLIMIT_CORE (soft to hard, then unlimited where permitted), writes $"
               ENV_COREDUMP_FILTER " to " COREDUMP_FILTER_FILE " when set, then execs PROGRAM.");
 }
@@ -407,6 +755,20 @@ int main(int argc, char **argv)
             return 2;
         }
         return install(argv[0], argv[2]);
+    }
+    if (strcmp(argv[1], WRAPPER_LIST_FLAG) == 0) {
+        if (argc < 3) {
+            usage();
+            return 2;
+        }
+        return list_mode(argc - 2, argv + 2);
+    }
+    if (strcmp(argv[1], WRAPPER_CAT_FLAG) == 0) {
+        if (argc != 3 && argc != 4) {
+            usage();
+            return 2;
+        }
+        return cat_mode(argv[2], argc == 4 ? argv[3] : NULL);
     }
     return run(argv + 1);
 }

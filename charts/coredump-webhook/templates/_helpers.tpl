@@ -39,6 +39,16 @@
 {{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
 {{- end }}
 
+{{/* The read-only cores page (agent.page): its DaemonSet, ServiceAccount and Service. */}}
+{{- define "coredump-webhook.pageName" -}}
+{{- printf "%s-page" (include "coredump-webhook.fullname" .) }}
+{{- end }}
+
+{{/* "true" when the page is rendered: it reads the agent's node location, so it needs the agent. */}}
+{{- define "coredump-webhook.pageEnabled" -}}
+{{- if and .Values.agent.enabled .Values.agent.page.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "coredump-webhook.certsName" -}}
 {{- printf "%s-certs" (include "coredump-webhook.fullname" .) }}
 {{- end }}
