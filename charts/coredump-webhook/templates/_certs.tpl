@@ -23,7 +23,7 @@
 {{- $ctx := index . 0 }}{{ $sa := index . 1 }}{{ $command := index . 2 -}}
 serviceAccountName: {{ $sa }}
 restartPolicy: Never
-{{- include "coredump-webhook.imagePullSecrets" $ctx }}
+{{- include "coredump-webhook.imagePullSecrets" (list $ctx 0) }}
 securityContext:
   {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
 containers:
@@ -38,6 +38,20 @@ containers:
       {{- toYaml $ctx.Values.certs.resources | nindent 6 }}
     securityContext:
       {{- toYaml $ctx.Values.containerSecurityContext | nindent 6 }}
+{{- end }}
+
+{{/* The spec of a certificate Job (hooks and the CronJob's jobTemplate): include with
+     (list . serviceAccountName command). */}}
+{{- define "coredump-webhook.certsJobSpec" -}}
+{{- $ctx := index . 0 -}}
+backoffLimit: {{ $ctx.Values.certs.backoffLimit }}
+ttlSecondsAfterFinished: {{ $ctx.Values.certs.ttlSecondsAfterFinished }}
+template:
+  metadata:
+    labels:
+      {{- include "coredump-webhook.selectorLabels" (list $ctx "certificates") | nindent 6 }}
+  spec:
+    {{- include "coredump-webhook.certsPodSpec" . | nindent 4 }}
 {{- end }}
 
 {{/* Secret rules of the certificate Jobs, exactly the calls of certs/kube.py ensure_secret:

@@ -34,6 +34,11 @@
 {{- if or (not (hasKey .Values.agent.settings "watch_pods")) .Values.agent.settings.watch_pods }}true{{ end }}
 {{- end }}
 
+{{/* "true" when the webhook calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
+{{- define "coredump-webhook.webhookUsesApi" -}}
+{{- if or .Values.webhook.rbac.patchWebhookConfiguration .Values.registry.readPullSecrets }}true{{ end }}
+{{- end }}
+
 {{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
 {{- define "coredump-webhook.agentUsesApi" -}}
 {{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
@@ -128,11 +133,47 @@ app.kubernetes.io/component: {{ $component }}
 {{- printf "%s.%s.svc" (include "coredump-webhook.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/* The chart's imagePullSecrets in a pod spec (nothing when there are none): include with
+     (list . INDENT), INDENT being the pod spec's own indentation. */}}
 {{- define "coredump-webhook.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
+{{- $ctx := index . 0 }}{{ $indent := index . 1 }}
+{{- with $ctx.Values.imagePullSecrets }}
+{{- "imagePullSecrets:" | nindent $indent }}
 {{- range . }}
-  - name: {{ . }}
+{{- printf "  - name: %s" . | nindent $indent }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Where the agent's pods go (agent.tolerations, nodeSelector, affinity), for a pod spec at
+     INDENT: include with (list . INDENT). The page's pods go to the same nodes, since it reads
+     the node location the agent writes. */}}
+{{- define "coredump-webhook.agentPlacement" -}}
+{{- $ctx := index . 0 }}{{ $indent := index . 1 }}
+{{- range $key := list "tolerations" "nodeSelector" "affinity" }}
+{{- with index $ctx.Values.agent $key }}
+{{- printf "%s:" $key | nindent $indent }}
+{{- toYaml . | nindent (add $indent 2 | int) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A ClusterRoleBinding of one of the chart's ServiceAccounts to the chart's ClusterRole of
+     the same suffix: include with (list . SUFFIX COMPONENT SERVICEACCOUNT). */}}
+{{- define "coredump-webhook.clusterRoleBinding" -}}
+{{- $ctx := index . 0 }}{{ $suffix := index . 1 }}{{ $component := index . 2 }}{{ $sa := index . 3 -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ include "coredump-webhook.clusterName" (list $ctx $suffix) }}
+  labels:
+    {{- include "coredump-webhook.componentLabels" (list $ctx $component) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ include "coredump-webhook.clusterName" (list $ctx $suffix) }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $sa }}
+    namespace: {{ $ctx.Release.Namespace }}
 {{- end }}
