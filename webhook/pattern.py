@@ -83,16 +83,7 @@ class Pattern:
         ``/data/dump-a/core-%E-%p-%t`` gives ``/data/dump-a``; ``/data/%h/core`` gives
         ``/data``. None for a relative pattern (it lands in the process's cwd).
         """
-        if self.is_relative:
-            return None
-        parts = self.raw.split("/")[1:-1]  # drop the leading "" and the file name
-        static: list[str] = []
-        for part in parts:
-            if "%" in part:
-                break
-            if part:
-                static.append(part)
-        return "/" + "/".join(static)
+        return None if self.is_relative else _static_dir(self.raw)
 
 
 def parse(raw: str) -> Pattern:
@@ -151,7 +142,14 @@ def parse(raw: str) -> Pattern:
 
 
 def _static_dir(raw: str) -> str:
-    return Pattern(raw=raw, tokens=()).directory or ""
+    """Leading directories of an absolute pattern up to the first one with a specifier."""
+    static: list[str] = []
+    for part in raw.split("/")[1:-1]:  # drop the leading "" and the file name
+        if "%" in part:
+            break
+        if part:
+            static.append(part)
+    return "/" + "/".join(static)
 
 
 def _known() -> str:

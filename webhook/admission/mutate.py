@@ -570,16 +570,15 @@ def _strings(value: Any) -> list[str]:
 
 def _covering_mount(container: dict[str, Any], directory: str) -> dict[str, Any] | None:
     """The deepest mount of ``container`` that holds ``directory``, if any."""
-    best: dict[str, Any] | None = None
-    for m in _dicts(container.get("volumeMounts")):
-        mp, name = m.get("mountPath"), m.get("name")
-        if isinstance(mp, str) and isinstance(name, str) and mp and covers(mp, directory):
-            if best is None or len(normalize_path(mp)) > len(normalize_path(best["mountPath"])):
-                best = m
-    return best
+    return _deepest(
+        m for m in _dicts(container.get("volumeMounts"))
+        if isinstance(m.get("mountPath"), str) and isinstance(m.get("name"), str) and m["mountPath"]
+        and covers(m["mountPath"], directory)
+    )
 
 
 def _deepest(mounts: Any) -> dict[str, Any] | None:
+    """The mount with the longest (normalized) mountPath; the first of equals."""
     best: dict[str, Any] | None = None
     for m in mounts:
         if best is None or len(normalize_path(m["mountPath"])) > len(normalize_path(best["mountPath"])):

@@ -8,7 +8,6 @@ namespaces, a busybox root, a kubelet-shaped cgroup, the registration env the we
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -26,7 +25,6 @@ from importlib import resources
 from pathlib import Path
 
 import click
-import jsonpatch
 
 from webhook import constants
 
@@ -42,6 +40,23 @@ def _free_port() -> int:
 def _coredump_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("coredump")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "webhook.cli"]
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM the process group of ``proc``, SIGKILL it after ``timeout`` seconds.
+
+    False when it had to be killed (it had no chance to clean up after itself).
+    """
+    if proc.poll() is not None:
+        return True
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
 
 
 def _heading(text: str) -> None:
@@ -94,25 +109,16 @@ class WebhookServer:
             return json.load(r)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def decode_patch(response: dict) -> list[dict]:
-    patch = response.get("response", {}).get("patch")
-    return json.loads(base64.b64decode(patch)) if patch else []
+        _stop_group(self.proc, 10)
 
 
 def run_scenarios(server: WebhookServer) -> dict[str, tuple[str, dict]]:
     """Send every scenario; return name -> (namespace, mutated object) for admitted pods."""
+    from webhook.admission.mutate import apply
+    from webhook.admission.review import decoded_patch
     from webhook.admission.summary import summarize
 
-    results: dict[str, tuple[dict, dict]] = {}
+    results: dict[str, tuple[str, dict]] = {}
     for scenario in load_scenarios():
         review = scenario["review"]
         response = server.review(review)
@@ -126,19 +132,18 @@ def run_scenarios(server: WebhookServer) -> dict[str, tuple[str, dict]]:
         if not resp.get("allowed", False):
             click.secho(f'   REFUSED: {resp.get("status", {}).get("message", "")}', fg="red")
             continue
-        patch = decode_patch(response)
+        patch = decoded_patch(response)
         warnings = resp.get("warnings", [])
         click.echo(summarize(obj, patch, warnings))
         if patch and review["request"].get("kind", {}).get("kind") == "Pod":
             results[scenario["name"]] = (review["request"].get("namespace", "default"),
-                                         jsonpatch.apply_patch(obj, patch))
+                                         apply(obj, patch))
     return results
 
 
 # --- the crash part (root only) ------------------------------------------------------------------
 
-def _registration_env(pod: dict, container: dict, namespace: str, pod_name: str, pod_uid: str,
-                      node: str) -> dict[str, str]:
+def _registration_env(container: dict, namespace: str, pod_name: str, pod_uid: str, node: str) -> dict[str, str]:
     """The container env as the kubelet would resolve it (downward API values filled in)."""
     field_values = {"metadata.name": pod_name, "metadata.namespace": namespace,
                     "metadata.uid": pod_uid, "spec.nodeName": node}
@@ -217,14 +222,8 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
     )
 
     def stop_agent() -> None:
-        if agent.poll() is None:
-            os.killpg(agent.pid, signal.SIGTERM)
-            try:
-                agent.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(agent.pid, signal.SIGKILL)
-                agent.wait()
-                subprocess.run(_coredump_cmd() + ["agent", "uninstall", "--host-dir", str(host_dir)])
+        if not _stop_group(agent, 20):  # killed: it could not restore core_pattern itself
+            subprocess.run(_coredump_cmd() + ["agent", "uninstall", "--host-dir", str(host_dir)])
 
     stack.callback(stop_agent)
     end = time.monotonic() + 20
@@ -238,7 +237,7 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
                 or mutated["metadata"].get("generateName", "pod-") + uuid.uuid4().hex[:5])
     pod_uid = str(uuid.uuid4())
     container_id = uuid.uuid4().hex + uuid.uuid4().hex
-    cenv = _registration_env(mutated, container, namespace, pod_name, pod_uid, "demo-node")
+    cenv = _registration_env(container, namespace, pod_name, pod_uid, "demo-node")
     cgroup = _make_cgroup(pod_uid, container_id)
     stack.callback(_remove_cgroup, cgroup)
 

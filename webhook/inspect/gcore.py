@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, BinaryIO
 
+from webhook.agent.procinfo import parse_status
+
 #: ELF e_type of a core file.
 ET_CORE = 4
 
@@ -99,16 +101,15 @@ def process_facts(pid: int, proc: str = "/proc") -> dict:
         with open(os.path.join(base, "comm")) as f:
             facts["comm"] = f.read().strip()
         with open(os.path.join(base, "status")) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == "Uid":
-                    facts["uid"] = int(value.split()[0])
-                elif key == "Gid":
-                    facts["gid"] = int(value.split()[0])
-                elif key == "NSpid":
-                    facts["pid"] = int(value.split()[-1])
+            status = parse_status(f.read())
     except OSError:
-        pass
+        return facts
+    if status.uid is not None:
+        facts["uid"] = status.uid
+    if status.gid is not None:
+        facts["gid"] = status.gid
+    if status.nspid:
+        facts["pid"] = status.nspid[-1]
     return facts
 
 

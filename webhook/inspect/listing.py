@@ -244,16 +244,24 @@ def scan_directory(root: str) -> tuple[list[CoreRecord], list[str]]:
                 continue
             full = os.path.join(dirpath, fn)
             try:
-                with open(full) as f:
-                    meta = json.load(f)
+                rec = read_metadata_file(full)
             except (OSError, ValueError) as exc:
                 warnings.append(f"{full}: {exc}")
                 continue
-            core = full[: -len(constants.METADATA_SUFFIX)]
-            rec = record_from_metadata(meta, full, present=os.path.exists(core))
             if rec is not None:
                 records.append(rec)
     return records, warnings
+
+
+def read_metadata_file(meta_path: str) -> CoreRecord | None:
+    """The record of one local ``<core>.json`` (None when it is not a core's metadata).
+
+    Raises OSError when it cannot be read and ValueError when it is not JSON.
+    """
+    with open(meta_path) as f:
+        meta = json.load(f)
+    core = meta_path[: -len(constants.METADATA_SUFFIX)]
+    return record_from_metadata(meta, meta_path, present=os.path.exists(core))
 
 
 def newest_first(records: list[CoreRecord]) -> list[CoreRecord]:

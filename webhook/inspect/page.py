@@ -17,7 +17,8 @@ from typing import Callable
 from flask import Flask, Response, abort, redirect, render_template_string, request, send_file
 
 from webhook.inspect.download import human_size
-from webhook.inspect.listing import CoreRecord, group_by_signature, newest_first, scan_directory
+from webhook.constants import METADATA_SUFFIX
+from webhook.inspect.listing import CoreRecord, group_by_signature, newest_first, read_metadata_file, scan_directory
 
 TOKEN_COOKIE = "coredump_token"
 
@@ -79,13 +80,16 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
     app = Flask(__name__)
     root = os.path.realpath(cores_root)
 
+    def allowed(token: str, namespace: str) -> bool:
+        return (bool(token) or anonymous) and bool(authorize(token, namespace))
+
     def allowed_records(token: str) -> list[CoreRecord]:
         records, _ = scan_directory(root)
         verdicts: dict[str, bool] = {}
         out = []
         for r in records:
             if r.namespace not in verdicts:
-                verdicts[r.namespace] = (bool(token) or anonymous) and bool(authorize(token, r.namespace))
+                verdicts[r.namespace] = allowed(token, r.namespace)
             if verdicts[r.namespace]:
                 out.append(r)
         return out
@@ -125,10 +129,13 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
         if not token and not anonymous:
             abort(401)
         full = os.path.realpath(os.path.join(root, rel))
-        if os.path.commonpath([root, full]) != root or not os.path.isfile(full + ".json"):
+        if os.path.commonpath([root, full]) != root or not os.path.isfile(full + METADATA_SUFFIX):
             abort(404)
-        rec = next((r for r in allowed_records(token) if os.path.realpath(r.location) == full), None)
-        if rec is None or not os.path.isfile(full):
+        try:  # this core's metadata only: one authorization, not a scan of every namespace
+            rec = read_metadata_file(full + METADATA_SUFFIX)
+        except (OSError, ValueError):
+            rec = None
+        if rec is None or not os.path.isfile(full) or not allowed(token, rec.namespace):
             abort(404)  # not found and not allowed look the same: no namespace probing
         resp: Response = send_file(full, as_attachment=True, download_name=rec.name, conditional=True)
         if rec.sha256:

@@ -231,25 +231,13 @@ class SavedFile:
     skipped: str | None = None
 
 
-def mapped_files(maps_text: str) -> list[str]:
-    """File paths from /proc/<pid>/maps text, first-mapped first, each once.
+def _map_ranges(maps_text: str) -> dict[str, str]:
+    """File paths from /proc/<pid>/maps text, first-mapped first, each once, with the
+    "start-end" of its first mapping (the name of its /proc/<pid>/map_files entry).
 
     Pseudo mappings ([heap], [vdso], anon) are left out; "(deleted)" files are kept with the
     marker so the caller can say why they were not saved.
     """
-    seen: dict[str, None] = {}
-    for line in maps_text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 6:
-            continue
-        path = parts[5].strip()
-        if path.startswith("/") and path not in seen:
-            seen[path] = None
-    return list(seen)
-
-
-def _map_ranges(maps_text: str) -> dict[str, str]:
-    """path -> "start-end" of its first mapping (the name of its /proc/<pid>/map_files entry)."""
     out: dict[str, str] = {}
     for line in maps_text.splitlines():
         parts = line.split(None, 5)
@@ -271,7 +259,7 @@ def save_mappings(pid: int, dest: str, budget: int, *, proc: str = "/proc") -> l
     with open(os.path.join(base, "maps")) as f:
         maps_text = f.read()
     ranges = _map_ranges(maps_text)
-    paths = mapped_files(maps_text)
+    paths = list(ranges)
     try:
         exe = os.readlink(os.path.join(base, "exe"))
     except OSError:
@@ -286,10 +274,7 @@ def save_mappings(pid: int, dest: str, budget: int, *, proc: str = "/proc") -> l
         if path.endswith(" (deleted)"):
             results.append(SavedFile(path, 0, None, "deleted"))
             continue
-        sources = []
-        if path in ranges:
-            sources.append(os.path.join(base, "map_files", ranges[path]))
-        sources.append(os.path.join(base, "root", path.lstrip("/")))
+        sources = [os.path.join(base, "map_files", ranges[path]), os.path.join(base, "root", path.lstrip("/"))]
         src = next((s for s in sources if os.path.exists(s)), None)
         if src is None:
             results.append(SavedFile(path, 0, None, "unreadable: not found"))

@@ -334,6 +334,32 @@ static int make_parents(const char *dest)
     return 0;
 }
 
+/* Wait until a non-blocking fd can take more (a runtime may hand us such a stdout pipe). */
+static void wait_writable(int fd)
+{
+    struct pollfd p = {fd, POLLOUT, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+        ;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) {
+            wait_writable(fd);
+            continue;
+        }
+        if (w < 0)
+            return -1;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
 static int copy_all(int in, int out)
 {
     char buf[65536];
@@ -345,14 +371,8 @@ static int copy_all(int in, int out)
             return -1;
         if (r == 0)
             return 0;
-        for (ssize_t off = 0; off < r;) {
-            ssize_t w = write(out, buf + off, (size_t)(r - off));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0)
-                return -1;
-            off += w;
-        }
+        if (write_all(out, buf, (size_t)r) != 0)
+            return -1;
     }
 }
 
@@ -424,32 +444,6 @@ static int install(const char *self, const char *dest)
 }
 
 /* --- read-only service modes ------------------------------------------------------------- */
-
-/* Wait until a non-blocking stdout can take more (a runtime may hand us such a pipe). */
-static void wait_writable(int fd)
-{
-    struct pollfd p = {fd, POLLOUT, 0};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR)
-        ;
-}
-
-static int write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t w = write(fd, buf, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && errno == EAGAIN) {
-            wait_writable(fd);
-            continue;
-        }
-        if (w < 0)
-            return -1;
-        buf += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Buffered stdout for the listing (plain write(2): no stdio state to reason about). */
 static struct {
