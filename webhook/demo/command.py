@@ -226,12 +226,15 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
             subprocess.run(_coredump_cmd() + ["agent", "uninstall", "--host-dir", str(host_dir)])
 
     stack.callback(stop_agent)
+    # Ready once the kernel pipes cores to our helper (the agent listens first, then sets it).
+    core_pattern = Path("/proc/sys/kernel/core_pattern")
+    ours = f"|{host_dir / 'coredump-helper'} "
     end = time.monotonic() + 20
-    while not os.path.exists(host_dir / "agent.sock"):
+    while not core_pattern.read_text().startswith(ours):
         if agent.poll() is not None or time.monotonic() > end:
             raise click.ClickException(f"the agent did not start; see {work / 'agent.log'}")
         time.sleep(0.1)
-    click.echo(f"   agent running; kernel.core_pattern = {Path('/proc/sys/kernel/core_pattern').read_text().strip()}")
+    click.echo(f"   agent running; kernel.core_pattern = {core_pattern.read_text().strip()}")
 
     pod_name = (mutated["metadata"].get("name")
                 or mutated["metadata"].get("generateName", "pod-") + uuid.uuid4().hex[:5])
