@@ -65,6 +65,7 @@ def bootstrap(namespace: str, service: str, secret: str, webhook_config: str,
               renew_before: int, kubeconfig: str | None, secret_only: bool, request_timeout: float) -> None:
     """Create, reuse or rotate the serving Secret, then patch every webhook's caBundle."""
     from certs import kube
+    from webhook.kubeclient import ApiConfigError, api_client
 
     if renew_before >= days:
         raise click.BadParameter(f"must be below --days ({days}), or every run rotates", param_hint="--renew-before")
@@ -73,9 +74,9 @@ def bootstrap(namespace: str, service: str, secret: str, webhook_config: str,
         validating_webhook_config=validating_webhook_config, days=days, renew_before_days=renew_before, request_timeout=request_timeout,
     )
     try:
-        with kube.api_client(kubeconfig) as api:
+        with api_client(kubeconfig) as api:
             result = kube.bootstrap(api, settings, secret_only=secret_only)
-    except kube.KubeError as exc:
+    except (kube.KubeError, ApiConfigError) as exc:
         _log("certs.bootstrap.failed", error=str(exc))
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

@@ -86,6 +86,15 @@ def _key_id(key: ec.EllipticCurvePrivateKey) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """digitalSignature, plus keyCertSign and cRLSign for the CA."""
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+        encipher_only=False, decipher_only=False,
+    )
+
+
 def generate(
     service: str = DEFAULT_SERVICE,
     namespace: str = DEFAULT_NAMESPACE,
@@ -102,8 +111,9 @@ def generate(
         raise CertError(f"--days must be at least 1, got {days}")
     if not service or not namespace:
         raise CertError("service and namespace must not be empty")
-    start = _now(now) - CLOCK_SKEW
-    end = _now(now) + dt.timedelta(days=days)
+    when = _now(now)
+    start = when - CLOCK_SKEW
+    end = when + dt.timedelta(days=days)
 
     ca_key = _new_key()
     ca_name = x509.Name(
@@ -118,14 +128,7 @@ def generate(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(_key_id(ca_key), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -142,14 +145,7 @@ def generate(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(_key_id(key), critical=False)

@@ -297,20 +297,3 @@ def bootstrap(api: k8s.ApiClient, settings: BootstrapSettings, *, now: dt.dateti
                                    name=settings.validating_webhook_config, now=now)
     return BootstrapResult(action, reason, gen.not_after(bundle.tls_crt).isoformat(), patched)
 
-
-def api_client(kubeconfig: str | None = None, context: str | None = None) -> k8s.ApiClient:
-    """An ApiClient from the in-cluster ServiceAccount, else from a kubeconfig."""
-    from kubernetes import config as kconfig
-
-    configuration = k8s.Configuration()
-    if kubeconfig is None:
-        try:
-            kconfig.load_incluster_config(client_configuration=configuration)
-            return k8s.ApiClient(configuration)
-        except kconfig.ConfigException:
-            pass
-    try:
-        kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-    except (kconfig.ConfigException, OSError) as exc:
-        raise KubeError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
-    return k8s.ApiClient(configuration)

@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("coredump.webhook.registry")  # under `coredump serve`'s JSON logs
 
 # --- Media types -------------------------------------------------------------------------------
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -730,7 +730,7 @@ def read_pull_secrets(api: Any, namespace: str, names: list[str]) -> list[dict]:
             resp = api.read_namespaced_secret(name, namespace, _preload_content=False)
         except ApiException as e:
             if e.status == 404:
-                log.info(json.dumps({"event": "pull_secret_missing", "namespace": namespace, "secret": name}))
+                log.info("pull secret missing", extra={"event": "pull_secret_missing", "namespace": namespace, "secret": name})
                 continue
             raise
         out.append(json.loads(resp.data))

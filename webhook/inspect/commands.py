@@ -79,9 +79,8 @@ def _namespace(ns: str | None, s: InspectSettings) -> str:
     try:
         from kubernetes import config
 
-        _, active = config.list_kube_config_contexts(config_file=s.kubeconfig)
+        contexts, active = config.list_kube_config_contexts(config_file=s.kubeconfig)
         if s.context:
-            contexts, _ = config.list_kube_config_contexts(config_file=s.kubeconfig)
             active = next((c for c in contexts if c["name"] == s.context), active)
         return (active or {}).get("context", {}).get("namespace") or "default"
     except Exception:
@@ -219,7 +218,7 @@ def _with_reader(api, s: InspectSettings, namespace: str, claim: str):
     return name, lambda: kube.delete_pod(api, namespace, name)
 
 
-def claim_records(api, s: InspectSettings, namespace: str, claim: str, reader: str) -> tuple[list[CoreRecord], list[str]]:
+def claim_records(api, namespace: str, claim: str, reader: str) -> tuple[list[CoreRecord], list[str]]:
     from webhook.inspect import kube
 
     out = kube.exec_output(api, namespace, reader, "reader", listing_command([eph.READER_MOUNT]))
@@ -245,7 +244,7 @@ def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, g
             ns = _namespace(namespace, s)
             reader, cleanup = _with_reader(api, s, ns, claim)
             try:
-                records, warnings = claim_records(api, s, ns, claim, reader)
+                records, warnings = claim_records(api, ns, claim, reader)
             finally:
                 cleanup()
         else:
@@ -283,7 +282,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
         ns = _namespace(namespace, s)
         if claim:
             reader, cleanup = _with_reader(api, s, ns, claim)
-            records, _ = claim_records(api, s, ns, claim, reader)
+            records, _ = claim_records(api, ns, claim, reader)
             exec_pod, exec_container, wrapper = reader, "reader", ""
         else:
             p = kube.read_pod(api, ns, pod)
@@ -343,6 +342,7 @@ def debug(pod, namespace, context, kubeconfig, container, image, pull_policy, dr
             if not pod:
                 raise eph.InspectError("POD is required (or -f POD_FILE)")
             ns, name, obj = _namespace(namespace, s), pod, None
+        api = None
         if obj is None:
             from webhook.inspect import kube
 
@@ -356,7 +356,8 @@ def debug(pod, namespace, context, kubeconfig, container, image, pull_policy, dr
             return
         from webhook.inspect import kube
 
-        api = _api(s)
+        if api is None:
+            api = _api(s)
         kube.patch_ephemeral(api, ns, name, body)
         click.echo(f"debug container {cname} added to {ns}/{name}; waiting for it to run...", err=True)
         kube.wait_ephemeral(api, ns, name, cname, timeout=s.wait_timeout)
@@ -456,7 +457,8 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
                 raise eph.InspectError("POD is required (or -f POD_FILE)")
             from webhook.inspect import kube
 
-            obj = kube.read_pod(_api(s), _namespace(namespace, s), pod)
+            api = _api(s)
+            obj = kube.read_pod(api, _namespace(namespace, s), pod)
         eph.core_location(obj, container)  # the pod must have a core volume to receive it
         req = gcore_request(obj, container, pid)
         value = gcore_annotation(request_id, req["container"], pid, time.time())
@@ -466,9 +468,6 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
             return
         if pod_file:
             raise eph.InspectError("-f works with --dry-run only: the request goes through the API")
-        from webhook.inspect import kube
-
-        api = _api(s)
         kube.annotate_pod(api, req["namespace"], req["pod"], {constants.ANN_GCORE_REQUEST: value})
         click.echo(f"gcore {request_id} requested from the agent on node {req['node']}; waiting...", err=True)
         answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=wait_timeout)

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from webhook import kubeclient
 from webhook.inspect.ephemeral import InspectError, ephemeral_state
 from webhook.inspect.listing import core_path_command, wrapper_cat_command
 
@@ -47,15 +48,9 @@ class Unsupported(KubeError):
 def api_client(context: str | None = None, kubeconfig: str | None = None) -> client.ApiClient:
     """An ApiClient from the kubeconfig (``--kubeconfig``/``--context``), else in-cluster."""
     try:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    except config.ConfigException as exc:
-        if kubeconfig or context:
-            raise KubeError(f"kubeconfig: {exc}") from exc
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            raise KubeError(f"no kubeconfig and not in a cluster: {exc}") from exc
-        return client.ApiClient()
+        return kubeclient.api_client(kubeconfig, context, kubeconfig_first=True)
+    except kubeclient.ApiConfigError as exc:
+        raise KubeError(str(exc)) from exc
 
 
 def status_body(exc: ApiException) -> dict:
@@ -67,12 +62,9 @@ def status_body(exc: ApiException) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _message(exc: ApiException) -> str:
-    return status_body(exc).get("message") or exc.reason or str(exc.status)
-
-
 def _translate(exc: ApiException, what: str, verb: str, resource: str, namespace: str) -> KubeError:
-    msg = _message(exc)
+    body = status_body(exc)
+    msg = body.get("message") or exc.reason or str(exc.status)
     if exc.status == 403:
         return Forbidden(
             f"forbidden: {what} needs RBAC verb '{verb}' on '{resource}' in namespace '{namespace}' ({msg})",
@@ -83,7 +75,7 @@ def _translate(exc: ApiException, what: str, verb: str, resource: str, namespace
         return KubeError(f"{what}: unauthorized: your credentials were refused ({msg})", 401, "Unauthorized")
     if exc.status == 0:
         return KubeError(f"{what}: API server unreachable ({exc.reason})", 0, "")
-    return KubeError(f"{what}: {exc.status} {msg}", exc.status, status_body(exc).get("reason", ""))
+    return KubeError(f"{what}: {exc.status} {msg}", exc.status, body.get("reason", ""))
 
 
 def _json(resp) -> dict:

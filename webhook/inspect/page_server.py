@@ -1,10 +1,10 @@
 """``coredump page`` served by gunicorn: the read-only cores page, plain HTTP or TLS.
 
-The same serving pieces as ``coredump serve`` (``webhook.server``): gthread workers, JSON logs
-through :func:`gunicorn_logconfig`, and, with a certificate directory, TLS whose certificate
-follows its files through :class:`CertReloader` (a rotated Secret is picked up without a
-restart). The webhook's own application class stays as it is: it is bound to the admission
-app, its metrics and its readiness; this one only hosts :func:`create_page_app`.
+The same serving pieces as ``coredump serve`` (:class:`GthreadServer`): gthread workers, JSON
+logs, and, with a certificate directory, TLS whose certificate follows its files through
+:class:`CertReloader` (a rotated Secret is picked up without a restart). The webhook's own
+server adds the admission app, its metrics and its readiness; this one only hosts
+:func:`create_page_app`.
 
 The authorizer (a Kubernetes API client doing TokenReview + SubjectAccessReview) is built in
 each worker after the fork, never shared across processes.
@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gunicorn.app.base import BaseApplication
-
-from webhook.server.logs import gunicorn_logconfig
+from webhook.server.gunicorn_base import GthreadServer
 from webhook.server.tls import CertReloader
 
 log = logging.getLogger("coredump.page")
@@ -87,54 +85,23 @@ def allow_everyone(token: str, namespace: str) -> bool:
     return True
 
 
-class PageServer(BaseApplication):
+class PageServer(GthreadServer):
     """gunicorn hosting the page app (TLS with certificate reload when ``cert_dir`` is set)."""
+
+    proc_name = "coredump-page"
+    settings: PageSettings
 
     def __init__(self, settings: PageSettings, make_authorizer: Callable[[], Authorizer] | None = None) -> None:
         settings.host_port()  # fail before binding anything
-        self.settings = settings
         if make_authorizer is None:
             make_authorizer = (lambda: allow_everyone) if settings.insecure_no_auth else kube_authorizer
         self.make_authorizer = make_authorizer
-        self.reloader: CertReloader | None = None
+        reloader = None
         if settings.cert_dir is not None:
             cert_dir = Path(settings.cert_dir)
-            self.reloader = CertReloader(cert_dir / "tls.crt", cert_dir / "tls.key", settings.cert_reload_interval)
-            self.reloader.load()  # a missing or broken pair stops here, with CertLoadError
-        super().__init__()
-
-    def options(self) -> dict[str, Any]:
-        s = self.settings
-        opts: dict[str, Any] = {
-            "bind": [s.bind],
-            "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": "gthread",
-            "timeout": s.timeout,
-            "graceful_timeout": s.graceful_timeout,
-            "keepalive": s.keepalive,
-            "loglevel": s.log_level,
-            "accesslog": None,
-            "logconfig_dict": gunicorn_logconfig(s.log_level),
-            "proc_name": "coredump-page",
-            # gunicorn >= 25's control socket lives at a fixed per-user path: two servers on one
-            # machine (agent pod: page next to nothing else, dev machine: next to `coredump serve`)
-            # would fight over it, and nothing uses it.
-            "control_socket_disable": True,
-        }
-        if self.reloader is not None:
-            reloader = self.reloader
-
-            def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
-                return reloader.context()
-
-            opts.update(certfile=str(reloader.cert_file), keyfile=str(reloader.key_file), ssl_context=ssl_context)
-        return opts
-
-    def load_config(self) -> None:
-        for key, value in self.options().items():
-            if key in self.cfg.settings:  # settings of newer gunicorn versions are optional
-                self.cfg.set(key, value)
+            reloader = CertReloader(cert_dir / "tls.crt", cert_dir / "tls.key", settings.cert_reload_interval)
+            reloader.load()  # a missing or broken pair stops here, with CertLoadError
+        super().__init__(settings, reloader)
 
     def load(self) -> Any:
         """The page app, built in each worker (its own API client, after the fork)."""

@@ -21,7 +21,9 @@ from typing import Any, Callable, Protocol
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from webhook.admission.review import ReviewError, handle_review
+from webhook.admission.review import INTERNAL_ERROR_WARNING, ReviewError, handle_review
+from webhook.kubeclient import api_client
+from webhook.registry import RegistryResolver, RegistrySettings, secret_reader_for
 from webhook.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.server.metrics import Metrics
 from webhook.server.settings import ServerSettings
@@ -32,7 +34,6 @@ log = logging.getLogger("coredump.webhook.server")
 REVIEW_ENDPOINTS = {"/mutate": "mutate", "/validate": "validate"}
 _CHUNK = 64 * 1024
 _OP_KEY = re.compile(rb'"op"\s*:')
-INTERNAL_ERROR_WARNING = "coredump-webhook: internal error, object admitted unchanged (see the webhook's log)"
 
 
 class Readiness(Protocol):
@@ -165,29 +166,23 @@ def fail_open_response(uid: str) -> dict[str, Any]:
 
 
 def _make_resolver(settings: ServerSettings) -> Callable[..., Any] | None:
-    """The registry resolver (``webhook.registry``) when it is built and enabled.
+    """The registry resolver (``webhook.registry``) when entrypoint resolution is enabled.
 
-    With ``read_pull_secrets`` it gets a Secret reader on the in-cluster API; without a
-    service account it resolves anonymously (and says so in the log).
+    With ``read_pull_secrets`` it gets a Secret reader on the API (the in-cluster account,
+    else the kubeconfig, as ``coredump review`` does); without API access it resolves
+    anonymously (and says so in the log).
     """
     if not getattr(settings.admission, "resolve_entrypoints", True):
         return None
-    try:
-        from webhook.registry import RegistryResolver, RegistrySettings, secret_reader_for
-    except ImportError:
-        return None
     registry_settings = settings.registry if settings.registry is not None else RegistrySettings()
     reader = None
-    if getattr(registry_settings, "read_pull_secrets", False):
+    if registry_settings.read_pull_secrets:
         try:
             from kubernetes import client as k8s
-            from kubernetes import config as kconfig
 
-            configuration = k8s.Configuration()
-            kconfig.load_incluster_config(client_configuration=configuration)
-            reader = secret_reader_for(k8s.CoreV1Api(k8s.ApiClient(configuration)))
+            reader = secret_reader_for(k8s.CoreV1Api(api_client()))
         except Exception as exc:  # noqa: BLE001 - degrade to anonymous pulls, loudly
-            log.warning("cannot read imagePullSecrets: no in-cluster API access",
+            log.warning("cannot read imagePullSecrets: no API access",
                         extra={"event": "registry.no_secret_reader", "error": str(exc)})
     return RegistryResolver(registry_settings, secret_reader=reader)
 

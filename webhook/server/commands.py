@@ -6,30 +6,18 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from webhook.admission.settings import ADMISSION_OPTIONS, settings_from_params
+from webhook.registry import registry_options
+from webhook.registry import settings_from_options as registry_settings_from
 from webhook.server.settings import DEFAULT_BIND, DEFAULT_MAX_BODY_BYTES, ServerSettings
-
-try:  # the registry resolver's options, when that module is present
-    from webhook.registry import registry_options as _registry_options
-    from webhook.registry import settings_from_options as _registry_settings
-except ImportError:  # pragma: no cover - built without it
-    _registry_options = None
-    _registry_settings = None
 
 
 def _env(name: str) -> str:
     return "COREDUMP_WEBHOOK_" + name.upper()
-
-
-def _with_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the admission (and registry) options after the server's own."""
-    if _registry_options is not None:
-        func = _registry_options(func)
-    return func
 
 
 @click.command()
@@ -53,21 +41,18 @@ def _with_options(func: Callable[..., Any]) -> Callable[..., Any]:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), help="Log level.")
 @click.option("--cert-reload-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
               show_envvar=True, envvar=_env("cert_reload_interval"), help="Seconds between checks of the certificate files.")
-@_with_options
-@click.pass_context
-def serve(ctx: click.Context, **params: Any) -> None:
+@registry_options
+def serve(**params: Any) -> None:
     """Serve the admission webhook over TLS: POST /mutate (and /validate), GET /healthz,
     /readyz, /metrics."""
     from webhook.server import logs
     from webhook.server.tls import CertLoadError
 
     admission = settings_from_params(params)
-    registry = None
-    if _registry_settings is not None:
-        try:
-            registry = _registry_settings(params)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+    try:
+        registry = registry_settings_from(params)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     settings = ServerSettings(
         cert_dir=params["cert_dir"],
         admission=admission,

@@ -8,20 +8,15 @@ which gunicorn calls for every new connection.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from webhook.server.app import create_app
-from webhook.server.logs import gunicorn_logconfig
+from webhook.server.gunicorn_base import GthreadServer
 from webhook.server.settings import ServerSettings
 from webhook.server.tls import CertReloader
-
-log = logging.getLogger("coredump.webhook.server")
 
 
 def _enable_multiprocess_metrics(directory: str) -> None:
@@ -36,12 +31,16 @@ def _enable_multiprocess_metrics(directory: str) -> None:
     values.ValueClass = values.get_value_class()
 
 
-class WebhookServer(BaseApplication):
+class WebhookServer(GthreadServer):
     """``coredump serve``: gunicorn with the webhook app, TLS and certificate reload."""
 
+    proc_name = "coredump-webhook"
+    settings: ServerSettings
+    reloader: CertReloader
+
     def __init__(self, settings: ServerSettings) -> None:
-        self.reloader = CertReloader(settings.cert_file, settings.key_file, settings.cert_reload_interval)
-        self.reloader.load()  # fail fast, before binding or creating anything
+        reloader = CertReloader(settings.cert_file, settings.key_file, settings.cert_reload_interval)
+        reloader.load()  # fail fast, before binding or creating anything
         self.metrics_tmp: str | None = None
         if settings.workers > 1 and settings.metrics_dir is None:
             self.metrics_tmp = tempfile.mkdtemp(prefix="coredump-webhook-metrics-")
@@ -50,9 +49,8 @@ class WebhookServer(BaseApplication):
             settings = replace(settings, metrics_dir=self.metrics_tmp)
         if settings.metrics_dir:
             _enable_multiprocess_metrics(settings.metrics_dir)
-        self.settings = settings
         self.master_pid = os.getpid()
-        super().__init__()
+        super().__init__(settings, reloader)
 
     def run(self) -> None:
         try:
@@ -63,12 +61,8 @@ class WebhookServer(BaseApplication):
                 shutil.rmtree(self.metrics_tmp, ignore_errors=True)
 
     def options(self) -> dict[str, Any]:
-        s = self.settings
-        reloader = self.reloader
-        metrics_dir = s.metrics_dir
-
-        def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
-            return reloader.context()
+        """The shared gunicorn settings (the body limit is the app's), plus metrics cleanup."""
+        metrics_dir = self.settings.metrics_dir
 
         def child_exit(server: Any, worker: Any) -> None:
             if metrics_dir:
@@ -76,38 +70,8 @@ class WebhookServer(BaseApplication):
 
                 multiprocess.mark_process_dead(worker.pid, metrics_dir)
 
-        return {
-            "bind": [s.bind],
-            "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": "gthread",
-            "timeout": s.timeout,
-            "graceful_timeout": s.graceful_timeout,
-            "keepalive": s.keepalive,
-            "certfile": str(s.cert_file),
-            "keyfile": str(s.key_file),
-            "ssl_context": ssl_context,
-            "child_exit": child_exit,
-            "loglevel": s.log_level,
-            "accesslog": None,
-            "logconfig_dict": gunicorn_logconfig(s.log_level),
-            "proc_name": "coredump-webhook",
-            # gunicorn >= 25 opens a control socket at a fixed per-user path: two servers on
-            # one machine would fight over it, and nothing here uses it.
-            "control_socket_disable": True,
-            # Request line and header limits stay at gunicorn's defaults; the body limit is ours.
-        }
-
-    def load_config(self) -> None:
-        for key, value in self.options().items():
-            if key in self.cfg.settings:  # settings of newer gunicorn versions are optional
-                self.cfg.set(key, value)
+        return {**super().options(), "child_exit": child_exit}
 
     def load(self) -> Any:
         """Build the app in each worker (after fork: its own metrics, resolver, threads)."""
         return create_app(self.settings, readiness=self.reloader)
-
-
-def run(settings: ServerSettings) -> None:
-    """Serve until SIGTERM/SIGINT (gunicorn's graceful shutdown)."""
-    WebhookServer(settings).run()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from webhook.admission.settings import AdmissionSettings
+    from webhook.registry import RegistrySettings
 
 #: Default listen address (the chart's Service targets this port).
 DEFAULT_BIND = "0.0.0.0:8443"
@@ -46,10 +47,8 @@ class ServerSettings:
     #: Directory shared by the workers for Prometheus multiprocess metrics (set by the gunicorn
     #: runner when workers > 1; None: metrics live in this process only).
     metrics_dir: str | None = None
-    #: Settings of the registry resolver (``webhook.registry.RegistrySettings``) when available.
-    registry: Any = None
-    #: Extra, free-form facts for the start-up log line.
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Settings of the registry resolver (None: its defaults).
+    registry: "RegistrySettings | None" = None
 
     @property
     def cert_file(self) -> Path:
@@ -80,15 +79,7 @@ class ServerSettings:
             "logLevel": self.log_level,
             "certReloadInterval": self.cert_reload_interval,
         }
-        describe = getattr(self.admission, "describe", None)
-        out["admission"] = describe() if callable(describe) else repr(self.admission)
+        out["admission"] = self.admission.describe()
         if self.registry is not None:
-            rdesc = getattr(self.registry, "describe", None)
-            if callable(rdesc):
-                out["registry"] = rdesc()
-            elif dataclasses.is_dataclass(self.registry):
-                out["registry"] = dataclasses.asdict(self.registry)
-            else:
-                out["registry"] = repr(self.registry)
-        out.update(self.extra)
+            out["registry"] = dataclasses.asdict(self.registry)
         return out
