@@ -118,3 +118,5 @@ PARTIAL_SUFFIX = ".partial"
 EVENT_REASON = "CoreDumped"
 #: Kubernetes Event reason for a gcore snapshot (taken or failed) of a running process.
 EVENT_REASON_SNAPSHOT = "CoreSnapshot"
+#: Where `coredump page` listens unless told otherwise.
+PAGE_DEFAULT_BIND = "127.0.0.1:8383"

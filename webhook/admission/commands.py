@@ -12,24 +12,14 @@ from webhook.admission.review import ReviewError, decoded_patch, handle_review
 from webhook.admission.settings import ADMISSION_OPTIONS, settings_from_params
 from webhook.admission.summary import summarize
 
-try:  # the registry resolver's options, when that module is present (as in `coredump serve`)
-    from webhook.registry import registry_options as _registry_options
-    from webhook.registry import settings_from_options as _registry_settings
-except ImportError:  # pragma: no cover - built without it
-    _registry_options = None
-    _registry_settings = None
-
-
-def _with_registry_options(func: Any) -> Any:
-    """The resolver's --registry-* options, as `coredump serve` has them (when built with it)."""
-    return _registry_options(func) if _registry_options is not None else func
+from webhook.registry import registry_options, settings_from_options
 
 
 @click.command("review")
 @click.argument("file", default="-", required=False, metavar="[FILE|-]")
 @click.option("--summary", is_flag=True, help="Describe what the pod gets instead of printing JSON.")
 @click.option("--resolve", is_flag=True, help="Read ENTRYPOINT/CMD from the images' registries (see --registry-*).")
-@_with_registry_options
+@registry_options
 def review(**params: Any) -> None:
     """Read an AdmissionReview v1 (JSON) from FILE or stdin and print the webhook's answer.
 
@@ -68,12 +58,10 @@ def review(**params: Any) -> None:
 
 def _registry_resolver(params: dict[str, Any]) -> Any:
     """The registry resolver from the --registry-* options (the server's settings, the same way)."""
-    if _registry_settings is None:  # pragma: no cover - built without the resolver
-        raise click.ClickException("--resolve needs webhook.registry, which this build lacks")
     from webhook.registry import RegistryResolver
 
     try:
-        settings = _registry_settings(params)
+        settings = settings_from_options(params)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     reader = _pull_secret_reader() if settings.read_pull_secrets else None
@@ -84,21 +72,14 @@ def _pull_secret_reader() -> Any:
     """Read imagePullSecrets through the API: the in-cluster account, else the kubeconfig
     (``coredump review`` also runs on a laptop). Asked for explicitly, so failing is an error."""
     from kubernetes import client as k8s
-    from kubernetes import config as kconfig
 
+    from webhook.kubeclient import ApiConfigError, api_client
     from webhook.registry import secret_reader_for
 
-    configuration = k8s.Configuration()
     try:
-        kconfig.load_incluster_config(client_configuration=configuration)
-    except kconfig.ConfigException:
-        try:
-            kconfig.load_kube_config(client_configuration=configuration)
-        except (kconfig.ConfigException, OSError) as exc:
-            raise click.ClickException(
-                f"--registry-read-pull-secrets: no in-cluster service account and no usable kubeconfig: {exc}"
-            ) from None
-    return secret_reader_for(k8s.CoreV1Api(k8s.ApiClient(configuration)))
+        return secret_reader_for(k8s.CoreV1Api(api_client()))
+    except ApiConfigError as exc:
+        raise click.ClickException(f"--registry-read-pull-secrets: {exc}") from None
 
 
 def _read(path: str) -> str:

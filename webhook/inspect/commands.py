@@ -486,7 +486,7 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
 @click.command("page")
 @click.option("--cores-root", envvar=_env("page_cores_root"), default=os.path.join(constants.DEFAULT_HOST_DIR, "cores"),
               show_default=True, show_envvar=True, help="directory holding cores and their .json metadata")
-@click.option("--bind", envvar=_env("page_bind"), default="127.0.0.1:8383", show_default=True, show_envvar=True,
+@click.option("--bind", envvar=_env("page_bind"), default=constants.PAGE_DEFAULT_BIND, show_default=True, show_envvar=True,
               help="HOST:PORT to listen on")
 @click.option("--cert-dir", envvar=_env("page_cert_dir"), default=None, show_envvar=True,
               type=click.Path(exists=True, file_okay=False),

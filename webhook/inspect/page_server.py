@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from webhook import constants
 from webhook.server.gunicorn_base import GthreadServer
 from webhook.server.tls import CertReloader
 
 log = logging.getLogger("coredump.page")
 
 #: Default listen address of ``coredump page`` (local only; the chart sets 0.0.0.0:<port>).
-DEFAULT_PAGE_BIND = "127.0.0.1:8383"
+DEFAULT_PAGE_BIND = constants.PAGE_DEFAULT_BIND
 
 Authorizer = Callable[[str, str], bool]
 
