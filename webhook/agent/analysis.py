@@ -81,16 +81,11 @@ def _copy_into(dirfd: int, rel: str, src: str, uid: int | None, gid: int | None,
         finally:
             root.close()
         try:
-            try:
+            with out:
                 while chunk := fin.read(COPY_CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out.fd, view):]
+                    out.write(chunk)
                 out.chown(uid, gid)
                 return out.commit()
-            except BaseException:
-                out.discard()
-                raise
         finally:
             os.close(sub)
 
@@ -231,6 +226,10 @@ class SignatureJob:
                 except OSError:
                     pass
         self.dirfd = self.exe_fd = -1
+        self.drop_sysroot()
+
+    def drop_sysroot(self) -> None:
+        """Remove the staging copy of the binaries (the node's disk, not the saved ``.d``)."""
         if self.sysroot:
             shutil.rmtree(self.sysroot, ignore_errors=True)
             self.sysroot = None
@@ -351,6 +350,7 @@ class SignatureWorker(QueueWorker):
             found = analyze_job(job, gdb=self.gdb, timeout=self.timeout, no_sysroot=self.no_sysroot)
         except OSError as exc:
             found = {"signature_error": f"core unreadable: {exc.strerror or exc}"}
+        job.drop_sysroot()  # gdb is done with it: gone before the result shows in the metadata
         doc = {**job.doc, **found}
         try:
             for name in (job.core_name, job.json_name):  # deleted meanwhile: nothing to update

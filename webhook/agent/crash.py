@@ -16,7 +16,6 @@ import os
 import posixpath
 import re
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable
@@ -24,7 +23,7 @@ from typing import Any, BinaryIO, Callable
 from webhook.agent import chain as chain_mod
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
-from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials, read_credentials
+from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.limits import RateLimiter
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.settings import AgentSettings
@@ -64,6 +63,9 @@ class CrashRequest:
     spooled: bool = False
     #: Why the helper spooled it (the spool entry's "reason"), recorded in the metadata.
     spool_reason: str = ""
+    #: A gcore request's ID (webhook/agent/snapshots.py) rather than a crash: not rate
+    #: limited, and the metadata says ``gcore``.
+    snapshot_id: str = ""
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> "CrashRequest":
@@ -128,6 +130,11 @@ class CrashOutcome:
         return asdict(self)
 
 
+#: What deciding on one crash gives: the outcome, the metadata document (None when nothing was
+#: written) and the signature job for the worker (analysis.SignatureJob, or None).
+_Handled = tuple[CrashOutcome, dict | None, Any]
+
+
 @dataclass
 class _Who:
     """Names for a crash: from the registration, else from the pod watch, else from the cgroup."""
@@ -147,10 +154,9 @@ class _Who:
 class _Target:
     """Where to write: a root, a directory inside it, a file name, and the limits."""
 
-    root_path: str  # what SafeRoot opens
+    root_path: str  # what SafeRoot opens (the agent's path of the root)
     directory: str  # inside the root
     name: str
-    view_prefix: str  # how the crashing process names the root ("" for its own root)
     destination: str  # "pod" or "node"
     max_bytes: int | None
     max_reason: str
@@ -161,6 +167,10 @@ class _Target:
     #: The crashing process's filesystem credentials: the pod's directories, core, metadata and
     #: saved binaries are created with them (None: the node location, created as the agent).
     creds: Credentials | None = None
+
+    @property
+    def pod(self) -> bool:
+        return self.destination == "pod"
 
 
 #: errnos that mean "the crashing process itself could not create this here".
@@ -205,18 +215,17 @@ class CrashProcessor:
         self.notifier = notifier or None
         self.node_pattern = parse(settings.node_core_name)
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
-        # settings, False disables it; jobs wait in _pending until _report hands them the summary.
+        # settings, False disables it; a crash's job goes to it once _report has the summary.
         self.signatures = self._make_signatures(signatures)
-        self._pending: dict[int, Any] = {}
-        self._pending_lock = threading.Lock()
 
     # --- the entry point ------------------------------------------------------------------------
     def handle(self, request: CrashRequest, core: int | BinaryIO) -> CrashOutcome:
         """Save one core (or decide not to); never raises."""
         start = time.monotonic()
         doc: dict[str, Any] | None = None
+        job: Any = None
         try:
-            outcome, doc = self._handle(request, core, start)
+            outcome, doc, job = self._handle(request, core, start)
         except Exception as exc:  # noqa: BLE001 - the crash path must answer, whatever happened
             log.exception("crash handling failed", extra={"pid": request.global_pid})
             outcome = CrashOutcome("failed", f"internal_error: {exc}")
@@ -227,14 +236,13 @@ class CrashProcessor:
         outcome.comm = request.comm
         outcome.node = self.settings.node_name
         try:
-            self._report(outcome, doc)
+            self._report(outcome, doc, job)
         except Exception:  # noqa: BLE001
             log.exception("crash reporting failed")
         return outcome
 
     # --- decisions ------------------------------------------------------------------------------
-    def _handle(self, request: CrashRequest, core: int | BinaryIO,
-                start: float) -> tuple[CrashOutcome, dict | None]:
+    def _handle(self, request: CrashRequest, core: int | BinaryIO, start: float) -> _Handled:
         proc: ProcessInfo | None = None
         if request.spooled:
             ident = Identity(None, CgroupIdentity(), "spooled")
@@ -247,17 +255,10 @@ class CrashProcessor:
         who = self._who(ident)
         if ident.registration is not None and proc is not None:
             key = (who.pod_uid or "", who.container or "")
-            if not _is_snapshot(request) and not self.rate.allow(key):  # a gcore was asked for
-                return self._rate_limited(who, key), None
+            if not request.snapshot_id and not self.rate.allow(key):  # a gcore was asked for
+                return self._rate_limited(who, key), None, None
             try:
-                target = self._pod_target(request, proc, ident)
-            except _NoPodTarget as exc:
-                log.warning("pod destination unusable, using the node location",
-                            extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail})
-                return self._write(request, core, proc, ident, who, self._node_target(request, proc, who, True),
-                                   start, fallback_reason=exc.reason)
-            try:
-                return self._write(request, core, proc, ident, who, target, start)
+                return self._write(request, core, proc, ident, who, self._pod_target(request, proc, ident), start)
             except _NoPodTarget as exc:  # nothing read yet: the node location gets it
                 log.warning("pod destination unusable, using the node location",
                             extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail})
@@ -270,19 +271,19 @@ class CrashProcessor:
         if proc is None:
             mode = "node"  # spooled or vanished: only the node location makes sense
         if mode == "skip":
-            return CrashOutcome("skipped", ident.reason, **self._who_fields(who)), None
+            return CrashOutcome("skipped", ident.reason, **self._who_fields(who)), None, None
         if mode == "chain":
             if chain_mod.is_pipe(self.previous_pattern):
-                return self._chain(request, core, proc, ident, who, start), None
+                return self._chain(request, core, proc, ident, who, start), None, None
             mode = "node"
         if mode != "node":
             log.warning("unknown 'unregistered' setting, using node", extra={"setting": mode})
         if request.rlimit_core < PAGE_SIZE and proc is not None:
             return CrashOutcome("skipped", f"{ident.reason}; rlimit_core {request.rlimit_core} below a page",
-                                **self._who_fields(who)), None
+                                **self._who_fields(who)), None, None
         key = (who.pod_uid or "host", who.container or who.container_id or request.comm)
         if not self.rate.allow(key):
-            return self._rate_limited(who, key), None
+            return self._rate_limited(who, key), None, None
         target = self._node_target(request, proc, who, False)
         return self._write(request, core, proc, ident, who, target, start)
 
@@ -334,20 +335,20 @@ class CrashProcessor:
             cwd = self._checked_cwd(request, proc)
             expanded = posixpath.join(cwd, expanded)
         directory, name = posixpath.split(expanded)
-        node_max = self.settings.max_core_bytes
-        pod_max = parse_size(reg.max_size)
-        max_bytes = node_max if pod_max is None else min(pod_max, node_max)
+        # The smaller of the node's and the pod's caps; 0 (or nothing) is no cap, never "no limit
+        # at all" for the other (COREDUMP_MAX_SIZE=0 must not lift the node's maximum).
+        caps = [c for c in (self.settings.max_core_bytes, parse_size(reg.max_size)) if c]
+        max_bytes = min(caps) if caps else None
         compression = (reg.compress or self.settings.compression).strip().lower()
         if compression not in ("zstd", "none"):
             compression = self.settings.compression
-        try:
-            creds = read_credentials(request.global_pid, self.proc)
-        except CredentialsError as exc:
-            raise _NoPodTarget("root_unreachable", str(exc)) from None
+        if proc.credentials is None:
+            raise _NoPodTarget("root_unreachable",
+                               f"credentials of {request.global_pid} unreadable: no filesystem uid/gid in its status")
         return _Target(root_path=f"{self.proc}/{request.global_pid}/root", directory=directory or "/", name=name,
-                       view_prefix="", destination="pod", max_bytes=max_bytes or None, max_reason="size_limit",
+                       destination="pod", max_bytes=max_bytes, max_reason="size_limit",
                        compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern,
-                       creds=creds)
+                       creds=proc.credentials)
 
     def _checked_cwd(self, request: CrashRequest, proc: ProcessInfo) -> str:
         """The process cwd inside its root, proven to be the same directory as its real cwd.
@@ -386,28 +387,28 @@ class CrashProcessor:
             max_bytes = min(self.settings.max_core_bytes, request.rlimit_core)
             reason = REASON_RLIMIT if request.rlimit_core < self.settings.max_core_bytes else "size_limit"
         return _Target(root_path=self.settings.node_cores_dir, directory="/" + "/".join(parts), name=name,
-                       view_prefix=self.settings.node_cores_dir, destination="node", max_bytes=max_bytes or None,
+                       destination="node", max_bytes=max_bytes or None,
                        max_reason=reason, compression=self.settings.compression, uid=None, gid=None,
                        pattern=self.settings.node_core_name)
 
     # --- writing --------------------------------------------------------------------------------
     def _write(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                who: _Who, target: _Target, start: float,
-               fallback_reason: str | None = None) -> tuple[CrashOutcome, dict | None]:
-        pod = target.destination == "pod"
-        if target.destination == "node":
+               fallback_reason: str | None = None) -> _Handled:
+        if not target.pod:
             os.makedirs(self.settings.node_cores_dir, mode=0o700, exist_ok=True)
         try:
             root = SafeRoot.open(target.root_path)  # as root, before any switch: /proc/<pid>/root needs it
         except OSError as exc:
-            if pod:
+            if target.pod:
                 raise _NoPodTarget("root_unreachable", str(exc)) from None
             raise
         try:
             try:
-                # The kernel would create the core with the process's credentials: so do we.
-                with as_process_credentials(target.creds if pod else None):
-                    dirfd, out = self._create(root, target, pod)
+                # The kernel would create the core with the process's credentials (a pod's
+                # target carries them; the node location's has none): so do we.
+                with as_process_credentials(target.creds):
+                    dirfd, out = self._create(root, target)
             except CredentialsError as exc:
                 raise _NoPodTarget("credentials_unavailable", str(exc)) from None
             try:
@@ -418,16 +419,16 @@ class CrashProcessor:
         finally:
             root.close()
 
-    def _create(self, root: SafeRoot, target: _Target, pod: bool) -> tuple[int, OutputFile]:
+    def _create(self, root: SafeRoot, target: _Target) -> tuple[int, OutputFile]:
         """The target directory's fd (made when missing) and the temporary core file in it.
 
         For a pod, a refusal becomes :class:`_NoPodTarget`: ``permission_denied`` when the
         process's own credentials may not create it (EACCES/EPERM), else why the directory or
         the file is unusable.
         """
+        pod = target.pod
         try:
-            dirfd = root.open_dir(target.directory, uid=target.uid if pod else None,
-                                  gid=target.gid if pod else None)
+            dirfd = root.open_dir(target.directory, uid=target.uid, gid=target.gid)
         except OSError as exc:
             if pod:
                 reason = "permission_denied" if exc.errno in _DENIED else "directory_unusable"
@@ -452,7 +453,7 @@ class CrashProcessor:
 
     def _stream(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                 who: _Who, target: _Target, dirfd: int, out: OutputFile, start: float,
-                fallback_reason: str | None) -> tuple[CrashOutcome, dict | None]:
+                fallback_reason: str | None) -> _Handled:
         s = self.settings
         limits = StreamLimits(max_bytes=target.max_bytes, max_reason=target.max_reason,
                               keep_free_bytes=s.keep_free_bytes, deadline=start + s.dump_timeout_seconds,
@@ -481,11 +482,10 @@ class CrashProcessor:
                 disk_size = os.stat(final, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
             except OSError:
                 pass
-        view_dir = target.directory if target.destination == "pod" else posixpath.join(
-            target.view_prefix, target.directory.lstrip("/"))
+        host_dir = posixpath.join(target.root_path, target.directory.lstrip("/"))
+        view_dir = target.directory if target.pod else host_dir  # the node location: the agent's path
         path = posixpath.join(view_dir, final) if final else None
-        host_path = (posixpath.join(f"{self.proc}/{request.global_pid}/root", target.directory.lstrip("/"), final)
-                     if final and target.destination == "pod" else path)
+        host_path = posixpath.join(host_dir, final) if final else None
         if commit_error:
             outcome, reason = "failed", f"commit_failed: {commit_error}"
         elif result.complete:
@@ -508,23 +508,26 @@ class CrashProcessor:
             compression=target.compression, truncated=not result.complete, reason=result.reason,
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
-        sysroot = self._before_metadata(request, proc, dirfd, final, doc, target)
+        if request.snapshot_id:
+            doc["gcore"] = True
+            doc["gcore_request"] = request.snapshot_id
+        sysroot = self._save_binaries(request, proc, dirfd, final, doc, target)
         metadata_path = None
         json_name = None
         if final:
             try:
-                with as_process_credentials(target.creds if target.destination == "pod" else None):
+                with as_process_credentials(target.creds):
                     json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
                                                  uid=target.uid, gid=target.gid)
                 metadata_path = posixpath.join(view_dir, json_name)
             except (OSError, CredentialsError) as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
-        self._queue_signature(request, proc, dirfd, final, json_name, doc, target, sysroot)
+        job = self._signature_job(proc, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
             destination=target.destination, host_path=host_path, sha256=result.sha256,
             compression=target.compression, truncated=not result.complete, **self._who_fields(who))
-        return outcome_obj, doc
+        return outcome_obj, doc, job
 
     def _chain(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                who: _Who, start: float) -> CrashOutcome:
@@ -544,7 +547,7 @@ class CrashProcessor:
                                        f"{result.returncode}", destination="chain", **self._who_fields(who))
 
     # --- visibility -----------------------------------------------------------------------------
-    def _report(self, outcome: CrashOutcome, doc: dict | None) -> None:
+    def _report(self, outcome: CrashOutcome, doc: dict | None, job: Any) -> None:
         short_reason = outcome.reason.split(" ")[0].split(";")[0].rstrip(":")
         dest = outcome.destination or ""
         self.metrics.cores.labels(outcome.outcome, short_reason, dest).inc()
@@ -567,7 +570,6 @@ class CrashProcessor:
         summary = outcome.as_dict()
         summary.update(doc or {})
         summary["path"] = outcome.path
-        job = self._take_pending(doc)
         if job is not None and outcome.outcome in ("written", "partial", "failed"):
             job.summary = summary  # the Event waits for the signature (bounded): see analysis.py
             self.signatures.submit(job)
@@ -581,8 +583,7 @@ class CrashProcessor:
                 except Exception:  # noqa: BLE001
                     log.exception("could not queue a crash notification")
 
-
-    # --- saved binaries, gcore marks, signatures (webhook/agent/analysis.py) ------------------
+    # --- saved binaries, signatures (webhook/agent/analysis.py) -------------------------------
     def _make_signatures(self, given: Any) -> Any:
         if given is not None:
             return given or None
@@ -599,22 +600,17 @@ class CrashProcessor:
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))
 
-    def _before_metadata(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
-                         doc: dict, target: _Target) -> str | None:
-        """Still pinned: mark snapshots, save the binaries; returns their staging dir (sysroot)."""
-        if _is_snapshot(request):
-            doc["gcore"] = True
-            doc["gcore_request"] = request.snapshot_id  # type: ignore[attr-defined]
+    def _save_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
+                       doc: dict, target: _Target) -> str | None:
+        """Still pinned: save the binaries; returns their staging dir (sysroot)."""
         if not final or proc is None or not self.settings.save_binaries:
             return None
         from webhook.agent.analysis import save_binaries
 
-        pod = target.destination == "pod"
         try:
             keys, sysroot = save_binaries(request.global_pid, dirfd, final, self.settings.host_dir,
-                                          self.settings.save_binaries_budget_bytes, uid=target.uid if pod else None,
-                                          gid=target.gid if pod else None, proc=self.proc,
-                                          creds=target.creds if pod else None)
+                                          self.settings.save_binaries_budget_bytes, uid=target.uid,
+                                          gid=target.gid, proc=self.proc, creds=target.creds)
         except Exception as exc:  # noqa: BLE001 - the core is written; binaries are a bonus
             log.warning("could not save the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
             return None
@@ -623,33 +619,19 @@ class CrashProcessor:
         doc.update(keys)
         return sysroot
 
-    def _queue_signature(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
-                         json_name: str | None, doc: dict, target: _Target, sysroot: str | None) -> None:
+    def _signature_job(self, proc: ProcessInfo | None, dirfd: int, final: str | None, json_name: str | None,
+                       doc: dict, target: _Target, sysroot: str | None) -> Any:
+        """Still pinned: what the signature worker needs later (None: no signature for this core)."""
         if not final or not json_name or self.signatures is None or target.compression == "zstd":
             if sysroot:
                 shutil.rmtree(sysroot, ignore_errors=True)
-            return
+            return None
         from webhook.agent.analysis import prepare_job
 
-        pod = target.destination == "pod"
         # A spooled or vanished process: its PID may be another process's now, so no exe fd.
-        job = prepare_job(request.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
-                          proc.exe if proc else "", sysroot, uid=target.uid if pod else None,
-                          gid=target.gid if pod else None, proc=self.proc, creds=target.creds if pod else None)
-        with self._pending_lock:
-            self._pending[id(doc)] = job
-
-    def _take_pending(self, doc: dict | None) -> Any:
-        if doc is None:
-            return None
-        with self._pending_lock:
-            job = self._pending.pop(id(doc), None)
-        return job if job is not None and job.doc is doc else None
-
-
-def _is_snapshot(request: Any) -> bool:
-    """A gcore request (webhook/agent/gcore.py) rather than a crash: not rate limited, marked."""
-    return bool(getattr(request, "snapshot_id", ""))
+        return prepare_job(proc.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
+                           proc.exe if proc else "", sysroot, uid=target.uid, gid=target.gid, proc=self.proc,
+                           creds=target.creds)
 
 
 class _NoPodTarget(Exception):

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from webhook import constants
+from webhook.agent.creds import Credentials, parse_credentials
 
 #: A pod UID in a cgroup path: dashes (cgroupfs) or underscores (systemd slice names).
 _POD_UID_RE = re.compile(
@@ -228,6 +229,8 @@ class ProcessInfo:
     cwd: str | None = None  # inside the process's root; None when not below it
     root: str = "/"  # the root as the agent sees it (readlink /proc/<pid>/root)
     status: Status = field(default_factory=Status)
+    #: Its filesystem credentials (from the same read of ``status``); None when it names none.
+    credentials: Credentials | None = None
 
 
 def strip_root(path: str, root: str) -> str | None:
@@ -252,7 +255,7 @@ def read_process(global_pid: int, proc: str = "/proc") -> ProcessInfo:
     """Read everything the crash path needs; raise :class:`ProcessGone` if it is not there."""
     base = f"{proc}/{global_pid}"
     try:
-        status = parse_status(_read(f"{base}/status").decode("utf-8", "replace"))
+        status_text = _read(f"{base}/status").decode("utf-8", "replace")
     except FileNotFoundError as exc:
         raise ProcessGone(f"{base} does not exist") from exc
     except ProcessLookupError as exc:  # pragma: no cover - reaped between open and read
@@ -273,5 +276,9 @@ def read_process(global_pid: int, proc: str = "/proc") -> ProcessInfo:
     cwd_raw = optional(lambda: os.readlink(f"{base}/cwd"), "")
     exe = (strip_root(exe_raw, root) or "") if exe_raw else ""
     cwd = strip_root(cwd_raw, root) if cwd_raw else None
+    try:
+        credentials: Credentials | None = parse_credentials(status_text)
+    except ValueError:
+        credentials = None
     return ProcessInfo(global_pid=global_pid, environ=environ, cgroup=cgroup, exe=exe, cwd=cwd, root=root,
-                       status=status)
+                       status=parse_status(status_text), credentials=credentials)

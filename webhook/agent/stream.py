@@ -101,12 +101,17 @@ def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> int:
             return 0
     except OSError:
         return 0
-    for want in dict.fromkeys((size, min(size, _pipe_max_size()), CHUNK)):
+    tried: set[int] = set()
+    for want in (size, None, CHUNK):
+        if want is None:  # /proc read only once ``size`` was refused (root seldom is)
+            want = min(size, _pipe_max_size())
+        if want in tried:
+            continue
+        tried.add(want)
         try:
-            got = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, want)
+            return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, want)
         except OSError:
             continue
-        return got
     try:
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     except OSError:

@@ -188,6 +188,8 @@ class OutputFile:
     """A file being written under a temporary name in ``dirfd``; :meth:`commit` names it.
 
     The final name is never overwritten: :meth:`commit` tries ``name``, ``name.1``, ...
+    (:meth:`replace` is for files that are ours to update). As a context manager, the
+    temporary file is removed unless it was committed.
     """
 
     def __init__(self, dirfd: int, name: str, *, mode: int = 0o600) -> None:
@@ -199,6 +201,18 @@ class OutputFile:
         self.fd = openat2(dirfd, self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           mode, RESOLVE_NAME)
         self.final_name: str | None = None
+
+    def __enter__(self) -> "OutputFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after commit/replace: nothing left to do
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at the current position."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
 
     def chown(self, uid: int | None, gid: int | None) -> None:
         if uid is None and gid is None:
@@ -214,9 +228,7 @@ class OutputFile:
         ``name`` defaults to the requested name; ``ext`` (".zst", ".partial") stays last.
         """
         base = name or self.name
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+        self._sync_close()
         for n in range(MAX_SUFFIX + 1):
             candidate = (base if n == 0 else f"{base}.{n}") + ext
             try:
@@ -228,12 +240,27 @@ class OutputFile:
                     continue
                 raise
             self.final_name = candidate
-            try:
-                os.fsync(self.dirfd)
-            except OSError:
-                pass
+            self._sync_dir()
             return candidate
         raise OSError(errno.EEXIST, f"{base} and {MAX_SUFFIX} suffixed names all exist", base)
+
+    def replace(self) -> None:
+        """fsync, then rename over ``name`` whatever entry it is (only for files that are ours)."""
+        self._sync_close()
+        os.rename(self.tmp_name, self.name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+        self.final_name = self.name
+        self._sync_dir()
+
+    def _sync_close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def _sync_dir(self) -> None:
+        try:
+            os.fsync(self.dirfd)
+        except OSError:
+            pass
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -249,16 +276,10 @@ class OutputFile:
 def write_small_file(dirfd: int, name: str, data: bytes, *, mode: int = 0o644,
                      uid: int | None = None, gid: int | None = None) -> str:
     """Write ``data`` as ``name`` (or a suffixed variant) atomically; return the name used."""
-    out = OutputFile(dirfd, name, mode=mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out.fd, view):]
+    with OutputFile(dirfd, name, mode=mode) as out:
+        out.write(data)
         out.chown(uid, gid)
         return out.commit()
-    except BaseException:
-        out.discard()
-        raise
 
 
 def replace_small_file(dirfd: int, name: str, data: bytes, *, mode: int = 0o644,
@@ -268,21 +289,7 @@ def replace_small_file(dirfd: int, name: str, data: bytes, *, mode: int = 0o644,
     Only for files that are ours to update (a core's metadata): ``rename`` replaces whatever
     entry ``name`` is (a symlink is replaced, never followed) and stays inside ``dirfd``.
     """
-    out = OutputFile(dirfd, name, mode=mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out.fd, view):]
+    with OutputFile(dirfd, name, mode=mode) as out:
+        out.write(data)
         out.chown(uid, gid)
-        os.fsync(out.fd)
-        os.close(out.fd)
-        out.fd = -1
-        os.rename(out.tmp_name, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        out.final_name = name
-    except BaseException:
-        out.discard()
-        raise
-    try:
-        os.fsync(dirfd)
-    except OSError:
-        pass
+        out.replace()
