@@ -88,7 +88,11 @@ def remove_cgroup_dirs(rel: str) -> list[str]:
 
 
 def busybox_rootfs(path: Path) -> Path:
-    """The busybox image: busybox-static and its applet links (what ``busybox:1.36`` holds)."""
+    """The busybox image: busybox-static and its applet links (what ``busybox:1.36`` holds).
+
+    A tree built already is reused as it is (its busybox may be running: never copied over)."""
+    if (path / "bin" / "busybox").exists():
+        return path
     bb = shutil.which("busybox")
     if bb is None:
         raise RuntimeError("busybox missing: scripts/test.sh installs busybox-static")

@@ -18,8 +18,9 @@ import pytest
 import zstandard
 from prometheus_client import CollectorRegistry
 
+from tests.runc_support import busybox_rootfs, cgroups_path, remove_cgroup_dirs
 from tests.test_agent_stream import feed_pipe, synthetic_core
-from tests.test_agent_writer import _descendants, busybox_rootfs
+from tests.test_agent_writer import _descendants
 from webhook import constants
 from webhook.agent.crash import CrashProcessor, CrashRequest
 from webhook.agent.metrics import AgentMetrics
@@ -85,19 +86,6 @@ def nspid_of(pid: int) -> int:
         if line.startswith("NSpid:"):
             return int(line.split()[-1])
     raise AssertionError("no NSpid")
-
-
-def remove_cgroup_dirs(rel: str) -> None:
-    """Remove ``rel`` and its now-empty parents up to (not including) the hierarchy roots."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        parts = [p for p in rel.strip("/").split("/") if p]
-        for depth in range(len(parts), 0, -1):
-            d = hierarchy / "/".join(parts[:depth])
-            if d.is_dir():
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
 
 
 # --- no privileges needed: processes of our own ---------------------------------------------------
@@ -320,12 +308,32 @@ def test_uid_mismatch_is_unregistered(tmp_path, k8s_cgroup):
         unshare.wait()
 
 
+@pytest.mark.root
+def test_a_zero_pod_max_size_keeps_the_node_maximum(tmp_path, k8s_cgroup):
+    """COREDUMP_MAX_SIZE=0 (set by the process itself: the webhook never writes it) is no cap of
+    the pod's; it must not lift the node's max_core_bytes."""
+    pod_uid, _cid, cgroup = k8s_cgroup
+    dump = tmp_path / "dump"
+    env = {"PATH": "/usr/bin:/bin", **webhook_env(f"{dump}/core.%p", pod_uid, COREDUMP_MAX_SIZE="0")}
+    app = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && exec sleep 60"], env=env)
+    try:
+        wait_until = time.monotonic() + 10
+        while str(app.pid) not in (cgroup / "cgroup.procs").read_text().split():
+            assert time.monotonic() < wait_until, "the app did not join its cgroup"
+            time.sleep(0.02)
+        data = os.urandom(200_000)
+        out = handle_bytes(make_processor(make_settings(tmp_path, max_core_bytes=64 << 10)),
+                           request_for(app.pid), data)
+        assert out.outcome == "partial" and out.reason.startswith("size_limit"), out
+        assert out.destination == "pod" and Path(out.path).read_bytes() == data[: 64 << 10]
+    finally:
+        app.kill()
+        app.wait()
+
+
 # --- real runc containers (root) -------------------------------------------------------------------
-RUNC_FLAVOURS = {
-    "cgroupfs": lambda uid, cid: f"/kubepods/besteffort/pod{uid}/{cid}",
-    "systemd": lambda uid, cid: (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
-                                 f"{uid.replace('-', '_')}.slice/cri-containerd-{cid}.scope"),
-}
+#: cgroup driver -> the pod's QoS class in its kubelet-shaped cgroup path
+RUNC_FLAVOURS = {"cgroupfs": "besteffort", "systemd": "burstable"}
 
 
 @pytest.fixture
@@ -342,7 +350,7 @@ def runc_container(tmp_path):
         pod_uid = str(uuid.uuid4())
         cid = hashlib.sha256(pod_uid.encode()).hexdigest()
         bundle = tmp_path / f"bundle-{flavour}"
-        rootfs = busybox_rootfs(bundle / "rootfs")
+        busybox_rootfs(bundle / "rootfs")
         vol = tmp_path / f"vol-{flavour}"
         vol.mkdir()
         os.chown(vol, 1000, 1000)
@@ -355,7 +363,7 @@ def runc_container(tmp_path):
         cfg["hostname"] = "web-7d9c-abcde"
         cfg["mounts"].append({"destination": "/pod/data/dump", "type": "bind", "source": str(vol),
                               "options": ["rbind", "rw"]})
-        cgpath = RUNC_FLAVOURS[flavour](pod_uid, cid)
+        cgpath = cgroups_path(flavour, pod_uid, cid, RUNC_FLAVOURS[flavour])
         cfg["linux"]["cgroupsPath"] = cgpath
         (bundle / "config.json").write_text(json.dumps(cfg))
         name = f"cdw-{flavour}-{os.getpid()}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -39,13 +38,6 @@ AGENT = Path(__file__).resolve().parent / "recorded" / "agent"
 POD = "web-7d9f8c6b5-x2kqp"
 POD_PATH = f"/api/v1/namespaces/shop/pods/{POD}"
 EVENTS_PATH = "/api/v1/namespaces/shop/events"
-
-
-def wait_for(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def record_for(pod_uid: str, cid: str, request: dict | None) -> podwatch.PodRecord:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import threading
@@ -22,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import which_or_fail
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import which_or_fail
+from tests.crash_support import check_elf_core, reap, segv, spooled_crash, start_sleepers
+from tests.process_support import wait_for
 from webhook import constants
 from webhook.agent import install
 from webhook.agent.server import AgentServer, ServerOutcome, crash_request
@@ -32,30 +33,6 @@ from webhook.agent.settings import AgentSettings
 from webhook.agent.sysctl import CORE_PATTERN, CORE_PIPE_LIMIT, Sysctl, is_our_pattern
 
 pytestmark = pytest.mark.kernel
-
-ET_CORE = 4
-PT_LOAD = 1
-PT_NOTE = 4
-
-
-def check_elf_core(data: bytes) -> None:
-    """A complete 64-bit ELF core: magic, e_type ET_CORE, a note, every segment inside."""
-    assert data[:4] == b"\x7fELF", data[:16]
-    assert data[4] == 2  # ELFCLASS64
-    (e_type,) = struct.unpack_from("<H", data, 16)
-    assert e_type == ET_CORE
-    (e_phoff,) = struct.unpack_from("<Q", data, 32)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
-    types, end = [], 0
-    for i in range(e_phnum):
-        off = e_phoff + i * e_phentsize
-        p_type, = struct.unpack_from("<I", data, off)
-        p_offset, = struct.unpack_from("<Q", data, off + 8)
-        p_filesz, = struct.unpack_from("<Q", data, off + 32)
-        types.append(p_type)
-        end = max(end, p_offset + p_filesz)
-    assert PT_NOTE in types and PT_LOAD in types
-    assert end == len(data), f"segments end at {end}, core has {len(data)} bytes: cut short"
 
 
 @dataclass
@@ -125,29 +102,6 @@ def agent_env(kernel, bin_dir):
             shutil.rmtree(host, ignore_errors=True)
 
 
-def start_sleepers(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
-
-
-def segv(procs: list[subprocess.Popen]) -> None:
-    time.sleep(0.05)  # exec'd
-    for p in procs:
-        os.kill(p.pid, signal.SIGSEGV)
-
-
-def reap(procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    for p in procs:
-        assert p.wait(timeout) == -signal.SIGSEGV
-
-
-def wait_for(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def test_install_sets_the_kernel_and_restores_it(agent_env):
     host, settings, _ = agent_env
     s = settings()
@@ -191,12 +145,7 @@ def test_agent_down_spools_and_a_later_agent_delivers(agent_env):
     host, settings, serve = agent_env
     s = settings()
     install.install(s)  # the pattern points at the helper, but no agent listens
-    (proc,) = start_sleepers(1)
-    segv([proc])
-    reap([proc])
-    # the helper lets the process go as soon as the core is read, then fsyncs and renames
-    wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 10)
-    (entry,) = list((host / "spool").iterdir())
+    proc, entry = spooled_crash(host)
     assert entry.name.endswith(f"-{proc.pid}")
     assert "agent unreachable" in (entry / "reason").read_text()
     check_elf_core((entry / "core").read_bytes())

@@ -5,13 +5,12 @@ and the crash path's metadata gaining image, labels and owner from the index."""
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.process_support import wait_for
 from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
 from webhook.agent import podwatch
 from webhook.agent.podwatch import PodIndex, PodWatcher
@@ -36,13 +35,6 @@ class EmptyWatch(Recorded):
 
 GONE = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "too old resource version: 481750 (482910)", "reason": "Expired", "code": 410}
-
-
-def wait_for(cond, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_record_from_a_recorded_pod():
@@ -95,7 +87,7 @@ def test_list_watch_expire_relist_against_a_real_socket():
                              backoff_start=0.05, backoff_max=0.1)
         watcher.start()
         try:
-            wait_for(lambda: len(api.requests) >= 8)
+            wait_for(lambda: len(api.requests) >= 8, 15)
         finally:
             watcher.stop()
         reqs = [r for r in api.requests if r["path"] == "/api/v1/pods"]
@@ -127,7 +119,7 @@ def test_unreachable_api_only_counts_errors():
     watcher = PodWatcher(client.ApiClient(cfg), "node-3", backoff_start=0.05, backoff_max=0.1, request_timeout=2)
     watcher.start()
     try:
-        wait_for(lambda: watcher.errors >= 2)
+        wait_for(lambda: watcher.errors >= 2, 15)
     finally:
         watcher.stop()
     assert len(watcher.index) == 0 and not watcher.index.synced.is_set()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -16,8 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import which_or_fail
+from tests.crash_support import build_programs, check_elf_core
+from tests.process_support import wait_for
 from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
-from tests.test_agent_kernel import agent_env, check_elf_core, wait_for  # noqa: F401 - agent_env is a fixture
+from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from webhook import constants
 from webhook.agent import install
 from webhook.agent.analysis import SignatureJob, SignatureWorker
@@ -54,14 +55,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory) -> dict[str, Path]:
-    gcc = which_or_fail("gcc")
-    out = tmp_path_factory.mktemp("crashers")
-    built = {}
-    for name, src in (("crasher", CRASHER_C), ("other", OTHER_C)):
-        (out / f"{name}.c").write_text(src)
-        subprocess.run([gcc, "-g", "-O0", "-o", str(out / name), str(out / f"{name}.c")], check=True)
-        built[name] = out / name
-    return built
+    return build_programs(tmp_path_factory.mktemp("crashers"), {"crasher": CRASHER_C, "other": OTHER_C})
 
 
 def registered_crash(exe: Path, cgroup: Path, pod_uid: str, pattern: str) -> int:

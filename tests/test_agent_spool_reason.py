@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.test_agent_kernel import agent_env, check_elf_core, reap, segv, start_sleepers, wait_for  # noqa: F401
+from tests.crash_support import check_elf_core, spooled_crash
+from tests.process_support import wait_for
+from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from tests.test_helper import ARGV, host, run_helper, settings_for, spool_entries  # noqa: F401
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor, CrashRequest
@@ -29,8 +31,13 @@ def processor_for(settings) -> CrashProcessor:
     return CrashProcessor(settings, None, events=False, notifier=False, signatures=False, metrics=AgentMetrics(CollectorRegistry()))
 
 
+def metadata_files(cores: Path) -> list[Path]:
+    """Committed ``<core>.json`` files (not the writer's hidden temporary ones)."""
+    return [p for p in cores.rglob("*.json") if not p.name.startswith(".")]
+
+
 def only_core(cores: Path) -> tuple[Path, dict]:
-    (meta_path,) = [p for p in cores.rglob("*.json")]
+    (meta_path,) = metadata_files(cores)
     return meta_path.with_suffix(""), json.loads(meta_path.read_text())
 
 
@@ -69,14 +76,10 @@ def test_kernel_crash_while_the_agent_is_down_says_why_in_its_metadata(agent_env
     host, settings, serve = agent_env
     s = settings(keep_free_bytes=0, unregistered="node")
     install.install(s)  # the pattern points at the helper, but no agent listens
-    (proc,) = start_sleepers(1)
-    segv([proc])
-    reap([proc])
-    wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 10)
-    (entry,) = list((host / "spool").iterdir())
+    proc, entry = spooled_crash(host)
     reason = (entry / "reason").read_text().strip()
     serve(s, processor_for(s).handle)  # drains the spool at start
-    wait_for(lambda: list(Path(s.node_cores_dir).rglob("*.json")))
+    wait_for(lambda: metadata_files(Path(s.node_cores_dir)))
     core_path, meta = only_core(Path(s.node_cores_dir))
     data = core_path.read_bytes()
     check_elf_core(data)

@@ -4,12 +4,12 @@ files appear only complete, never over an existing name. Checked on the host sid
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
+from tests import runc_support
 from webhook.agent.writer import TMP_PREFIX, OutputFile, SafeRoot, UnsafePath, write_small_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -127,14 +127,8 @@ def test_file_in_the_way_of_a_directory(tmp_path):
 
 # --- real mount namespaces ------------------------------------------------------------------------
 def busybox_rootfs(path) -> str:
-    bb = shutil.which("busybox")
-    if bb is None:
-        pytest.fail("busybox missing: scripts/test.sh installs busybox-static")
-    for d in ("bin", "proc", "sys", "dev", "etc", "tmp", "data"):
-        os.makedirs(os.path.join(path, d), exist_ok=True)
-    if not os.path.exists(os.path.join(path, "bin", "busybox")):  # may be running already
-        shutil.copy(bb, os.path.join(path, "bin", "busybox"))
-        subprocess.run(["chroot", str(path), "/bin/busybox", "--install", "-s", "/bin"], check=True)
+    """The busybox image with an empty /data to mount a private tmpfs on."""
+    (runc_support.busybox_rootfs(path) / "data").mkdir(exist_ok=True)
     return str(path)
 
 

@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -30,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KERNEL_SETTINGS, which_or_fail
 
+from tests.conftest import KERNEL_SETTINGS, which_or_fail
+from tests.crash_support import check_elf_core
+from tests.process_support import wait_for
 from tests.runc_support import (
     CGROUP_FLAVOURS,
     Node,
@@ -52,7 +53,6 @@ NODE_NAME = "node-e2e-1"
 APP_IMAGE = "registry.example.com/shop/web:1.4.2"
 SIDECAR_IMAGE = "registry.example.com/library/busybox:1.36"
 ADMISSION = AdmissionSettings()
-ET_CORE = 4
 RUN_UID, RUN_GID = 1000, 3000
 
 #: The app's shell (PID 1 of its pid namespace, which would ignore a SIGSEGV it sent itself)
@@ -176,17 +176,6 @@ class Agent:
         return self.proc.wait(30)
 
 
-def wait_for(cond, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def agent(kernel, bin_dir):
     """Start ``coredump agent run`` (metrics, events, pod watch and gdb signatures off) and wait
@@ -242,25 +231,6 @@ def node_factory(tmp_path, bin_dir):
 
 
 # --- checks ---------------------------------------------------------------------------------------
-def check_elf_core(data: bytes) -> None:
-    """A complete 64-bit ELF core: e_type ET_CORE, PT_NOTE and PT_LOAD, every segment inside."""
-    assert data[:4] == b"\x7fELF" and data[4] == 2, data[:16]
-    (e_type,) = struct.unpack_from("<H", data, 16)
-    assert e_type == ET_CORE
-    (e_phoff,) = struct.unpack_from("<Q", data, 32)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
-    types, end = set(), 0
-    for i in range(e_phnum):
-        off = e_phoff + i * e_phentsize
-        (p_type,) = struct.unpack_from("<I", data, off)
-        (p_offset,) = struct.unpack_from("<Q", data, off + 8)
-        (p_filesz,) = struct.unpack_from("<Q", data, off + 32)
-        types.add(p_type)
-        end = max(end, p_offset + p_filesz)
-    assert {1, 4} <= types
-    assert end == len(data), f"segments end at {end}, the core has {len(data)} bytes"
-
-
 def core_limit_line(limits_txt: str) -> list[str]:
     (line,) = [x for x in limits_txt.splitlines() if x.startswith("Max core file size")]
     return line.split()[4:6]

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import which_or_fail
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import which_or_fail
 from webhook.agent import install
 from webhook.agent.endpoints import HealthServer, parse_bind
 from webhook.agent.server import AgentServer, ServerOutcome

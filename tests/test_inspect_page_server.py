@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import requests
 from certs import generate as gen
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.inspect_data import write_core
-from tests.test_server_tls import free_port
+from tests.process_support import free_port, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
@@ -57,19 +56,6 @@ class Page:
         return [int(p) for p in out.stdout.split()]
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.returncode
-
-
 @contextlib.contextmanager
 def running_page(tmp: Path, *args: str, env: dict[str, str] | None = None, scheme: str = "http",
                  verify: str | bool = True, prefix: tuple[str, ...] = (), host: str = "127.0.0.1") -> Iterator[Page]:
@@ -94,7 +80,7 @@ def running_page(tmp: Path, *args: str, env: dict[str, str] | None = None, schem
             time.sleep(0.1)
         yield page
     finally:
-        code = _stop(proc)
+        code = stop_group(proc)
         assert code == 0, f"exit {code}:\n{page.log()}"  # a clean, graceful shutdown
 
 

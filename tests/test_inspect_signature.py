@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import which_or_fail
+from tests.crash_support import build_programs
 from webhook.inspect import signature as sig
 
 SEGV_C = r"""
@@ -37,14 +38,7 @@ int main(int argc, char **argv) { g(argc); return 0; }
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory) -> dict[str, Path]:
-    gcc = which_or_fail("gcc")
-    out = tmp_path_factory.mktemp("progs")
-    built = {}
-    for name, src in (("segv", SEGV_C), ("abrt", ABRT_C)):
-        (out / f"{name}.c").write_text(src)
-        subprocess.run([gcc, "-g", "-O0", "-o", str(out / name), str(out / f"{name}.c")], check=True)
-        built[name] = out / name
-    return built
+    return build_programs(tmp_path_factory.mktemp("progs"), {"segv": SEGV_C, "abrt": ABRT_C})
 
 
 def _unlimited_core() -> None:

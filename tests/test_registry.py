@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import which_or_fail
+from tests.process_support import free_port
 from webhook.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -59,12 +60,6 @@ with warnings.catch_warnings():
 RECORDED = Path(__file__).parent / "recorded" / "registry"
 USER, PASSWORD = "puller", "pull-secret-pw"
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server(http.server.ThreadingHTTPServer):

@@ -28,18 +28,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from certs import generate as gen
+from tests.process_support import free_port, stop_group
 from webhook import constants as C
 
 REPO = Path(__file__).resolve().parent.parent
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
 BODY_LIMIT = 64 * 1024
-
-
-def free_port() -> int:
-    """A port free right now (gunicorn cannot bind port 0 and report it back)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def review_body(uid: str = "uid-1", annotated: bool = True) -> bytes:
@@ -100,20 +94,6 @@ class Server:
         return {int(p) for p in out.stdout.split()}
 
 
-def stop(proc: subprocess.Popen, timeout: float = 15) -> int:
-    """SIGTERM the server's process group; SIGKILL it if it does not go."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.returncode
-
-
 @contextlib.contextmanager
 def running_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     cert_dir = tmp / "certs"
@@ -146,7 +126,7 @@ def running_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> 
             time.sleep(0.1)
         yield server
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +253,17 @@ def _fp(cert: x509.Certificate) -> bytes:
     return cert.fingerprint(hashes.SHA256())
 
 
+def wait_for_certificate(server: Server, cafile: Path, bundle: gen.CertBundle, timeout: float = 10) -> None:
+    """New connections (trusting ``cafile``) get ``bundle``'s certificate within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ssl.SSLCertVerificationError):
+            if _fp(peer_cert(server, cafile=cafile)) == _fp(gen.load_cert(bundle.tls_crt)):
+                return
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+
+
 def test_rotation_under_load_drops_nothing(tmp_path: Path) -> None:
     with running_server(tmp_path) as server:
         old_pem = (server.cert_dir / "tls.crt").read_bytes()
@@ -363,13 +354,7 @@ def test_broken_rotation_keeps_serving_the_old_certificate(tmp_path: Path) -> No
         gen.write_bundle(a, server.cert_dir)  # the rest of the rotation arrives
         new_ca = tmp_path / "a-ca.crt"
         new_ca.write_bytes(a.ca_crt)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(ssl.SSLCertVerificationError):
-                if _fp(peer_cert(server, cafile=new_ca)) == _fp(gen.load_cert(a.tls_crt)):
-                    break
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
+        wait_for_certificate(server, new_ca, a)
 
 
 def _secret_volume_swap(cert_dir: Path, bundle: gen.CertBundle, version: str) -> None:
@@ -403,13 +388,7 @@ def test_secret_volume_style_rotation(tmp_path: Path) -> None:
         assert (server.cert_dir / "tls.crt").read_bytes() == second.tls_crt
         ca = tmp_path / "second-ca.crt"
         ca.write_bytes(second.ca_crt)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(ssl.SSLCertVerificationError):
-                if _fp(peer_cert(server, cafile=ca)) == _fp(gen.load_cert(second.tls_crt)):
-                    break
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
+        wait_for_certificate(server, ca, second)
         assert server.request("POST", "/mutate", review_body("after-swap"), conn=server.conn(cafile=ca))[0] == 200
 
 

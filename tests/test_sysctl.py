@@ -6,6 +6,7 @@ marked ``kernel`` use the real /proc/sys through the ``kernel`` fixture, which r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,11 +15,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
+from tests.process_support import free_port, wait_for
 from webhook.agent import install
 from webhook.agent.commands import agent as agent_cli
 from webhook.agent.commands import run_agent
@@ -250,11 +254,9 @@ def _noop_handler_factory(settings, previous):
     return handle
 
 
-def test_run_agent_restores_on_stop(short_tmp, bin_dir):
-    from prometheus_client import CollectorRegistry
-
-    s = fake_proc_sys(short_tmp / "sys")
-    settings = agent_settings(short_tmp / "host", str(short_tmp / "sys"), bin_dir / "coredump-helper")
+@contextlib.contextmanager
+def agent_thread(settings: AgentSettings) -> Iterator[threading.Thread]:
+    """``run_agent`` (no-op handler, its own registry) in a thread; stopped when the block ends."""
     stop = threading.Event()
     t = threading.Thread(
         target=run_agent,
@@ -263,46 +265,36 @@ def test_run_agent_restores_on_stop(short_tmp, bin_dir):
     )
     t.start()
     try:
-        _wait(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings))
-        assert os.path.exists(settings.socket_path)
-        assert os.stat(settings.socket_path).st_mode & 0o777 == 0o600
+        yield t
     finally:
         stop.set()
         t.join(30)
+
+
+def test_run_agent_restores_on_stop(short_tmp, bin_dir):
+    s = fake_proc_sys(short_tmp / "sys")
+    settings = agent_settings(short_tmp / "host", str(short_tmp / "sys"), bin_dir / "coredump-helper")
+    with agent_thread(settings) as t:
+        wait_for(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings), 15)
+        assert os.path.exists(settings.socket_path)
+        assert os.stat(settings.socket_path).st_mode & 0o777 == 0o600
     assert not t.is_alive()
     assert current(s) == ORIGINALS
     assert not os.path.exists(settings.socket_path)
 
 
 def test_a_second_agent_on_the_same_host_dir_changes_nothing(short_tmp, bin_dir):
-    from prometheus_client import CollectorRegistry
-
     s = fake_proc_sys(short_tmp / "sys")
     settings = agent_settings(short_tmp / "host", str(short_tmp / "sys"), bin_dir / "coredump-helper")
-    stop = threading.Event()
-    kw = {"handler_factory": _noop_handler_factory, "registry": CollectorRegistry()}
-    t = threading.Thread(target=run_agent, args=(settings, stop), kwargs=kw)
-    t.start()
-    try:
-        _wait(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings))
+    with agent_thread(settings):
+        wait_for(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings), 15)
         with pytest.raises(RuntimeError, match="already listening"):
             run_agent(settings, threading.Event(), handler_factory=_noop_handler_factory, registry=CollectorRegistry())
         # the live agent's pattern, backup and socket are untouched
         assert s.read(CORE_PATTERN) == install.helper_pattern(settings)
         assert Path(settings.host_dir, install.BACKUP_NAME).exists()
         assert os.path.exists(settings.socket_path)
-    finally:
-        stop.set()
-        t.join(30)
     assert current(s) == ORIGINALS
-
-
-def _wait(cond, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def agent_process(settings: AgentSettings, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -331,7 +323,7 @@ def _kill9_then_restart_then_stop(s: Sysctl, originals: dict[str, str], settings
     logs_dir = Path(settings.host_dir).parent
     first = agent_process(settings, logs_dir / "first.log")
     try:
-        _wait(lambda: serving(logs_dir / "first.log"), 60)
+        wait_for(lambda: serving(logs_dir / "first.log"), 60)
         assert s.read(CORE_PATTERN) == ours
     finally:
         first.kill()
@@ -342,7 +334,7 @@ def _kill9_then_restart_then_stop(s: Sysctl, originals: dict[str, str], settings
     assert backup["values"] == originals
     second = agent_process(settings, logs_dir / "second.log")
     try:
-        _wait(lambda: serving(logs_dir / "second.log"), 60)
+        wait_for(lambda: serving(logs_dir / "second.log"), 60)
         assert s.read(CORE_PATTERN) == ours
     finally:
         second.send_signal(signal.SIGTERM)
@@ -371,15 +363,10 @@ def test_agent_process_kill9_restart_stop_restores_real_kernel(kernel, short_tmp
 
 
 def test_run_agent_serves_health_metrics_and_trims_the_node_location(short_tmp, bin_dir):
-    import socket as socketlib
     import urllib.request
 
-    from prometheus_client import CollectorRegistry
-
     s = fake_proc_sys(short_tmp / "sys")
-    with socketlib.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = AgentSettings(
         host_dir=str(short_tmp / "host"), sysctl_root=str(short_tmp / "sys"),
         helper_binary=str(bin_dir / "coredump-helper"), metrics_bind=f"127.0.0.1:{port}",
@@ -389,20 +376,10 @@ def test_run_agent_serves_health_metrics_and_trims_the_node_location(short_tmp, 
     old.parent.mkdir(parents=True)
     old.write_bytes(b"old core")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    stop = threading.Event()
-    t = threading.Thread(
-        target=run_agent,
-        args=(settings, stop),
-        kwargs={"handler_factory": _noop_handler_factory, "registry": CollectorRegistry()},
-    )
-    t.start()
-    try:
-        _wait(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings))
+    with agent_thread(settings):
+        wait_for(lambda: s.read(CORE_PATTERN) == install.helper_pattern(settings), 15)
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read() == b"ok\n"
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "coredump_agent_dumps_in_progress 0.0" in body
-        _wait(lambda: not old.exists())
-    finally:
-        stop.set()
-        t.join(30)
+        wait_for(lambda: not old.exists(), 15)
     assert current(s) == ORIGINALS

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import which_or_fail
+from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
 from webhook.constants import (
     ENV_COREDUMP_FILTER,
     ENV_WRAPPER_DEBUG,
@@ -567,31 +568,11 @@ def test_chroot_list_and_cat_without_any_shell(wrapper, tmp_path):
 
 
 # --- a real OCI container ----------------------------------------------------------------------
-def _remove_cgroup(rel: str) -> None:
-    """runc leaves the container's (and its parents') empty cgroup directories behind."""
-    base = Path("/sys/fs/cgroup")
-    roots = [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
-    for root in roots:
-        parts = Path(rel.strip("/")).parts
-        for depth in range(len(parts), 0, -1):
-            d = root.joinpath(*parts[:depth])
-            if d.is_dir():
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
-
-
 @pytest.mark.root
 def test_runc_container_sees_the_raised_limit(wrapper, tmp_path):
     runc = which_or_fail("runc")
-    busybox = Path("/bin/busybox")
     bundle = tmp_path / "bundle"
-    rootfs = bundle / "rootfs"
-    for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-        (rootfs / d).mkdir(parents=True)
-    shutil.copy(busybox, rootfs / "bin" / "busybox")
-    subprocess.run(["chroot", str(rootfs), "/bin/busybox", "--install", "-s", "/bin"], check=True)
+    busybox_rootfs(bundle / "rootfs")
     subprocess.run([runc, "spec"], cwd=bundle, check=True)
     spec = json.loads((bundle / "config.json").read_text())
     container_id = "cdw-wrapper-" + uuid.uuid4().hex[:12]
@@ -611,7 +592,7 @@ def test_runc_container_sees_the_raised_limit(wrapper, tmp_path):
         res = run([runc, "run", "-b", bundle, container_id])
     finally:
         subprocess.run([runc, "delete", "-f", container_id], capture_output=True)
-        _remove_cgroup(cgroup)
+        remove_cgroup_dirs(cgroup)  # runc leaves the empty cgroup directories behind
     assert res.returncode == 3, res.stderr
     lines = res.stdout.splitlines()
     assert re.match(r"Max core file size\s+unlimited\s+unlimited\s+bytes", lines[0]), res.stdout

@@ -1,0 +1,75 @@
+"""Helpers for tests that crash real processes: programs to crash, SIGSEGV'd sleepers, and the
+check that what came out is a complete ELF core."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import which_or_fail
+from tests.process_support import wait_for
+
+ET_CORE = 4
+PT_LOAD = 1
+PT_NOTE = 4
+
+
+def check_elf_core(data: bytes) -> None:
+    """A complete 64-bit ELF core: magic, e_type ET_CORE, a note, every segment inside."""
+    assert data[:4] == b"\x7fELF", data[:16]
+    assert data[4] == 2  # ELFCLASS64
+    (e_type,) = struct.unpack_from("<H", data, 16)
+    assert e_type == ET_CORE
+    (e_phoff,) = struct.unpack_from("<Q", data, 32)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    types, end = [], 0
+    for i in range(e_phnum):
+        off = e_phoff + i * e_phentsize
+        p_type, = struct.unpack_from("<I", data, off)
+        p_offset, = struct.unpack_from("<Q", data, off + 8)
+        p_filesz, = struct.unpack_from("<Q", data, off + 32)
+        types.append(p_type)
+        end = max(end, p_offset + p_filesz)
+    assert PT_NOTE in types and PT_LOAD in types
+    assert end == len(data), f"segments end at {end}, core has {len(data)} bytes: cut short"
+
+
+def build_programs(out: Path, sources: dict[str, str]) -> dict[str, Path]:
+    """Compile each C source (name -> text) with debug info and no optimisation into ``out``."""
+    gcc = which_or_fail("gcc")
+    built = {}
+    for name, src in sources.items():
+        (out / f"{name}.c").write_text(src)
+        subprocess.run([gcc, "-g", "-O0", "-o", str(out / name), str(out / f"{name}.c")], check=True)
+        built[name] = out / name
+    return built
+
+
+def start_sleepers(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+
+
+def segv(procs: list[subprocess.Popen]) -> None:
+    time.sleep(0.05)  # exec'd
+    for p in procs:
+        os.kill(p.pid, signal.SIGSEGV)
+
+
+def reap(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    for p in procs:
+        assert p.wait(timeout) == -signal.SIGSEGV
+
+
+def spooled_crash(host: Path) -> tuple[subprocess.Popen, Path]:
+    """Crash one sleeper while no agent listens; returns it and the helper's one finished spool
+    entry (the helper lets the process go as soon as the core is read, then fsyncs and renames)."""
+    (proc,) = start_sleepers(1)
+    segv([proc])
+    reap([proc])
+    wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 10)
+    (entry,) = list((host / "spool").iterdir())
+    return proc, entry
