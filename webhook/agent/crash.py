@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable
 
+from webhook import constants
 from webhook.agent import chain as chain_mod
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
@@ -470,7 +471,7 @@ class CrashProcessor:
         commit_error = None
         if result.complete or result.size > 0:
             try:
-                final = out.commit(target.name, ext if result.complete else ext + ".partial")
+                final = out.commit(target.name, ext if result.complete else ext + constants.PARTIAL_SUFFIX)
             except OSError as exc:
                 commit_error = f"{exc.strerror or exc}"
                 out.discard()
