@@ -329,8 +329,13 @@ def test_concurrency_is_bounded(host, serve):
         subprocess.Popen([str(host / "coredump-helper"), *ARGV], stdin=subprocess.PIPE, cwd="/", env={})
         for _ in range(5)
     ]
+    # Every core is complete before waiting on any helper: the two slots may go to any two of
+    # them, and a handler reads its core to EOF while the others queue for a slot.
     for i, p in enumerate(procs):
-        p.communicate(bytes([i]) * 100, timeout=60)
+        p.stdin.write(bytes([i]) * 100)
+        p.stdin.close()
+    for p in procs:
+        p.wait(timeout=60)
     assert len(rec.seen) == 5
     assert rec.max_active == 2
     assert sorted(d[0] for _, d in rec.seen) == [0, 1, 2, 3, 4]

@@ -120,12 +120,6 @@ def agent() -> None:
     """The node agent (runs as a DaemonSet, one per node)."""
 
 
-def _crash_handler(settings: AgentSettings, previous_pattern: str) -> Callable[[Any, int], Any]:
-    from webhook.agent.crash import CrashProcessor
-
-    return CrashProcessor(settings, previous_pattern=previous_pattern or None).handle
-
-
 def make_pod_watch(settings: AgentSettings) -> Any:
     """The pod watch (not started), or None when off, without a node name or without an API."""
     if not settings.watch_pods:
@@ -134,8 +128,9 @@ def make_pod_watch(settings: AgentSettings) -> Any:
         log.info("pod watch off: no --node-name (set it from the downward API spec.nodeName)")
         return None
     from webhook.agent import podwatch
+    from webhook.kubeclient import api_client_or_none
 
-    api = podwatch.api_client_or_none()
+    api = api_client_or_none("pod watch")
     if api is None:
         return None
     return podwatch.PodWatcher(api, settings.node_name)
@@ -156,14 +151,6 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
                                timeout=settings.gcore_timeout_seconds)
         watch.on_pod = service.on_pod
     return processor.handle, watch
-
-
-def _metrics_registry() -> Any:
-    try:
-        from webhook.agent.metrics import REGISTRY
-    except ImportError:  # the crash path's metrics module is optional here
-        from prometheus_client import REGISTRY
-    return REGISTRY
 
 
 def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS) -> None:
@@ -201,11 +188,11 @@ def run_agent(
     """
     from webhook.agent import install
     from webhook.agent.endpoints import HealthServer
+    from webhook.agent.metrics import REGISTRY
     from webhook.agent.server import AgentServer
-
     from webhook.agent.sysctl import CORE_PATTERN
 
-    registry = registry if registry is not None else _metrics_registry()
+    registry = registry if registry is not None else REGISTRY
     backup = install.prepare(settings)
     previous = backup.values.get(CORE_PATTERN, "")
     watch = None

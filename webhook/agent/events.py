@@ -7,14 +7,11 @@ API server never delays the helper's answer.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from webhook import constants
 from webhook.agent.background import BackgroundSender, SendsInBackground
 from webhook.agent.metadata import iso_time
-
-log = logging.getLogger(__name__)
 
 COMPONENT = "coredump-agent"
 REPORTING_CONTROLLER = "coredump-webhook.io/agent"
@@ -105,14 +102,7 @@ def make_event_poster(enabled: bool = True) -> EventPoster | None:
     """In-cluster config, else the local kubeconfig; None when disabled or neither works."""
     if not enabled:
         return None
-    from kubernetes import client, config
+    from webhook.kubeclient import api_client_or_none
 
-    try:
-        config.load_incluster_config()
-    except Exception:  # noqa: BLE001 - not in a cluster
-        try:
-            config.load_kube_config()
-        except Exception as exc:  # noqa: BLE001
-            log.info("no Kubernetes API configuration, events disabled: %s", exc)
-            return None
-    return EventPoster(client.ApiClient())
+    api = api_client_or_none("events")
+    return EventPoster(api) if api is not None else None

@@ -301,17 +301,3 @@ class PodWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-
-def api_client_or_none() -> Any:
-    """In-cluster config, else the local kubeconfig; None (logged) when neither works."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except Exception:  # noqa: BLE001 - not in a cluster
-        try:
-            config.load_kube_config()
-        except Exception as exc:  # noqa: BLE001
-            log.info("no Kubernetes API configuration: pod watch off", extra={"detail": str(exc)})
-            return None
-    return client.ApiClient()

@@ -84,8 +84,8 @@ class ServerOutcome:
 class ServerMetrics:
     """The agent-level series this module owns (the crash path's own live in metrics.py)."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
+    def __init__(self, registry: CollectorRegistry) -> None:
+        kw = {"registry": registry}
         self.handovers = Counter(
             "coredump_agent_handovers_total",
             "Helper connections by result (accepted, protocol_error, helper_gave_up).",

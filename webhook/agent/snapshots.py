@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from webhook import constants
+from webhook.agent.background import QueueWorker
 from webhook.agent.crash import CrashRequest
 from webhook.agent.podwatch import PodRecord
 from webhook.agent.procinfo import identify, parse_cgroup, parse_status, read_process
@@ -81,13 +82,6 @@ def _parse_time(value: Any) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-@dataclass(frozen=True)
-class SnapshotRequest(CrashRequest):
-    """A CrashRequest for a live process: the crash path writes it, marks it ``gcore``."""
-
-    snapshot_id: str = ""
-
-
 def find_host_pid(container_id: str, pod_uid: str, nspid: int | None = None, proc: str = "/proc") -> int:
     """The host PID of a container's process: its main process, or the one with ``nspid``.
 
@@ -124,16 +118,17 @@ def find_host_pid(container_id: str, pod_uid: str, nspid: int | None = None, pro
 
 
 def snapshot_request(host_pid: int, record: PodRecord, req: GcoreRequest, now: float,
-                     proc: str = "/proc") -> SnapshotRequest:
-    """The crash path's request for a live process (what the kernel would have said)."""
+                     proc: str = "/proc") -> CrashRequest:
+    """The crash path's request for a live process (what the kernel would have said), marked
+    with the request id (``snapshot_id``: not rate limited, metadata says ``gcore``)."""
     with open(f"{proc}/{host_pid}/status") as f:
         status = parse_status(f.read())
     with open(f"{proc}/{host_pid}/comm") as f:
         comm = f.read().strip()
     nspid = status.nspid[-1] if status.nspid else host_pid
-    return SnapshotRequest(global_pid=host_pid, pid=nspid, global_tid=host_pid, tid=nspid, signal=0, time=int(now),
-                           rlimit_core=2**64 - 1, dump_mode=1, cpu=0, uid=status.uid or 0, gid=status.gid or 0,
-                           hostname=record.hostname or record.view.name, comm=comm, snapshot_id=req.id)
+    return CrashRequest(global_pid=host_pid, pid=nspid, global_tid=host_pid, tid=nspid, signal=0, time=int(now),
+                        rlimit_core=2**64 - 1, dump_mode=1, cpu=0, uid=status.uid or 0, gid=status.gid or 0,
+                        hostname=record.hostname or record.view.name, comm=comm, snapshot_id=req.id)
 
 
 def default_container(record: PodRecord) -> str | None:
@@ -145,7 +140,7 @@ def default_container(record: PodRecord) -> str | None:
     return targets[0] if targets and isinstance(targets[0], str) else None
 
 
-class GcoreService:
+class GcoreService(QueueWorker):
     """Takes gcore requests seen by the pod watch; one snapshot at a time, in its own thread."""
 
     def __init__(self, processor: Any, *, host_dir: str, node_name: str, events: Any = None,
@@ -164,10 +159,8 @@ class GcoreService:
         self.snapshot = snapshot or gcore.snapshot
         self._seen: dict[str, None] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
         self.results: list[dict] = []  # the summaries reported (tests, debugging)
-        self._thread = threading.Thread(target=self._run, name="agent-gcore", daemon=True)
-        self._thread.start()
+        super().__init__("agent-gcore", maxsize=8)
 
     # --- from the pod watch (must not block) -------------------------------------------------
     def on_pod(self, record: PodRecord) -> None:
@@ -203,16 +196,12 @@ class GcoreService:
                 self._seen.pop(next(iter(self._seen)))
             return True
 
-    # --- the work ----------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            record, req = self._queue.get()
-            try:
-                self.take(record, req)
-            except Exception:  # noqa: BLE001
-                log.exception("gcore failed", extra={"id": req.id})
-            finally:
-                self._queue.task_done()
+    # --- the work (QueueWorker's thread) -------------------------------------------------------
+    def _handle(self, item: tuple[PodRecord, GcoreRequest]) -> None:
+        self.take(*item)
+
+    def _failed(self, item: tuple[PodRecord, GcoreRequest], exc: Exception) -> None:
+        log.exception("gcore failed", extra={"id": item[1].id})
 
     def take(self, record: PodRecord, req: GcoreRequest) -> dict:
         """Serve one request (synchronously); returns the reported summary."""
@@ -222,8 +211,8 @@ class GcoreService:
         try:
             if not container:
                 raise GcoreRefused("no container named and the pod has no prepared target")
-            cid = next((i for i, name in record.view.container_ids.items() if name == container
-                        and self._is_current(record, container, i)), None)
+            # The running container's ID: the first listed for the name (status before lastState).
+            cid = next((i for i, name in record.view.container_ids.items() if name == container), None)
             if cid is None:
                 raise GcoreRefused(f"container {container} is not running in pod {record.view.name}")
             host_pid = find_host_pid(cid, record.view.uid, req.pid, self.proc)
@@ -251,12 +240,6 @@ class GcoreService:
         except (GcoreRefused, GcoreError, OSError) as exc:
             return self._report(record, req, container, failed=str(exc))
 
-    @staticmethod
-    def _is_current(record: PodRecord, container: str, cid: str) -> bool:
-        """The running container's ID: the last one listed for the name (status before lastState)."""
-        ids = [i for i, name in record.view.container_ids.items() if name == container]
-        return cid == ids[0]
-
     def _check_registered(self, host_pid: int, record: PodRecord, container: str) -> None:
         """Only a process the webhook prepared (env + matching cgroup) may be snapshotted."""
         info = read_process(host_pid, self.proc)
@@ -279,6 +262,4 @@ class GcoreService:
         return summary
 
     def flush(self, timeout: float = 60.0) -> bool:
-        done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
-        return done.wait(timeout)
+        return super().flush(timeout)

@@ -47,7 +47,6 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,6 +262,29 @@ static void guard_std_fds(void)
     }
 }
 
+/* Why a socket wait failed: a timeout (socket option or the phase's alarm) or errno's text. */
+static const char *wait_error(void)
+{
+    return (errno == EAGAIN || errno == EWOULDBLOCK || alarmed) ? "timed out" : strerror(errno);
+}
+
+/* Append argv[1..] to buf at len, each with its NUL, stopping before the first that does not
+ * fit. Returns the new length; *complete says whether every argument fit. */
+static size_t pack_args(char *buf, size_t size, size_t len, int argc, char **argv, int *complete)
+{
+    *complete = 1;
+    for (int i = 1; i < argc; i++) {
+        size_t a = strlen(argv[i]) + 1;
+        if (len + a > size) {
+            *complete = 0;
+            break;
+        }
+        memcpy(buf + len, argv[i], a);
+        len += a;
+    }
+    return len;
+}
+
 static void set_timeouts(int sock, long long ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -280,9 +302,9 @@ static int hand_over(int argc, char **argv, char *outcome, size_t outcome_size, 
 {
     struct sockaddr_un addr;
     char msg[MAX_MSG];
-    size_t len = 0;
+    size_t len;
     ssize_t n;
-    int sock;
+    int sock, complete;
 
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -305,16 +327,11 @@ static int hand_over(int argc, char **argv, char *outcome, size_t outcome_size, 
     }
 
     memcpy(msg, PROTO_HELLO, sizeof PROTO_HELLO); /* with its NUL */
-    len = sizeof PROTO_HELLO;
-    for (int i = 1; i < argc; i++) {
-        size_t a = strlen(argv[i]) + 1;
-        if (len + a > sizeof msg) {
-            snprintf(why, why_size, "arguments too long");
-            close(sock);
-            return 0;
-        }
-        memcpy(msg + len, argv[i], a);
-        len += a;
+    len = pack_args(msg, sizeof msg, sizeof PROTO_HELLO, argc, argv, &complete);
+    if (!complete) {
+        snprintf(why, why_size, "arguments too long");
+        close(sock);
+        return 0;
     }
     if (send(sock, msg, len, MSG_NOSIGNAL) != (ssize_t)len) {
         snprintf(why, why_size, "agent unreachable: send: %s", strerror(errno));
@@ -324,8 +341,7 @@ static int hand_over(int argc, char **argv, char *outcome, size_t outcome_size, 
     n = recv(sock, msg, sizeof msg - 1, 0);
     if (n != (ssize_t)strlen(PROTO_ACK) || memcmp(msg, PROTO_ACK, strlen(PROTO_ACK)) != 0) {
         if (n < 0)
-            snprintf(why, why_size, "no ACK from the agent: %s",
-                     (errno == EAGAIN || errno == EWOULDBLOCK || alarmed) ? "timed out" : strerror(errno));
+            snprintf(why, why_size, "no ACK from the agent: %s", wait_error());
         else
             snprintf(why, why_size, "no ACK from the agent: %s", n == 0 ? "connection closed" : "bad answer");
         close(sock); /* the agent reads EOF instead of "FD": it never gets the core */
@@ -373,8 +389,7 @@ static int hand_over(int argc, char **argv, char *outcome, size_t outcome_size, 
     } else if (n == 0) {
         snprintf(outcome, outcome_size, "no outcome: the agent closed the connection");
     } else {
-        snprintf(outcome, outcome_size, "no outcome: %s",
-                 (errno == EAGAIN || errno == EWOULDBLOCK || alarmed) ? "timed out" : strerror(errno));
+        snprintf(outcome, outcome_size, "no outcome: %s", wait_error());
     }
     close(sock);
     return 1;
@@ -475,8 +490,8 @@ static long long copy_core(int out, long long limit, int *eof, int *err)
 static void spool(int argc, char **argv, const char *why)
 {
     char spool_path[PATH_MAX], name[128], tmp[160], args[MAX_MSG], reason[1024], pidbuf[32];
-    size_t alen = 0;
-    int spool_fd, entry, core_fd;
+    size_t alen;
+    int spool_fd, entry, core_fd, complete;
     long long budget, written = 0, used;
     struct statvfs vfs;
     int eof = 0, err = 0, n;
@@ -523,10 +538,7 @@ static void spool(int argc, char **argv, const char *why)
         return;
     }
 
-    for (int i = 1; i < argc && alen + strlen(argv[i]) + 1 <= sizeof args; i++) {
-        memcpy(args + alen, argv[i], strlen(argv[i]) + 1);
-        alen += strlen(argv[i]) + 1;
-    }
+    alen = pack_args(args, sizeof args, 0, argc, argv, &complete); /* the hello's arguments (what fits) */
     write_file_at(entry, "args", args, alen);
 
     used = spool_usage(spool_fd);
