@@ -28,7 +28,6 @@ restores every kernel setting it touches, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os

@@ -215,7 +215,7 @@ def test_one_structured_log_line_per_review(client, caplog: pytest.LogCaptureFix
     assert r.objectName is None  # a Deployment's pod has only generateName
     assert r.patchOps == len(json.loads(base64.b64decode(out["patch"]))) > 0
     assert r.warnings == len(out.get("warnings", [])) and r.durationMs > 0
-    from webhook.server.logs import JsonFormatter
+    from webhook.logs import JsonFormatter
 
     line = json.loads(JsonFormatter().format(r))
     assert line["uid"] == r.uid and line["msg"] == "admission"

@@ -12,9 +12,7 @@ import json
 import logging
 import re
 import signal
-import sys
 import threading
-import time
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import click
 
 from webhook.agent import settings as settings_module
+from webhook import logs
 from webhook.agent.settings import AgentSettings
 
 log = logging.getLogger("webhook.agent")
@@ -35,33 +34,8 @@ STOP_WAIT_SECONDS = 20.0
 
 
 # --- structured logs ---------------------------------------------------------------------------
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and every ``extra`` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                doc[key] = value
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
-
-
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logs.configure(level, root=True, message_key="message", upper_level=True)
 
 
 # --- options from the settings dataclass -------------------------------------------------------

@@ -502,7 +502,7 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
 def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level):
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook.inspect import page_server
-    from webhook.server import logs
+    from webhook import logs
     from webhook.server.tls import CertLoadError
 
     settings = page_server.PageSettings(

@@ -45,7 +45,7 @@ def _env(name: str) -> str:
 def serve(**params: Any) -> None:
     """Serve the admission webhook over TLS: POST /mutate (and /validate), GET /healthz,
     /readyz, /metrics."""
-    from webhook.server import logs
+    from webhook import logs
     from webhook.server.tls import CertLoadError
 
     admission = settings_from_params(params)

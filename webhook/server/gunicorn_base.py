@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from gunicorn.app.base import BaseApplication
 
-from webhook.server.logs import gunicorn_logconfig
+from webhook.logs import gunicorn_logconfig
 from webhook.server.tls import CertReloader
 
 

@@ -1,4 +1,4 @@
-"""Structured JSON logs: one object per line on stderr."""
+"""Structured JSON logs: one object per line on stderr, for every command of the project."""
 
 from __future__ import annotations
 
@@ -12,33 +12,48 @@ from typing import Any
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+#: The project's logger namespaces (``coredump.*`` by name, ``webhook.*``/``certs.*`` by module).
+PROJECT_LOGGERS = ("coredump", "webhook", "certs")
+
+
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object: time, level, logger, msg, and the ``extra`` fields."""
+    """Formats a record as one JSON object: time, level, logger, message, and the ``extra`` fields.
+
+    The webhook's lines say ``msg`` and a lower-case level, the agent's ``message`` and an
+    upper-case level (each schema is what its log pipelines already read).
+    """
+
+    def __init__(self, message_key: str = "msg", upper_level: bool = False) -> None:
+        super().__init__()
+        self.message_key = message_key
+        self.upper_level = upper_level
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "level": record.levelname if self.upper_level else record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            self.message_key: record.getMessage(),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure(level: str = "info") -> None:
-    """Send the webhook's loggers (``coredump.*``) to stderr as JSON lines."""
+def configure(level: str = "info", *, root: bool = False, message_key: str = "msg",
+              upper_level: bool = False) -> None:
+    """Send the project's loggers (or, with ``root``, every logger) to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("coredump")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    handler.setFormatter(JsonFormatter(message_key, upper_level))
+    for name in ("",) if root else PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = root
 
 
 def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
@@ -46,7 +61,7 @@ def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "webhook.server.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "webhook.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
