@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -56,9 +57,12 @@ class Exec:
     """
 
     def __init__(self, root: Path | None = None, frame: int = 65536, wrapper: Path | None = None,
-                 missing: tuple[str, ...] = ()):
+                 missing: tuple[str, ...] = (), pace: float = 0.0):
         self.root = root
         self.frame = frame
+        #: Seconds between stdout frames: the client then sees them arrive one by one (it
+        #: reads every frame already received at once, which merges frames sent back to back).
+        self.pace = pace
         self.missing = frozenset(missing)
         if wrapper is not None:
             assert root is not None, "the wrapper is installed into the container's directory"
@@ -153,6 +157,9 @@ class FakeApiServer:
                     return
                 while block := proc.stdout.read(spec.frame):
                     self.wfile.write(self._frame(2, b"\x01" + block))
+                    if spec.pace:
+                        self.wfile.flush()
+                        time.sleep(spec.pace)
                 err = proc.stderr.read()
                 if err:
                     self.wfile.write(self._frame(2, b"\x02" + err))

@@ -85,7 +85,7 @@ def test_wait_stops_on_image_pull_error_and_on_timeout(server):
 def test_exec_streams_binary_and_reports_failures(server, tmp_path):
     data = os.urandom(300_000)
     (tmp_path / "blob").write_bytes(data)
-    server.route("GET", EXEC_PATH, Exec(frame=32768))
+    server.route("GET", EXEC_PATH, Exec(frame=32768, pace=0.02))
     api = server.api()
     chunks = list(kube.exec_stream(api, "shop", POD, "app", ["cat", str(tmp_path / "blob")]))
     assert b"".join(chunks) == data and len(chunks) > 1
