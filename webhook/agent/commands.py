@@ -155,6 +155,17 @@ def start_kernel_log(settings: AgentSettings, registry: Any, handled: Any, watch
         return None
 
 
+def recover_inflight(settings: AgentSettings, registry: Any, events: Any) -> None:
+    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported."""
+    from webhook.agent import inflight
+
+    try:
+        inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
+                         node=settings.node_name, events=events, registry=registry)
+    except Exception:  # noqa: BLE001 - recovery never stops the agent
+        log.exception("in-flight recovery failed")
+
+
 def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS) -> None:
     """Trim the node fallback location now and every ``interval`` seconds until ``stop``."""
     from webhook.agent.limits import apply_retention
@@ -220,6 +231,9 @@ def run_agent(
         if watch is not None:
             watch.start()
         kmsg = start_kernel_log(settings, registry, handled, watch, events)
+        # after the bind: no other agent serves this host dir, so every other entry is a leftover
+        threading.Thread(target=recover_inflight, args=(settings, registry, events), name="agent-recovery",
+                         daemon=True).start()
         applied = install.activate(settings)
         log.info(
             "agent serving",
