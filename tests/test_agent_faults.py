@@ -82,6 +82,7 @@ class Container:
         self.rel = f"kubepods/besteffort/pod{self.pod_uid}/{self.cid}"
         self.cgroup = Path("/sys/fs/cgroup/unified") / self.rel
         self.cgroup.mkdir(parents=True)
+        self.unshare: subprocess.Popen | None = None
         rootfs = busybox_rootfs(tmp_path / "rootfs")
         shutil.copy(_bigmem(tmp_path), rootfs / "bin" / "bigmem")
         os.makedirs(rootfs / "pod/data/dump", exist_ok=True)
@@ -94,7 +95,11 @@ class Container:
                   f"{rootfs} /bin/sh -c '/bin/bigmem {mib} & exec /bin/sleep 600'")
         self.unshare = subprocess.Popen(["unshare", "-mpf", "--kill-child", "--propagation", "private",
                                          "sh", "-c", script])
-        self.app = wait_for(self._app, 30, "bigmem filled")
+        try:
+            self.app = wait_for(self._app, 30, "bigmem filled")
+        except BaseException:
+            self.close()
+            raise
 
     def _app(self) -> int | None:
         for pid in _descendants(self.unshare.pid):
@@ -132,8 +137,9 @@ class Container:
             return True
 
     def close(self) -> None:
-        self.unshare.kill()
-        self.unshare.wait()
+        if self.unshare is not None:
+            self.unshare.kill()
+            self.unshare.wait()
         kill_cgroup(self.cgroup)
         remove_cgroup_dirs(self.rel)
 

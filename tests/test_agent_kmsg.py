@@ -23,7 +23,7 @@ from tests.process_support import wait_for
 from tests.runc_support import remove_cgroup_dirs
 from tests.test_agent_kernel import agent_env  # noqa: F401 - the kernel test's fixture
 from webhook.agent import install
-from webhook.agent.commands import _remembering
+from webhook.agent.commands import remembering_requests
 from webhook.agent.events import build_event
 from webhook.agent.kernellog import (
     Candidate,
@@ -128,7 +128,7 @@ def test_crashes_over_core_pipe_limit_are_counted_and_attributed(agent_env):  # 
         return ServerOutcome("written", "test", None, len(data))
 
     handled = RecentPids()
-    serve(s, _remembering(held, handled))
+    serve(s, held, request_factory=remembering_requests(handled))  # as `coredump agent run` wires it
     pod_uid = str(uuid.uuid4())
     cid = hashlib.sha256(pod_uid.encode()).hexdigest()
     index = PodIndex()

@@ -127,17 +127,23 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
     return processor.handle, watch
 
 
-def _remembering(handler: Callable[[Any, int], Any], handled: Any) -> Callable[[Any, int], Any]:
-    """The handler, noting each crash's global PID first: the kernel log reader must not take
-    a dump that reached the agent for the one the kernel dropped."""
+def remembering_requests(handled: Any, factory: Callable[[list[str], bool], Any] | None = None
+                         ) -> Callable[[list[str], bool], Any]:
+    """The server's request factory, noting each piped crash's global PID as soon as the helper
+    has handed it over (before it waits for a slot): the kernel log reader must not take a dump
+    that reached the agent for the one the kernel dropped."""
+    from webhook.agent.server import crash_request
 
-    def handle(request: Any, fd: int) -> Any:
+    make = factory or crash_request
+
+    def build(argv: list[str], spooled: bool) -> Any:
+        request = make(argv, spooled)
         pid = getattr(request, "global_pid", 0)
-        if pid:
+        if pid and not spooled:
             handled.add(pid)
-        return handler(request, fd)
+        return request
 
-    return handle
+    return build
 
 
 def start_kernel_log(settings: AgentSettings, registry: Any, handled: Any, watch: Any, events: Any) -> Any:
@@ -217,7 +223,7 @@ def run_agent(
     # the crash processor's Event poster, when the handler is one (the kernel log reuses it)
     events = getattr(getattr(handler, "__self__", None), "events", None)
     handled = RecentPids()
-    server = AgentServer(settings, _remembering(handler, handled), registry=registry)
+    server = AgentServer(settings, handler, registry=registry, request_factory=remembering_requests(handled))
     # Binding fails when another agent serves this host dir: then nothing here is ours to
     # restore, and the exception leaves before the finally below.
     server.start()
