@@ -17,14 +17,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.crash_support import build_programs
 from tests.process_support import stop_group, wait_for
 from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
 from tests.test_agent_crash import kill_cgroup, webhook_env
