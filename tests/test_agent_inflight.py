@@ -37,6 +37,11 @@ def _entry(**kw) -> dict:
     return base
 
 
+def test_tmp_names_never_collide():
+    core, meta_tmp = inflight.tmp_names("c" * 300)
+    assert core != meta_tmp and len(core) == len(meta_tmp) == 255 and core.startswith(".coredump-tmp.")
+
+
 def test_journal_keeps_others_leftovers_only(tmp_path):
     mine = inflight.Journal(str(tmp_path))
     earlier = inflight.Journal(str(tmp_path), instance="1-1")

@@ -50,10 +50,10 @@ _ENTRY_SUFFIX = ".json"
 
 
 def tmp_names(name: str) -> tuple[str, str]:
-    """Temporary names for a core and its metadata (the writer's prefix, one random token)."""
-    token = secrets.token_hex(6)
-    return (f"{TMP_PREFIX}{token}.{name}"[:255],
-            f"{TMP_PREFIX}{token}.{name}{constants.METADATA_SUFFIX}"[:255])
+    """Temporary names for a core and its metadata (the writer's prefix; distinct random tokens,
+    so even names cut at 255 bytes never collide)."""
+    return (f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255],
+            f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}{constants.METADATA_SUFFIX}"[:255])
 
 
 #: This agent process: its own entries are never "left over" for it, whichever Journal wrote them.
