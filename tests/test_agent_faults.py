@@ -213,7 +213,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
 
         def streaming():
             for p in vol.iterdir():
-                if p.name.startswith(".coredump-tmp.") and not p.name.endswith(".json") and p.stat().st_size > 0:
+                if p.name.startswith(".coredump-tmp.") and not p.name.endswith(".meta") and p.stat().st_size > 0:
                     return p
             return None
 

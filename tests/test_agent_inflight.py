@@ -39,7 +39,8 @@ def _entry(**kw) -> dict:
 
 def test_tmp_names_never_collide():
     core, meta_tmp = inflight.tmp_names("c" * 300)
-    assert core != meta_tmp and len(core) == len(meta_tmp) == 255 and core.startswith(".coredump-tmp.")
+    assert core != meta_tmp and len(core) == 255 and core.startswith(".coredump-tmp.")
+    assert meta_tmp.startswith(".coredump-tmp.") and not meta_tmp.endswith(".json") and len(meta_tmp) < 255
 
 
 def test_journal_keeps_others_leftovers_only(tmp_path):
@@ -113,6 +114,7 @@ def test_reserved_metadata_fits_on_a_full_volume(tmp_path):
         try:
             small = ReservedMetadata(dirfd, "a.json", reserve=8192)
             big = ReservedMetadata(dirfd, "b.json", reserve=8192)
+            assert not small.tmp_name.endswith(".json")  # no listing takes it for metadata meanwhile
             with open(vol / "filler", "wb", buffering=0) as f:  # the core fills the volume
                 with pytest.raises(OSError):
                     while True:

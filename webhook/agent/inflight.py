@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from webhook import constants
 from webhook.agent import metadata as meta
+from webhook.agent.metafile import reserved_tmp_name
 from webhook.agent.procinfo import parse_cgroup
 from webhook.agent.writer import MAX_SUFFIX, RESOLVE_NAME, TMP_PREFIX, SafeRoot, openat2, rename_noreplace, \
     write_small_file
@@ -52,8 +53,7 @@ _ENTRY_SUFFIX = ".json"
 def tmp_names(name: str) -> tuple[str, str]:
     """Temporary names for a core and its metadata (the writer's prefix; distinct random tokens,
     so even names cut at 255 bytes never collide)."""
-    return (f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255],
-            f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}{constants.METADATA_SUFFIX}"[:255])
+    return f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255], reserved_tmp_name(name)
 
 
 #: This agent process: its own entries are never "left over" for it, whichever Journal wrote them.

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 
-from webhook.agent.writer import OutputFile
+from webhook.constants import METADATA_SUFFIX
+from webhook.agent.writer import TMP_PREFIX, OutputFile
 
 #: Space held for the metadata while the core streams (a document is ~2 KiB; saved binaries
 #: and a signature make it larger, the signature being added later by its own rewrite).
@@ -25,6 +27,12 @@ ESSENTIAL_KEYS = (
     "file", "size", "stored_size", "sha256", "compression", "truncated", "truncated_reason", "spool_reason",
     "gcore", "gcore_request",
 )
+
+
+def reserved_tmp_name(core_name: str) -> str:
+    """The reservation's temporary name: never ending in ``.json``, so no listing (the wrapper,
+    the listing script, the page) takes a file still being filled for a core's metadata."""
+    return f"{TMP_PREFIX}{secrets.token_hex(6)}.{core_name[:200]}.meta"
 
 
 def compact(doc: dict) -> dict:
@@ -39,7 +47,8 @@ class ReservedMetadata:
 
     def __init__(self, dirfd: int, name: str, *, mode: int = 0o644, reserve: int = RESERVE_BYTES,
                  tmp_name: str | None = None) -> None:
-        self.out = OutputFile(dirfd, name, mode=mode, tmp_name=tmp_name)
+        stem = name[: -len(METADATA_SUFFIX)] if name.endswith(METADATA_SUFFIX) else name
+        self.out = OutputFile(dirfd, name, mode=mode, tmp_name=tmp_name or reserved_tmp_name(stem))
         self.reserved = 0
         try:
             _reserve(self.out.fd, reserve)
