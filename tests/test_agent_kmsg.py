@@ -66,6 +66,17 @@ def test_parse_record_and_the_coredump_failures():
     assert unsafe.reason == "unsafe_core_pattern" and not unsafe.is_crash
     sup = parse_drop("vfs_coredump: 12 callbacks suppressed")
     assert (sup.reason, sup.count, sup.pid) == ("suppressed", 12, 0)
+    old = {  # kernels before 6.10 (most nodes today)
+        "Pid 812(repro) over core_pipe_limit": ("over_core_pipe_limit", 812, "repro"),
+        "Process 9(a b) has RLIMIT_CORE set to 1": ("rlimit_core_one", 9, "a b"),
+        "Pid 3(x) can only dump core to fully qualified path!": ("suid_needs_absolute_path", 3, "x"),
+        "Core dump to |/var/lib/coredump-webhook/coredump-helper pipe failed": ("pipe_spawn_failed", 0, ""),
+        "format_corename failed": ("format_corename_failed", 0, ""),
+    }
+    for message, want in old.items():
+        d = parse_drop(message)
+        assert (d.reason, d.pid, d.comm) == want, message
+    assert parse_drop("Skipping core dump") is None and parse_drop("Aborting core") is None
     assert parse_drop("segv[6285]: segfault at 0 ip 000055b05180c155") is None
     assert parse_drop("e1000: 3 callbacks suppressed") is None
     assert parse_record(b"garbage") is None

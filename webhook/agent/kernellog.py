@@ -2,7 +2,8 @@
 
 ``fs/coredump.c`` reports every core it gives up on through ``coredump_report_failure``:
 ``coredump: <pid>(<comm>): <why>`` at KERN_WARNING, rate limited per call site (10 lines per 5 s;
-the rest become ``<function>: N callbacks suppressed``). The one that matters most here is
+the rest become ``<function>: N callbacks suppressed``). Kernels before 6.10 print the older
+forms (``Pid <pid>(<comm>) over core_pipe_limit``, ``Core dump to |<helper> pipe failed``, ...). The one that matters most here is
 ``over core_pipe_limit, skipping core dump``: a burst of crashes beyond ``kernel.core_pipe_limit``
 never reaches the helper, so without this module nothing in the product would know.
 
@@ -66,6 +67,17 @@ _CRASH_REASONS = frozenset(r for _, r in _REASONS) - {"unsafe_core_pattern"}
 
 _FAILURE_RE = re.compile(r"^coredump: (\d+)\((.*)\): (.*)$", re.S)
 _SUPPRESSED_RE = re.compile(r"^(\w*core\w*): (\d+) callbacks suppressed$")
+#: Kernels before 6.10 (plain printk, comm not escaped; most nodes today): (regex, reason);
+#: the groups are pid and comm when the line names the process.
+_OLD_FORMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^Pid (\d+)\((.*)\) over core_pipe_limit$", re.S), "over_core_pipe_limit"),
+    (re.compile(r"^Process (\d+)\((.*)\) has RLIMIT_CORE set to 1$", re.S), "rlimit_core_one"),
+    (re.compile(r"^Pid (\d+)\((.*)\) can only dump core to fully qualified path!$", re.S),
+     "suid_needs_absolute_path"),
+    (re.compile(r"^Core dump to \|?.* pipe failed$", re.S), "pipe_spawn_failed"),
+    (re.compile(r"^format_corename failed$"), "format_corename_failed"),
+    (re.compile(r"^\w*coredump failed to allocate memory$"), "no_memory"),
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,11 @@ def parse_drop(message: str, *, seq: int = -1, timestamp_us: int = 0) -> KernelD
         why = m.group(3).strip()
         return KernelDrop(reason=classify(why), message=why, pid=int(m.group(1)), comm=unescape_comm(m.group(2)),
                           seq=seq, timestamp_us=timestamp_us)
+    for pattern, reason in _OLD_FORMS:
+        m = pattern.match(message)
+        if m:
+            pid, comm = (int(m.group(1)), m.group(2)) if m.groups() else (0, "")
+            return KernelDrop(reason=reason, message=message, pid=pid, comm=comm, seq=seq, timestamp_us=timestamp_us)
     m = _SUPPRESSED_RE.match(message)
     if m and "coredump" in m.group(1):
         return KernelDrop(reason="suppressed", message=message, count=int(m.group(2)), seq=seq,
