@@ -220,3 +220,27 @@ def test_the_reader_starts_at_the_end_of_the_log():
     (r,) = [r for r in seen if r.drop.comm == marker]
     assert r.global_pid is None and r.candidates == 0  # no such process: counted, not attributed
     assert find_candidates(4242425, marker) == []
+
+
+def test_candidates_are_processes_the_kernel_marked_as_dumping():
+    """A real process killed by SIGSEGV (RLIMIT_CORE 1: the kernel aborts its dump, whatever the
+    pattern) is found by pid and comm while it is a zombie; one killed by SIGTERM is not."""
+    import resource
+    import signal
+    import subprocess
+
+    dumped = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1, 1)))
+    plain = subprocess.Popen(["sleep", "60"])
+    time.sleep(0.05)
+    os.kill(dumped.pid, signal.SIGSEGV)
+    os.kill(plain.pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: find_candidates(dumped.pid, "sleep"), 10)
+        (c,) = find_candidates(dumped.pid, "sleep")
+        assert c.global_pid == dumped.pid and c.zombie
+        assert find_candidates(dumped.pid, "other-name") == []
+        wait_for(lambda: Path(f"/proc/{plain.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z", 10)
+        assert find_candidates(plain.pid, "sleep") == []
+    finally:
+        dumped.wait()
+        plain.wait()

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 KMSG = "/dev/kmsg"
 #: task->flags bit the kernel sets on the task that starts a core dump (include/linux/sched.h).
 PF_DUMPCORE = 0x00000200
+#: Signals whose default action dumps core (signal(7)): a zombie killed by one, with no
+#: PF_DUMPCORE on its leader, had the dump started by another thread (gone since).
+CORE_SIGNALS = frozenset({3, 4, 5, 6, 7, 8, 11, 24, 25, 31})
+#: Index of exit_code (field 52 of /proc/<p>/stat) among the fields after the comm.
+_EXIT_CODE_INDEX = 49
 #: How long after a drop line the candidates are looked at again when several match (the
 #: dumps that did reach the helper are then known to the agent, the dropped one is a zombie).
 SETTLE_SECONDS = 0.3
@@ -214,7 +219,9 @@ def find_candidates(pid: int, comm: str, proc: str = "/proc") -> list[Candidate]
             state, flags = parsed[1][0], int(parsed[1][6])
             if _innermost_nspid(_read(f"{proc}/{name}/status")) != pid:
                 continue
-            if not _dumping(proc, name, flags):
+            fields = parsed[1]
+            killed_by = int(fields[_EXIT_CODE_INDEX]) & 0x7F if len(fields) > _EXIT_CODE_INDEX else 0
+            if not _dumping(proc, name, flags) and not (state == "Z" and killed_by in CORE_SIGNALS):
                 continue
             cgroup = parse_cgroup(_read(f"{proc}/{name}/cgroup"))
         except (OSError, ValueError):
