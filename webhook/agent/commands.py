@@ -127,6 +127,51 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
     return processor.handle, watch
 
 
+def remembering_requests(handled: Any, factory: Callable[[list[str], bool], Any] | None = None
+                         ) -> Callable[[list[str], bool], Any]:
+    """The server's request factory, noting each piped crash's global PID as soon as the helper
+    has handed it over (before it waits for a slot): the kernel log reader must not take a dump
+    that reached the agent for the one the kernel dropped."""
+    from webhook.agent.server import crash_request
+
+    make = factory or crash_request
+
+    def build(argv: list[str], spooled: bool) -> Any:
+        request = make(argv, spooled)
+        pid = getattr(request, "global_pid", 0)
+        if pid and not spooled:
+            handled.add(pid)
+        return request
+
+    return build
+
+
+def start_kernel_log(settings: AgentSettings, registry: Any, handled: Any, watch: Any, events: Any) -> Any:
+    """The kernel log reader (kernellog.py), started; None when off or /dev/kmsg is unreadable."""
+    if not settings.kernel_log:
+        return None
+    from webhook.agent.kernellog import KernelLogWatcher
+
+    try:
+        return KernelLogWatcher(registry, node=settings.node_name, events=events, handled=handled,
+                                pod_lookup=watch.index.lookup if watch is not None else None).start()
+    except OSError as exc:
+        log.warning("kernel log unreadable: cores the kernel drops will not be reported",
+                    extra={"error": str(exc)})
+        return None
+
+
+def recover_inflight(settings: AgentSettings, registry: Any, events: Any) -> None:
+    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported."""
+    from webhook.agent import inflight
+
+    try:
+        inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
+                         node=settings.node_name, events=events, registry=registry)
+    except Exception:  # noqa: BLE001 - recovery never stops the agent
+        log.exception("in-flight recovery failed")
+
+
 def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS) -> None:
     """Trim the node fallback location now and every ``interval`` seconds until ``stop``."""
     from webhook.agent.limits import apply_retention
@@ -162,6 +207,7 @@ def run_agent(
     """
     from webhook.agent import install
     from webhook.agent.endpoints import HealthServer
+    from webhook.agent.kernellog import RecentPids
     from webhook.agent.metrics import REGISTRY
     from webhook.agent.server import AgentServer
     from webhook.agent.sysctl import CORE_PATTERN
@@ -174,11 +220,15 @@ def run_agent(
         handler, watch = _agent_services(settings, previous)
     else:
         handler = handler_factory(settings, previous)
-    server = AgentServer(settings, handler, registry=registry)
+    # the crash processor's Event poster, when the handler is one (the kernel log reuses it)
+    events = getattr(getattr(handler, "__self__", None), "events", None)
+    handled = RecentPids()
+    server = AgentServer(settings, handler, registry=registry, request_factory=remembering_requests(handled))
     # Binding fails when another agent serves this host dir: then nothing here is ours to
     # restore, and the exception leaves before the finally below.
     server.start()
     http: HealthServer | None = None
+    kmsg = None
     try:
         if settings.metrics_bind:
             http = HealthServer(settings.metrics_bind, lambda: server.healthy, registry)
@@ -186,6 +236,10 @@ def run_agent(
         threading.Thread(target=retention_loop, args=(settings, stop), name="agent-retention", daemon=True).start()
         if watch is not None:
             watch.start()
+        kmsg = start_kernel_log(settings, registry, handled, watch, events)
+        # after the bind: no other agent serves this host dir, so every other entry is a leftover
+        threading.Thread(target=recover_inflight, args=(settings, registry, events), name="agent-recovery",
+                         daemon=True).start()
         applied = install.activate(settings)
         log.info(
             "agent serving",
@@ -208,6 +262,8 @@ def run_agent(
         server.stop(wait_seconds=min(STOP_WAIT_SECONDS, settings.dump_timeout_seconds))
         if watch is not None:
             watch.stop()
+        if kmsg is not None:
+            kmsg.stop()
         if http is not None:
             http.stop()
 

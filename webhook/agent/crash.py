@@ -22,14 +22,16 @@ from typing import Any, BinaryIO, Callable
 
 from webhook import constants
 from webhook.agent import chain as chain_mod
+from webhook.agent import inflight
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.limits import RateLimiter
+from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.settings import AgentSettings
 from webhook.agent.stream import REASON_RLIMIT, StreamLimits, copy_core, parse_size
-from webhook.agent.writer import OutputFile, SafeRoot, write_small_file
+from webhook.agent.writer import OutputFile, SafeRoot
 from webhook.pattern import CrashInfo, PatternError, expand, parse
 
 log = logging.getLogger(__name__)
@@ -193,10 +195,11 @@ class CrashProcessor:
                  clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
-                 proc: str = "/proc", signatures: Any = None) -> None:
+                 proc: str = "/proc", signatures: Any = None, journal: Any = None) -> None:
         """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
         settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
-        is the pod watch's cache (image, labels, owner); it must not block."""
+        is the pod watch's cache (image, labels, owner); it must not block. ``journal``: the
+        in-flight record (inflight.Journal; None builds it in the host dir, False disables it)."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
         self.clock = clock
@@ -215,6 +218,7 @@ class CrashProcessor:
         self.events = events or None
         self.notifier = notifier or None
         self.node_pattern = parse(settings.node_core_name)
+        self.journal = inflight.Journal(settings.host_dir) if journal is None else (journal or None)
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
         # settings, False disables it; a crash's job goes to it once _report has the summary.
         self.signatures = self._make_signatures(signatures)
@@ -404,24 +408,36 @@ class CrashProcessor:
             if target.pod:
                 raise _NoPodTarget("root_unreachable", str(exc)) from None
             raise
+        names = inflight.tmp_names(target.name)
+        token = None
+        if self.journal is not None:  # before anything is created: a killed agent's successor finds it
+            token = self.journal.begin(inflight.entry_for(
+                request, who, target, names, node=self.settings.node_name, exe=proc.exe if proc else "",
+                registered=ident.registration is not None, identification=fallback_reason or ident.reason))
         try:
             try:
                 # The kernel would create the core with the process's credentials (a pod's
                 # target carries them; the node location's has none): so do we.
                 with as_process_credentials(target.creds):
-                    dirfd, out = self._create(root, target)
+                    dirfd, out, meta_out = self._create(root, target, names)
             except CredentialsError as exc:
                 raise _NoPodTarget("credentials_unavailable", str(exc)) from None
             try:
                 # Creation proved the permission: streaming, fsync and the rename run as the agent.
-                return self._stream(request, core, proc, ident, who, target, dirfd, out, start, fallback_reason)
+                return self._stream(request, core, proc, ident, who, target, dirfd, out, start, fallback_reason,
+                                    meta_out)
             finally:
+                meta_out.discard()  # a no-op once the metadata is committed
                 os.close(dirfd)
         finally:
+            if self.journal is not None:
+                self.journal.end(token)
             root.close()
 
-    def _create(self, root: SafeRoot, target: _Target) -> tuple[int, OutputFile]:
-        """The target directory's fd (made when missing) and the temporary core file in it.
+    def _create(self, root: SafeRoot, target: _Target,
+                names: tuple[str | None, str | None] = (None, None)) -> tuple[int, OutputFile, ReservedMetadata]:
+        """The target directory's fd (made when missing), the temporary core file in it, and the
+        metadata file with its space reserved (metafile.py: a full volume still gets the reason).
 
         For a pod, a refusal becomes :class:`_NoPodTarget`: ``permission_denied`` when the
         process's own credentials may not create it (EACCES/EPERM), else why the directory or
@@ -442,8 +458,18 @@ class CrashProcessor:
                     raise _NoPodTarget("pod_volume_full",
                                        f"{target.directory} has less than keep_free_bytes free")
             try:
-                return dirfd, OutputFile(dirfd, target.name, mode=0o600)
+                meta_out = ReservedMetadata(dirfd, target.name + constants.METADATA_SUFFIX, mode=0o644,
+                                            tmp_name=names[1])
             except OSError as exc:
+                if pod:
+                    reason = ("permission_denied" if exc.errno in _DENIED else
+                              "pod_volume_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "create_failed")
+                    raise _NoPodTarget(reason, f"{target.directory}: {exc.strerror or exc}") from None
+                raise
+            try:
+                return dirfd, OutputFile(dirfd, target.name, mode=0o600, tmp_name=names[0]), meta_out
+            except OSError as exc:
+                meta_out.discard()
                 if pod:
                     reason = "permission_denied" if exc.errno in _DENIED else "create_failed"
                     raise _NoPodTarget(reason, f"{target.directory}: {exc.strerror or exc}") from None
@@ -454,7 +480,7 @@ class CrashProcessor:
 
     def _stream(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                 who: _Who, target: _Target, dirfd: int, out: OutputFile, start: float,
-                fallback_reason: str | None) -> _Handled:
+                fallback_reason: str | None, meta_out: ReservedMetadata) -> _Handled:
         s = self.settings
         limits = StreamLimits(max_bytes=target.max_bytes, max_reason=target.max_reason,
                               keep_free_bytes=s.keep_free_bytes, deadline=start + s.dump_timeout_seconds,
@@ -516,12 +542,11 @@ class CrashProcessor:
         metadata_path = None
         json_name = None
         if final:
-            try:
-                with as_process_credentials(target.creds):
-                    json_name = write_small_file(dirfd, final + ".json", meta.dumps(doc), mode=0o644,
-                                                 uid=target.uid, gid=target.gid)
+            try:  # into the space reserved before the core streamed (created with the process's creds)
+                json_name = meta_out.commit(final + constants.METADATA_SUFFIX, doc, meta.dumps, uid=target.uid,
+                                            gid=target.gid)
                 metadata_path = posixpath.join(view_dir, json_name)
-            except (OSError, CredentialsError) as exc:
+            except OSError as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
         job = self._signature_job(proc, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(

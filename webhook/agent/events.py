@@ -37,6 +37,9 @@ def build_event(info: dict[str, Any], now: float) -> dict[str, Any] | None:
             what = f"core written to {info.get('path')} ({info.get('size')} bytes)"
         message = (f"gcore {info.get('gcore_request')} of container {container} pid {info.get('pid')}: "
                    + (what if outcome in ("written", "partial") else f"failed: {info.get('reason')}"))
+    elif outcome == "dropped":  # the kernel gave up before any helper ran (kernellog.py)
+        message = (f"Container {container} pid {info.get('pid')} ({info.get('comm')}) crashed but no core was "
+                   f"saved: {info.get('reason')}")
     else:
         message = f"Container {container} pid {info.get('pid')} ({info.get('comm')}) killed by {sig}: {what}"
     if info.get("image"):

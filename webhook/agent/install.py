@@ -33,6 +33,12 @@ BACKUP_NAME = "sysctl-backup.json"
 #: The kernel needs core_pipe_limit > 0 to keep /proc/<pid> while the agent reads it; 16 is the
 #: floor so a burst of crashes (a crash-looping Deployment) is not dropped by the kernel.
 MIN_CORE_PIPE_LIMIT = 16
+#: core_pipe_limit=0 ("auto"): 16 per CPU within these bounds (IBM's collector uses 128)...
+AUTO_PIPE_LIMIT_PER_CPU = 16
+AUTO_PIPE_LIMIT_MIN = 32
+AUTO_PIPE_LIMIT_MAX = 128
+#: ... and at most one pinned crash per this much of the node's memory.
+AUTO_PIPE_LIMIT_MEMORY_PER_CRASH = 64 * 1024**2
 #: How long the helper waits for the agent's final answer beyond the dump timeout (log only).
 OUTCOME_GRACE_SECONDS = 30
 
@@ -109,15 +115,43 @@ def kernel_settings(settings: AgentSettings) -> KernelSettings:
     return KernelSettings(Sysctl(settings.sysctl_root), os.path.join(settings.host_dir, BACKUP_NAME))
 
 
+def auto_pipe_limit(cpus: int, memory_bytes: int) -> int:
+    """core_pipe_limit from the node's capacity: crashes beyond it are dropped by the kernel
+    (reported through the kernel log, see kernellog.py), crashes within it stay pinned,
+    holding their memory, until the agent has read them."""
+    by_cpu = min(AUTO_PIPE_LIMIT_MAX, max(AUTO_PIPE_LIMIT_MIN, AUTO_PIPE_LIMIT_PER_CPU * max(1, cpus)))
+    by_memory = max(MIN_CORE_PIPE_LIMIT, memory_bytes // AUTO_PIPE_LIMIT_MEMORY_PER_CRASH) if memory_bytes else by_cpu
+    return min(by_cpu, by_memory)
+
+
+def node_memory_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """MemTotal in bytes (0 when unreadable)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def pipe_limit(settings: AgentSettings) -> int:
+    """The core_pipe_limit to set: the configured one (at least 16), or the node's (0)."""
+    if settings.core_pipe_limit > 0:
+        return max(settings.core_pipe_limit, MIN_CORE_PIPE_LIMIT)
+    return auto_pipe_limit(os.cpu_count() or 1, node_memory_bytes())
+
+
 def desired_values(settings: AgentSettings) -> dict[str, str]:
-    """What the agent sets: its pattern and a pipe limit of at least 16.
+    """What the agent sets: its pattern and a pipe limit of at least 16 (:func:`pipe_limit`).
 
     core_uses_pid is left alone (the kernel ignores it for pipes; the agent appends .PID itself)
     and so is fs.suid_dumpable unless configured. Both are still saved and restored.
     """
     values = {
         CORE_PATTERN: helper_pattern(settings),
-        CORE_PIPE_LIMIT: str(max(settings.core_pipe_limit, MIN_CORE_PIPE_LIMIT)),
+        CORE_PIPE_LIMIT: str(pipe_limit(settings)),
     }
     if settings.suid_dumpable in (0, 1, 2):
         values[SUID_DUMPABLE] = str(settings.suid_dumpable)

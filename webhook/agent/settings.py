@@ -20,9 +20,9 @@ class AgentSettings:
     host_dir_on_host: str | None = None
     #: This node's name (downward API spec.nodeName), recorded in metadata and events.
     node_name: str = ""
-    #: kernel.core_pipe_limit the agent sets (>= 16): concurrent piped dumps, and it makes the
-    #: kernel keep /proc/<pid> alive until the agent is done.
-    core_pipe_limit: int = 32
+    #: kernel.core_pipe_limit the agent sets (>= 16; 0 = from the node's CPUs and memory, 32 to 128):
+    #: crashes piped at once, each pinned with its memory until read; the kernel drops the rest.
+    core_pipe_limit: int = 0
     #: What to do with cores of processes that carry no registration: "skip", "node", "chain"
     #: or "auto" (chain when the previous core_pattern was a pipe, else node).
     unregistered: str = "auto"
@@ -56,6 +56,9 @@ class AgentSettings:
     notify_format: str = "json"
     #: Post a Kubernetes Event on the pod when the API is reachable.
     events: bool = True
+    #: Read the kernel log (/dev/kmsg, from start on) for cores the kernel dropped before any
+    #: helper ran (over core_pipe_limit, ...): counted, logged, and an Event on the pod when known.
+    kernel_log: bool = True
     #: Address of the agent's metrics endpoint ("" disables it).
     metrics_bind: str = "0.0.0.0:9402"
     #: Log level name.

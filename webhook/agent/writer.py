@@ -192,12 +192,15 @@ class OutputFile:
     temporary file is removed unless it was committed.
     """
 
-    def __init__(self, dirfd: int, name: str, *, mode: int = 0o600) -> None:
+    def __init__(self, dirfd: int, name: str, *, mode: int = 0o600, tmp_name: str | None = None) -> None:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"not a file name: {name!r}")
+        if tmp_name is not None and (not tmp_name.startswith(TMP_PREFIX) or "/" in tmp_name):
+            raise ValueError(f"not a temporary name: {tmp_name!r}")
         self.dirfd = dirfd
         self.name = name
-        self.tmp_name = f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255]
+        #: chosen by the caller when it must record it first (inflight.py's journal)
+        self.tmp_name = tmp_name or f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255]
         self.fd = openat2(dirfd, self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           mode, RESOLVE_NAME)
         self.final_name: str | None = None

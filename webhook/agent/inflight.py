@@ -1,0 +1,380 @@
+"""Dumps in flight, recorded in the host dir, so a killed agent's leftovers are found again.
+
+Before the crash path creates a core's temporary file it writes ``HOSTDIR/inflight/<id>.json``:
+where (destination, directory inside the root, temporary names, final name), whose (pod,
+container, container ID) and what (the kernel's values). The entry is removed once the dump is
+done, whatever its outcome. An agent killed mid-dump (SIGKILL, OOM, node pressure) leaves the
+entry behind, and its successor's :func:`recover` handles each one:
+
+- it reaches the temporary file again: the node location directly; a pod's volume through a live
+  process of the same container (by container ID, from ``/proc/<pid>/cgroup``: the kernel's
+  word), the temporary file being looked up inside that process's root with ``openat2``;
+- something was written: the file becomes ``<name>.partial`` (never replacing a name) with its
+  metadata, ``truncated_reason: agent_restarted``, and the crash's Event says so;
+- nothing was written: the temporary files are removed;
+- it cannot be reached (the container is gone): the loss and the leftover's path are logged,
+  counted and posted as an Event on the pod.
+
+The entry is written without fsync: it must survive the agent's death, which the page cache
+does; a node that loses power restarts its containers, whose leftovers are then unreachable
+anyway (they are reported as such).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from webhook import constants
+from webhook.agent import metadata as meta
+from webhook.agent.metafile import reserved_tmp_name
+from webhook.agent.procinfo import parse_cgroup
+from webhook.agent.writer import MAX_SUFFIX, RESOLVE_NAME, TMP_PREFIX, SafeRoot, openat2, rename_noreplace, \
+    write_small_file
+
+log = logging.getLogger(__name__)
+
+JOURNAL_DIR = "inflight"
+REASON = "agent_restarted"
+_ENTRY_SUFFIX = ".json"
+
+
+def tmp_names(name: str) -> tuple[str, str]:
+    """Temporary names for a core and its metadata (the writer's prefix; distinct random tokens,
+    so even names cut at 255 bytes never collide)."""
+    return f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255], reserved_tmp_name(name)
+
+
+#: This agent process: its own entries are never "left over" for it, whichever Journal wrote them.
+INSTANCE = f"{os.getpid()}-{time.time_ns()}"
+
+
+class Journal:
+    """``HOSTDIR/inflight``: one small JSON file per dump in flight."""
+
+    def __init__(self, host_dir: str, instance: str = INSTANCE) -> None:
+        self.dir = os.path.join(host_dir, JOURNAL_DIR)
+        self.instance = instance
+
+    def begin(self, entry: dict[str, Any]) -> str | None:
+        """Record one dump; returns its token for :meth:`end` (None when it could not be
+        recorded: logged, and the dump goes on: the journal never costs a core)."""
+        token = f"{int(time.time())}-{secrets.token_hex(6)}"
+        body = dict(entry, id=token, instance=self.instance, recorded_at=time.time())
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            tmp = os.path.join(self.dir, f".{token}.tmp")
+            with open(tmp, "w") as f:
+                json.dump(body, f)
+            os.rename(tmp, os.path.join(self.dir, token + _ENTRY_SUFFIX))
+        except OSError as exc:
+            log.warning("could not record the dump in flight", extra={"error": str(exc), "pid": entry.get("global_pid")})
+            return None
+        return token
+
+    def end(self, token: str | None) -> None:
+        if token is None:
+            return
+        try:
+            os.unlink(os.path.join(self.dir, token + _ENTRY_SUFFIX))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not clear a finished dump from the journal", extra={"error": str(exc)})
+
+    def leftovers(self) -> list[tuple[str, dict[str, Any]]]:
+        """Entries written by other (earlier) agents: (path, entry); unreadable ones are removed."""
+        found = []
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return found
+        for name in names:
+            path = os.path.join(self.dir, name)
+            if name.startswith("."):
+                if name.endswith(".tmp"):
+                    _unlink(path)  # a write cut by the agent's death: the dump had not started
+                continue
+            if not name.endswith(_ENTRY_SUFFIX):
+                continue
+            try:
+                with open(path) as f:
+                    entry = json.load(f)
+                if not isinstance(entry, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError) as exc:
+                log.error("unreadable in-flight journal entry removed", extra={"entry": path, "error": str(exc)})
+                _unlink(path)
+                continue
+            if entry.get("instance") != self.instance:
+                found.append((path, entry))
+        return found
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class RecoveryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.recovered = Counter("coredump_agent_inflight_recovered",
+                                 "Dumps a killed agent left in flight, by what its successor did "
+                                 "(partial, removed_empty, unreachable, gone)", ["result"], registry=registry)
+
+
+@dataclass
+class Recovered:
+    """What became of one leftover (also what the log line, the Event and tests see)."""
+
+    result: str  # partial, removed_empty, unreachable, gone
+    entry: dict[str, Any]
+    path: str | None = None  # the .partial, as the container sees it
+    leftover: str | None = None  # the temporary file, as the container sees it
+    size: int = 0
+    detail: str = ""
+
+
+def _same_container_pids(container_id: str, proc: str, prefer: int | None) -> list[int]:
+    """Live processes whose cgroup names ``container_id`` (the original PID first)."""
+    pids = []
+    try:
+        names = [n for n in os.listdir(proc) if n.isdigit()]
+    except OSError:
+        return pids
+    if prefer:
+        names.sort(key=lambda n: n != str(prefer))
+    for name in names:
+        try:
+            with open(f"{proc}/{name}/cgroup") as f:
+                ident = parse_cgroup(f.read())
+            with open(f"{proc}/{name}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if ident.container_id == container_id and state != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def _roots(entry: dict[str, Any], node_cores_dir: str, proc: str) -> list[str]:
+    """Where the entry's directory may be reached from, in order."""
+    if entry.get("destination") == "node":
+        return [node_cores_dir]
+    cid = entry.get("container_id")
+    if not cid:
+        return []
+    return [f"{proc}/{pid}/root" for pid in _same_container_pids(cid, proc, entry.get("global_pid"))]
+
+
+def _exists(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _commit_existing(dirfd: int, tmp: str, base: str) -> str:
+    """Rename ``tmp`` to ``base`` (or ``base`` with ``.1``... before the ``.partial``)."""
+    stem, ext = base, ""
+    for suffix in (".zst" + constants.PARTIAL_SUFFIX, constants.PARTIAL_SUFFIX):
+        if base.endswith(suffix):
+            stem, ext = base[: -len(suffix)], suffix
+            break
+    for n in range(MAX_SUFFIX + 1):
+        candidate = (stem if n == 0 else f"{stem}.{n}") + ext
+        try:
+            rename_noreplace(dirfd, tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+    raise OSError(errno.EEXIST, "every suffixed name exists", base)
+
+
+def _sha256(dirfd: int, name: str) -> str:
+    fd = openat2(dirfd, name, os.O_RDONLY | os.O_NOFOLLOW, resolve=RESOLVE_NAME)
+    h = hashlib.sha256()
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, sha: str, node: str) -> dict:
+    doc = meta.build(
+        node=node or entry.get("node", ""), namespace=entry.get("namespace"), pod=entry.get("pod"),
+        pod_uid=entry.get("pod_uid"), container=entry.get("container"), container_id=entry.get("container_id"),
+        image=entry.get("image"), labels=entry.get("labels") or {}, owner=entry.get("owner"),
+        runtime=entry.get("runtime"), registered=bool(entry.get("registered")),
+        identification=entry.get("identification", ""), destination=entry.get("destination", ""),
+        pid=int(entry.get("pid", 0)), global_pid=int(entry.get("global_pid", 0)), tid=int(entry.get("tid", 0)),
+        global_tid=int(entry.get("global_tid", 0)), uid=int(entry.get("uid", 0)), gid=int(entry.get("gid", 0)),
+        signal=int(entry.get("signal", 0)), exe=entry.get("exe", ""), comm=entry.get("comm", ""),
+        hostname=entry.get("hostname", ""), time=int(entry.get("time", 0)), path=path, file=file,
+        size=size if entry.get("compression", "none") == "none" else 0, stored_size=size, disk_size=disk,
+        sha256=sha, compression=entry.get("compression", "none"), truncated=True, reason=REASON,
+        pattern=entry.get("pattern", ""), rlimit_core=int(entry.get("rlimit_core", 0)),
+        dump_mode=int(entry.get("dump_mode", 0)), spool_reason=entry.get("spool_reason", ""))
+    doc["agent_restarted_at"] = meta.iso_time(time.time())
+    return doc
+
+
+def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "", proc: str = "/proc") -> Recovered:
+    """Turn one leftover into a ``.partial`` with metadata, remove it, or say it is unreachable."""
+    directory = entry.get("directory") or "/"
+    tmp, meta_tmp, name = entry.get("tmp_name", ""), entry.get("meta_tmp_name", ""), entry.get("name", "")
+    view_dir = directory if entry.get("destination") == "pod" else posixpath.join(node_cores_dir,
+                                                                                  directory.lstrip("/"))
+    leftover = posixpath.join(view_dir, tmp)
+    if not tmp.startswith(TMP_PREFIX) or "/" in tmp or (meta_tmp and "/" in meta_tmp) or not name or "/" in name:
+        return Recovered("gone", entry, leftover=leftover, detail="malformed journal entry")
+    reached_any = False
+    for root_path in _roots(entry, node_cores_dir, proc):
+        try:
+            root = SafeRoot.open(root_path)
+        except OSError:
+            continue
+        try:
+            try:
+                dirfd = root.open_dir(directory, create=False)
+            except OSError:
+                continue
+            try:
+                reached_any = True
+                st = _exists(dirfd, tmp)
+                if st is None:
+                    continue  # another process of the container may see another mount here
+                return _finish(entry, dirfd, st, tmp, meta_tmp, name, view_dir, leftover, node)
+            finally:
+                os.close(dirfd)
+        finally:
+            root.close()
+    if reached_any:
+        return Recovered("gone", entry, leftover=leftover, detail="the temporary file is no longer there")
+    return Recovered("unreachable", entry, leftover=leftover,
+                     detail="no live process of the container to reach its volume through")
+
+
+def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, meta_tmp: str, name: str,
+            view_dir: str, leftover: str, node: str) -> Recovered:
+    if st.st_size == 0:
+        for n in (tmp, meta_tmp):
+            if n:
+                try:
+                    os.unlink(n, dir_fd=dirfd)
+                except OSError:
+                    pass
+        return Recovered("removed_empty", entry, leftover=leftover)
+    ext = ".zst" if entry.get("compression") == "zstd" else ""
+    final = _commit_existing(dirfd, tmp, name + ext + constants.PARTIAL_SUFFIX)
+    path = posixpath.join(view_dir, final)
+    doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, _sha256(dirfd, final), node)
+    data = meta.dumps(doc)
+    uid, gid = entry.get("uid_owner"), entry.get("gid_owner")
+    written = False
+    if meta_tmp and _exists(dirfd, meta_tmp) is not None:  # the space reserved for it (metafile.py)
+        try:
+            fd = openat2(dirfd, meta_tmp, os.O_WRONLY | os.O_NOFOLLOW, resolve=RESOLVE_NAME)
+            try:
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _commit_existing(dirfd, meta_tmp, final + constants.METADATA_SUFFIX)
+            written = True
+        except OSError as exc:
+            log.warning("could not use the reserved metadata file", extra={"path": path, "error": str(exc)})
+    if not written:
+        write_small_file(dirfd, final + constants.METADATA_SUFFIX, data, uid=uid, gid=gid)
+        if meta_tmp:
+            try:
+                os.unlink(meta_tmp, dir_fd=dirfd)
+            except OSError:
+                pass
+    return Recovered("partial", entry, path=path, leftover=leftover, size=st.st_size)
+
+
+def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: Any = None,
+            registry: CollectorRegistry | None = None, proc: str = "/proc",
+            on_result: Callable[[Recovered], None] | None = None) -> list[Recovered]:
+    """Handle every leftover of earlier agents (see the module doc); never raises."""
+    metrics = RecoveryMetrics(registry) if registry is not None else None
+    results = []
+    for path, entry in journal.leftovers():
+        try:
+            rec = recover_entry(entry, node_cores_dir=node_cores_dir, node=node, proc=proc)
+        except Exception as exc:  # noqa: BLE001 - one bad leftover never stops the others
+            log.exception("in-flight recovery failed", extra={"entry": path})
+            rec = Recovered("unreachable", entry, detail=f"recovery failed: {exc}")
+        _report(rec, events, metrics)
+        if on_result is not None:
+            on_result(rec)
+        results.append(rec)
+        _unlink(path)
+    return results
+
+
+def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None) -> None:
+    e = rec.entry
+    line = {"result": rec.result, "namespace": e.get("namespace"), "pod": e.get("pod"),
+            "container": e.get("container"), "pid": e.get("pid"), "global_pid": e.get("global_pid"),
+            "comm": e.get("comm"), "path": rec.path, "leftover": rec.leftover, "size": rec.size,
+            "detail": rec.detail}
+    if rec.result == "partial":
+        log.warning("core of a dump cut by the agent's restart kept as partial", extra=line)
+    elif rec.result == "removed_empty":
+        log.info("empty leftover of a dump cut by the agent's restart removed", extra=line)
+    else:
+        log.error("core lost: the agent was restarted mid-dump and its leftover cannot be recovered", extra=line)
+    if metrics is not None:
+        metrics.recovered.labels(rec.result).inc()
+    if events is None or rec.result == "removed_empty" or not e.get("namespace") or not e.get("pod"):
+        return
+    summary = {k: e.get(k) for k in ("namespace", "pod", "pod_uid", "container", "container_id", "pid",
+                                     "global_pid", "signal", "comm", "image", "node")}
+    summary["signal_name"] = meta.signal_name(int(e.get("signal") or 0))
+    if rec.result == "partial":
+        summary.update(outcome="partial", path=rec.path, size=rec.size, truncated_reason=REASON, reason=REASON)
+    else:
+        summary.update(outcome="failed", path=None, size=0,
+                       reason=f"{REASON}: dump cut by the agent's restart; leftover {rec.leftover} ({rec.detail})")
+    try:
+        events.submit(summary)
+    except Exception:  # noqa: BLE001
+        log.exception("could not queue the Event of a recovered dump")
+
+
+def entry_for(request: Any, who: Any, target: Any, names: tuple[str, str], *, node: str, exe: str,
+              registered: bool, identification: str) -> dict[str, Any]:
+    """The journal entry of one dump (plain JSON types)."""
+    return {
+        "destination": target.destination, "directory": target.directory, "name": target.name,
+        "tmp_name": names[0], "meta_tmp_name": names[1], "compression": target.compression,
+        "uid_owner": target.uid, "gid_owner": target.gid, "pattern": target.pattern, "node": node,
+        "namespace": who.namespace, "pod": who.pod, "pod_uid": who.pod_uid, "container": who.container,
+        "container_id": who.container_id, "image": who.image, "labels": dict(who.labels or {}),
+        "owner": who.owner, "runtime": who.runtime, "registered": registered, "identification": identification,
+        "pid": request.pid, "global_pid": request.global_pid, "tid": request.tid, "global_tid": request.global_tid,
+        "uid": request.uid, "gid": request.gid, "signal": request.signal, "comm": request.comm,
+        "hostname": request.hostname, "time": request.time, "rlimit_core": request.rlimit_core,
+        "dump_mode": request.dump_mode, "spool_reason": request.spool_reason, "exe": exe,
+    }
