@@ -66,10 +66,54 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
-def serve(handler_cls) -> tuple[Server, int]:
-    srv = Server(("127.0.0.1", 0), handler_cls)
+def serve(handler_cls, tls: "LoopbackCA | None" = None, host: str = "127.0.0.1") -> tuple[Server, int]:
+    srv = Server((host, 0), handler_cls)
+    if tls is not None:
+        srv.socket = tls.server_context(host).wrap_socket(srv.socket, server_side=True)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return srv, srv.server_address[1]
+
+
+class LoopbackCA:
+    """A CA of the tests and serving certificates for loopback addresses (token realms and
+    redirect targets must be HTTPS)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry tests CA")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256()))
+        self.bundle = tmp / "tests-ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, address: str):
+        import ipaddress
+        import ssl
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(self.key, hashes.SHA256()))
+        pem = self.tmp / f"server-{address}-{os.urandom(4).hex()}.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pem)
+        return ctx
+
+
+#: Set by the ``registries`` fixture: the CA that signed the token server's certificate.
+TEST_CA: LoopbackCA | None = None
 
 
 # --- the registries ----------------------------------------------------------------------------
@@ -183,7 +227,9 @@ def registries(tmp_path_factory):
     htpasswd = tmp / "htpasswd"
     htpasswd.write_text(f"{USER}:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n")
     issuer = TokenIssuer(tmp)
-    token_srv, token_port = serve(token_handler(issuer))
+    global TEST_CA
+    TEST_CA = LoopbackCA(tmp)
+    token_srv, token_port = serve(token_handler(issuer), tls=TEST_CA)
     procs = []
     try:
         r = Registries()
@@ -193,7 +239,7 @@ def registries(tmp_path_factory):
         proc, r.basic = start_registry(tmp, "basic", storage, {"htpasswd": {"realm": "test", "path": str(htpasswd)}})
         procs.append(proc)
         proc, r.token = start_registry(tmp, "token", storage, {"token": {
-            "realm": f"http://127.0.0.1:{token_port}/token", "service": SERVICE, "issuer": ISSUER,
+            "realm": f"https://127.0.0.1:{token_port}/token", "service": SERVICE, "issuer": ISSUER,
             "rootcertbundle": str(issuer.bundle)}})
         procs.append(proc)
         yield r
@@ -304,7 +350,10 @@ class CountingSession(requests.Session):
 def resolver(**overrides) -> tuple[RegistryResolver, CountingSession]:
     session = CountingSession()
     reader = overrides.pop("secret_reader", None)
-    settings = RegistrySettings(**{"negative_ttl_seconds": 0, **overrides})
+    # The registries of the tests are on loopback over plain HTTP: allowed only when configured.
+    defaults = {"negative_ttl_seconds": 0, "insecure_registries": ("127.0.0.1",), "allowed_networks": ("127.0.0.1/32",),
+                "ca_file": str(TEST_CA.bundle) if TEST_CA else None}
+    settings = RegistrySettings(**{**defaults, **overrides})
     return RegistryResolver(settings, secret_reader=reader, session=session), session
 
 
