@@ -786,3 +786,132 @@ def test_malformed_registry_answers_are_resolve_errors():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- issue 12: image commands keep their meaning, look-ups run side by side ------------------------
+def k8s_expand(value: str, env: dict[str, str]) -> str:
+    """What the kubelet does to a ``command``/``args`` item (its expansion rules): ``$$`` is a
+    literal ``$``, ``$(VAR)`` a defined variable's value (kept as written when undefined), any
+    other ``$`` stays."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "$" and i + 1 < len(value):
+            nxt = value[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(":
+                end = value.find(")", i + 2)
+                if end != -1:
+                    name = value[i + 2:end]
+                    out.append(env[name] if name in env else value[i:end + 1])
+                    i = end + 1
+                    continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def test_image_commands_with_dollars_keep_their_meaning(registries):
+    """A real registry image whose config holds $, $$ and $(VAR): copied into the pod, the
+    kubelet's expansion must give back exactly what the image says."""
+    from admission_support import make_pod, mutate_apply
+
+    entrypoint = ["/bin/sh", "-c", "echo pid=$$ home=$(HOME) cost=$5 tail=$"]
+    cmd = ["--price=$(PRICE)", "$$$", "plain"]
+    push_image(registries.open, "team/dollars", "1", entrypoint, cmd)
+    r, _ = resolver()
+    image = f"{registries.open}/team/dollars:1"
+    pod = make_pod([{"name": "app", "image": image, "env": [{"name": "HOME", "value": "/home/app"},
+                                                             {"name": "PRICE", "value": "9"}]}])
+    after, _ = mutate_apply(pod, resolve_image=r)
+    c = after["spec"]["containers"][0]
+    env = {"HOME": "/home/app", "PRICE": "9"}
+    assert [k8s_expand(v, env) for v in c["command"][1:]] == entrypoint
+    assert [k8s_expand(v, env) for v in c["args"]] == cmd
+    assert c["command"][3] == "echo pid=$$$$ home=$$(HOME) cost=$$5 tail=$$"
+
+
+class DelayProxy:
+    """Forwards HTTP requests to a real registry after ``delay`` seconds: a slow registry."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with proxy.lock:
+                    proxy.active += 1
+                    proxy.peak = max(proxy.peak, proxy.active)
+                try:
+                    time.sleep(delay)
+                    resp = requests.get(f"http://{upstream}{self.path}", headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=5)
+                    body = resp.content
+                    self.send_response(resp.status_code)
+                    for key in ("Content-Type", "Docker-Content-Digest"):
+                        if key in resp.headers:
+                            self.send_header(key, resp.headers[key])
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with proxy.lock:
+                        proxy.active -= 1
+
+        self.srv, port = serve(Handler)
+        self.host = f"127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_a_pods_images_resolve_concurrently_with_a_per_registry_bound(registries):
+    """20 images behind a 150 ms registry: one after another they would take 6 s (two requests
+    each), over the 3 s admission budget; side by side, at most 4 at a time, all are wrapped."""
+    from admission_support import make_pod, mutate_apply
+    from webhook.admission.settings import AdmissionSettings
+
+    for i in range(20):
+        push_image(registries.open, "team/many", f"v{i}", [f"/entry-{i}"], [])
+    proxy = DelayProxy(registries.open, 0.15)
+    try:
+        r, _ = resolver(per_registry_concurrency=4, timeout_seconds=3)
+        pod = make_pod([{"name": f"c{i}", "image": f"{proxy.host}/team/many:v{i}"} for i in range(20)])
+        deadline = time.monotonic() + AdmissionSettings().admission_budget_seconds
+        start = time.monotonic()
+        after, result = mutate_apply(pod, resolve_image=r, deadline=deadline)
+        took = time.monotonic() - start
+    finally:
+        proxy.close()
+    commands = [c.get("command") for c in after["spec"]["containers"]]
+    assert commands == [[C_WRAPPER, f"/entry-{i}"] for i in range(20)], result.warnings
+    assert 1 < proxy.peak <= 4 and r.pool.peak[proxy.host] <= 4
+    assert took < 3.0
+
+
+C_WRAPPER = "/.coredump-webhook/coredump-wrapper"
+
+
+def test_identical_lookups_in_flight_are_shared(registries, images):
+    proxy = DelayProxy(registries.open, 0.2)
+    try:
+        r, session = resolver()
+        image = f"{proxy.host}/team/single:1.0"
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(resolve(r, image))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proxy.close()
+    assert len(results) == 8 and all(x.entrypoint == ["/app/server", "--port", "8080"] for x in results)
+    assert len(session.urls) == 2  # one manifest, one config blob for eight pods
