@@ -268,3 +268,21 @@ def test_requests_past_the_lookup_threads_do_not_wait_for_a_stalled_registry(tmp
     assert "could not resolve the image's entrypoint (webhook busy)" in busy.get_json()["response"]["warnings"][-1]
     assert plain.get_json()["response"]["patch"]
     assert first["took"] >= 1.0 and "registry timed out" in " ".join(first["answer"].get_json()["response"]["warnings"])
+
+
+def test_the_egress_networkpolicy_example_selects_the_webhook_and_keeps_metadata_out() -> None:
+    from pathlib import Path
+
+    import kubernetes_validate
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    policy = yaml.safe_load((repo / "deploy/examples/egress/webhook-networkpolicy.yaml").read_text())
+    kubernetes_validate.validate(policy, "1.31.0", strict=True)
+    deployment = next(d for d in yaml.safe_load_all((repo / "deploy/coredump-webhook.yaml").read_text())
+                      if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "coredump-webhook")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    registries = policy["spec"]["egress"][-1]
+    assert "169.254.0.0/16" in registries["to"][0]["ipBlock"]["except"] and registries["ports"] == [{"protocol": "TCP", "port": 443}]

@@ -196,8 +196,9 @@ def _namespace_levels(settings: ServerSettings) -> Callable[[str], str]:
     """
     from webhook.admission.namespaces import NamespaceLevels, NamespaceWatcher
 
-    levels = NamespaceLevels(settings.admission.pod_security_default_level)
-    if not (settings.admission.watch_namespaces and settings.admission.add_capability):
+    admission = settings.admission
+    levels = NamespaceLevels(getattr(admission, "pod_security_default_level", "privileged"))
+    if not (getattr(admission, "watch_namespaces", True) and getattr(admission, "add_capability", True)):
         return levels.level  # never ready: restricted everywhere
     try:
         client = api_client()
