@@ -513,6 +513,30 @@ class RegistryResolver:
             out[image] = self._outcome(future, shown, ref, budget)
         return out
 
+    def cached(self, images: list[str], *, namespace: str, pull_secrets: list[str]) -> dict[str, ImageConfig | ResolveError]:
+        """What the caches answer at once, without starting a look-up (None for a miss is left out).
+
+        Only anonymous resolutions are looked up (credentials would need the API); for the
+        caller that may not wait (see webhook/server/lookups.py)."""
+        out: dict[str, ImageConfig | ResolveError] = {}
+        if pull_secrets and self.settings.read_pull_secrets and self.secret_reader is not None:
+            return out
+        now = time.monotonic()
+        for image in images:
+            try:
+                ref = parse_image_ref(image)
+            except ValueError:
+                continue
+            key = (str(ref), self.settings.platform, "anonymous")
+            hit = self._results.get(key, now)
+            if hit is not None:
+                out[image] = hit
+                continue
+            failed = self._failures.get(key, now)
+            if failed is not None:
+                out[image] = ResolveError(failed[0] + " (cached failure)", failed[1])
+        return out
+
     def _outcome(self, future: Future, image: str, ref: ImageRef, budget: float) -> ImageConfig | ResolveError:
         if not future.done():
             return ResolveError(f"image {image}: registry {ref.registry} did not answer within {budget:.1f}s",

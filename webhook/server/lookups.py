@@ -6,18 +6,15 @@ waiting request holds a pool thread. So the server sizes its pool as ``threads``
 plus ``lookup_threads`` (waiting), and :class:`LookupGate` lets at most ``lookup_threads``
 requests of a process wait at once: however many clients create pods behind a stalled
 registry, ``threads`` threads stay free and a pod that needs no look-up is answered at the
-no-op path's speed. A request past the gate gets only what the caches answer at once (the
-look-ups it started still fill them for the next pod), and a "webhook busy" warning.
+no-op path's speed. A request past the gate gets only what the caches answer at once, and a
+"webhook busy" warning for the rest: it starts no look-up (a flood of pods behind a stalled
+registry must not turn into a flood of threads).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
-
-#: How long a request past the gate waits for answers already cached.
-BUSY_GRACE_SECONDS = 0.05
 
 
 class LookupGate:
@@ -42,12 +39,11 @@ class LookupGate:
             finally:
                 self._slots.release()
         self.turned_away += 1
-        short = time.monotonic() + BUSY_GRACE_SECONDS
-        out = many(images, namespace=namespace, pull_secrets=pull_secrets,
-                   deadline=short if deadline is None else min(deadline, short))
-        for image, value in out.items():
-            if isinstance(value, Exception) and getattr(value, "reason", "") in ("registry timed out", "time budget spent"):
-                value.reason = "webhook busy"  # type: ignore[attr-defined]
+        cached = getattr(self.resolver, "cached", None)
+        out = dict(cached(images, namespace=namespace, pull_secrets=pull_secrets)) if cached else {}
+        for image in images:
+            if image not in out:
+                out[image] = _Busy(f"image {image}: every look-up thread is waiting on a registry")
         return out
 
     def __call__(self, image: str, **kwargs: Any) -> Any:
@@ -61,4 +57,6 @@ class LookupGate:
 
 
 class _Busy(Exception):
+    """No look-up thread free: the container is left alone with a "webhook busy" warning."""
+
     reason = "webhook busy"
