@@ -19,7 +19,7 @@ import pytest
 
 from admission_support import container, make_pod, mutate
 from tests.process_support import free_port
-from tests.test_registry import LoopbackCA, Server, serve
+from tests.test_registry import LoopbackCA, serve
 from webhook import __version__
 from webhook.admission.settings import AdmissionSettings
 from webhook.registry import RegistryResolver, RegistrySettings, ResolveError
@@ -286,3 +286,20 @@ def test_the_egress_networkpolicy_example_selects_the_webhook_and_keeps_metadata
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     registries = policy["spec"]["egress"][-1]
     assert "169.254.0.0/16" in registries["to"][0]["ipBlock"]["except"] and registries["ports"] == [{"protocol": "TCP", "port": 443}]
+
+
+def test_private_ranges_stay_allowed() -> None:
+    """In-cluster registries live on private addresses: only loopback, link-local, unspecified
+    and multicast are the cluster's insides here."""
+    import ipaddress
+
+    from webhook.registry_egress import EgressPolicy, EgressRefused, forbidden_kind, parse_networks
+
+    for allowed in ("10.0.0.7", "172.16.4.2", "192.168.1.10", "100.64.0.3", "fd00::1", "8.8.8.8"):
+        assert forbidden_kind(ipaddress.ip_address(allowed)) is None, allowed
+    policy = EgressPolicy(parse_networks(["127.0.0.1/32"]))
+    policy.check_address("x", ipaddress.ip_address("127.0.0.1"))  # configured: fine
+    with pytest.raises(EgressRefused):
+        policy.check_address("x", ipaddress.ip_address("127.0.0.2"))
+    with pytest.raises(ValueError, match="not an address or network"):
+        RegistrySettings(allowed_networks=("localhost",))
