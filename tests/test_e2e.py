@@ -373,6 +373,32 @@ def test_acs_pattern_core_lands_in_the_injected_volume(agent, kernel, node_facto
     check_cgroups_gone(run, flavour)
 
 
+def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, node_factory, tmp_path):
+    """Issue 12: no SYS_RESOURCE (a non-root pod, as Pod Security restricted wants it) and a
+    runtime whose hard RLIMIT_CORE is 0, so the wrapper cannot raise it: the kernel still pipes
+    the core (%c = 0) and the agent keeps all of it for the registered pod, recording the limit."""
+    pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core.%p"}, out_dir="/data/dump-a"))
+    app = pod["spec"]["containers"][0]
+    assert "add" not in app["securityContext"]["capabilities"]
+    node = node_factory("cgroupfs")
+    node.core_limit = (0, 0)
+    run = run_pod(node, pod)
+    assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["0", "0"]  # not raised
+    (core_mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
+    vol = run.volume_dirs[core_mount["name"]]
+    cores = [p for p in vol.iterdir() if p.name.startswith("core.") and not p.name.endswith(".json")]
+    assert len(cores) == 1, sorted(os.listdir(vol))
+    meta_path = Path(str(cores[0]) + C.METADATA_SUFFIX)
+    wait_for(meta_path.exists, 10, f"{meta_path}")
+    meta = json.loads(meta_path.read_text())
+    data = cores[0].read_bytes()
+    check_elf_core(data)
+    assert meta["rlimit_core"] == 0 and meta["truncated"] is False and meta["size"] == len(data) > 4096
+    assert meta["registered"] is True and meta["destination"] == "pod"
+    stop_and_check(agent, kernel, node, tmp_path)
+    check_cgroups_gone(run, "cgroupfs")
+
+
 def test_eci_pattern_appends_the_namespace_pid(agent, kernel, node_factory, tmp_path):
     pod = mutated(deployment_pod({C.ANN_PATTERN_ECI: "/pod/data/dump/core-eci"}, out_dir="/pod/data/dump"))
     (core_mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/pod/data/dump"]
