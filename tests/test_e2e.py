@@ -399,6 +399,30 @@ def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, n
     check_cgroups_gone(run, "cgroupfs")
 
 
+def test_read_only_core_mount_on_a_bare_pod_is_admitted_and_its_core_kept_on_the_node(agent, kernel, node_factory, tmp_path):
+    """Issue 12, 3: a read-only volume holds the pattern's directory. The pod is admitted with a
+    warning and the reason recorded on it; the crash's core cannot go in the pod, so the agent
+    keeps it in the node location and says why."""
+    pod = deployment_pod({C.ANN_PATTERN: "/data/dump-a/core.%p"}, out_dir="/out",
+                         volumes=[{"name": "data", "emptyDir": {}}, {"name": "out", "emptyDir": {}}],
+                         app_mounts=[{"name": "data", "mountPath": "/data", "readOnly": True},
+                                     {"name": "out", "mountPath": "/out"}])
+    result = mutate_pod(pod, ADMISSION, namespace=NAMESPACE, deadline=time.monotonic() + 3)
+    assert result.allowed and any("read-only at /data: no core can be written" in w for w in result.warnings)
+    pod = apply(pod, result.patch)
+    assert pod["metadata"]["annotations"][C.ANN_UNWRITABLE] == "container app: volume data is read-only at /data"
+    node = node_factory("cgroupfs")
+    run = run_pod(node, pod)
+    assert not any(run.volume_dirs["data"].rglob("core*"))
+    (line,) = [r for r in agent.crashes() if r.get("pod") == run.pod["metadata"]["name"]]
+    assert line["outcome"] == "written" and line["destination"] == "node", line
+    assert Path(line["path"]).is_relative_to(agent.host / "cores" / NAMESPACE / run.pod["metadata"]["name"] / "app")
+    why = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
+    assert why and "Read-only file system" in why[-1]["detail"], why
+    stop_and_check(agent, kernel, node, tmp_path)
+    check_cgroups_gone(run, "cgroupfs")
+
+
 def test_eci_pattern_appends_the_namespace_pid(agent, kernel, node_factory, tmp_path):
     pod = mutated(deployment_pod({C.ANN_PATTERN_ECI: "/pod/data/dump/core-eci"}, out_dir="/pod/data/dump"))
     (core_mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/pod/data/dump"]
