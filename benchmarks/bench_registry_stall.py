@@ -7,8 +7,10 @@ client sends annotated pods whose containers all have a command (no look-up need
 keep-alive connection and measures their latency, first alone, then while N clients (N = 1, 8,
 32) each create pods whose image lives on the stalled registry (a fresh tag every time, so no
 cache helps; each client pauses ``--pace`` seconds between pods, as a controller would), and
-the same with the answering registry. Prints p50/p99 of the probe in every phase and the ratios
-to the unloaded run, all measured side by side in one run.
+the same with the answering registry. The phases run in ``--rounds`` rounds, each starting with
+its own unloaded run (so a shared machine's drift hits every phase alike); each phase's samples
+are pooled over the rounds. Prints p50/p99 of the probe in every phase and the ratios to the
+unloaded run, all measured side by side in one run.
 
 Target: p99 of the probe pods within 2x of the unloaded p99 while registries stall.
 
@@ -102,6 +104,21 @@ def load_process(port: int, cafile: str, registry: str, n: int, pace: float, sto
         t.join()
 
 
+def loaded_phase(port: int, ctx: ssl.SSLContext, cafile: Path, registry: str, n: int, args: Any,
+                 kind: str) -> tuple[list[float], int]:
+    """The probe while N clients create pods whose images live on ``registry``."""
+    stop, counter = mp.Event(), mp.Value("i", 0)
+    loader = mp.Process(target=load_process, args=(port, str(cafile), registry, n, args.pace, stop, counter),
+                        daemon=True)
+    loader.start()
+    time.sleep(2.5 if kind == "stalled" else 0.5)  # let the stalled look-ups pile up
+    lat = probe(port, ctx, args.probes)
+    stop.set()
+    loader.join(15)
+    time.sleep(2.5)  # let the stalled look-ups of this phase run out
+    return lat, counter.value
+
+
 def probe(port: int, ctx: ssl.SSLContext, n: int) -> list[float]:
     body = review(realistic_pod(True), "bench-probe")
     conn = connect(port, ctx)
@@ -115,7 +132,8 @@ def probe(port: int, ctx: ssl.SSLContext, n: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--probes", type=int, default=300, help="probe requests per phase")
+    parser.add_argument("--probes", type=int, default=300, help="probe requests per phase and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pace", type=float, default=0.05, help="seconds each load client waits between pods")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--workers", type=int, default=2)
@@ -128,7 +146,12 @@ def main() -> int:
     stalled.listen(1024)  # the kernel completes handshakes; nobody ever reads or answers
     stalled_host = f"127.0.0.1:{stalled.getsockname()[1]}"
     answering, answering_host = answering_registry()
-    results: list[tuple[str, int, list[float], int]] = []
+    pooled: dict[tuple[str, int], tuple[list[float], int]] = {}
+
+    def record(kind: str, n: int, lat: list[float], done: int) -> None:
+        old = pooled.get((kind, n), ([], 0))
+        pooled[(kind, n)] = (old[0] + lat, old[1] + done)
+
     with tempfile.TemporaryDirectory(prefix="coredump-bench-") as tmp:
         cert_dir = Path(tmp, "certs")
         gen.write_bundle(gen.generate(), cert_dir)
@@ -154,19 +177,12 @@ def main() -> int:
                         print(log_path.read_text(), file=sys.stderr)
                         return 1
                     time.sleep(0.1)
-            results.append(("unloaded", 0, probe(port, ctx, args.probes), 0))
-            for n in counts_of:
-                for kind, registry in (("stalled", stalled_host), ("answering", answering_host)):
-                    stop, counter = mp.Event(), mp.Value("i", 0)
-                    loader = mp.Process(target=load_process, args=(port, str(cert_dir / "ca.crt"), registry, n,
-                                                                    args.pace, stop, counter), daemon=True)
-                    loader.start()
-                    time.sleep(2.5 if kind == "stalled" else 0.5)  # let the stalled look-ups pile up
-                    lat = probe(port, ctx, args.probes)
-                    stop.set()
-                    loader.join(15)
-                    results.append((kind, n, lat, counter.value))
-                    time.sleep(2.5)  # let the stalled look-ups of this phase run out
+            for _ in range(args.rounds):
+                record("unloaded", 0, probe(port, ctx, args.probes), 0)
+                for n in counts_of:
+                    for kind, registry in (("stalled", stalled_host), ("answering", answering_host)):
+                        lat, done = loaded_phase(port, ctx, cert_dir / "ca.crt", registry, n, args, kind)
+                        record(kind, n, lat, done)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -178,11 +194,13 @@ def main() -> int:
             stalled.close()
             answering.shutdown()
 
-    base = results[0][2]
+    results = [(kind, n, lat, done) for (kind, n), (lat, done) in pooled.items()]
+    base = pooled[("unloaded", 0)][0]
     base_p50, base_p99 = pct(base, 50), pct(base, 99)
     print(f"server: {args.workers} workers x {args.threads} threads (+ look-up threads), TLS, keep-alive; "
           f"{os.cpu_count()} CPUs shared with the clients; load clients pause {args.pace}s between pods")
-    print(f"probe: annotated 3-container pod, every container with a command (no look-up); {args.probes} per phase")
+    print(f"probe: annotated 3-container pod, every container with a command (no look-up); "
+          f"{args.probes} per phase and round, {args.rounds} rounds pooled")
     print()
     print(f"{'registry':<10} {'clients':>7} {'load pods':>9} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>7} {'p99 x':>7}")
     worst = 0.0

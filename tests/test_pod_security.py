@@ -204,8 +204,16 @@ def _pods(draw) -> dict[str, Any]:
         spec["volumes"] = [{"name": "data", **source}]
         for c in containers:
             c["volumeMounts"] = [{"name": "data", "mountPath": draw(st.sampled_from(["/data", "/data/dump-a", "/other"]))}]
+    annotations = {}
+    if draw(st.booleans()):  # an init container, prepared too
+        init = container("init", command=["/init"])
+        sc = draw(_security_context())
+        if sc is not None:
+            init["securityContext"] = sc
+        spec["initContainers"] = [init]
+        annotations[C.ANN_INIT_CONTAINERS] = "true"
     pattern = draw(st.sampled_from(["/data/dump-a/core-%e-%p", "/data/./dump-a/core", "core.%p"]))
-    return make_pod(containers, pattern=pattern, **spec)
+    return make_pod(containers, annotations, pattern=pattern, **spec)
 
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
