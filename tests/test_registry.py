@@ -893,7 +893,9 @@ def test_a_pods_images_resolve_concurrently_with_a_per_registry_bound(registries
         proxy.close()
     commands = [c.get("command") for c in after["spec"]["containers"]]
     assert commands == [[C_WRAPPER, f"/entry-{i}"] for i in range(20)], result.warnings
-    assert 1 < proxy.peak <= 4 and r.pool.peak[proxy.host] <= 4
+    # side by side at the registry, never more than 4 look-ups at once (the proxy's own count can
+    # overlap by one: a handler finishes its bookkeeping after the client already has the answer)
+    assert proxy.peak > 1 and 2 <= r.pool.peak[proxy.host] <= 4
     assert took < 3.0
 
 
