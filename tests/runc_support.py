@@ -230,6 +230,9 @@ class Node:
     flavour: str = "cgroupfs"
     #: Directories standing in for network volumes (NFS exports, PVCs), by pod volume name.
     remote: dict[str, Path] = field(default_factory=dict)
+    #: RLIMIT_CORE (soft, hard) the runtime gives containers: a default container's, or e.g.
+    #: (0, 0) for a runtime configured with a hard limit of 0 that no wrapper can raise.
+    core_limit: tuple[int, int] = (0, UNLIMITED)
     containers: list[Container] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -329,7 +332,7 @@ class Node:
         cfg["process"]["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
         cfg["process"]["rlimits"] = [
             {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},  # runc's default (only lowers)
-            {"type": "RLIMIT_CORE", "hard": UNLIMITED, "soft": 0},  # a default container: no cores
+            {"type": "RLIMIT_CORE", "hard": self.core_limit[1], "soft": self.core_limit[0]},
         ]
         cfg["root"] = {"path": "rootfs", "readonly": sc.get("readOnlyRootFilesystem") is True}
         cfg["hostname"] = pod["metadata"]["name"]

@@ -305,7 +305,7 @@ def test_webhook_configuration_is_safe(helm: Path, helm_env: dict[str, str], nam
     workloads = hooks_by_name["workloads.coredump-webhook.io"]["rules"]
     resources = {(g, r) for rule in workloads for g in rule["apiGroups"] for r in rule["resources"]}
     assert resources == {("apps", r) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")} | {
-        ("batch", "jobs"), ("batch", "cronjobs")}
+        ("batch", "jobs"), ("batch", "cronjobs"), ("", "replicationcontrollers"), ("", "podtemplates")}
     assert all(rule["operations"] == ["CREATE", "UPDATE"] for rule in workloads)
     # The objects the release runs in its own namespace are never sent to itself.
     for obj in objs:
@@ -504,9 +504,9 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     objs = rendered["default"]
     mwc = one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
     tls = f"{RELEASE}-tls"
-    # Webhook: no API rights and no token by default (`coredump serve` needs none).
-    assert find(objs, "ClusterRole", f"{RELEASE}-webhook") == []
-    assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # Webhook: list/watch namespaces (their Pod Security level), nothing else by default.
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-webhook") == {("", "namespaces", (), ("list", "watch"))}
+    assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     # Agent: list/watch pods (its own node's, by field selector: RBAC cannot narrow it), post
     # CoreDumped Events; nothing else (see test_agent_rbac_is_what_the_agent_calls).
     assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
@@ -519,7 +519,7 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "Role", f"{RELEASE}-certs-pre") == secret_rules
     assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
-    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs"}
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-webhook"}
 
 
 #: kubernetes client method prefix -> RBAC verb.
@@ -613,15 +613,36 @@ def test_webhook_may_patch_only_its_own_configuration_when_asked(helm: Path, hel
     objs = render(helm, helm_env, "--set", "webhook.rbac.patchWebhookConfiguration=true")
     mwc = one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
     assert _rules(objs, "ClusterRole", f"{RELEASE}-webhook") == {
-        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch")),
+        ("", "namespaces", (), ("list", "watch"))}
     assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_webhook_without_the_capability_needs_no_api(helm: Path, helm_env: dict[str, str]) -> None:
+    """No SYS_RESOURCE to decide: no namespace watch, no ClusterRole, no token."""
+    objs = render(helm, helm_env, "--set", "webhook.addCapability=false")
+    assert find(objs, "ClusterRole", f"{RELEASE}-webhook") == []
+    assert webhook_deployment(objs)["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_registry_egress_values_reach_the_webhook(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set", "registry.allowedHosts={registry.corp.example,*.corp.example:5000}",
+                  "--set", "registry.insecure={registry.local:5000}", "--set", "registry.allowNetworks={127.0.0.1/32}",
+                  "--set", "webhook.podSecurityDefaultLevel=baseline")
+    env = env_of(webhook_deployment(objs)["spec"]["template"]["spec"]["containers"][0])
+    assert env["COREDUMP_REGISTRY_ALLOW_HOST"] == "registry.corp.example *.corp.example:5000"
+    assert env["COREDUMP_REGISTRY_INSECURE"] == "registry.local:5000"
+    assert env["COREDUMP_REGISTRY_ALLOW_NETWORK"] == "127.0.0.1/32"
+    assert env["COREDUMP_WEBHOOK_POD_SECURITY_DEFAULT_LEVEL"] == "baseline"
+    default_env = env_of(webhook_deployment(render(helm, helm_env))["spec"]["template"]["spec"]["containers"][0])
+    assert not {"COREDUMP_REGISTRY_ALLOW_HOST", "COREDUMP_REGISTRY_INSECURE", "COREDUMP_REGISTRY_ALLOW_NETWORK"} & set(default_env)
 
 
 def test_pull_secrets_only_when_asked(rendered: dict[str, list[dict[str, Any]]]) -> None:
     def secret_rules(objs: list[dict[str, Any]]) -> set[Any]:
         return {r for r in _rules(objs, "ClusterRole", f"{RELEASE}-webhook") if r[1] == "secrets"}
 
-    assert find(rendered["default"], "ClusterRole", f"{RELEASE}-webhook") == []
+    assert secret_rules(rendered["default"]) == set()
     assert secret_rules(rendered["pull-secrets"]) == {("", "secrets", (), ("get",))}
     assert webhook_deployment(rendered["pull-secrets"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     env = env_of(webhook_deployment(rendered["pull-secrets"])["spec"]["template"]["spec"]["containers"][0])
@@ -1038,4 +1059,4 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]} == _agent_api_calls()
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-webhook"}

@@ -350,11 +350,13 @@ def test_acs_pattern_core_lands_in_the_injected_volume(agent, kernel, node_facto
     (core_mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
     assert core_mount["name"].startswith(C.CORE_VOLUME)
     assert {"emptyDir": {}, "name": core_mount["name"]} in pod["spec"]["volumes"]
-    assert "SYS_RESOURCE" in app["securityContext"]["capabilities"]["add"]
+    # the app runs as non-root: an added SYS_RESOURCE would be lost at execve, so none is added
+    # (Pod Security keeps admitting the pod) and the core is kept all the same
+    assert "add" not in app["securityContext"]["capabilities"]
     node = node_factory(flavour)
     run = run_pod(node, pod)
     granted = run.app.config["process"]["capabilities"]["bounding"]
-    assert ("CAP_SYS_RESOURCE" in granted) != ("CAP_SYS_RESOURCE" in run.app.ungranted)
+    assert "CAP_SYS_RESOURCE" not in granted
     vol = run.volume_dirs[core_mount["name"]]
     nspid = int((vol / "child.pid").read_text())
     cores = [p for p in vol.iterdir() if p.name.startswith("core-") and not p.name.endswith(".json")]
@@ -369,6 +371,56 @@ def test_acs_pattern_core_lands_in_the_injected_volume(agent, kernel, node_facto
     assert not (agent.host / "cores").exists() or not any((agent.host / "cores").rglob("core*"))
     stop_and_check(agent, kernel, node, tmp_path)
     check_cgroups_gone(run, flavour)
+
+
+def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, node_factory, tmp_path):
+    """Issue 12: no SYS_RESOURCE (a non-root pod, as Pod Security restricted wants it) and a
+    runtime whose hard RLIMIT_CORE is 0, so the wrapper cannot raise it: the kernel still pipes
+    the core (%c = 0) and the agent keeps all of it for the registered pod, recording the limit."""
+    pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core.%p"}, out_dir="/data/dump-a"))
+    app = pod["spec"]["containers"][0]
+    assert "add" not in app["securityContext"]["capabilities"]
+    node = node_factory("cgroupfs")
+    node.core_limit = (0, 0)
+    run = run_pod(node, pod)
+    assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["0", "0"]  # not raised
+    (core_mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
+    vol = run.volume_dirs[core_mount["name"]]
+    cores = [p for p in vol.iterdir() if p.name.startswith("core.") and not p.name.endswith(".json")]
+    assert len(cores) == 1, sorted(os.listdir(vol))
+    meta_path = Path(str(cores[0]) + C.METADATA_SUFFIX)
+    wait_for(meta_path.exists, 10, f"{meta_path}")
+    meta = json.loads(meta_path.read_text())
+    data = cores[0].read_bytes()
+    check_elf_core(data)
+    assert meta["rlimit_core"] == 0 and meta["truncated"] is False and meta["size"] == len(data) > 4096
+    assert meta["registered"] is True and meta["destination"] == "pod"
+    stop_and_check(agent, kernel, node, tmp_path)
+    check_cgroups_gone(run, "cgroupfs")
+
+
+def test_read_only_core_mount_on_a_bare_pod_is_admitted_and_its_core_kept_on_the_node(agent, kernel, node_factory, tmp_path):
+    """Issue 12, 3: a read-only volume holds the pattern's directory. The pod is admitted with a
+    warning and the reason recorded on it; the crash's core cannot go in the pod, so the agent
+    keeps it in the node location and says why."""
+    pod = deployment_pod({C.ANN_PATTERN: "/data/dump-a/core.%p"}, out_dir="/out",
+                         volumes=[{"name": "data", "emptyDir": {}}, {"name": "out", "emptyDir": {}}],
+                         app_mounts=[{"name": "data", "mountPath": "/data", "readOnly": True},
+                                     {"name": "out", "mountPath": "/out"}])
+    result = mutate_pod(pod, ADMISSION, namespace=NAMESPACE, deadline=time.monotonic() + 3)
+    assert result.allowed and any("read-only at /data: no core can be written" in w for w in result.warnings)
+    pod = apply(pod, result.patch)
+    assert pod["metadata"]["annotations"][C.ANN_UNWRITABLE] == "container app: volume data is read-only at /data"
+    node = node_factory("cgroupfs")
+    run = run_pod(node, pod)
+    assert not any(run.volume_dirs["data"].rglob("core*"))
+    (line,) = [r for r in agent.crashes() if r.get("pod") == run.pod["metadata"]["name"]]
+    assert line["outcome"] == "written" and line["destination"] == "node", line
+    assert Path(line["path"]).is_relative_to(agent.host / "cores" / NAMESPACE / run.pod["metadata"]["name"] / "app")
+    why = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
+    assert why and "Read-only file system" in why[-1]["detail"], why
+    stop_and_check(agent, kernel, node, tmp_path)
+    check_cgroups_gone(run, "cgroupfs")
 
 
 def test_eci_pattern_appends_the_namespace_pid(agent, kernel, node_factory, tmp_path):

@@ -50,8 +50,21 @@ def test_pod_without_annotation_gets_nothing() -> None:
 
 
 def test_pod_already_injected_gets_empty_patch() -> None:
+    prepared, _ = mutate_apply(make_pod())
+    assert mutate(prepared).patch == [] and mutate(prepared).warnings == []
+
+
+def test_status_annotation_without_the_injected_parts_does_not_skip_preparation() -> None:
+    """A user-set (or copied) status annotation is only the pod's word: prepare it anyway."""
     pod = make_pod(annotations={C.ANN_STATUS: C.STATUS_INJECTED})
-    assert mutate(pod).patch == []
+    after, result = mutate_apply(pod)
+    assert any(c["name"].startswith(C.INSTALLER_CONTAINER) for c in after["spec"]["initContainers"])
+    assert after["spec"]["containers"][0]["command"][0] == W if after["spec"]["containers"][0].get("command") else True
+    assert any("lacks the injected parts" in w for w in result.warnings)
+    # half the parts (an installer but no wrapper mount) is not prepared either
+    half = make_pod(annotations={C.ANN_STATUS: C.STATUS_INJECTED})
+    half["spec"]["initContainers"] = [after["spec"]["initContainers"][0]]
+    assert mutate(half).patch != []
 
 
 def test_other_annotations_only_get_nothing() -> None:
@@ -315,7 +328,8 @@ def test_resolver_failure_leaves_command_alone_and_says_why() -> None:
     after, result = mutate_apply(make_pod([c]), resolve_image=resolver)
     patched = after["spec"]["containers"][0]
     assert "command" not in patched and patched["args"] == ["--x"]
-    assert any("app" in w and "did not answer" in w for w in result.warnings)
+    assert any("app" in w and "could not resolve the image's entrypoint" in w for w in result.warnings)
+    assert not any("did not answer" in w for w in result.warnings), "the raw error is never echoed"
     # everything else is still prepared: the agent collects its cores regardless of the limit
     assert find(patched["env"], C.ENV_PATTERN)["value"] == PATTERN
     assert "SYS_RESOURCE" in patched["securityContext"]["capabilities"]["add"]
@@ -326,7 +340,7 @@ def test_resolver_returning_garbage_is_a_failure() -> None:
     bad.entrypoint, bad.cmd = "not-a-list", None  # type: ignore[assignment]
     after, result = mutate_apply(make_pod([container()]), resolve_image=TableResolver({IMG: bad}))
     assert "command" not in after["spec"]["containers"][0]
-    assert any("not a list of strings" in w for w in result.warnings)
+    assert any("could not resolve the image's entrypoint" in w for w in result.warnings)
 
 
 def test_no_resolver_or_lookup_disabled_warns() -> None:
@@ -353,7 +367,7 @@ def test_resolver_gets_namespace_pull_secrets_and_deadline_and_is_asked_once_per
     assert resolver.calls[0][1] == {"namespace": "payments", "pull_secrets": ["reg-a", "reg-b"], "deadline": deadline}
     a, b, c = after["spec"]["containers"]
     assert a["command"] == b["command"] == [W, "/e"]
-    assert "command" not in c and any("container c" in w and "manifest unknown" in w for w in result.warnings)
+    assert "command" not in c and any("container c" in w and "could not resolve" in w for w in result.warnings)
 
 
 def test_spent_deadline_stops_resolution() -> None:
@@ -402,10 +416,13 @@ def test_installer_init_container_first_and_restricted() -> None:
     assert json.loads(annotations_of(after)[C.ANN_TARGETS]) == ["migrate", "warm", "app"]
 
 
-def test_wrapper_dir_already_used_is_refused() -> None:
-    pod = make_pod([container(volumeMounts=[{"name": "x", "mountPath": C.WRAPPER_DIR + "/"}])], volumes=[{"name": "x", "emptyDir": {}}])
-    result = mutate(pod)
-    assert not result.allowed and C.WRAPPER_DIR in result.message
+def test_wrapper_dir_already_used_is_admitted_unprepared_with_a_warning() -> None:
+    """The product never blocks a pod it cannot prepare."""
+    for path in (C.WRAPPER_DIR + "/", C.WRAPPER_DIR + "/sub"):
+        pod = make_pod([container(volumeMounts=[{"name": "x", "mountPath": path}])], volumes=[{"name": "x", "emptyDir": {}}])
+        result = mutate(pod)
+        assert result.allowed and result.patch == []
+        assert any(C.WRAPPER_DIR in w and "not prepared" in w for w in result.warnings)
 
 
 # --- step 4: capabilities -------------------------------------------------------------------------
@@ -415,7 +432,7 @@ def test_wrapper_dir_already_used_is_refused() -> None:
     "sc, expected",
     [
         (None, {"capabilities": {"add": ["SYS_RESOURCE"]}}),
-        ({"runAsUser": 1000}, {"runAsUser": 1000, "capabilities": {"add": ["SYS_RESOURCE"]}}),
+        ({"runAsUser": 0}, {"runAsUser": 0, "capabilities": {"add": ["SYS_RESOURCE"]}}),
         ({"capabilities": {"drop": ["ALL"]}}, {"capabilities": {"drop": ["ALL"], "add": ["SYS_RESOURCE"]}}),
         (
             {"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}},

@@ -66,10 +66,54 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
-def serve(handler_cls) -> tuple[Server, int]:
-    srv = Server(("127.0.0.1", 0), handler_cls)
+def serve(handler_cls, tls: "LoopbackCA | None" = None, host: str = "127.0.0.1") -> tuple[Server, int]:
+    srv = Server((host, 0), handler_cls)
+    if tls is not None:
+        srv.socket = tls.server_context(host).wrap_socket(srv.socket, server_side=True)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return srv, srv.server_address[1]
+
+
+class LoopbackCA:
+    """A CA of the tests and serving certificates for loopback addresses (token realms and
+    redirect targets must be HTTPS)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry tests CA")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256()))
+        self.bundle = tmp / "tests-ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, address: str):
+        import ipaddress
+        import ssl
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(self.key, hashes.SHA256()))
+        pem = self.tmp / f"server-{address}-{os.urandom(4).hex()}.pem"
+        pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pem)
+        return ctx
+
+
+#: Set by the ``registries`` fixture: the CA that signed the token server's certificate.
+TEST_CA: LoopbackCA | None = None
 
 
 # --- the registries ----------------------------------------------------------------------------
@@ -183,7 +227,9 @@ def registries(tmp_path_factory):
     htpasswd = tmp / "htpasswd"
     htpasswd.write_text(f"{USER}:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n")
     issuer = TokenIssuer(tmp)
-    token_srv, token_port = serve(token_handler(issuer))
+    global TEST_CA
+    TEST_CA = LoopbackCA(tmp)
+    token_srv, token_port = serve(token_handler(issuer), tls=TEST_CA)
     procs = []
     try:
         r = Registries()
@@ -193,7 +239,7 @@ def registries(tmp_path_factory):
         proc, r.basic = start_registry(tmp, "basic", storage, {"htpasswd": {"realm": "test", "path": str(htpasswd)}})
         procs.append(proc)
         proc, r.token = start_registry(tmp, "token", storage, {"token": {
-            "realm": f"http://127.0.0.1:{token_port}/token", "service": SERVICE, "issuer": ISSUER,
+            "realm": f"https://127.0.0.1:{token_port}/token", "service": SERVICE, "issuer": ISSUER,
             "rootcertbundle": str(issuer.bundle)}})
         procs.append(proc)
         yield r
@@ -304,7 +350,10 @@ class CountingSession(requests.Session):
 def resolver(**overrides) -> tuple[RegistryResolver, CountingSession]:
     session = CountingSession()
     reader = overrides.pop("secret_reader", None)
-    settings = RegistrySettings(**{"negative_ttl_seconds": 0, **overrides})
+    # The registries of the tests are on loopback over plain HTTP: allowed only when configured.
+    defaults = {"negative_ttl_seconds": 0, "insecure_registries": ("127.0.0.1",), "allowed_networks": ("127.0.0.1/32",),
+                "ca_file": str(TEST_CA.bundle) if TEST_CA else None}
+    settings = RegistrySettings(**{**defaults, **overrides})
     return RegistryResolver(settings, secret_reader=reader, session=session), session
 
 
@@ -737,3 +786,134 @@ def test_malformed_registry_answers_are_resolve_errors():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- issue 12: image commands keep their meaning, look-ups run side by side ------------------------
+def k8s_expand(value: str, env: dict[str, str]) -> str:
+    """What the kubelet does to a ``command``/``args`` item (its expansion rules): ``$$`` is a
+    literal ``$``, ``$(VAR)`` a defined variable's value (kept as written when undefined), any
+    other ``$`` stays."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "$" and i + 1 < len(value):
+            nxt = value[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(":
+                end = value.find(")", i + 2)
+                if end != -1:
+                    name = value[i + 2:end]
+                    out.append(env[name] if name in env else value[i:end + 1])
+                    i = end + 1
+                    continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def test_image_commands_with_dollars_keep_their_meaning(registries):
+    """A real registry image whose config holds $, $$ and $(VAR): copied into the pod, the
+    kubelet's expansion must give back exactly what the image says."""
+    from admission_support import make_pod, mutate_apply
+
+    entrypoint = ["/bin/sh", "-c", "echo pid=$$ home=$(HOME) cost=$5 tail=$"]
+    cmd = ["--price=$(PRICE)", "$$$", "plain"]
+    push_image(registries.open, "team/dollars", "1", entrypoint, cmd)
+    r, _ = resolver()
+    image = f"{registries.open}/team/dollars:1"
+    pod = make_pod([{"name": "app", "image": image, "env": [{"name": "HOME", "value": "/home/app"},
+                                                             {"name": "PRICE", "value": "9"}]}])
+    after, _ = mutate_apply(pod, resolve_image=r)
+    c = after["spec"]["containers"][0]
+    env = {"HOME": "/home/app", "PRICE": "9"}
+    assert [k8s_expand(v, env) for v in c["command"][1:]] == entrypoint
+    assert [k8s_expand(v, env) for v in c["args"]] == cmd
+    assert c["command"][3] == "echo pid=$$$$ home=$$(HOME) cost=$$5 tail=$$"
+
+
+class DelayProxy:
+    """Forwards HTTP requests to a real registry after ``delay`` seconds: a slow registry."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with proxy.lock:
+                    proxy.active += 1
+                    proxy.peak = max(proxy.peak, proxy.active)
+                try:
+                    time.sleep(delay)
+                    resp = requests.get(f"http://{upstream}{self.path}", headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=5)
+                    body = resp.content
+                    self.send_response(resp.status_code)
+                    for key in ("Content-Type", "Docker-Content-Digest"):
+                        if key in resp.headers:
+                            self.send_header(key, resp.headers[key])
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with proxy.lock:
+                        proxy.active -= 1
+
+        self.srv, port = serve(Handler)
+        self.host = f"127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_a_pods_images_resolve_concurrently_with_a_per_registry_bound(registries):
+    """20 images behind a 150 ms registry: one after another they would take 6 s (two requests
+    each), over the 3 s admission budget; side by side, at most 4 at a time, all are wrapped."""
+    from admission_support import make_pod, mutate_apply
+    from webhook.admission.settings import AdmissionSettings
+
+    for i in range(20):
+        push_image(registries.open, "team/many", f"v{i}", [f"/entry-{i}"], [])
+    proxy = DelayProxy(registries.open, 0.15)
+    try:
+        r, _ = resolver(per_registry_concurrency=4, timeout_seconds=3)
+        pod = make_pod([{"name": f"c{i}", "image": f"{proxy.host}/team/many:v{i}"} for i in range(20)])
+        deadline = time.monotonic() + AdmissionSettings().admission_budget_seconds
+        start = time.monotonic()
+        after, result = mutate_apply(pod, resolve_image=r, deadline=deadline)
+        took = time.monotonic() - start
+    finally:
+        proxy.close()
+    commands = [c.get("command") for c in after["spec"]["containers"]]
+    assert commands == [[C_WRAPPER, f"/entry-{i}"] for i in range(20)], result.warnings
+    # side by side at the registry, never more than 4 look-ups at once (the proxy's own count can
+    # overlap by one: a handler finishes its bookkeeping after the client already has the answer)
+    assert proxy.peak > 1 and 2 <= r.pool.peak[proxy.host] <= 4
+    assert took < 3.0
+
+
+C_WRAPPER = "/.coredump-webhook/coredump-wrapper"
+
+
+def test_identical_lookups_in_flight_are_shared(registries, images):
+    proxy = DelayProxy(registries.open, 0.2)
+    try:
+        r, session = resolver()
+        image = f"{proxy.host}/team/single:1.0"
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(resolve(r, image))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proxy.close()
+    assert len(results) == 8 and all(x.entrypoint == ["/app/server", "--port", "8080"] for x in results)
+    assert len(session.urls) == 2  # one manifest, one config blob for eight pods

@@ -458,8 +458,11 @@ def test_review_resolve_uses_the_registry_options(tmp_path: Path) -> None:
         file = tmp_path / "review.json"
         file.write_text(json.dumps(review_of(pod)))
 
+        # A registry on loopback over plain HTTP must be configured: nothing allows it by default.
+        local = ["--registry-insecure", "127.0.0.1", "--registry-allow-network", "127.0.0.1/32"]
+
         def wrapped(args: list[str], env: dict[str, str] | None = None) -> list[str]:
-            result = CliRunner().invoke(review_command, [*args, str(file)], env=env)
+            result = CliRunner().invoke(review_command, [*args, *local, str(file)], env=env)
             assert result.exit_code == 0, result.output
             after = apply(pod, json.loads(result.output)["response"]["patch"])
             return after["spec"]["containers"][0]["command"]

@@ -13,7 +13,8 @@ from webhook.admission.settings import AdmissionSettings
 from webhook.admission.workloads import WORKLOAD_KINDS, is_workload, misplaced_annotation, pod_template, synthetic_pod
 
 SETTINGS = AdmissionSettings()
-GROUPS = {"Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps", "Job": "batch", "CronJob": "batch"}
+GROUPS = {"Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps", "Job": "batch", "CronJob": "batch",
+          "ReplicationController": "", "PodTemplate": ""}
 
 
 def template(annotations: dict[str, str] | None = None, containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -34,10 +35,14 @@ def workload(kind: str, tmpl: dict[str, Any], **meta: Any) -> dict[str, Any]:
         spec = {"template": tmpl}
     elif kind == "StatefulSet":
         spec = {"serviceName": "web", "selector": selector, "template": tmpl}
+    elif kind == "PodTemplate":
+        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "web", "namespace": "shop", **meta}, "template": tmpl}
+    elif kind == "ReplicationController":
+        spec = {"selector": {"app": "web"}, "template": tmpl}
     else:
         spec = {"selector": selector, "template": tmpl}
     return {
-        "apiVersion": f"{GROUPS[kind]}/v1",
+        "apiVersion": f"{GROUPS[kind]}/v1".lstrip("/"),
         "kind": kind,
         "metadata": {"name": "web", "namespace": "shop", **meta},
         "spec": spec,

@@ -45,6 +45,9 @@ ANN_EFFECTIVE_PATTERN = PREFIX + "pattern"
 ANN_TARGETS = PREFIX + "targets"
 #: Name of the volume that holds the cores ("<volume>@<mountPath>").
 ANN_CORE_VOLUME = PREFIX + "core-volume"
+#: Why no core of the pod can be written (a read-only mount at the pattern's directory), for
+#: `coredump list` and whoever reads the pod; absent when the cores have somewhere to go.
+ANN_UNWRITABLE = PREFIX + "unwritable"
 
 # --- Environment of every prepared container (the agent's registration) -------------------
 #: The validated core(5) pattern (absolute path or relative to the process cwd).

@@ -17,17 +17,23 @@ import binascii
 import collections
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
 import re
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode, urlsplit
 
 import requests
+
+from webhook.registry_egress import EgressPolicy, EgressRefused, follow, guard_session, guarded_session, parse_networks
+from webhook.registry_pool import LookupPool, PoolBusy
 
 log = logging.getLogger("coredump.webhook.registry")  # under `coredump serve`'s JSON logs
 
@@ -71,8 +77,16 @@ class RegistrySettings:
     #: Node platform picked from an OCI index / Docker manifest list: "os/arch[/variant]".
     platform: str = "linux/amd64"
     #: Registries reached over plain HTTP: "host" (any port) or "host:port". Everything else
-    #: uses HTTPS with certificate verification.
-    insecure_registries: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    #: uses HTTPS with certificate verification. None by default (not even loopback).
+    insecure_registries: tuple[str, ...] = ()
+    #: Networks (CIDR) the look-ups may reach although they are loopback or link-local, which
+    #: are refused after DNS resolution otherwise (private ranges are always allowed).
+    allowed_networks: tuple[str, ...] = ()
+    #: Registry hosts ("host", "host:port", "*.example.com") the webhook may contact, token
+    #: servers and redirect targets included; empty: any host.
+    allowed_registries: tuple[str, ...] = ()
+    #: Look-ups talking to one registry at the same time (the others wait within their budget).
+    per_registry_concurrency: int = 4
     #: Read the pod's imagePullSecrets through the API (needs RBAC `get secrets`; off by default
     #: because it gives the webhook read access to Secrets).
     read_pull_secrets: bool = False
@@ -86,7 +100,14 @@ class RegistrySettings:
             raise ValueError("registry timeout must be > 0 seconds")
         if self.cache_size < 1:
             raise ValueError("registry cache size must be >= 1")
+        if self.per_registry_concurrency < 1:
+            raise ValueError("per-registry concurrency must be >= 1")
         parse_platform(self.platform)
+        parse_networks(self.allowed_networks)
+
+    def egress_policy(self) -> EgressPolicy:
+        """The connection rules of :mod:`webhook.registry_egress` these settings describe."""
+        return EgressPolicy(parse_networks(self.allowed_networks), tuple(self.allowed_registries))
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,13 @@ class ImageConfig:
 
 
 class ResolveError(Exception):
-    """Resolution failed; the message names the image and what went wrong."""
+    """Resolution failed; the message names the image and what went wrong (for the log), and
+    ``reason`` is the short class users see ("registry unreachable", "not found", ...): never
+    the raw connection error, which would make the webhook a port scanner's oracle."""
+
+    def __init__(self, message: str, reason: str = "invalid registry response") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --- Image references --------------------------------------------------------------------------
@@ -431,45 +458,102 @@ class RegistryResolver:
     ) -> None:
         self.settings = settings
         self.secret_reader = secret_reader
-        self.session = session or requests.Session()
+        self.policy = settings.egress_policy()
+        if session is None:
+            session = guarded_session(self.policy)
+        else:  # a caller's session (tests count requests): the same rules apply to it
+            guard_session(session, self.policy)
+        self.session = session
+        self.pool = LookupPool(per_registry=settings.per_registry_concurrency)
         self._results = _LRU(settings.cache_size)  # (ref, platform, identity) -> ImageConfig
-        self._failures = _LRU(settings.cache_size)  # same key -> message
+        self._failures = _LRU(settings.cache_size)  # same key -> (message, reason)
         self._by_digest = _LRU(settings.cache_size)  # (registry, repo, digest, platform) -> ImageConfig
         self._tokens = _LRU(settings.cache_size)  # (registry, scope, identity) -> token
 
     # -- public --
     def __call__(self, image: str, *, namespace: str, pull_secrets: list[str], deadline: float | None) -> ImageConfig:
-        try:
-            ref = parse_image_ref(image)
-        except ValueError as e:
-            raise ResolveError(f"image {image!r}: cannot parse the reference: {e}") from None
-        if str(ref) != image:  # say what the short name meant: "nginx (docker.io/library/nginx:latest)"
-            image = f"{image} ({ref})"
+        outcome = self.resolve_many([image], namespace=namespace, pull_secrets=pull_secrets, deadline=deadline)[image]
+        if isinstance(outcome, ResolveError):
+            raise outcome
+        return outcome
+
+    def resolve_many(
+        self, images: list[str], *, namespace: str, pull_secrets: list[str], deadline: float | None
+    ) -> dict[str, ImageConfig | ResolveError]:
+        """Every image's config (or why not), resolved concurrently in the look-up pool.
+
+        Returns when all are done or at ``min(settings.timeout_seconds, deadline - now)``,
+        whichever comes first, even if a server trickles bytes; the look-ups themselves never
+        run in the calling thread (a web server's thread only waits here).
+        """
+        start = time.monotonic()
         budget = self.settings.timeout_seconds
         if deadline is not None:
-            budget = min(budget, deadline - time.monotonic())
-        if budget <= 0:
-            raise ResolveError(f"image {image}: no time left in the admission budget to ask the registry")
-        start = time.monotonic()
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
+            budget = min(budget, deadline - start)
+        secrets = list(pull_secrets or [])
+        out: dict[str, ImageConfig | ResolveError] = {}
+        waiting: dict[str, tuple[Future, str, ImageRef]] = {}
+        for image in images:
             try:
-                outcome["value"] = self._resolve(image, ref, namespace, list(pull_secrets or []), _Budget(budget))
-            except BaseException as e:  # handed to the caller, which raises ResolveError
-                outcome["error"] = e
+                ref = parse_image_ref(image)
+            except ValueError as e:
+                out[image] = ResolveError(f"image {image!r}: cannot parse the reference: {e}", "invalid image reference")
+                continue
+            shown = f"{image} ({ref})" if str(ref) != image else image
+            if budget <= 0:
+                out[image] = ResolveError(f"image {shown}: no time left in the admission budget to ask the registry",
+                                          "time budget spent")
+                continue
+            key = (str(ref), namespace, tuple(secrets), self.settings.platform)
+            work = functools.partial(self._resolve, shown, ref, namespace, secrets, _Budget(budget))
+            waiting[image] = (self.pool.submit(key, ref.registry, start + budget, work), shown, ref)
+        if waiting:
+            futures_wait([f for f, _, _ in waiting.values()], timeout=max(0.0, start + budget - time.monotonic()))
+        for image, (future, shown, ref) in waiting.items():
+            out[image] = self._outcome(future, shown, ref, budget)
+        return out
 
-        worker = threading.Thread(target=work, name=f"resolve {image}", daemon=True)
-        worker.start()
-        worker.join(max(0.0, budget - (time.monotonic() - start)))
-        if "value" in outcome:
-            return outcome["value"]
-        err = outcome.get("error")
+    def cached(self, images: list[str], *, namespace: str, pull_secrets: list[str]) -> dict[str, ImageConfig | ResolveError]:
+        """What the caches answer at once, without starting a look-up (None for a miss is left out).
+
+        Only anonymous resolutions are looked up (credentials would need the API); for the
+        caller that may not wait (see webhook/server/lookups.py)."""
+        out: dict[str, ImageConfig | ResolveError] = {}
+        if pull_secrets and self.settings.read_pull_secrets and self.secret_reader is not None:
+            return out
+        now = time.monotonic()
+        for image in images:
+            try:
+                ref = parse_image_ref(image)
+            except ValueError:
+                continue
+            key = (str(ref), self.settings.platform, "anonymous")
+            hit = self._results.get(key, now)
+            if hit is not None:
+                out[image] = hit
+                continue
+            failed = self._failures.get(key, now)
+            if failed is not None:
+                out[image] = ResolveError(failed[0] + " (cached failure)", failed[1])
+        return out
+
+    def _outcome(self, future: Future, image: str, ref: ImageRef, budget: float) -> ImageConfig | ResolveError:
+        if not future.done():
+            return ResolveError(f"image {image}: registry {ref.registry} did not answer within {budget:.1f}s",
+                                "registry timed out")
+        err = future.exception()
+        if err is None:
+            return future.result()
         if isinstance(err, ResolveError):
-            raise err
-        if err is None or isinstance(err, _Timeout):
-            raise ResolveError(f"image {image}: registry {ref.registry} did not answer within {budget:.1f}s")
-        raise ResolveError(f"image {image}: unexpected {type(err).__name__}: {err}")
+            return err
+        if isinstance(err, PoolBusy):
+            return ResolveError(f"image {image}: {err}", err.reason)
+        if isinstance(err, _Timeout):
+            return ResolveError(f"image {image}: registry {ref.registry} did not answer within {budget:.1f}s",
+                                "registry timed out")
+        log.error("registry look-up failed unexpectedly", exc_info=err,
+                  extra={"event": "registry.error", "image": image})
+        return ResolveError(f"image {image}: unexpected {type(err).__name__}: {err}", "internal error")
 
     # -- the resolution proper (worker thread) --
     def _resolve(self, image: str, ref: ImageRef, namespace: str, secrets: list[str], budget: _Budget) -> ImageConfig:
@@ -482,24 +566,24 @@ class RegistryResolver:
             return hit
         failed = self._failures.get(key, now)
         if failed is not None:
-            raise ResolveError(failed + " (cached failure)")
+            raise ResolveError(failed[0] + " (cached failure)", failed[1])
         try:
             result = self._fetch(image, ref, cred, identity, budget)
         except ResolveError as e:
             msg = f"{e}{note}"
-            self._remember_failure(key, msg)
-            raise ResolveError(msg) from None
+            self._remember_failure(key, msg, e.reason)
+            raise ResolveError(msg, e.reason) from None
         except _Timeout:
             msg = f"image {image}: registry {ref.registry} did not answer within {budget.seconds:.1f}s"
-            self._remember_failure(key, msg)
-            raise ResolveError(msg) from None
+            self._remember_failure(key, msg, "registry timed out")
+            raise ResolveError(msg, "registry timed out") from None
         expiry = None if ref.digest else time.monotonic() + self.settings.cache_ttl_seconds
         self._results.put(key, result, expiry)
         return result
 
-    def _remember_failure(self, key, msg: str) -> None:
+    def _remember_failure(self, key, msg: str, reason: str) -> None:
         if self.settings.negative_ttl_seconds > 0:
-            self._failures.put(key, msg, time.monotonic() + self.settings.negative_ttl_seconds)
+            self._failures.put(key, (msg, reason), time.monotonic() + self.settings.negative_ttl_seconds)
 
     def _credential(self, ref: ImageRef, namespace: str, secrets: list[str]) -> tuple[Credential | None, str]:
         """Credentials from the pod's pull secrets, and a note for error messages."""
@@ -533,7 +617,7 @@ class RegistryResolver:
         body, media_type = self._get_manifest(image, base, ref.reference, auth, budget)
         top_digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if ref.digest and ref.digest.startswith("sha256:") and ref.digest != top_digest:
-            raise ResolveError(f"image {image}: manifest content does not match digest {ref.digest}")
+            raise ResolveError(f"image {image}: manifest content does not match digest {ref.digest}", "digest mismatch")
         manifest = _json(body, f"image {image}: manifest")
         media_type = manifest.get("mediaType") or media_type
         digest = top_digest
@@ -543,7 +627,7 @@ class RegistryResolver:
             try:
                 entry = choose_platform(manifest, self.settings.platform)
             except ValueError as e:
-                raise ResolveError(f"image {image}: {e}") from None
+                raise ResolveError(f"image {image}: {e}", "no manifest for the node platform") from None
             digest_ = entry.get("digest")
             if not isinstance(digest_, str) or not _DIGEST_RE.match(digest_):
                 raise ResolveError(f"image {image}: index entry without a valid digest")
@@ -565,7 +649,7 @@ class RegistryResolver:
                 raise ResolveError(f"image {image}: manifest ({media_type}) has no config descriptor")
             blob = self._get(image, f"{base}/blobs/{desc['digest']}", {}, auth, budget, MAX_CONFIG_BYTES, "config blob")[0]
             if desc["digest"].startswith("sha256:") and "sha256:" + hashlib.sha256(blob).hexdigest() != desc["digest"]:
-                raise ResolveError(f"image {image}: config blob does not match digest {desc['digest']}")
+                raise ResolveError(f"image {image}: config blob does not match digest {desc['digest']}", "digest mismatch")
             config_blob = _json(blob, f"image {image}: config blob")
         try:
             entrypoint, cmd = entrypoint_and_cmd(config_blob)
@@ -589,28 +673,30 @@ class RegistryResolver:
         if resp.status_code != 200:
             detail = _registry_error(resp, budget)
             resp.close()
-            hint = ""
+            hint, reason = "", f"HTTP {resp.status_code}"
             if resp.status_code in (401, 403):
                 hint = " (needs pull credentials)" if auth.cred is None else " (the pull secret's credentials were refused)"
-            raise ResolveError(f"image {image}: {what}: HTTP {resp.status_code}{detail}{hint}")
+                reason = "needs pull credentials" if auth.cred is None else "credentials refused"
+            elif resp.status_code == 404:
+                reason = "image not found"
+            raise ResolveError(f"image {image}: {what}: HTTP {resp.status_code}{detail}{hint}", reason)
         return _read_body(resp, budget, limit, f"image {image}: {what}"), resp
 
     def _request(self, image: str, url: str, headers: dict, budget: _Budget, auth: Any) -> requests.Response:
         left = budget.remaining()
         try:
-            return self.session.get(
-                url,
-                headers=headers,
-                auth=auth,
-                timeout=(left, left),
-                stream=True,
-                verify=self.settings.ca_file or True,
-                allow_redirects=True,
+            return follow(
+                self.session, self.policy, url, headers=headers, auth=auth,
+                timeout=(left, left), stream=True, verify=self.settings.ca_file or True,
             )
+        except EgressRefused as e:
+            raise ResolveError(f"image {image}: {e}", e.reason) from None
         except requests.Timeout:
             raise _Timeout() from None
+        except requests.exceptions.SSLError as e:
+            raise ResolveError(f"image {image}: TLS with {urlsplit(url).netloc} failed: {_short(e)}", "TLS error") from None
         except requests.RequestException as e:
-            raise ResolveError(f"image {image}: cannot reach {urlsplit(url).netloc}: {_short(e)}") from None
+            raise ResolveError(f"image {image}: cannot reach {urlsplit(url).netloc}: {_short(e)}", "registry unreachable") from None
 
 
 class _Auth:
@@ -642,16 +728,19 @@ class _Auth:
         query = {"service": params["service"]} if "service" in params else {}
         query["scope"] = params.get("scope") or self.scope
         realm = params["realm"]
+        if urlsplit(realm).scheme != "https":
+            # A plain-HTTP realm would send credentials in clear, and could aim the webhook anywhere.
+            raise ResolveError(f"image {image}: token realm {realm!r} is not HTTPS", "token realm not HTTPS")
         basic = (self.cred.username, self.cred.password) if self.cred else None
         token_resp = self.resolver._request(image, realm + ("&" if "?" in realm else "?") + urlencode(query), {}, budget, basic)
         if token_resp.status_code != 200:
             detail = _registry_error(token_resp, budget)
             token_resp.close()
-            raise ResolveError(f"image {image}: token server {urlsplit(realm).netloc}: HTTP {token_resp.status_code}{detail}")
+            raise ResolveError(f"image {image}: token server {urlsplit(realm).netloc}: HTTP {token_resp.status_code}{detail}", "token refused")
         data = _json(_read_body(token_resp, budget, 1 << 20, f"image {image}: token"), f"image {image}: token response")
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
-            raise ResolveError(f"image {image}: token server {urlsplit(realm).netloc} returned no token")
+            raise ResolveError(f"image {image}: token server {urlsplit(realm).netloc} returned no token", "token refused")
         try:
             lifetime = float(data.get("expires_in") or 60)
         except (TypeError, ValueError):
@@ -669,13 +758,13 @@ def _read_body(resp: requests.Response, budget: _Budget, limit: int, what: str) 
         for chunk in resp.iter_content(65536):
             size += len(chunk)
             if size > limit:
-                raise ResolveError(f"{what}: larger than {limit} bytes")
+                raise ResolveError(f"{what}: larger than {limit} bytes", "response too large")
             chunks.append(chunk)
             budget.remaining()
     except requests.RequestException as e:
         if isinstance(e, requests.ConnectionError) and "timed out" in str(e).lower():
             raise _Timeout() from None
-        raise ResolveError(f"{what}: reading the response failed: {_short(e)}") from None
+        raise ResolveError(f"{what}: reading the response failed: {_short(e)}", "registry unreachable") from None
     finally:
         resp.close()
     return b"".join(chunks)
@@ -762,6 +851,15 @@ def registry_options(func: Callable) -> Callable:
         click.option("--registry-insecure", "registry_insecure", multiple=True, default=d.insecure_registries,
                      show_default=True, show_envvar=True, envvar="COREDUMP_REGISTRY_INSECURE",
                      help="Registry host or host:port reached over plain HTTP (repeatable; env: space-separated)."),
+        click.option("--registry-allow-network", "registry_allow_network", multiple=True, default=d.allowed_networks,
+                     show_envvar=True, envvar="COREDUMP_REGISTRY_ALLOW_NETWORK",
+                     help="Loopback/link-local network (CIDR) look-ups may reach anyway (repeatable; env: space-separated)."),
+        click.option("--registry-allow-host", "registry_allow_host", multiple=True, default=d.allowed_registries,
+                     show_envvar=True, envvar="COREDUMP_REGISTRY_ALLOW_HOST",
+                     help="Only contact these hosts (host, host:port, *.domain; token and redirect hosts too). Default: any."),
+        click.option("--registry-concurrency", "registry_concurrency", type=click.IntRange(min=1),
+                     default=d.per_registry_concurrency, show_default=True, show_envvar=True,
+                     envvar="COREDUMP_REGISTRY_CONCURRENCY", help="Look-ups talking to one registry at the same time."),
         click.option("--registry-read-pull-secrets/--no-registry-read-pull-secrets", "registry_read_pull_secrets",
                      default=d.read_pull_secrets, show_default=True, show_envvar=True, envvar="COREDUMP_REGISTRY_READ_PULL_SECRETS",
                      help="Read pods' imagePullSecrets (needs RBAC get on secrets)."),
@@ -784,6 +882,9 @@ def settings_from_options(options: Mapping[str, Any]) -> RegistrySettings:
         negative_ttl_seconds=options["registry_negative_ttl"],
         platform=options["registry_platform"],
         insecure_registries=tuple(options["registry_insecure"]),
+        allowed_networks=tuple(options.get("registry_allow_network") or ()),
+        allowed_registries=tuple(options.get("registry_allow_host") or ()),
+        per_registry_concurrency=options.get("registry_concurrency") or RegistrySettings.per_registry_concurrency,
         read_pull_secrets=options["registry_read_pull_secrets"],
         docker_hub_host=options["registry_docker_hub_host"],
         ca_file=options["registry_ca_file"],

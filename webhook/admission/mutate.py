@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 import jsonpatch
 
 from webhook import constants as C
+from webhook.admission import podsecurity
 from webhook.admission.settings import AdmissionSettings, VolumeSpecError, parse_volume_spec
 from webhook.pattern import Pattern, PatternError, parse
 
@@ -66,6 +67,9 @@ class MutationResult:
     message: str = ""
     #: The effective pattern when the pod asked for one (for logs and metrics).
     pattern: str | None = None
+    #: Why a workload with this template must be refused although a bare pod is admitted
+    #: (no core could ever be written): the workload check turns it into its refusal.
+    workload_refusal: str | None = None
 
 
 class _Refused(Exception):
@@ -74,6 +78,12 @@ class _Refused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def escape_dollars(values: Sequence[str]) -> list[str]:
+    """Image ENTRYPOINT/CMD as ``command``/``args``: Kubernetes expands ``$(VAR)`` and turns
+    ``$$`` into ``$`` there (never in the image config), so every ``$`` is written ``$$``."""
+    return [v.replace("$", "$$") for v in values]
 
 
 def escape_pointer(token: str) -> str:
@@ -175,11 +185,14 @@ def mutate_pod(
     namespace: str,
     resolve_image: Resolver | None = None,
     deadline: float | None = None,
+    namespace_level: str = "privileged",
 ) -> MutationResult:
     """The JSONPatch (or refusal) that prepares ``pod`` to keep its cores.
 
     ``deadline`` is a ``time.monotonic()`` instant after which no registry look-up starts.
-    Pods without a pattern annotation, and pods already marked injected, get an empty patch.
+    ``namespace_level`` is the Pod Security level the namespace enforces ("restricted" when
+    not known): nothing that level refuses is added unless the pod asks for it.
+    Pods without a pattern annotation, and pods already prepared, get an empty patch.
     """
     metadata = pod.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
@@ -187,9 +200,14 @@ def mutate_pod(
         return MutationResult()
     if C.ANN_PATTERN not in annotations and C.ANN_PATTERN_ECI not in annotations:
         return MutationResult()
+    spoofed = False
     if annotations.get(C.ANN_STATUS) == C.STATUS_INJECTED:
-        return MutationResult()
-    mutation = _Mutation(pod, annotations, settings, namespace, resolve_image, deadline)
+        if is_prepared(pod):
+            return MutationResult()
+        spoofed = True  # a status set by hand (or copied from another pod): prepare it anyway
+    mutation = _Mutation(pod, annotations, settings, namespace, resolve_image, deadline, namespace_level)
+    if spoofed:
+        mutation.warn(f"{C.ANN_STATUS}: injected, but the pod lacks the injected parts: prepared anyway")
     try:
         return mutation.run()
     except _Refused as refused:
@@ -209,8 +227,12 @@ class _Mutation:
         namespace: str,
         resolve_image: Resolver | None,
         deadline: float | None,
+        namespace_level: str = "privileged",
     ) -> None:
         self.pod = pod
+        self.level = namespace_level if namespace_level in podsecurity.LEVELS else "restricted"
+        self.workload_refusal: str | None = None
+        self.unwritable: str | None = None
         self.annotations = annotations
         self.settings = settings
         self.namespace = namespace or ""
@@ -244,7 +266,10 @@ class _Mutation:
             return MutationResult(warnings=self.warnings, pattern=self.raw)
         options = self.registration_options()
         targets = self.targets()
-        self.check_wrapper_dir(targets)
+        taken = self.reserved_path_user(targets)
+        if taken is not None:
+            self.warn(f"container {taken} mounts {C.WRAPPER_DIR}, reserved for the wrapper: pod not prepared")
+            return MutationResult(warnings=self.warnings, pattern=self.raw)
 
         volume_names = {str(v.get("name")) for v in _dicts(spec.get("volumes"))}
         new_volumes: list[dict[str, Any]] = []
@@ -257,20 +282,31 @@ class _Mutation:
             mounts[id(t.container)].append({"name": wrapper_volume, "mountPath": C.WRAPPER_DIR, "readOnly": True})
 
         self.append_all("/spec/volumes", spec.get("volumes"), new_volumes)
-        capability = self.settings.capability_allowed(self.namespace)
-        if not capability:
-            why = "disabled" if not self.settings.add_capability else f"not in namespace {self.namespace}"
-            self.warn(f"SYS_RESOURCE not added ({why}): the wrapper can raise the soft core limit only")
-        resolved: dict[str, Any] = {}
+        resolved = self.resolve_images(targets)
         for t in targets:
             self.append_all(t.path + "/volumeMounts", t.container.get("volumeMounts"), mounts[id(t.container)])
             self.wrap_command(t, resolved)
-            if capability:
+            skipped = self.capability_skip_reason(t)
+            if skipped is None:
                 self.add_capability(t)
+            elif skipped not in podsecurity.USELESS:
+                self.warn(f"SYS_RESOURCE not added ({skipped}): cores are still kept in full")
             self.registration_env(t, pattern, options)
         self.add_installer(wrapper_volume)
         self.add_annotations(pattern, targets, core_volume)
-        return MutationResult(patch=self.patch, warnings=self.warnings, pattern=self.raw)
+        return MutationResult(
+            patch=self.patch, warnings=self.warnings, pattern=self.raw, workload_refusal=self.workload_refusal
+        )
+
+    def capability_skip_reason(self, t: _Target) -> str | None:
+        """Step 4's decision: why SYS_RESOURCE is not added to ``t`` (None: add it)."""
+        if not self.settings.add_capability:
+            return "disabled by the operator"
+        if self.namespace in self.settings.no_capability_namespaces:
+            return f"namespace {self.namespace} excluded by the operator"
+        return podsecurity.capability_skip_reason(
+            t.container, self.spec, self.namespace, self.level, podsecurity.explicit_choice(self.annotations)
+        )
 
     def pattern(self) -> Pattern:
         """Step 1: the effective pattern (ACS wins over ECI), validated."""
@@ -347,12 +383,14 @@ class _Mutation:
                 init_chosen = [t for t in init if t.name in wanted]
         return init_chosen + chosen
 
-    def check_wrapper_dir(self, targets: list[_Target]) -> None:
+    def reserved_path_user(self, targets: list[_Target]) -> str | None:
+        """The first target that mounts something at (or inside) the wrapper's directory."""
         for t in targets:
             for m in _dicts(t.container.get("volumeMounts")):
                 mp = m.get("mountPath")
-                if isinstance(mp, str) and normalize_path(mp) == C.WRAPPER_DIR:
-                    raise _Refused(f"container {t.name!r} already mounts a volume at {C.WRAPPER_DIR}, reserved for the wrapper")
+                if isinstance(mp, str) and mp and covers(C.WRAPPER_DIR, normalize_path(mp)):
+                    return t.name
+        return None
 
     def volume(
         self,
@@ -364,6 +402,8 @@ class _Mutation:
     ) -> str:
         """Step 2: the volume that receives the cores. Returns "volume@mountPath" ("" if none)."""
         directory = pattern.directory
+        if directory is not None:
+            directory = normalize_path(directory)  # /data/./dump-a is where /data/dump-a is mounted
         override = self.annotations.get(C.ANN_VOLUME)
         if directory is None:
             self.warn("no core volume added for a relative pattern: use an absolute path to keep cores")
@@ -385,7 +425,7 @@ class _Mutation:
                 if own is None:
                     mounts[id(t.container)].append(dict(mount))
                 elif own.get("readOnly") is True:
-                    self.warn(f"container {t.name}: {own['name']} is read-only at {own['mountPath']}: no core can be written")
+                    self.read_only(t, own)
             return f"{reference['name']}@{normalize_path(reference['mountPath'])}"
 
         choice = self.settings.default_volume
@@ -398,6 +438,10 @@ class _Mutation:
             source = parse_volume_spec(choice, empty_dir_size_limit=self.settings.empty_dir_size_limit)
         except VolumeSpecError as exc:
             raise _Refused(f"annotation {C.ANN_VOLUME}: {exc}") from None
+        if not podsecurity.volume_allowed(source, self.level):
+            kind = next(iter(source))
+            self.warn(f"{kind} volume not allowed by Pod Security {self.level}: cores kept in an emptyDir")
+            source = parse_volume_spec("emptyDir", empty_dir_size_limit=self.settings.empty_dir_size_limit)
         name = _unique(C.CORE_VOLUME, volume_names)
         new_volumes.append({"name": name, **source})
         for t in targets:
@@ -405,6 +449,54 @@ class _Mutation:
         if "emptyDir" in source:
             self.warn(f"cores kept in emptyDir {name}: they outlive restarts, not the pod (see {C.ANN_VOLUME})")
         return f"{name}@{directory}"
+
+    def read_only(self, t: _Target, mount: dict[str, Any]) -> None:
+        """A read-only mount holds the pattern's directory: no core can ever be written there.
+
+        A workload is refused at ``kubectl apply`` (its owner can fix the template); a bare pod
+        is admitted with a warning and the reason recorded on it, for ``coredump list``.
+        """
+        where = normalize_path(mount["mountPath"])
+        self.unwritable = f"container {t.name}: volume {mount['name']} is read-only at {where}"
+        self.warn(f"container {t.name}: {mount['name']} is read-only at {where}: no core can be written")
+        if self.workload_refusal is None:
+            self.workload_refusal = (
+                f"container {t.name!r} mounts volume {mount['name']!r} read-only at {where}, which holds the "
+                f"core pattern's directory: no core could ever be written. Drop readOnly there, or point the "
+                f"pattern at a directory outside that mount"
+            )
+
+    def resolve_images(self, targets: list[_Target]) -> dict[str, Any]:
+        """Registry look-ups of every target without a command, all at once (see wrap_command)."""
+        if not self.settings.resolve_entrypoints or self.resolve_image is None:
+            return {}
+        images: list[str] = []
+        for t in targets:
+            command, image = t.container.get("command"), t.container.get("image")
+            if (not isinstance(command, list) or not command) and isinstance(image, str) and image:
+                if image not in images:
+                    images.append(image)
+        if not images:
+            return {}
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return {}
+        many = getattr(self.resolve_image, "resolve_many", None)
+        if many is None:
+            return {}  # a plain callable: wrap_command asks it one image at a time
+        try:
+            outcomes = many(images, namespace=self.namespace, pull_secrets=self.pull_secrets(), deadline=self.deadline)
+        except Exception as exc:  # noqa: BLE001 - the collaborator failing degrades every image
+            return {image: exc for image in images}
+        out: dict[str, Any] = {}
+        for image, value in outcomes.items():
+            if isinstance(value, Exception):
+                out[image] = value
+                continue
+            try:
+                out[image] = (_strings(value.entrypoint), _strings(value.cmd))
+            except Exception as exc:  # noqa: BLE001
+                out[image] = exc
+        return out
 
     def wrap_command(self, t: _Target, resolved: dict[str, Any]) -> None:
         """Step 3: run the wrapper first, keeping Kubernetes' command/args semantics."""
@@ -427,7 +519,7 @@ class _Mutation:
             return
         if image not in resolved:
             if self.deadline is not None and time.monotonic() >= self.deadline:
-                self.warn(f"container {t.name}: admission time budget spent before reading {image}: core limit not raised")
+                self.warn(f"container {t.name}: not wrapped, could not resolve the image's entrypoint (time budget spent)")
                 return
             try:
                 config = self.resolve_image(
@@ -438,10 +530,9 @@ class _Mutation:
                 resolved[image] = exc
         outcome = resolved[image]
         if isinstance(outcome, Exception):
-            reason = str(outcome) or type(outcome).__name__
-            for prefix in (f"image {image}: ", f"image {image!r}: "):
-                reason = reason.removeprefix(prefix)  # the image is known from the container
-            self.warn(f"container {t.name}: not wrapped, ENTRYPOINT unknown: {reason}")
+            # A short reason class, never the raw error (it could map the webhook's network).
+            reason = getattr(outcome, "reason", None) or "lookup failed"
+            self.warn(f"container {t.name}: not wrapped, could not resolve the image's entrypoint ({reason})")
             return
         entrypoint, cmd = outcome
         if entrypoint == [""]:  # the image explicitly reset its ENTRYPOINT
@@ -451,10 +542,12 @@ class _Mutation:
         if not entrypoint and not has_args and not cmd:
             self.warn(f"container {t.name}: image {image} has no ENTRYPOINT or CMD: command not wrapped")
             return
-        self.patch.append({"op": "add", "path": t.path + "/command", "value": [C.WRAPPER_PATH, *entrypoint]})
+        self.patch.append(
+            {"op": "add", "path": t.path + "/command", "value": [C.WRAPPER_PATH, *escape_dollars(entrypoint)]}
+        )
         if not has_args and cmd:
             # A container command makes the runtime drop the image's CMD: carry it over as args.
-            self.patch.append({"op": "add", "path": t.path + "/args", "value": list(cmd)})
+            self.patch.append({"op": "add", "path": t.path + "/args", "value": escape_dollars(cmd)})
 
     def pull_secrets(self) -> list[str]:
         return [
@@ -543,6 +636,7 @@ class _Mutation:
             (C.ANN_EFFECTIVE_PATTERN, pattern.raw),
             (C.ANN_TARGETS, json.dumps([t.name for t in targets], separators=(",", ":"))),
             (C.ANN_CORE_VOLUME, core_volume),
+            *([(C.ANN_UNWRITABLE, self.unwritable)] if self.unwritable else []),
         ):
             self.patch.append({"op": "add", "path": base + escape_pointer(key), "value": value})
 
@@ -554,6 +648,26 @@ class _Mutation:
             self.patch.extend({"op": "add", "path": path + "/-", "value": item} for item in items)
         else:
             self.patch.append({"op": "add", "path": path, "value": list(items)})
+
+
+def is_prepared(pod: dict[str, Any]) -> bool:
+    """Whether ``pod`` carries what the mutation injects: the installer init container and the
+    wrapper's mount (the status annotation alone is only the pod's word)."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return False
+    def is_installer(c: dict[str, Any]) -> bool:
+        command = c.get("command")
+        return isinstance(command, list) and command[:2] == [C.IMAGE_WRAPPER_PATH, C.WRAPPER_INSTALL_FLAG]
+
+    init = _dicts(spec.get("initContainers"))
+    mounted = any(
+        isinstance(m.get("mountPath"), str) and normalize_path(m["mountPath"]) == C.WRAPPER_DIR
+        for c in init + _dicts(spec.get("containers"))
+        if not is_installer(c)
+        for m in _dicts(c.get("volumeMounts"))
+    )
+    return mounted and any(is_installer(c) for c in init)
 
 
 def _field_env(name: str, field_path: str) -> dict[str, Any]:

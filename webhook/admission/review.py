@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from webhook.admission.mutate import MutationResult, Resolver, mutate_pod
+from webhook.admission.podsecurity import LevelLookup
 from webhook.admission.settings import AdmissionSettings
 from webhook.admission.workloads import is_workload, misplaced_annotation, pod_template, synthetic_pod
 
@@ -78,13 +79,19 @@ def _short(value: object) -> str:
 
 
 def handle_review(
-    body: object, settings: AdmissionSettings, *, resolve_image: Resolver | None = None
+    body: object,
+    settings: AdmissionSettings,
+    *,
+    resolve_image: Resolver | None = None,
+    namespace_levels: LevelLookup | None = None,
 ) -> dict[str, Any]:
     """Answer one AdmissionReview v1. Raise only :class:`ReviewError`.
 
     Pods on CREATE are mutated; workloads on CREATE/UPDATE have their pod template checked
     (refused or warned, never patched); everything else is allowed unchanged. ``dryRun``
-    changes nothing: the mutation has no side effects.
+    changes nothing: the mutation has no side effects. ``namespace_levels`` tells the Pod
+    Security level a namespace enforces (the server's namespace watch; without one, e.g.
+    offline, every namespace is at ``settings.pod_security_default_level``).
     """
     request = _request(body)
     uid = request["uid"]
@@ -104,10 +111,14 @@ def handle_review(
     namespace = request.get("namespace") or _namespace_of(obj)
     deadline = time.monotonic() + settings.admission_budget_seconds
     try:
+        level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
         if is_pod:
-            result = mutate_pod(obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline)
+            result = mutate_pod(
+                obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
+                namespace_level=level,
+            )
         else:
-            result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline)
+            result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
     except Exception:
         logger.exception(
             "admission failed open", extra={"uid": uid, "kind": kind, "namespace": namespace, "operation": operation}
@@ -124,6 +135,7 @@ def _check_workload(
     namespace: str,
     resolve_image: Resolver | None,
     deadline: float,
+    level: str = "privileged",
 ) -> MutationResult:
     """The pod template judged as the pod it will make; the workload keeps no patch."""
     template = pod_template(obj, kind)
@@ -133,8 +145,10 @@ def _check_workload(
     else:
         result = mutate_pod(
             synthetic_pod(template, namespace), settings, namespace=namespace,
-            resolve_image=resolve_image, deadline=deadline,
+            resolve_image=resolve_image, deadline=deadline, namespace_level=level,
         )
+        if result.allowed and result.workload_refusal:
+            result.allowed, result.message = False, result.workload_refusal
     if misplaced:
         result.warnings.insert(0, misplaced)
     result.patch = []

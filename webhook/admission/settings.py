@@ -20,6 +20,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 #: RFC 1123 DNS label: namespace names.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_LEVELS = ("privileged", "baseline", "restricted")
 
 
 class VolumeSpecError(ValueError):
@@ -74,10 +75,10 @@ class AdmissionSettings:
     #: sizeLimit of an injected emptyDir core volume (a quantity such as "4Gi"); None: no limit.
     empty_dir_size_limit: str | None = None
     #: Add SYS_RESOURCE to target containers so the wrapper can raise the hard RLIMIT_CORE.
-    #: Pod Security "baseline" (and "restricted") reject pods that add it: operators whose
-    #: namespaces enforce those levels set this to False, or list the namespaces below. Without
-    #: it the wrapper still raises the soft limit up to the hard one, and the node agent ignores
-    #: the limit for registered pods anyway.
+    #: Only where it can help and Pod Security allows it: never to non-root containers, with
+    #: hostUsers: false, or in namespaces enforcing baseline/restricted (learned from the
+    #: namespace watch). Without it the wrapper still raises the soft limit up to the hard one,
+    #: and the node agent keeps a registered pod's core whatever the limit.
     add_capability: bool = True
     #: Namespaces where SYS_RESOURCE is never added (e.g. those labelled with a PSA level).
     no_capability_namespaces: tuple[str, ...] = ()
@@ -90,6 +91,11 @@ class AdmissionSettings:
     admission_budget_seconds: float = 3.0
     #: Let a pod choose its core volume with the coredump-webhook.io/volume annotation.
     allow_pod_volume_override: bool = True
+    #: The Pod Security level of a namespace without the enforce label: "privileged" is
+    #: Kubernetes' default; clusters whose AdmissionConfiguration sets another default say so.
+    pod_security_default_level: str = "privileged"
+    #: Watch namespaces (RBAC list/watch) to learn their enforced Pod Security level.
+    watch_namespaces: bool = True
 
     def __post_init__(self) -> None:
         # Validate at start-up so a bad flag stops the server instead of every admission.
@@ -106,12 +112,10 @@ class AdmissionSettings:
         for ns in self.no_capability_namespaces:
             if not _DNS_LABEL.match(ns):
                 raise ValueError(f"no_capability_namespaces: {ns!r} is not a namespace name")
+        if self.pod_security_default_level not in _LEVELS:
+            raise ValueError(f"pod_security_default_level must be one of {', '.join(_LEVELS)}")
         if not 0 < self.admission_budget_seconds <= 30:
             raise ValueError("admission_budget_seconds must be in (0, 30]")
-
-    def capability_allowed(self, namespace: str) -> bool:
-        """Whether SYS_RESOURCE may be added to containers of pods in ``namespace``."""
-        return self.add_capability and namespace not in self.no_capability_namespaces
 
     def describe(self) -> dict[str, Any]:
         """The effective settings as plain JSON values, for the start-up log."""
@@ -147,8 +151,18 @@ ADMISSION_OPTIONS: list[click.Option] = [
     click.Option(
         ["--add-capability/--no-add-capability"], envvar=_env("add_capability"),
         default=AdmissionSettings.add_capability, show_default=True,
-        help="Add SYS_RESOURCE so the wrapper can raise the hard core limit "
-        "(Pod Security baseline rejects it: disable it or list namespaces below).",
+        help="Add SYS_RESOURCE so the wrapper can raise the hard core limit (only to root "
+        "containers in namespaces whose Pod Security level allows it).",
+    ),
+    click.Option(
+        ["--pod-security-default-level"], envvar=_env("pod_security_default_level"),
+        default=AdmissionSettings.pod_security_default_level, type=click.Choice(_LEVELS), show_default=True,
+        help="Pod Security level of namespaces without the enforce label (the cluster's default).",
+    ),
+    click.Option(
+        ["--watch-namespaces/--no-watch-namespaces"], envvar=_env("watch_namespaces"),
+        default=AdmissionSettings.watch_namespaces, show_default=True,
+        help="Watch namespaces for their Pod Security level (off: every namespace counts as restricted).",
     ),
     click.Option(
         ["--no-capability-namespaces"], envvar=_env("no_capability_namespaces"), default="",
@@ -200,6 +214,9 @@ def settings_from_params(params: dict[str, Any]) -> AdmissionSettings:
         "allow_pod_volume_override": bool(
             params.get("allow_pod_volume_override", defaults.allow_pod_volume_override)
         ),
+        "pod_security_default_level": params.get("pod_security_default_level")
+        or defaults.pod_security_default_level,
+        "watch_namespaces": bool(params.get("watch_namespaces", defaults.watch_namespaces)),
     }
     try:
         return AdmissionSettings(**kwargs)

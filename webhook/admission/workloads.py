@@ -18,6 +18,8 @@ WORKLOAD_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ReplicaSet": (("apps",), ("spec", "template")),
     "Job": (("batch",), ("spec", "template")),
     "CronJob": (("batch",), ("spec", "jobTemplate", "spec", "template")),
+    "ReplicationController": (("",), ("spec", "template")),
+    "PodTemplate": (("",), ("template",)),
 }
 
 
@@ -66,5 +68,5 @@ def misplaced_annotation(obj: dict[str, Any], template: dict[str, Any] | None, k
     t_ann = t_meta.get("annotations") if isinstance(t_meta, dict) else None
     if isinstance(t_ann, dict) and any(key in t_ann for key in C.PATTERN_ANNOTATIONS):
         return None
-    where = "spec.jobTemplate.spec.template" if kind == "CronJob" else "spec.template"
+    where = ".".join(WORKLOAD_KINDS[kind][1]) if kind in WORKLOAD_KINDS else "spec.template"
     return f"{on_workload[0]} on the {kind} itself has no effect: set it in {where}.metadata.annotations"

@@ -189,6 +189,10 @@ def collect(api, s: InspectSettings, *, pod: str | None, namespace: str | None, 
             if pod:
                 raise eph.NoCoreVolume(f"pod {eph.pod_ref(p)} was not prepared by coredump-webhook")
             continue
+        unwritable = ((p.get("metadata") or {}).get("annotations") or {}).get(constants.ANN_UNWRITABLE)
+        if unwritable:  # recorded by the webhook at admission: a read-only mount holds the directory
+            warnings.append(f"{eph.pod_ref(p)}: no core can be written in the pod ({unwritable}); "
+                            "its cores go to the node location")
         try:
             recs, warns = cores_of_pod(api, p, container)
         except kube.Forbidden as exc:

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from webhook.admission.review import INTERNAL_ERROR_WARNING, ReviewError, handle_review
 from webhook.kubeclient import api_client
 from webhook.registry import RegistryResolver, RegistrySettings, secret_reader_for
+from webhook.server.lookups import LookupGate
 from webhook.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.server.metrics import Metrics
 from webhook.server.settings import ServerSettings
@@ -187,23 +188,52 @@ def _make_resolver(settings: ServerSettings) -> Callable[..., Any] | None:
     return RegistryResolver(registry_settings, secret_reader=reader)
 
 
+def _namespace_levels(settings: ServerSettings) -> Callable[[str], str]:
+    """The namespaces' Pod Security levels from a watch (RBAC list/watch namespaces).
+
+    Never blocks: until the first list arrives, and for good without API access or with the
+    watch disabled, every namespace counts as restricted (nothing it could refuse is added).
+    """
+    from webhook.admission.namespaces import NamespaceLevels, NamespaceWatcher
+
+    admission = settings.admission
+    levels = NamespaceLevels(getattr(admission, "pod_security_default_level", "privileged"))
+    if not (getattr(admission, "watch_namespaces", True) and getattr(admission, "add_capability", True)):
+        return levels.level  # never ready: restricted everywhere
+    try:
+        client = api_client()
+    except Exception as exc:  # noqa: BLE001 - no API: restricted everywhere, loudly
+        log.warning("cannot watch namespaces: no API access; every namespace counts as restricted",
+                    extra={"event": "namespaces.no_api", "error": str(exc)})
+        return levels.level
+    NamespaceWatcher(client, levels).start()
+    return levels.level
+
+
 def create_app(
     settings: ServerSettings,
     *,
     readiness: Readiness | None = None,
     resolve_image: Callable[..., Any] | None = None,
     metrics: Metrics | None = None,
+    namespace_levels: Callable[[str], str] | None = None,
 ) -> Flask:
     """A Flask app serving the webhook with ``settings``.
 
     ``readiness`` answers /readyz (the TLS runner passes its certificate reloader; without one
-    the app is never ready). ``resolve_image`` defaults to the registry resolver when available.
+    the app is never ready). ``resolve_image`` defaults to the registry resolver when available;
+    at most ``settings.lookup_threads`` requests wait on it at once. ``namespace_levels``
+    defaults to a namespace watch.
     """
     app = Flask("coredump-webhook")
     app.config["MAX_CONTENT_LENGTH"] = None  # read_body enforces the limit itself
     app.json.sort_keys = False  # type: ignore[attr-defined]
     if resolve_image is None:
         resolve_image = _make_resolver(settings)
+    if resolve_image is not None:
+        resolve_image = LookupGate(resolve_image, settings.lookup_threads)
+    if namespace_levels is None:
+        namespace_levels = _namespace_levels(settings)
     if metrics is None:
         metrics = Metrics(
             cert_not_after=readiness.cert_not_after if readiness is not None else None,
@@ -218,7 +248,9 @@ def create_app(
         try:
             body = decode_json(read_body(settings.max_body_bytes))
             try:
-                result = handle_review(body, settings.admission, resolve_image=resolve_image)
+                result = handle_review(
+                    body, settings.admission, resolve_image=resolve_image, namespace_levels=namespace_levels
+                )
             except ReviewError as exc:
                 raise RequestRefused(400, str(exc)) from None
             outcome, allowed, ops, warnings = _outcome(result)

@@ -29,6 +29,8 @@ def _env(name: str) -> str:
               help="gunicorn worker processes.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1), show_envvar=True, envvar=_env("threads"),
               help="Threads per worker.")
+@click.option("--lookup-threads", default=8, show_default=True, type=click.IntRange(min=1), show_envvar=True,
+              envvar=_env("lookup_threads"), help="Extra threads per worker for requests waiting on registry look-ups.")
 @click.option("--timeout", default=30, show_default=True, type=click.IntRange(min=1), show_envvar=True, envvar=_env("timeout"),
               help="Seconds before a silent worker is restarted.")
 @click.option("--keepalive", default=60, show_default=True, type=click.IntRange(min=0), show_envvar=True, envvar=_env("keepalive"),
@@ -59,6 +61,7 @@ def serve(**params: Any) -> None:
         bind=params["bind"],
         workers=params["workers"],
         threads=params["threads"],
+        lookup_threads=params["lookup_threads"],
         timeout=params["timeout"],
         keepalive=params["keepalive"],
         graceful_timeout=params["graceful_timeout"],

@@ -70,7 +70,9 @@ class WebhookServer(GthreadServer):
 
                 multiprocess.mark_process_dead(worker.pid, metrics_dir)
 
-        return {**super().options(), "child_exit": child_exit}
+        # Requests waiting on registry look-ups get threads of their own (see server/lookups.py).
+        threads = self.settings.threads + self.settings.lookup_threads
+        return {**super().options(), "threads": threads, "child_exit": child_exit}
 
     def load(self) -> Any:
         """Build the app in each worker (after fork: its own metrics, resolver, threads)."""

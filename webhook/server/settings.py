@@ -32,6 +32,9 @@ class ServerSettings:
     workers: int = 2
     #: Threads per worker (gthread): concurrent requests per process, keep-alive friendly.
     threads: int = 4
+    #: Extra threads per worker for requests waiting on registry look-ups: at most this many
+    #: wait at once, so ``threads`` always stay free to answer (webhook/server/lookups.py).
+    lookup_threads: int = 8
     #: Seconds a worker may stay silent before gunicorn restarts it.
     timeout: int = 30
     #: Seconds an idle keep-alive connection stays open (the apiserver reuses connections).
@@ -72,6 +75,7 @@ class ServerSettings:
             "bind": self.bind,
             "workers": self.workers,
             "threads": self.threads,
+            "lookupThreads": self.lookup_threads,
             "timeout": self.timeout,
             "keepalive": self.keepalive,
             "gracefulTimeout": self.graceful_timeout,

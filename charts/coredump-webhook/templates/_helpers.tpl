@@ -36,7 +36,7 @@
 
 {{/* "true" when the webhook calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
 {{- define "coredump-webhook.webhookUsesApi" -}}
-{{- if or .Values.webhook.rbac.patchWebhookConfiguration .Values.registry.readPullSecrets }}true{{ end }}
+{{- if or .Values.webhook.rbac.patchWebhookConfiguration .Values.registry.readPullSecrets .Values.webhook.addCapability }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
