@@ -456,7 +456,8 @@ def test_agent_daemonset(rendered: dict[str, list[dict[str, Any]]], variant: str
     assert env["COREDUMP_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     metrics_port = container["ports"][0]["containerPort"]
     assert env["COREDUMP_AGENT_METRICS_BIND"] == f"0.0.0.0:{metrics_port}"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # a refused install is not restarted
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # ...but shows as not ready
     assert container["resources"]["limits"]["memory"]
     if variant == "default":
         assert host_dir == constants.DEFAULT_HOST_DIR
