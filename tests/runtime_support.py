@@ -52,3 +52,75 @@ def parent_exe(pid: int) -> str:
     """The executable of ``pid``'s parent process."""
     ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return os.readlink(f"/proc/{ppid}/exe")
+
+
+# --- images, built here -------------------------------------------------------------------------
+def image_tar(rootfs: Path, ref: str, out: Path, *, cmd: list[str] | None = None) -> Path:
+    """A one-layer image of ``rootfs`` as ``docker save`` writes it (the docker.v1.2 tar that
+    ``docker load`` and ``ctr images import`` both read), tagged ``ref``."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for p in sorted(rootfs.rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(rootfs)), recursive=False)
+    layer_bytes = layer.getvalue()
+    diff_id = hashlib.sha256(layer_bytes).hexdigest()
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine),
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                   "Cmd": cmd or ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+        "history": [{"created_by": "tests/runtime_support.py image_tar"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_id = hashlib.sha256(config_bytes).hexdigest()
+    manifest = [{"Config": f"{config_id}.json", "RepoTags": [ref], "Layers": [f"{diff_id}/layer.tar"]}]
+    with tarfile.open(out, "w") as tf:
+        for name, data in ((f"{diff_id}/layer.tar", layer_bytes), (f"{config_id}.json", config_bytes),
+                           ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return out
+
+
+# --- process and mount housekeeping -------------------------------------------------------------
+def pids_with_cmdline(needle: str) -> list[int]:
+    """PIDs whose command line contains ``needle`` (a socket path unique to this test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """Mount points at or below ``prefix`` in this mount namespace, deepest first."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(prefix) or point.startswith(str(prefix).rstrip("/") + "/"):
+            out.append(point)
+    return sorted(out, key=len, reverse=True)
+
+
+def unmount_all(prefix: Path) -> list[str]:
+    """Unmount (lazily) whatever is mounted below ``prefix``; returns what was."""
+    import subprocess
+
+    left = mounts_under(prefix)
+    for point in left:
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    return left
