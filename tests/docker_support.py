@@ -151,6 +151,10 @@ class DockerNode(Node):
         u = uid.replace("-", "_")
         return f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"
 
+    def container_cgroup(self, pod: dict[str, Any], container_id: str) -> str:
+        """Where docker's cgroupfs driver puts a container: ``<cgroup parent>/<id>``."""
+        return f"{self.pod_cgroup(pod)}/{container_id}"
+
     def docker_args(self, pod: dict[str, Any], c: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         """``docker run`` flags for the container, from the OCI config Node built for it."""
         p = cfg["process"]
@@ -196,8 +200,8 @@ class DockerNode(Node):
                 raise AssertionError(f"docker run {name}: no container ID")
             time.sleep(0.02)
         container_id = cidfile.read_text().strip()
-        cgroups_path = f"{self.pod_cgroup(pod)}/{container_id}"
-        cfg["linux"]["cgroupsPath"] = cgroups_path  # where docker (cgroupfs driver) puts it
+        cgroups_path = self.container_cgroup(pod, container_id)
+        cfg["linux"]["cgroupsPath"] = cgroups_path  # where the runtime put it
         ctr = Container(name, container_id, bundle, cgroups_path, proc, out, err, cfg)
         self.containers.append(ctr)
         return ctr
