@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.runc_support import Container, Node, remove_cgroup_dirs
-from tests.runtime_support import image_tar, pids_with_cmdline, unmount_all
+from tests.runtime_support import HostLeftovers, image_tar, pids_with_cmdline, unmount_all
 
 NAMESPACE = "k8s.io"
 SHIM = "containerd-shim-runc-v2"
@@ -106,6 +106,7 @@ def containerd() -> Iterator[Containerd]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     workdir = Path(tempfile.mkdtemp(prefix="ctd-"))  # short: socket paths have a length limit
+    leftovers = HostLeftovers("/run/containerd")
     daemon = Containerd(workdir)
     try:
         daemon.start()
@@ -113,6 +114,7 @@ def containerd() -> Iterator[Containerd]:
     finally:
         problems = daemon.stop()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
+        leftovers.remove()
         assert problems == [], problems
 
 

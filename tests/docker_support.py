@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.runc_support import Container, Node, remove_cgroup_dirs
-from tests.runtime_support import image_tar, pids_with_cmdline, unmount_all
+from tests.runtime_support import HostLeftovers, image_tar, pids_with_cmdline, unmount_all
 
 #: Debian's docker.io CLI (another `docker` earlier on PATH may not be a Docker CLI at all).
 DEBIAN_DOCKER = "/usr/bin/docker"
@@ -48,12 +48,8 @@ class Dockerd:
         self.cli = docker_cli()
         self.proc: subprocess.Popen | None = None
 
-    #: dockerd makes its plugin discovery directory here whatever its roots are.
-    PLUGINS_DIR = Path("/run/docker/plugins")
-
     def start(self, timeout: float = 60) -> None:
         binary = which_or_fail("dockerd")
-        self._made_plugins_dir = not self.PLUGINS_DIR.parent.exists()
         config = self.workdir / "daemon.json"
         config.write_text("{}\n")
         cmd = [binary, "--config-file", str(config), "--host", f"unix://{self.socket}",
@@ -106,12 +102,6 @@ class Dockerd:
                 except ProcessLookupError:
                     pass
         unmount_all(self.workdir)
-        if getattr(self, "_made_plugins_dir", False):
-            for d in (self.PLUGINS_DIR, self.PLUGINS_DIR.parent):
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
         return problems
 
 
@@ -121,6 +111,7 @@ def dockerd() -> Iterator[Dockerd]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     workdir = Path(tempfile.mkdtemp(prefix="dkr-"))  # short: the managed containerd's socket lives here
+    leftovers = HostLeftovers("/etc/docker/key.json", "/run/docker", "/run/containerd")
     daemon = Dockerd(workdir)
     try:
         daemon.start()
@@ -128,6 +119,7 @@ def dockerd() -> Iterator[Dockerd]:
     finally:
         problems = daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        leftovers.remove()
         assert problems == [], problems
 
 

@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import which_or_fail
 from tests.docker_support import DockerNode
 from tests.runc_support import remove_cgroup_dirs
-from tests.runtime_support import image_tar
+from tests.runtime_support import HostLeftovers, image_tar
 
 #: RLIMIT_NPROC given to podman's containers.
 NPROC = 4096
@@ -110,6 +110,7 @@ def podman() -> Iterator[Podman]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     workdir = Path(tempfile.mkdtemp(prefix="pdm-"))
+    leftovers = HostLeftovers("/var/lib/containers", "/run/containers", "/run/libpod")
     p = Podman(workdir)
     try:
         p.start()
@@ -118,6 +119,7 @@ def podman() -> Iterator[Podman]:
         problems = p.stop()
         time.sleep(0.1)
         shutil.rmtree(workdir, ignore_errors=True)
+        leftovers.remove()
         assert problems == [], problems
 
 

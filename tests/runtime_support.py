@@ -124,3 +124,22 @@ def unmount_all(prefix: Path) -> list[str]:
     for point in left:
         subprocess.run(["umount", "-l", point], capture_output=True)
     return left
+
+
+class HostLeftovers:
+    """Host paths a runtime creates outside the roots it was given (fixed in its code: ctr's
+    fifo and shim socket dirs under /run/containerd, dockerd's /etc/docker/key.json and
+    /run/docker/plugins, podman's /var/lib/containers/cache): the ones that did not exist before
+    are removed afterwards."""
+
+    def __init__(self, *paths: str) -> None:
+        self.absent = [Path(p) for p in paths if not os.path.lexists(p)]
+
+    def remove(self) -> None:
+        import shutil
+
+        for p in self.absent:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.lexists(p):
+                p.unlink()
