@@ -10,7 +10,6 @@ reports not ready on /healthz (live on /livez) and, stopped, restores nothing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
