@@ -37,7 +37,8 @@ def binfmt_command(qemu: str, argv: list[str]) -> list[str]:
     """``argv`` run in a private user + mount namespace whose binfmt_misc runs aarch64 ELF
     files with ``qemu`` (registered there with the F flag)."""
     rule = f":qemu-aarch64:M::{_MAGIC}:{_MASK}:{qemu}:F"
-    script = ("set -e; mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; "
-              f"printf '%s' {shlex.quote(rule)} > /proc/sys/fs/binfmt_misc/register; exec \"$@\"")
+    script = ("mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || "
+              "{ echo 'binfmt_misc cannot be mounted in a user namespace (needs Linux 6.7 or later)' >&2; exit 99; }; "
+              f"printf '%s' {shlex.quote(rule)} > /proc/sys/fs/binfmt_misc/register || exit 99; exec \"$@\"")
     return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private",
             "sh", "-c", script, "sh", *argv]
