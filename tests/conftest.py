@@ -61,6 +61,17 @@ def bin_dir() -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def arm64_bin_dir() -> Path:
+    """The same static binaries cross-built for arm64 (``build.sh OUT --arch arm64``), run under
+    qemu-user-static by tests/test_arm64.py."""
+    which_or_fail("aarch64-linux-gnu-gcc")
+    out = _cache_dir() / "bin-arm64"
+    subprocess.run(["sh", str(REPO / "webhook/native/build.sh"), str(out), "--arch", "arm64"], check=True,
+                   capture_output=True)
+    return out
+
+
 def _tool(env: str, sub: str) -> Path:
     path = os.environ.get(env) or str(_cache_dir() / "tools" / sub)
     if not os.access(path, os.X_OK):

@@ -45,6 +45,7 @@ CGROUPNS_RELATIVE = (f"0::/../../kubepods-besteffort.slice/kubepods-besteffort-p
 KIND_NESTED = f"0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/" \
               f"kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{CID}.scope\n"
 HOST_PROCESS = "0::/system.slice/sshd.service\n12:pids:/system.slice/sshd.service\n"
+CGROUPFS_V2_PODMAN = f"0::/kubepods/besteffort/pod{UID}/libpod-{CID}\n"  # podman --cgroup-parent, cgroupfs
 CONMON = f"0::/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{CID}.scope\n"
 
 
@@ -58,9 +59,10 @@ CONMON = f"0::/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{CID}.scope\n
         (CGROUPFS_V2_CRIO, "cri-o", "burstable"),
         (CGROUPNS_RELATIVE, "containerd", "besteffort"),
         (KIND_NESTED, "containerd", "besteffort"),
+        (CGROUPFS_V2_PODMAN, "podman", "besteffort"),
     ],
     ids=["cgroupfs-v1-containerd", "systemd-v2-containerd", "systemd-v2-crio-guaranteed", "systemd-v1-docker",
-         "cgroupfs-v2-crio", "cgroupns-relative", "kind-nested"],
+         "cgroupfs-v2-crio", "cgroupns-relative", "kind-nested", "cgroupfs-v2-podman"],
 )
 def test_cgroup_drivers_and_runtimes(text, runtime, qos):
     ident = parse_cgroup(text)

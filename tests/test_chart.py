@@ -456,7 +456,8 @@ def test_agent_daemonset(rendered: dict[str, list[dict[str, Any]]], variant: str
     assert env["COREDUMP_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     metrics_port = container["ports"][0]["containerPort"]
     assert env["COREDUMP_AGENT_METRICS_BIND"] == f"0.0.0.0:{metrics_port}"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # a refused install is not restarted
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"  # ...but shows as not ready
     assert container["resources"]["limits"]["memory"]
     if variant == "default":
         assert host_dir == constants.DEFAULT_HOST_DIR
@@ -1060,3 +1061,16 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
             for v in rule["verbs"]} == _agent_api_calls()
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
         f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-webhook"}
+
+
+def test_registry_platform_defaults_to_the_webhook_nodes_architecture(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """By default the chart sets no platform: `coredump serve` then picks its own node's
+    (linux/amd64 or linux/arm64, the image being multi-platform); a set value is passed on."""
+    from webhook.registry import RegistrySettings, host_platform
+
+    container = webhook_deployment(rendered["default"])["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    assert "COREDUMP_REGISTRY_PLATFORM" not in env
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["registry"]["platform"] == ""
+    assert RegistrySettings(platform=values["registry"]["platform"]).platform == host_platform()

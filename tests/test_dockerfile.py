@@ -46,6 +46,8 @@ class Stage:
     base: str
     alias: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    #: FROM --platform=... (unexpanded), or None.
+    platform: str | None = None
 
     def all(self, name: str) -> list[Instruction]:
         return [i for i in self.instructions if i.name == name]
@@ -75,10 +77,11 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
         rest = rest.strip()
         if name == "FROM":
             parts = rest.split()
+            platform = next((p.partition("=")[2] for p in parts if p.startswith("--platform=")), None)
             parts = [p for p in parts if not p.startswith("--platform")]
             base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
             alias = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base, alias))
+            stages.append(Stage(base, alias, platform=platform))
         elif not stages and name == "ARG":
             key, _, default = rest.partition("=")
             args[key] = default
@@ -258,7 +261,7 @@ def test_native_stage_runs_the_shared_build_script(parsed: tuple[dict[str, str],
     native = stages[0]
     runs = " ".join(i.args for i in native.all("RUN"))
     assert "gcc" in runs and "libc6-dev" in runs
-    assert "sh webhook/native/build.sh /out/bin" in runs
+    assert 'sh webhook/native/build.sh /out/bin --arch "${TARGETARCH:-$BUILDARCH}"' in runs
     # The same script the test suite and scripts/lib.sh use.
     assert "webhook/native/build.sh" in (REPO / "scripts/lib.sh").read_text()
     assert "webhook/native/build.sh" in (REPO / "tests/conftest.py").read_text()
@@ -280,10 +283,52 @@ def _is_static_elf(path: Path) -> bool:
     return 3 not in types  # PT_INTERP
 
 
-def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path) -> None:
-    """Run the Dockerfile's RUN line on the context copy; the outputs are what the image ships."""
+#: The ELF machine each TARGETARCH's binaries must be for (EM_X86_64, EM_AARCH64).
+ELF_MACHINES = {"amd64": 62, "arm64": 183}
+
+
+def _native_toolchain_packages(native: Stage, targetarch: str, buildarch: str, tmp: Path) -> list[str]:
+    """Run the native stage's package RUN line with apt-get (and rm) recorded instead of run:
+    the packages it installs when building ``targetarch`` on ``buildarch``."""
+    (run,) = [i for i in native.all("RUN") if "apt-get install" in i.args]
+    fake = tmp / f"fake-{targetarch or 'none'}-{buildarch}"
+    fake.mkdir()
+    for name in ("apt-get", "rm"):
+        (fake / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {fake}/log\n')
+        (fake / name).chmod(0o755)
+    proc = subprocess.run(["sh", "-c", run.args], capture_output=True, text=True,
+                          env={"PATH": f"{fake}:{os.environ['PATH']}", "TARGETARCH": targetarch, "BUILDARCH": buildarch})
+    assert proc.returncode == 0, proc.stderr
+    (install,) = [ln for ln in (fake / "log").read_text().splitlines() if ln.startswith("apt-get install ")]
+    return [w for w in install.split()[2:] if not w.startswith("-")]
+
+
+def test_multi_platform_native_stage(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path) -> None:
+    """linux/amd64 and linux/arm64 from one build: the helpers are cross-compiled on the build
+    machine for each TARGETARCH with Debian's cross toolchain; the Python stages run on the target."""
+    _, stages = parsed
+    native = stages[0]
+    assert native.platform == "$BUILDPLATFORM"  # no emulation for the C build
+    assert [s.platform for s in stages[1:]] == [None, None]  # pip picks the target's wheels
+    assert {i.args for i in native.all("ARG")} >= {"TARGETARCH", "BUILDARCH"}
+    assert _native_toolchain_packages(native, "amd64", "amd64", tmp_path) == ["gcc", "libc6-dev"]
+    assert _native_toolchain_packages(native, "arm64", "arm64", tmp_path) == ["gcc", "libc6-dev"]
+    assert _native_toolchain_packages(native, "arm64", "amd64", tmp_path) == ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
+    assert _native_toolchain_packages(native, "amd64", "arm64", tmp_path) == ["gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"]
+    # a plain `docker build` (no buildx: TARGETARCH unset) builds for the build machine
+    assert _native_toolchain_packages(native, "", "amd64", tmp_path) == ["gcc", "libc6-dev"]
+    proc = subprocess.run(["/bin/sh", "-c", next(i.args for i in native.all("RUN") if "apt-get install" in i.args)],
+                          capture_output=True, text=True, env={"PATH": "/nonexistent", "TARGETARCH": "s390x",
+                                                               "BUILDARCH": "amd64"})
+    assert proc.returncode == 1 and "unsupported TARGETARCH s390x" in proc.stderr
+
+
+@pytest.mark.parametrize("targetarch", sorted(ELF_MACHINES))
+def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path, targetarch: str) -> None:
+    """Run the Dockerfile's RUN line on the context copy for each target (this machine is amd64:
+    the arm64 build is the cross build buildx does); the outputs are what each image ships."""
     out = tmp_path / "out" / "bin"
-    subprocess.run(["sh", "webhook/native/build.sh", str(out)], cwd=build_context, check=True,
+    subprocess.run(["sh", "webhook/native/build.sh", str(out), "--arch", targetarch], cwd=build_context, check=True,
                    capture_output=True, timeout=300)
     built = {p.name for p in out.iterdir() if not p.name.startswith(".")}
     sources = {p.stem for p in (REPO / "webhook/native").glob("*.c")}
@@ -292,6 +337,9 @@ def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path) 
         binary = out / os.path.basename(image_path)
         assert binary.is_file() and os.access(binary, os.X_OK), image_path
         assert _is_static_elf(binary), f"{binary.name} is not a static ELF"
+        assert struct.unpack_from("<H", binary.read_bytes(), 18)[0] == ELF_MACHINES[targetarch]
+    if targetarch != "amd64":
+        return  # run under qemu by tests/test_arm64.py
     # The init container's command, for real: the wrapper installs itself where targets exec it.
     dest = tmp_path / "shared" / os.path.basename(C.WRAPPER_PATH)
     dest.parent.mkdir()

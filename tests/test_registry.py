@@ -16,6 +16,7 @@ import http.server
 import io
 import json
 import os
+import platform
 import socket
 import subprocess
 import tarfile
@@ -45,6 +46,7 @@ from webhook.registry import (
     RegistrySettings,
     ResolveError,
     choose_platform,
+    host_platform,
     credentials_for,
     decode_pull_secret,
     parse_challenge,
@@ -437,6 +439,21 @@ def test_settings_validate():
         RegistrySettings(platform="amd64")
     with pytest.raises(ValueError, match="timeout"):
         RegistrySettings(timeout_seconds=0)
+
+
+def test_default_platform_is_this_machines():
+    """Unset (the chart's default), the platform follows the node the webhook runs on."""
+    machine = platform.machine()
+    expected = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}[machine]
+    assert host_platform() == RegistrySettings().platform == RegistrySettings(platform="").platform == expected
+    assert [host_platform(m) for m in ("x86_64", "aarch64", "arm64", "armv7l", "s390x")] == [
+        "linux/amd64", "linux/arm64", "linux/arm64", "linux/arm/v7", "linux/s390x"]
+    assert RegistrySettings(platform="linux/arm64/v8").platform == "linux/arm64/v8"
+    index = {"manifests": [{"digest": "sha256:1", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                           {"digest": "sha256:2", "platform": {"os": "linux", "architecture": "amd64"}}]}
+    picked = {"linux/amd64": "sha256:2", "linux/arm64": "sha256:1"}[expected]
+    assert choose_platform(index, RegistrySettings().platform)["digest"] == picked
+
 
 
 # --- against the real registry -----------------------------------------------------------------

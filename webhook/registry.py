@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import platform as pyplatform
 import re
 import threading
 import time
@@ -75,7 +76,8 @@ class RegistrySettings:
     #: image per interval rather than one per admitted pod. 0 disables it.
     negative_ttl_seconds: float = 10.0
     #: Node platform picked from an OCI index / Docker manifest list: "os/arch[/variant]".
-    platform: str = "linux/amd64"
+    #: Empty: this machine's own (:func:`host_platform`), right on single-architecture clusters.
+    platform: str = ""
     #: Registries reached over plain HTTP: "host" (any port) or "host:port". Everything else
     #: uses HTTPS with certificate verification. None by default (not even loopback).
     insecure_registries: tuple[str, ...] = ()
@@ -102,6 +104,8 @@ class RegistrySettings:
             raise ValueError("registry cache size must be >= 1")
         if self.per_registry_concurrency < 1:
             raise ValueError("per-registry concurrency must be >= 1")
+        if not self.platform:
+            object.__setattr__(self, "platform", host_platform())
         parse_platform(self.platform)
         parse_networks(self.allowed_networks)
 
@@ -201,6 +205,23 @@ def parse_image_ref(image: str) -> ImageRef:
 
 
 # --- Platforms ---------------------------------------------------------------------------------
+#: ``uname -m`` -> (architecture, variant) as images name them (Go's GOARCH).
+_MACHINES = {
+    "x86_64": ("amd64", None), "amd64": ("amd64", None),
+    "aarch64": ("arm64", None), "arm64": ("arm64", None),
+    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+    "ppc64le": ("ppc64le", None), "s390x": ("s390x", None), "riscv64": ("riscv64", None),
+}
+
+
+def host_platform(machine: str | None = None) -> str:
+    """This machine's platform as images name it: ``x86_64`` -> ``linux/amd64``,
+    ``aarch64`` -> ``linux/arm64``; an unknown machine keeps its own name."""
+    m = (machine or pyplatform.machine()).lower()
+    arch, variant = _MACHINES.get(m, (m, None))
+    return f"linux/{arch}/{variant}" if variant else f"linux/{arch}"
+
+
 def parse_platform(platform: str) -> tuple[str, str, str | None]:
     """"linux/arm64/v8" -> ("linux", "arm64", "v8"); raises ValueError."""
     parts = platform.split("/") if isinstance(platform, str) else []
@@ -847,7 +868,7 @@ def registry_options(func: Callable) -> Callable:
         click.option("--registry-negative-ttl", "registry_negative_ttl", type=float, default=d.negative_ttl_seconds,
                      show_default=True, show_envvar=True, envvar="COREDUMP_REGISTRY_NEGATIVE_TTL", help="Seconds a failure is remembered (0: never)."),
         click.option("--registry-platform", "registry_platform", default=d.platform, show_default=True,
-                     show_envvar=True, envvar="COREDUMP_REGISTRY_PLATFORM", help="os/arch[/variant] picked from multi-platform images."),
+                     show_envvar=True, envvar="COREDUMP_REGISTRY_PLATFORM", help="os/arch[/variant] picked from multi-platform images (default: this machine's)."),
         click.option("--registry-insecure", "registry_insecure", multiple=True, default=d.insecure_registries,
                      show_default=True, show_envvar=True, envvar="COREDUMP_REGISTRY_INSECURE",
                      help="Registry host or host:port reached over plain HTTP (repeatable; env: space-separated)."),

@@ -213,7 +213,13 @@ def run_agent(
     from webhook.agent.sysctl import CORE_PATTERN
 
     registry = registry if registry is not None else REGISTRY
-    backup = install.prepare(settings)
+    try:
+        backup = install.prepare(settings)
+    except install.HostDirNotExecutable as exc:
+        if not settings.metrics_bind:
+            raise  # nothing would report it: fail loudly
+        _serve_not_ready(settings, stop, str(exc), registry)
+        return
     previous = backup.values.get(CORE_PATTERN, "")
     watch = None
     if handler_factory is None:
@@ -266,6 +272,24 @@ def run_agent(
             kmsg.stop()
         if http is not None:
             http.stop()
+
+
+def _serve_not_ready(settings: AgentSettings, stop: threading.Event, reason: str, registry: Any) -> None:
+    """Installed nothing and changed nothing: stay up, say why on /healthz (503, so the
+    DaemonSet's readiness shows it and a rollout stops here) and in the log, until stopped.
+    /livez stays 200: restarting cannot fix a mount."""
+    from webhook.agent.endpoints import HealthServer
+
+    log.error("helper not installed: host directory not executable",
+              extra={"host_dir": settings.host_dir, "reason": reason, "node": settings.node_name})
+    http = HealthServer(settings.metrics_bind, lambda: False, registry, live=lambda: True,
+                        reason=lambda: "not ready: " + reason)
+    http.start()
+    try:
+        stop.wait()
+        log.info("agent stopping (nothing was installed, nothing to restore)")
+    finally:
+        http.stop()
 
 
 @agent.command("run")

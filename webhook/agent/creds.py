@@ -27,14 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from webhook.agent import syscalls
+
 log = logging.getLogger(__name__)
 
-#: (setgroups, setfsuid, setfsgid) system call numbers, by ``platform.machine()``.
+#: (setgroups, setfsuid, setfsgid) system call numbers, by ``platform.machine()`` (and alias).
 SYSCALLS: dict[str, tuple[int, int, int]] = {
-    "x86_64": (116, 122, 123),
-    "amd64": (116, 122, 123),
-    "aarch64": (159, 151, 152),
-    "arm64": (159, 151, 152),
+    m: (syscalls.number("setgroups", m), syscalls.number("setfsuid", m), syscalls.number("setfsgid", m))
+    for m in [*syscalls.TABLE, *syscalls.ALIASES]
 }
 #: An invalid id: setfsuid/setfsgid change nothing and return the current value.
 _READ_ONLY = 0xFFFFFFFF

@@ -35,10 +35,13 @@ class _HTTPServer6(_HTTPServer):
 
 
 class HealthServer:
-    """``/healthz`` answers 200 while ``healthy()`` is true, else 503; ``/metrics`` exposes
-    ``registry``."""
+    """``/healthz`` answers 200 while ``healthy()`` is true, else 503 with ``reason()`` (the
+    readiness probe); ``/livez`` answers 200 while ``live()`` is true (default: ``healthy``), for
+    a liveness probe that must not restart an agent that is up but refuses to serve for a reason
+    a restart cannot fix; ``/metrics`` exposes ``registry``."""
 
-    def __init__(self, bind: str, healthy: Callable[[], bool], registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, bind: str, healthy: Callable[[], bool], registry: CollectorRegistry = REGISTRY, *,
+                 live: Callable[[], bool] | None = None, reason: Callable[[], str] | None = None) -> None:
         host, port = parse_bind(bind)
         outer = self
 
@@ -47,6 +50,10 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok = outer.healthy()
+                    body = b"ok\n" if ok else ((outer.reason() if outer.reason else "not serving") + "\n").encode()
+                    self._reply(200 if ok else 503, body, "text/plain; charset=utf-8")
+                elif path == "/livez":
+                    ok = (outer.live or outer.healthy)()
                     self._reply(200 if ok else 503, b"ok\n" if ok else b"not serving\n", "text/plain")
                 elif path == "/metrics":
                     self._reply(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
@@ -64,6 +71,8 @@ class HealthServer:
                 log.debug("http " + format % args)
 
         self.healthy = healthy
+        self.live = live
+        self.reason = reason
         self.registry = registry
         server_class = _HTTPServer6 if ":" in host else _HTTPServer
         self.httpd = server_class((host, port), Handler)

@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from webhook.agent import hostdir
 from webhook.agent.settings import AgentSettings
 from webhook.agent.sysctl import (
     CORE_PATTERN,
@@ -45,6 +46,10 @@ OUTCOME_GRACE_SECONDS = 30
 
 class InstallError(RuntimeError):
     """The helper cannot be installed as asked (a clear message for the operator)."""
+
+
+class HostDirNotExecutable(InstallError):
+    """The host dir is on a noexec mount: the kernel could never run the helper from it."""
 
 
 def helper_args() -> tuple[str, ...]:
@@ -178,6 +183,9 @@ def prepare(settings: AgentSettings) -> Backup:
     crash piped to the helper already finds it listening.
     """
     desired_values(settings)  # validates the pattern before anything changes
+    refused = hostdir.check_executable(settings.host_dir)
+    if refused is not None:
+        raise HostDirNotExecutable(refused.message())
     os.makedirs(settings.host_dir, mode=0o755, exist_ok=True)
     os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
     install_helper_binary(settings)

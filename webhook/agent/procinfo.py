@@ -25,6 +25,7 @@ _RUNTIME_PREFIXES = (
     ("crio-", "cri-o"),
     ("docker-", "docker"),
     ("containerd-", "containerd"),
+    ("libpod-", "podman"),
 )
 _CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Largest environ block read (a hostile process could have a huge one).

@@ -17,8 +17,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
-#: openat2 is syscall 437 on every architecture that has it (x86_64, arm64, ...).
-SYS_OPENAT2 = 437
+from webhook.agent import syscalls
+
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -57,8 +57,9 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = RES
     """``openat2(2)`` through ctypes; retries EAGAIN/EINTR (a rename raced the lookup)."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0, resolve)
     raw = os.fsencode(path)
+    nr = syscalls.number("openat2")
     for _ in range(64):
-        fd = _syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
+        fd = _syscall(ctypes.c_long(nr), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
         if fd >= 0:
             return int(fd)

@@ -1,0 +1,93 @@
+"""End to end with docker: a webhook-mutated pod, run by a real dockerd, crashes through the kernel
+pipe into its own volume.
+
+The daemon is the module's own (tests/docker_support.py: no iptables, no bridge, its own roots and
+socket); images are ``docker load``ed from tars built here. Each container is a ``docker run`` of
+the kubelet-shaped container with the pod's cgroup as ``--cgroup-parent`` (cgroupfs driver, with
+the cgroupfs and the systemd driver's slice-shaped parent): docker chooses the container ID, the
+agent must record that one. (Docker's systemd driver, which names ``docker-<id>.scope``, needs
+systemd as PID 1, absent on these machines: its names are covered by the parser's unit tests.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.docker_support import DockerNode, dockerd  # noqa: F401 - fixture
+from tests.process_support import wait_for
+from tests.runc_support import CGROUP_FLAVOURS, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
+from tests.runtime_support import cgroup_lines, parent_exe
+from tests.test_e2e import (  # noqa: F401 - fixtures
+    ADMISSION,
+    APP_IMAGE,
+    NODE_NAME,
+    SIDECAR_IMAGE,
+    agent,
+    check_core,
+    check_limits_raised,
+    deployment_pod,
+    mutated,
+    run_pod,
+    stop_and_check,
+)
+from webhook import constants as C
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
+IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def loaded(dockerd, bin_dir, tmp_path_factory):  # noqa: F811
+    base = tmp_path_factory.mktemp("images")
+    dockerd.load_image(single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w"),
+                       ADMISSION.image)
+    bb = busybox_rootfs(base / "bb")
+    for ref in (APP_IMAGE, SIDECAR_IMAGE):
+        dockerd.load_image(bb, ref)
+    listed = dockerd.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert set(IMAGES) <= set(listed), listed
+    return dockerd
+
+
+def _ppid(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("flavour", CGROUP_FLAVOURS)
+def test_docker_pod_core_lands_in_its_volume(agent, kernel, loaded, tmp_path, flavour):  # noqa: F811
+    daemon = loaded
+    node = DockerNode(tmp_path / "node", daemon, list(IMAGES), node_name=NODE_NAME, flavour=flavour)
+    try:
+        pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
+        run = run_pod(node, pod)
+        vol = run.volume_dirs[mount["name"]]
+        nspid = int((vol / "child.pid").read_text())
+        (core,) = [p for p in vol.iterdir() if p.name.startswith("core-") and not p.name.endswith(".json")]
+        assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
+        meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
+        check_limits_raised(run)
+        # docker's own record of the container the agent named
+        info = node.inspect(meta["container_id"])
+        assert info["Id"] == meta["container_id"] == run.app.container_id
+        assert info["HostConfig"]["CgroupParent"] == node.pod_cgroup(run.pod)
+        assert info["Config"]["Labels"]["io.kubernetes.pod.uid"] == meta["pod_uid"]
+        assert info["Config"]["Labels"]["io.kubernetes.container.name"] == meta["container"] == "app"
+        assert info["Path"] == C.WRAPPER_PATH and info["State"]["ExitCode"] == 0
+        # a process of this pod as the host sees it: under docker's shim, in the pod's cgroup
+        sidecar = node.start(run.pod, "log-shipper")
+        pid = wait_for(lambda: node.pid_of(sidecar), 20, "the sidecar's pid")
+        assert os.path.basename(parent_exe(pid)) == "containerd-shim-runc-v2"
+        shim_cmd = open(f"/proc/{_ppid(pid)}/cmdline", "rb").read().split(b"\0")
+        assert b"moby" in shim_cmd and sidecar.container_id.encode() in shim_cmd
+        assert cgroup_lines(pid)["0:"] == f"{node.pod_cgroup(run.pod)}/{sidecar.container_id}"
+        stop_and_check(agent, kernel, node, tmp_path)
+        uid = run.pod["metadata"]["uid"]
+        assert not [h for h in os.listdir("/sys/fs/cgroup")
+                    if os.path.isdir(f"/sys/fs/cgroup/{h}{node.pod_cgroup(run.pod)}")], f"pod {uid} cgroup left"
+    finally:
+        node.cleanup()
+        kill_all(processes_rooted_under(tmp_path))

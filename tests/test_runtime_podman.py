@@ -1,0 +1,81 @@
+"""End to end with podman + crun: a webhook-mutated pod, run by podman with crun as its OCI
+runtime on a pure cgroup v2 view, crashes through the kernel pipe into its own volume.
+
+See tests/podman_support.py for what it takes on these machines (a cgroup2-only mount namespace
+for crun 1.8, no device cgroup). The pod's cgroup is the kubelet-shaped cgroupfs parent; podman
+names the container ``libpod-<id>`` under it, which the agent must read from the ``0::`` line
+(the process's v1 lines are its parent's). The ID the agent records must be podman's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.podman_support import PodmanNode, podman  # noqa: F401 - fixture
+from tests.process_support import wait_for
+from tests.runc_support import busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
+from tests.runtime_support import cgroup_lines, parent_exe
+from tests.test_e2e import (  # noqa: F401 - fixtures
+    ADMISSION,
+    APP_IMAGE,
+    NODE_NAME,
+    SIDECAR_IMAGE,
+    agent,
+    check_core,
+    check_limits_raised,
+    deployment_pod,
+    mutated,
+    run_pod,
+    stop_and_check,
+)
+from webhook import constants as C
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
+IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def loaded(podman, bin_dir, tmp_path_factory):  # noqa: F811
+    base = tmp_path_factory.mktemp("images")
+    podman.load_image(single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w"),
+                      ADMISSION.image)
+    bb = busybox_rootfs(base / "bb")
+    for ref in (APP_IMAGE, SIDECAR_IMAGE):
+        podman.load_image(bb, ref)
+    listed = podman.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert set(IMAGES) <= set(listed), listed
+    return podman
+
+
+def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, loaded, tmp_path):  # noqa: F811
+    node = PodmanNode(tmp_path / "node", loaded, list(IMAGES), node_name=NODE_NAME, flavour="cgroupfs")
+    try:
+        pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
+        run = run_pod(node, pod)
+        vol = run.volume_dirs[mount["name"]]
+        nspid = int((vol / "child.pid").read_text())
+        (core,) = [p for p in vol.iterdir() if p.name.startswith("core-") and not p.name.endswith(".json")]
+        assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
+        meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
+        check_limits_raised(run)
+        assert meta["runtime"] == "podman"  # libpod-<id>
+        info = node.inspect(meta["container_id"])
+        assert info["Id"] == meta["container_id"] == run.app.container_id
+        assert info["OCIRuntime"] == str(loaded.crun) and info["Path"] == C.WRAPPER_PATH
+        assert info["Config"]["Labels"]["io.kubernetes.pod.uid"] == meta["pod_uid"]
+        # a process of this pod as the host sees it: under conmon, named in the v2 line only
+        sidecar = node.start(run.pod, "log-shipper")
+        pid = wait_for(lambda: node.pid_of(sidecar), 20, "the sidecar's pid")
+        assert os.path.basename(parent_exe(pid)) == "conmon"
+        lines = {k.split(":")[0]: v for k, v in cgroup_lines(pid).items()}
+        assert lines.pop("0") == f"{node.pod_cgroup(run.pod)}/libpod-{sidecar.container_id}"
+        assert not [p for p in lines.values() if "kubepods" in p], lines
+        stop_and_check(agent, kernel, node, tmp_path)
+        assert not os.path.exists(f"/sys/fs/cgroup/unified{node.pod_cgroup(run.pod)}"), "the pod's cgroup is left"
+    finally:
+        node.cleanup()
+        kill_all(processes_rooted_under(tmp_path))
