@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable
@@ -215,6 +216,8 @@ class CrashProcessor:
         self.events = events or None
         self.notifier = notifier or None
         self.node_pattern = parse(settings.node_core_name)
+        self._dropped_seen: set[str] = set()
+        self._dropped_lock = threading.Lock()
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
         # settings, False disables it; a crash's job goes to it once _report has the summary.
         self.signatures = self._make_signatures(signatures)
@@ -328,9 +331,11 @@ class CrashProcessor:
         reg = ident.registration
         assert reg is not None
         try:
-            pattern = parse(reg.pattern)
+            pattern = parse(reg.pattern, kernel=True)  # named as the kernel would name it
         except PatternError as exc:
             raise _NoPodTarget("invalid_pattern", exc.reason) from None
+        if pattern.dropped:
+            self._log_dropped_once(pattern, request)
         expanded = expand(pattern, request.crash_info(proc.exe), append_pid=self.settings.append_pid)
         if pattern.is_relative:
             cwd = self._checked_cwd(request, proc)
@@ -350,6 +355,15 @@ class CrashProcessor:
                        destination="pod", max_bytes=max_bytes, max_reason="size_limit",
                        compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern,
                        creds=proc.credentials)
+
+    def _log_dropped_once(self, pattern: Any, request: CrashRequest) -> None:
+        """The kernel drops unknown specifiers; so do we, and say so once per pattern."""
+        with self._dropped_lock:
+            if pattern.raw in self._dropped_seen:
+                return
+            self._dropped_seen.add(pattern.raw)
+        log.warning("pattern has specifiers the kernel drops; dropped them too",
+                    extra={"pattern": pattern.raw, "dropped": list(pattern.dropped), "pid": request.global_pid})
 
     def _checked_cwd(self, request: CrashRequest, proc: ProcessInfo) -> str:
         """The process cwd inside its root, proven to be the same directory as its real cwd.
