@@ -28,11 +28,14 @@ from webhook.agent.background import QueueWorker
 from webhook.agent.crash import CrashRequest
 from webhook.agent.podwatch import PodRecord
 from webhook.agent.procinfo import identify, parse_cgroup, parse_status, read_process
+from webhook.agent.taken import TakenRequests
 
 log = logging.getLogger(__name__)
 
-#: Requests remembered (ids) so one is never taken twice by this agent.
+#: Invalid annotations remembered (logged once each).
 SEEN_MAX = 4096
+#: The request ids taken so far, in the agent's host directory (survives restarts).
+TAKEN_FILE = "gcore-taken"
 
 
 class GcoreRefused(Exception):
@@ -158,6 +161,7 @@ class GcoreService(QueueWorker):
         self.clock = clock
         self.snapshot = snapshot or gcore.snapshot
         self._seen: dict[str, None] = {}
+        self.taken = TakenRequests(os.path.join(host_dir, TAKEN_FILE))
         self._lock = threading.Lock()
         self.results: list[dict] = []  # the summaries reported (tests, debugging)
         super().__init__("agent-gcore", maxsize=8)
@@ -176,7 +180,7 @@ class GcoreService(QueueWorker):
             if self._first_time(key):
                 log.warning("invalid gcore request", extra={"pod": record.view.name, "error": str(exc)})
             return
-        if not self._first_time(req.id):
+        if not self.taken.claim(req.id):  # durable: a restarted agent does not take it again
             return
         age = self.clock() - req.requested_at
         if abs(age) > self.max_age:
