@@ -89,8 +89,10 @@ def test_gcore_request_through_the_pod_watch_lands_in_the_pod_volume(tmp_path, k
 
         settings = make_settings(tmp_path, rate_limit_count=1)
         events = Recorder()
+        watched = record_for(pod_uid, cid, None).view  # what the pod watch knows of the pod
         processor = CrashProcessor(settings, None, events=events, notifier=False, signatures=False,
-                                   metrics=AgentMetrics(CollectorRegistry()))
+                                   metrics=AgentMetrics(CollectorRegistry()),
+                                   pod_lookup=lambda uid: watched if uid == pod_uid else None)
         service = GcoreService(processor, host_dir=settings.host_dir, node_name="node-3", events=events)
         request = {"id": "gc-5f3a9c1e", "container": "app", "pid": None, "requestedAt": now_rfc3339()}
         record = record_for(pod_uid, cid, request)
