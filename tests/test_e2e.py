@@ -189,10 +189,11 @@ def pod_api():
 
 
 @contextlib.contextmanager
-def running_agent(bin_dir: Path, api: PodApi, *extra: str):
+def running_agent(bin_dir: Path, api: PodApi, *extra: str, host: Path | None = None):
     """``coredump agent run`` (metrics and gdb signatures off; the pod watch on ``api``), ready
-    once the kernel pipes cores to its helper; killed and uninstalled if still running at the end."""
-    host = Path(tempfile.mkdtemp(prefix="cde-"))  # short: the socket path has a length limit
+    once the kernel pipes cores to its helper; killed and uninstalled if still running at the end.
+    ``host``: an existing host dir (e.g. one whose helper spooled while no agent ran)."""
+    host = host or Path(tempfile.mkdtemp(prefix="cde-"))  # short: the socket path has a length limit
     log = host.parent / (host.name + ".log")
     kubeconfig = api.server.kubeconfig(host.parent / (host.name + ".kubeconfig"))
     cmd = [*coredump_command(), "agent", "run", "--host-dir", str(host),

@@ -241,3 +241,55 @@ def test_api_back_the_names_are_filled_in_and_the_core_moved(api_down_at_the_cra
     assert name in s["up"]["page"]["shop-dev"] and 'id="empty"' in s["up"]["page"]["payments-dev"]
     assert s["up"]["left"] == []  # nothing pending any more
     assert meta["pod_uid"] == uid
+
+
+# --- issue 15 section 4: a spooled core keeps its pod ---------------------------------------------
+def test_spooled_core_lands_in_the_pod_volume_while_the_container_lives(kernel, bin_dir, node_factory,  # noqa: F811
+                                                                        pod_api, tmp_path):
+    """Agent down: the helper spools, recording the pinned process's cgroup and registration.
+    Agent up: the core is delivered into the pod's own volume, through a live process of the same
+    container, under the names the pod watch verified."""
+    import tempfile
+
+    from tests.crash_support import check_elf_core
+    from webhook.agent import install
+    from webhook.agent.settings import AgentSettings
+
+    host = Path(tempfile.mkdtemp(prefix="cds-"))
+    install.install(AgentSettings(host_dir=str(host), helper_binary=str(bin_dir / "coredump-helper"), metrics_bind=""))
+    node = node_factory("cgroupfs")
+    script = ("sleep 30 & p=$!; echo $p > /pod/data/dump/child.pid; sleep 0.3; kill -SEGV $p; wait $p; "
+              "touch /pod/data/dump/crashed; while [ ! -e /pod/data/dump/done ]; do sleep 0.1; done; exit 0")
+    pod, volumes, app = start_pod(node, forging_pod(script))
+    (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/pod/data/dump"]
+    vol = volumes[mount["name"]]
+    wait_for(lambda: (vol / "crashed").exists(), 30, "the crash")
+    (entry,) = wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 15, "spool")
+    # the helper's record, taken while the process was pinned
+    assert f"pod{pod['metadata']['uid']}" in (entry / "cgroup").read_text()
+    env = (entry / "environ").read_bytes().split(b"\0")
+    assert b"COREDUMP_PATTERN=/pod/data/dump/core-eci" in env and all(e.startswith(b"COREDUMP_") for e in env if e)
+    assert (entry / "exe").read_text().endswith("/bin/busybox")
+    assert not [p for p in vol.iterdir() if p.name.startswith("core-eci")]
+    with running_agent(bin_dir, pod_api, host=host) as agent:  # drains the spool at start
+        nspid = int((vol / "child.pid").read_text())
+        core = vol / f"core-eci.{nspid}"
+
+        def verified() -> dict | None:
+            try:
+                meta = json.loads(Path(str(core) + C.METADATA_SUFFIX).read_text())
+            except (OSError, ValueError):
+                return None
+            return meta if meta.get("identity") == "verified" else None
+
+        meta = wait_for(verified, 30, "the spooled core in the pod's volume, its names verified")
+        check_elf_core(core.read_bytes())
+        name = pod["metadata"]["name"]
+        assert (meta["namespace"], meta["pod"], meta["container"], meta["destination"]) == (NAMESPACE, name, "app", "pod")
+        assert meta["path"] == f"/pod/data/dump/core-eci.{nspid}" and meta["exe"] == "/bin/busybox"
+        assert "agent unreachable" in meta["spool_reason"] and meta["pid"] == nspid
+        assert not (agent.host / "cores" / "unknown").exists()
+        assert not list((host / "spool").iterdir())
+        (vol / "done").touch()
+        assert app.wait(30) == 0, app.output()
+        assert agent.stop() == 0

@@ -66,6 +66,8 @@ class CrashRequest:
     spooled: bool = False
     #: Why the helper spooled it (the spool entry's "reason"), recorded in the metadata.
     spool_reason: str = ""
+    #: The spool entry's directory: the helper's record of the process (webhook/agent/spooled.py).
+    spool_entry: str = ""
     #: A gcore request's ID (webhook/agent/snapshots.py) rather than a crash: not rate
     #: limited, and the metadata says ``gcore``.
     snapshot_id: str = ""
@@ -247,8 +249,10 @@ class CrashProcessor:
     # --- decisions ------------------------------------------------------------------------------
     def _handle(self, request: CrashRequest, core: int | BinaryIO, start: float) -> _Handled:
         proc: ProcessInfo | None = None
-        if request.spooled:
-            ident = Identity(None, CgroupIdentity(), "spooled")
+        if request.spooled:  # who it was, from the helper's record; a live process of its container
+            from webhook.agent.spooled import spooled_identity
+
+            ident, proc = spooled_identity(request.spool_entry, self.proc)
         else:
             try:
                 proc = read_process(request.global_pid, self.proc)
@@ -323,6 +327,8 @@ class CrashProcessor:
             self._log_dropped_once(pattern, request)
         expanded = expand(pattern, request.crash_info(proc.exe), append_pid=self.settings.append_pid)
         if pattern.is_relative:
+            if request.spooled:  # the crashed process's cwd is gone with it
+                raise _NoPodTarget("relative_pattern_spooled", "a relative pattern needs the crashed process's cwd")
             cwd = self._checked_cwd(request, proc)
             expanded = posixpath.join(cwd, expanded)
         directory, name = posixpath.split(expanded)
@@ -336,7 +342,8 @@ class CrashProcessor:
         if proc.credentials is None:
             raise _NoPodTarget("root_unreachable",
                                f"credentials of {request.global_pid} unreadable: no filesystem uid/gid in its status")
-        return _Target(root_path=f"{self.proc}/{request.global_pid}/root", directory=directory or "/", name=name,
+        # proc is the crashed process, or for a spooled core a live process of the same container
+        return _Target(root_path=f"{self.proc}/{proc.global_pid}/root", directory=directory or "/", name=name,
                        destination="pod", max_bytes=max_bytes, max_reason="size_limit",
                        compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern,
                        creds=proc.credentials)
@@ -519,7 +526,8 @@ class CrashProcessor:
         if request.snapshot_id:
             doc["gcore"] = True
             doc["gcore_request"] = request.snapshot_id
-        sysroot = self._save_binaries(request, proc, dirfd, final, doc, target)
+        pinned = None if request.spooled else proc  # a spooled core's process is gone: no binaries of it
+        sysroot = self._save_binaries(request, pinned, dirfd, final, doc, target)
         metadata_path = None
         json_name = None
         if final:
@@ -530,7 +538,7 @@ class CrashProcessor:
                 metadata_path = posixpath.join(view_dir, json_name)
             except (OSError, CredentialsError) as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
-        job = self._signature_job(proc, dirfd, final, json_name, doc, target, sysroot)
+        job = self._signature_job(pinned, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
             destination=target.destination, host_path=host_path, sha256=result.sha256,

@@ -32,6 +32,7 @@ from webhook.agent import metadata as meta
 from webhook.agent.background import QueueWorker
 from webhook.agent.identity import VERIFIED, Resolved, apply_view
 from webhook.agent.metadata import PodView
+from webhook.agent.procinfo import container_process
 from webhook.agent.writer import SafeRoot, replace_small_file
 from webhook.constants import METADATA_SUFFIX
 
@@ -225,15 +226,13 @@ class PendingIdentities(QueueWorker):
 
     def _rewrite_in_pod(self, summary: dict, names: dict) -> bool:
         """Through a live process of the same container, if the core is still the same file."""
-        from webhook.agent.snapshots import GcoreRefused, find_host_pid
-
         file_id = summary.get("file_id")
         cid, uid = summary.get("container_id"), summary.get("pod_uid")
         if not file_id or not cid:
             return False
         try:
-            pid = find_host_pid(cid, uid, None, self.proc)
-        except GcoreRefused as exc:
+            pid = container_process(cid, uid, None, self.proc)
+        except LookupError as exc:
             log.info("pod metadata stays unverified: no live process of its container",
                      extra={"pod_uid": uid, "path": summary.get("path"), "detail": str(exc)})
             return False
