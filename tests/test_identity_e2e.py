@@ -13,6 +13,7 @@ unusable pattern (so the core goes to the node location) and a fresh container n
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,15 @@ def api_down_at_the_crash(tmp_path_factory, bin_dir):
                 (vol / "done").touch()
                 assert app.wait(30) == 0, app.output()
                 assert agent.stop() == 0
-                yield {"pod": pod, "down": down, "up": up, "cores": agent.host / "cores", "app": app}
+                # the agent's host dir goes with it: keep the node location for the checks
+                kept = tmp / "cores"
+                shutil.copytree(agent.host / "cores", kept, symlinks=True)
+                scenario = {"pod": pod, "down": down, "up": up, "cores": agent.host / "cores", "kept": kept}
         finally:
             node.cleanup()
             kill_all(processes_rooted_under(tmp))
+    # the kernel lock is released here: the other tests of this module take it themselves
+    yield scenario
 
 
 def test_api_down_the_crash_path_does_not_wait_and_the_core_is_written(api_down_at_the_crash):
@@ -229,8 +235,11 @@ def test_api_back_the_names_are_filled_in_and_the_core_moved(api_down_at_the_cra
     name, uid = s["pod"]["metadata"]["name"], s["pod"]["metadata"]["uid"]
     (node_core,) = s["up"]["node_cores"]
     assert node_core.relative_to(s["cores"]).parts[:3] == (NAMESPACE, name, "app")
-    assert node_core.name == s["down"]["node_core"].name and not s["down"]["node_core"].exists()
-    meta = json.loads(Path(str(node_core) + C.METADATA_SUFFIX).read_text())
+    kept = s["kept"]  # the node location as the agent left it
+    assert node_core.name == s["down"]["node_core"].name
+    assert not (kept / s["down"]["node_core"].relative_to(s["cores"])).exists()
+    assert not list((kept / "_unverified").iterdir())  # the pod's directories went with it
+    meta = json.loads((kept / (str(node_core.relative_to(s["cores"])) + C.METADATA_SUFFIX)).read_text())
     assert (meta["identity"], meta["namespace"], meta["pod"], meta["container"]) == ("verified", NAMESPACE, name, "app")
     assert meta["path"] == str(node_core) and meta["sha256"] == s["down"]["node_meta"]["sha256"]
     pod_meta = s["up"]["pod_meta"]  # rewritten through the container's live process

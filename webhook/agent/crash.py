@@ -18,7 +18,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Callable
 
 from webhook import constants
@@ -604,8 +604,8 @@ class CrashProcessor:
     def publish(self, summary: dict) -> None:
         """The Event and the notification, only under names the pod watch verified; a crash of
         a pod the watch did not know waits in ``pending`` until it does (or goes unannounced)."""
-        if summary.get("identity") != VERIFIED:
-            if self.pending is not None and summary.get("pod_uid"):
+        if summary.get("pod_uid") and summary.get("identity") != VERIFIED:
+            if self.pending is not None:
                 try:
                     self.pending.add(summary)
                 except Exception:  # noqa: BLE001

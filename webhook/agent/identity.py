@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 VERIFIED = "verified"
 UNVERIFIED = "unverified"
+HOST = "host"
 #: Top directory of the node location for cores whose pod the agent has not verified (a
 #: namespace name can never start with "_").
 UNVERIFIED_DIR = "_unverified"
@@ -59,7 +60,10 @@ class Resolved:
 
     @property
     def state(self) -> str:
-        return VERIFIED if self.verified else UNVERIFIED
+        """``verified``, ``unverified`` (a pod the watch does not know), or ``host`` (no pod)."""
+        if self.verified:
+            return VERIFIED
+        return UNVERIFIED if self.pod_uid else HOST
 
     def rate_key(self, fallback: str) -> tuple[str, str]:
         """The per-container key of the rate limit and counters: what the cgroup says."""
