@@ -118,11 +118,13 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
 
     watch = make_pod_watch(settings)
     # Crashes of pods the watch does not know (yet): names filled in, Events sent, once it does.
-    pending = PendingIdentities(settings.host_dir, settings.node_cores_dir)
+    pending = PendingIdentities(settings.host_dir, settings.node_cores_dir) if watch is not None else None
     processor = CrashProcessor(settings, previous_pattern=previous_pattern or None,
                                pod_lookup=watch.index.lookup if watch is not None else None, pending=pending)
-    pending.publish = processor.publish
-    consumers = [pending.on_pod]
+    consumers = []
+    if pending is not None:
+        pending.publish = processor.publish
+        consumers.append(pending.on_pod)
     if watch is not None and settings.gcore_requests:
         from webhook.agent.snapshots import GcoreService
 

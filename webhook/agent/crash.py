@@ -604,14 +604,16 @@ class CrashProcessor:
     def publish(self, summary: dict) -> None:
         """The Event and the notification, only under names the pod watch verified; a crash of
         a pod the watch did not know waits in ``pending`` until it does (or goes unannounced)."""
+        sinks = (self.events, self.notifier)
         if summary.get("pod_uid") and summary.get("identity") != VERIFIED:
-            if self.pending is not None:
+            if self.pending is not None:  # the watch will know the pod: announce it then
                 try:
                     self.pending.add(summary)
                 except Exception:  # noqa: BLE001
                     log.exception("could not keep an unverified crash for later")
-            return
-        for sink in (self.events, self.notifier):
+                return
+            sinks = (self.notifier,)  # no pod watch at all: by pod UID only (an Event needs names)
+        for sink in sinks:
             if sink is not None:
                 try:
                     sink.submit(summary)

@@ -232,7 +232,7 @@ class PendingIdentities(QueueWorker):
             return False
         try:
             pid = container_process(cid, uid, None, self.proc)
-        except LookupError as exc:
+        except (LookupError, OSError) as exc:
             log.info("pod metadata stays unverified: no live process of its container",
                      extra={"pod_uid": uid, "path": summary.get("path"), "detail": str(exc)})
             return False

@@ -53,7 +53,7 @@ def spooled_identity(entry: str, proc: str = "/proc") -> tuple[Identity, Process
     if ident.registration is not None and cgroup.pod_uid and cgroup.container_id:  # else: node location
         try:
             live = read_process(container_process(cgroup.container_id, cgroup.pod_uid, None, proc), proc)
-        except (LookupError, ProcessGone):
+        except (LookupError, ProcessGone, OSError):
             live = None
     if live is not None:
         exe_raw = (_read(entry, "exe") or b"").decode("utf-8", "replace")
