@@ -446,3 +446,25 @@ def test_runc_container_core_lands_in_its_volume(tmp_path, runc_container, flavo
     # nothing leaked elsewhere: the node location is untouched, no temp files remain
     assert not os.path.exists(settings.node_cores_dir) or not any(os.scandir(settings.node_cores_dir))
     assert not [p for _, _, fs in os.walk(vol) for p in fs if p.startswith(".coredump-tmp")]
+
+
+def test_spooled_core_of_a_gone_container_goes_to_its_verified_pod(tmp_path):
+    """Issue 15 s4: the helper's record (cgroup + registration) names the pod; no process of the
+    container runs any more, so the node location gets it, under the names the pod watch gave."""
+    import dataclasses
+
+    pod_uid, cid = str(uuid.uuid4()), hashlib.sha256(b"gone").hexdigest()
+    entry = tmp_path / "spool" / "1700000000-4242"
+    entry.mkdir(parents=True)
+    (entry / "cgroup").write_text(f"0::/kubepods/besteffort/pod{pod_uid}/{cid}\n")
+    env = webhook_env("/pod/data/dump/core-eci", pod_uid, COREDUMP_POD_NAMESPACE="payments")
+    (entry / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+    data = synthetic_core(1)
+    request = dataclasses.replace(request_for(4242, spooled=True), spool_entry=str(entry))
+    out = handle_bytes(make_processor(make_settings(tmp_path), lookup=known_pod(pod_uid, cid)), request, data)
+    assert out.outcome == "written" and out.destination == "node", out
+    assert Path(out.path).parent == Path(make_settings(tmp_path).node_cores_dir) / "shop" / "web-7d9c-abcde" / "app"
+    meta = read_meta(Path(out.path))
+    assert (meta["namespace"], meta["identity"], meta["registered"], meta["identification"]) == (
+        "shop", "verified", True, "spooled")
+    assert Path(out.path).read_bytes() == data
