@@ -189,10 +189,11 @@ def pod_api():
 
 
 @contextlib.contextmanager
-def running_agent(bin_dir: Path, api: PodApi, *extra: str, host: Path | None = None):
+def running_agent(bin_dir: Path, api: PodApi, *extra: str, host: Path | None = None, keep_host: bool = False):
     """``coredump agent run`` (metrics and gdb signatures off; the pod watch on ``api``), ready
     once the kernel pipes cores to its helper; killed and uninstalled if still running at the end.
-    ``host``: an existing host dir (e.g. one whose helper spooled while no agent ran)."""
+    ``host``: an existing host dir (e.g. one whose helper spooled while no agent ran), kept
+    afterwards with ``keep_host`` (for the next agent on the node)."""
     host = host or Path(tempfile.mkdtemp(prefix="cde-"))  # short: the socket path has a length limit
     log = host.parent / (host.name + ".log")
     kubeconfig = api.server.kubeconfig(host.parent / (host.name + ".kubeconfig"))
@@ -220,7 +221,8 @@ def running_agent(bin_dir: Path, api: PodApi, *extra: str, host: Path | None = N
             proc.kill()
             proc.wait(10)
             subprocess.run([*coredump_command(), "agent", "uninstall", "--host-dir", str(host)], capture_output=True)
-        shutil.rmtree(host, ignore_errors=True)
+        if not keep_host:
+            shutil.rmtree(host, ignore_errors=True)
         log.unlink(missing_ok=True)
         kubeconfig.unlink(missing_ok=True)
 
