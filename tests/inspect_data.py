@@ -11,7 +11,7 @@ from webhook.agent import metadata
 
 def write_core(root: Path, rel: str, *, namespace: str, pod: str, container: str, t: int,
                signal: int = 11, signature: str | None = None, frames: list[str] | None = None,
-               payload: bytes | None = None, node: str = "node-3") -> Path:
+               payload: bytes | None = None, node: str = "node-3", identity: str = "verified") -> Path:
     """A core file and its ``.json`` as the agent writes them; returns the core's path."""
     core = root / rel.lstrip("/")
     core.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +27,7 @@ def write_core(root: Path, rel: str, *, namespace: str, pod: str, container: str
         sha256=hashlib.sha256(data).hexdigest(), compression="none", truncated=False, reason=None,
         pattern="/data/dump-a/core-%E-%p-%t", rlimit_core=-1, dump_mode=1,
     )
+    doc["identity"] = identity  # names from the agent's pod watch (or "unverified": pod UID only)
     if signature:
         doc.update({"signature": signature, "signature_frames": frames or [],
                     "backtrace": [f"#{i} {f} at web.c:{10 + i}" for i, f in enumerate(frames or [])]})

@@ -234,6 +234,9 @@ class Node:
     #: (0, 0) for a runtime configured with a hard limit of 0 that no wrapper can raise.
     core_limit: tuple[int, int] = (0, UNLIMITED)
     containers: list[Container] = field(default_factory=list)
+    #: Called with (pod, container name, container ID) just before a container starts: what
+    #: the kubelet reports in the pod's status (tests/pod_api.py feeds it to the agent's watch).
+    on_start: Callable[[dict[str, Any], str, str], None] | None = None
 
     def __post_init__(self) -> None:
         self.state = self.workdir / "runc-state"
@@ -354,6 +357,8 @@ class Node:
                  if x["name"] == name)
         container_id = secrets.token_hex(32)
         bundle, cfg = self._bundle(pod, c, container_id)
+        if self.on_start is not None:
+            self.on_start(pod, name, container_id)
         out, err = bundle / "stdout.log", bundle / "stderr.log"
         with open(out, "wb") as fo, open(err, "wb") as fe:
             proc = subprocess.Popen([self.runc, "--root", str(self.state), "run", "-b", str(bundle), container_id],

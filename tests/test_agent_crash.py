@@ -37,9 +37,25 @@ def make_settings(tmp_path: Path, **kw) -> AgentSettings:
     return AgentSettings(**values)
 
 
-def make_processor(settings: AgentSettings, previous: str | None = None) -> CrashProcessor:
+def make_processor(settings: AgentSettings, previous: str | None = None, lookup=None) -> CrashProcessor:
     return CrashProcessor(settings, previous, events=False, notifier=False,
-                          metrics=AgentMetrics(CollectorRegistry()))
+                          metrics=AgentMetrics(CollectorRegistry()), pod_lookup=lookup)
+
+
+def known_pod(pod_uid: str, cid: str, *, name: str = "web-7d9c-abcde", namespace: str = "shop",
+              container: str = "app"):
+    """The pod watch's index holding one pod (a recorded pod with this test's UID, names and
+    container ID): the agent's only source of namespace, pod and container names."""
+    from webhook.agent.podwatch import PodIndex
+
+    pod = json.loads((Path(__file__).parent / "recorded" / "agent" / "podlist-node-3.json").read_text())["items"][0]
+    pod["metadata"].update(uid=pod_uid, name=name, namespace=namespace)
+    status = pod["status"]["containerStatuses"][0]
+    status.update(name=container, containerID=f"containerd://{cid}")
+    status.pop("lastState", None)
+    index = PodIndex()
+    index.replace([pod])
+    return index.lookup
 
 
 def request_for(pid: int, *, nspid: int | None = None, sig: int = 11, rlimit: int = 2**64 - 1, uid: int = 0,
@@ -237,7 +253,7 @@ def test_registered_namespace_process_eci_naming_enospc_and_cap(tmp_path, k8s_cg
         env = webhook_env("/pod/data/dump/core-eci", pod_uid, COREDUMP_MAX_SIZE="1M")
         unshare, pid = start_namespace_app(tmp_path, vol, env, cgroup)
         settings = make_settings(tmp_path)
-        proc = make_processor(settings)
+        proc = make_processor(settings, lookup=known_pod(pod_uid, cid))
         nspid = nspid_of(pid)
         assert nspid != pid
         small = synthetic_core(1)[: 700_000]
@@ -303,7 +319,7 @@ def test_uid_mismatch_is_unregistered(tmp_path, k8s_cgroup):
                            b"core" * 2000)
         assert out.outcome == "written" and out.reason == "pod_uid_mismatch" and out.destination == "node"
         assert os.listdir(vol) == []
-        assert "/_unknown-namespace/" in out.path  # a k8s container, names unknown without the pod watch
+        assert "/_unverified/" in out.path  # a k8s container, names unknown without the pod watch
     finally:
         unshare.kill()
         unshare.wait()
@@ -431,3 +447,25 @@ def test_runc_container_core_lands_in_its_volume(tmp_path, runc_container, flavo
     # nothing leaked elsewhere: the node location is untouched, no temp files remain
     assert not os.path.exists(settings.node_cores_dir) or not any(os.scandir(settings.node_cores_dir))
     assert not [p for _, _, fs in os.walk(vol) for p in fs if p.startswith(".coredump-tmp")]
+
+
+def test_spooled_core_of_a_gone_container_goes_to_its_verified_pod(tmp_path):
+    """Issue 15 s4: the helper's record (cgroup + registration) names the pod; no process of the
+    container runs any more, so the node location gets it, under the names the pod watch gave."""
+    import dataclasses
+
+    pod_uid, cid = str(uuid.uuid4()), hashlib.sha256(b"gone").hexdigest()
+    entry = tmp_path / "spool" / "1700000000-4242"
+    entry.mkdir(parents=True)
+    (entry / "cgroup").write_text(f"0::/kubepods/besteffort/pod{pod_uid}/{cid}\n")
+    env = webhook_env("/pod/data/dump/core-eci", pod_uid, COREDUMP_POD_NAMESPACE="payments")
+    (entry / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+    data = synthetic_core(1)
+    request = dataclasses.replace(request_for(4242, spooled=True), spool_entry=str(entry))
+    out = handle_bytes(make_processor(make_settings(tmp_path), lookup=known_pod(pod_uid, cid)), request, data)
+    assert out.outcome == "written" and out.destination == "node", out
+    assert Path(out.path).parent == Path(make_settings(tmp_path).node_cores_dir) / "shop" / "web-7d9c-abcde" / "app"
+    meta = read_meta(Path(out.path))
+    assert (meta["namespace"], meta["identity"], meta["registered"], meta["identification"]) == (
+        "shop", "verified", True, "spooled")
+    assert Path(out.path).read_bytes() == data

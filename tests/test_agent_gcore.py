@@ -89,8 +89,10 @@ def test_gcore_request_through_the_pod_watch_lands_in_the_pod_volume(tmp_path, k
 
         settings = make_settings(tmp_path, rate_limit_count=1)
         events = Recorder()
+        watched = record_for(pod_uid, cid, None).view  # what the pod watch knows of the pod
         processor = CrashProcessor(settings, None, events=events, notifier=False, signatures=False,
-                                   metrics=AgentMetrics(CollectorRegistry()))
+                                   metrics=AgentMetrics(CollectorRegistry()),
+                                   pod_lookup=lambda uid: watched if uid == pod_uid else None)
         service = GcoreService(processor, host_dir=settings.host_dir, node_name="node-3", events=events)
         request = {"id": "gc-5f3a9c1e", "container": "app", "pid": None, "requestedAt": now_rfc3339()}
         record = record_for(pod_uid, cid, request)
@@ -218,3 +220,50 @@ def test_cli_times_out_when_no_agent_answers(server, tmp_path, monkeypatch):
     server.route("GET", EVENTS_PATH, Recorded(200, "eventlist-coresnapshot.json"))  # other requests only
     res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--timeout", "60", "--request-id", "gc-0000")
     assert res.exit_code == 1 and "no answer from the node agent within 60s for gcore request gc-0000" in res.output
+
+
+@pytest.mark.root
+def test_a_restarted_agent_does_not_take_a_pending_request_again(tmp_path, k8s_cgroup):
+    """The annotation stays on the pod: the new agent's first list shows it again (issue 15 s5)."""
+    from webhook.inspect import gcore
+
+    which_or_fail("gcore")
+    pod_uid, cid, cgroup = k8s_cgroup
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    unshare, pid = start_namespace_app(tmp_path, vol, webhook_env("/pod/data/dump/core.%p.%t", pod_uid), cgroup)
+    os.kill(pid, signal.SIGCONT)
+    snapshots: list[int] = []
+
+    def counted(host_pid, workdir, timeout):  # the real gcore, counted: each call freezes the process
+        snapshots.append(host_pid)
+        return gcore.snapshot(host_pid, workdir, timeout=timeout)
+
+    try:
+        settings = make_settings(tmp_path)
+        request = {"id": "gc-restart-1", "container": "app", "pid": None, "requestedAt": now_rfc3339()}
+        for _run in range(2):  # the first agent, then the one started after it stopped
+            processor = CrashProcessor(settings, None, events=False, notifier=False, signatures=False,
+                                       metrics=AgentMetrics(CollectorRegistry()))
+            service = GcoreService(processor, host_dir=settings.host_dir, node_name="node-3", snapshot=counted)
+            service.on_pod(record_for(pod_uid, cid, request))
+            assert service.flush(120)
+        assert snapshots == [pid], "one request, one snapshot"
+        assert len([p for p in vol.iterdir() if p.suffix != ".json"]) == 1
+        assert (Path(settings.host_dir) / "gcore-taken").read_text() == "gc-restart-1\n"
+    finally:
+        unshare.kill()
+        unshare.wait()
+
+
+def test_taken_ids_survive_and_stay_bounded(tmp_path):
+    from webhook.agent.taken import TakenRequests
+
+    path = tmp_path / "host" / "gcore-taken"
+    first = TakenRequests(str(path), keep=3)
+    assert first.claim("a") and not first.claim("a")
+    for rid in "bcdefgh":
+        assert first.claim(rid)
+    again = TakenRequests(str(path), keep=3)
+    assert not again.claim("h") and "g" in again and "a" not in again  # the newest kept
+    assert len(path.read_text().split()) <= 7

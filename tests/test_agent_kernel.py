@@ -236,7 +236,10 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
         constants.ENV_CONTAINER_NAME: "app",
         constants.ENV_NODE_NAME: "node-1",
     }
-    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False)
+    from tests.test_agent_crash import known_pod
+
+    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
+                               pod_lookup=known_pod(pod_uid, cid, name="web-0"))
     serve(s, processor.handle)
     install.install(s)
     created = [d for d in (cgroup, *cgroup.parents) if str(d).startswith("/sys/fs/cgroup/unified/") and not d.exists()]

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs, check_elf_core
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
+from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from webhook import constants
 from webhook.agent import install
@@ -97,7 +97,8 @@ def test_signatures_of_real_crashes_through_the_kernel(agent_env, k8s_cgroup, pr
                  save_binaries_budget_bytes=64 << 20, signature_event_wait_seconds=60)
     events = Recorder()
     processor = CrashProcessor(s, previous_pattern="core", events=events, notifier=False,
-                               metrics=AgentMetrics(CollectorRegistry()))
+                               metrics=AgentMetrics(CollectorRegistry()),
+                               pod_lookup=known_pod(pod_uid, cid, name="web-0"))
     assert processor.signatures is not None
     serve(s, processor.handle)
     install.install(s)

@@ -13,6 +13,7 @@ inside the container, seen on the host through the volume's source directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,8 @@ import pytest
 
 from tests.conftest import KERNEL_SETTINGS, which_or_fail
 from tests.crash_support import check_elf_core
+from tests.inspect_apiserver import FakeApiServer
+from tests.pod_api import PodApi
 from tests.process_support import wait_for
 from tests.runc_support import (
     CGROUP_FLAVOURS,
@@ -156,6 +159,8 @@ class Agent:
     proc: subprocess.Popen
     host: Path
     log: Path
+    #: The API server the agent's pod watch (and Events) talk to.
+    api: PodApi | None = None
 
     def records(self) -> list[dict[str, Any]]:
         out = []
@@ -177,37 +182,60 @@ class Agent:
 
 
 @pytest.fixture
-def agent(kernel, bin_dir):
-    """Start ``coredump agent run`` (metrics, events, pod watch and gdb signatures off) and wait
-    until the kernel pipes cores to its helper; stopped (SIGTERM) and checked afterwards."""
-    host = Path(tempfile.mkdtemp(prefix="cde-"))  # short: the socket path has a length limit
+def pod_api():
+    """The API server's pods (list + watch) on a real socket: the agent's only source of pod names."""
+    with FakeApiServer() as server:
+        yield PodApi(server)
+
+
+@contextlib.contextmanager
+def running_agent(bin_dir: Path, api: PodApi, *extra: str, host: Path | None = None, keep_host: bool = False):
+    """``coredump agent run`` (metrics and gdb signatures off; the pod watch on ``api``), ready
+    once the kernel pipes cores to its helper; killed and uninstalled if still running at the end.
+    ``host``: an existing host dir (e.g. one whose helper spooled while no agent ran), kept
+    afterwards with ``keep_host`` (for the next agent on the node)."""
+    host = host or Path(tempfile.mkdtemp(prefix="cde-"))  # short: the socket path has a length limit
     log = host.parent / (host.name + ".log")
+    kubeconfig = api.server.kubeconfig(host.parent / (host.name + ".kubeconfig"))
     cmd = [*coredump_command(), "agent", "run", "--host-dir", str(host),
            "--helper-binary", str(bin_dir / "coredump-helper"), "--node-name", NODE_NAME,
-           "--metrics-bind", "", "--no-events", "--no-watch-pods", "--no-signatures",
-           "--keep-free-bytes", "0", "--spool-drain-interval-seconds", "3600"]
+           "--metrics-bind", "", "--no-signatures",
+           "--keep-free-bytes", "0", "--spool-drain-interval-seconds", "3600", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
+    env["KUBECONFIG"] = str(kubeconfig)
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                cwd=str(host.parent))
-    a = Agent(proc, host, log)
+                                cwd=str(host.parent), env=env)
+    a = Agent(proc, host, log, api)
     helper = f"|{host}/coredump-helper "
     try:
         wait_for(lambda: proc.poll() is not None or Path(KERNEL_SETTINGS[0]).read_text().startswith(helper),
                  20, "the agent to set core_pattern")
         assert proc.poll() is None, f"agent exited {proc.returncode}: {log.read_text()}"
         wait_for(lambda: any(r.get("message") == "agent serving" for r in a.records()), 10, "agent serving")
+        if not api.down:  # a pod crashing before the first list would be (rightly) unverified
+            wait_for(lambda: any(r.get("message") == "pods listed" for r in a.records()), 15, "the pod list")
         yield a
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
             subprocess.run([*coredump_command(), "agent", "uninstall", "--host-dir", str(host)], capture_output=True)
-        shutil.rmtree(host, ignore_errors=True)
+        if not keep_host:
+            shutil.rmtree(host, ignore_errors=True)
         log.unlink(missing_ok=True)
+        kubeconfig.unlink(missing_ok=True)
 
 
 @pytest.fixture
-def node_factory(tmp_path, bin_dir):
+def agent(kernel, bin_dir, pod_api):
+    """The agent with its pod watch (Events off); stopped (SIGTERM) and checked by the tests."""
+    with running_agent(bin_dir, pod_api, "--no-events") as a:
+        yield a
+
+
+@pytest.fixture
+def node_factory(tmp_path, bin_dir, pod_api):
     """Factory for a test node; every container is deleted and its cgroups removed afterwards."""
     runc = which_or_fail("runc")
     which_or_fail("busybox")
@@ -220,7 +248,7 @@ def node_factory(tmp_path, bin_dir):
 
     def make(flavour: str = "cgroupfs", remote: dict[str, Path] | None = None) -> Node:
         n = Node(tmp_path / f"node{len(nodes)}", runc, images, node_name=NODE_NAME, flavour=flavour,
-                 remote=remote or {})
+                 remote=remote or {}, on_start=pod_api.container_started)
         nodes.append(n)
         return n
 

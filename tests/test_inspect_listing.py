@@ -143,3 +143,21 @@ def test_framed_listing_is_unambiguous_and_damage_is_reported():
     assert recs == [] and "damaged at byte 16" in warns[0]
     # text (the shell script's output) never goes through the framed parser
     assert listing.listing_entries("coredump-list/1\n") == ([], [])
+
+
+def test_listing_through_a_pod_never_shows_another_namespace(tmp_path):
+    """Issue 8: a process can write any JSON into its volume; read through a pod of ``shop``,
+    every record is ``shop``'s, and only a name the agent verified in ``shop`` is kept."""
+    root = tmp_path / "root"
+    write_core(root, "data/forged", namespace="payments", pod="billing-0", container="api", t=1700000000)
+    write_core(root, "data/unverified", namespace="shop", pod="web-9", container="app", t=1700000001,
+               identity="unverified")
+    write_core(root, "data/sibling", namespace="shop", pod="web-2", container="app", t=1700000002)
+    out = subprocess.run(listing.listing_command([str(root / "data")]), capture_output=True).stdout
+    records, _ = listing.parse_listing(out, namespace="shop", pod="web-1")
+    shown = {r.name: (r.namespace, r.pod, r.container) for r in records}
+    assert shown == {"forged": ("shop", "web-1", "api"), "unverified": ("shop", "web-1", ""),
+                     "sibling": ("shop", "web-2", "app")}
+    # read from a directory (the page's node location): unverified names are not shown at all
+    scanned = {r.name: (r.namespace, r.pod) for r in listing.scan_directory(str(root))[0]}
+    assert scanned["unverified"] == ("", "") and scanned["forged"] == ("payments", "billing-0")

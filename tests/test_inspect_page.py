@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import threading
 
@@ -119,3 +120,34 @@ def test_login_form_sets_a_cookie_and_unknown_token_sees_nothing(cores):
         assert cookie.has_nonstandard_attr("HttpOnly")
         nobody = requests.get(page.url, headers={"Authorization": "Bearer stranger"}, timeout=10).text
         assert 'id="empty"' in nobody and "web-1" not in nobody
+
+
+def test_only_verified_names_filed_under_them_authorize(tmp_path):
+    """Issue 8: the page authorizes by the namespace the agent verified and filed the core
+    under; an unverified core (names unknown) or names that disagree with where it is filed are
+    shown to cluster-wide readers only, under the "(unverified)" heading, by pod UID."""
+    from webhook.inspect.page import UNVERIFIED_HEADING
+
+    root = tmp_path / "cores"
+    write_core(root, "_unverified/pod-6f1c/8e2a4c6b1d3f/core-1", namespace="payments", pod="pay-0",
+               container="api", t=1700000001, identity="unverified")
+    write_core(root, "shop/web-1/app/core-2", namespace="payments", pod="pay-0", container="api", t=1700000002)
+    old = write_core(root, "payments/pay-0/api/core-3", namespace="payments", pod="pay-0", container="api",
+                     t=1700000003)
+    doc = json.loads(old.with_name("core-3.json").read_text())
+    del doc["identity"]  # written before the agent verified names: not trusted either
+    old.with_name("core-3.json").write_text(json.dumps(doc))
+    grants = {"pay": {"payments"}, "shop": {"shop"}, "admin": {"", "shop", "payments"}}
+    client = create_page_app(str(root), authorize=lambda t, ns: ns in grants.get(t, set())).test_client()
+
+    def page(token):
+        return client.get("/", headers={"Authorization": f"Bearer {token}"}).get_data(as_text=True)
+
+    for token in ("pay", "shop"):
+        assert 'id="empty"' in page(token), token
+        for rel in ("_unverified/pod-6f1c/8e2a4c6b1d3f/core-1", "shop/web-1/app/core-2", "payments/pay-0/api/core-3"):
+            assert client.get(f"/download/{rel}", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    admin = page("admin")
+    assert UNVERIFIED_HEADING in admin and "core-1" in admin and "core-3" in admin
+    assert "Namespace payments" not in admin and '<h3 class="pod">pay-0' not in admin
+    assert client.get("/download/shop/web-1/app/core-2", headers={"Authorization": "Bearer admin"}).status_code == 200

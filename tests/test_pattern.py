@@ -68,3 +68,18 @@ def test_relative_pattern_is_admitted_with_a_warning():
 def test_directory_stops_at_first_specifier():
     assert parse("/data/%h/cores/core-%p").directory == "/data"
     assert parse("/data//dump/core").directory == "/data/dump"
+
+
+# --- the agent reads a registration as the kernel does (issue 15 section 6) -------------------------
+def test_kernel_mode_drops_what_the_kernel_drops():
+    from webhook.pattern import CrashInfo, expand, parse
+
+    info = CrashInfo(pid=6, global_pid=4242, tid=6, global_tid=4242, uid=0, gid=0, signal=11, time=1700000000)
+    p = parse("/d/unk.%z.%p.%", kernel=True)  # the kernel's own output was "unk..6." (facts.md)
+    assert p.dropped == ("%z", "%")
+    assert expand(p, info) == "/d/unk..6."
+    assert expand(parse("/d/core-%y%e", kernel=True), CrashInfo(**{**info.__dict__, "comm": "app"})) == "/d/core-app.6"
+    with pytest.raises(PatternError, match="unknown specifier"):
+        parse("/d/unk.%z.%p")  # admission still refuses it
+    with pytest.raises(PatternError, match="'..'"):
+        parse("/d/.%z./core", kernel=True)  # what is left once %z is gone climbs out

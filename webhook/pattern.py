@@ -61,6 +61,9 @@ class Pattern:
     raw: str
     tokens: tuple[Token, ...]
     warnings: tuple[str, ...] = field(default=())
+    #: What the kernel drops and :func:`parse` (``kernel=True``) dropped with it: unknown
+    #: ``%x`` specifiers and a trailing lone ``%`` (the admission webhook refuses them).
+    dropped: tuple[str, ...] = field(default=())
 
     @property
     def is_relative(self) -> bool:
@@ -86,8 +89,15 @@ class Pattern:
         return None if self.is_relative else _static_dir(self.raw)
 
 
-def parse(raw: str) -> Pattern:
-    """Parse and validate a pattern given in an annotation. Raise :class:`PatternError`."""
+def parse(raw: str, *, kernel: bool = False) -> Pattern:
+    """Parse and validate a pattern given in an annotation. Raise :class:`PatternError`.
+
+    ``kernel`` (the node agent at crash time): read the pattern as ``format_corename`` does,
+    so agent and kernel never disagree on a name: an unknown ``%x`` and a trailing lone ``%``
+    are dropped (listed in :attr:`Pattern.dropped`) instead of refused. The webhook keeps
+    refusing them at admission; a registration can still carry one (set by hand, or by an
+    older webhook).
+    """
     if not isinstance(raw, str):
         raise PatternError(str(raw), "must be a string")
     if raw == "" or raw.strip() == "":
@@ -104,6 +114,7 @@ def parse(raw: str) -> Pattern:
 
     tokens: list[Token] = []
     literal: list[str] = []
+    dropped: list[str] = []
     i = 0
     while i < len(raw):
         ch = raw[i]
@@ -112,9 +123,16 @@ def parse(raw: str) -> Pattern:
             i += 1
             continue
         if i + 1 >= len(raw):
+            if kernel:  # format_corename: "case 0: goto out"
+                dropped.append("%")
+                break
             raise PatternError(raw, "ends with a lone '%'")
         spec = raw[i + 1]
         if spec not in SPECIFIERS:
+            if kernel:  # format_corename: "default: break" - both characters vanish
+                dropped.append("%" + spec)
+                i += 2
+                continue
             raise PatternError(raw, f"unknown specifier '%{spec}' (known: {_known()})")
         if literal:
             tokens.append(Token(text="".join(literal)))
@@ -126,7 +144,9 @@ def parse(raw: str) -> Pattern:
 
     # '..' is judged on the literal text: a specifier can never expand to '..' (the kernel
     # escapes it), but a literal one would climb out of the volume.
-    for part in raw.split("/"):
+    # (In kernel mode on the text left once the dropped specifiers are gone: ".%z." is "..".)
+    effective = "".join(t.text if t.spec is None else "%" + t.spec for t in tokens) if kernel else raw
+    for part in effective.split("/"):
         if part == "..":
             raise PatternError(raw, "contains a '..' path component")
 
@@ -138,7 +158,7 @@ def parse(raw: str) -> Pattern:
         )
     elif _static_dir(raw) == "/":
         raise PatternError(raw, "its directory is '/': give the cores a directory of their own")
-    return Pattern(raw=raw, tokens=tuple(tokens), warnings=tuple(warnings))
+    return Pattern(raw=raw, tokens=tuple(tokens), warnings=tuple(warnings), dropped=tuple(dropped))
 
 
 def _static_dir(raw: str) -> str:

@@ -114,16 +114,26 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
     """The crash handler wired to the pod watch (metadata) and the gcore requests it carries."""
     from webhook.agent.crash import CrashProcessor
 
+    from webhook.agent.pending import PendingIdentities
+
     watch = make_pod_watch(settings)
+    # Crashes of pods the watch does not know (yet): names filled in, Events sent, once it does.
+    pending = PendingIdentities(settings.host_dir, settings.node_cores_dir) if watch is not None else None
     processor = CrashProcessor(settings, previous_pattern=previous_pattern or None,
-                               pod_lookup=watch.index.lookup if watch is not None else None)
+                               pod_lookup=watch.index.lookup if watch is not None else None, pending=pending)
+    consumers = []
+    if pending is not None:
+        pending.publish = processor.publish
+        consumers.append(pending.on_pod)
     if watch is not None and settings.gcore_requests:
         from webhook.agent.snapshots import GcoreService
 
         service = GcoreService(processor, host_dir=settings.host_dir, node_name=settings.node_name,
                                events=processor.events, max_age=settings.gcore_request_max_age_seconds,
                                timeout=settings.gcore_timeout_seconds)
-        watch.on_pod = service.on_pod
+        consumers.append(service.on_pod)
+    if watch is not None:
+        watch.on_pod = lambda record: [consume(record) for consume in consumers]
     return processor.handle, watch
 
 

@@ -16,8 +16,9 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Callable
 
 from webhook import constants
@@ -26,6 +27,7 @@ from webhook.agent import inflight
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
+from webhook.agent.identity import UNVERIFIED_DIR, VERIFIED, Resolved, report_mismatches, resolve
 from webhook.agent.limits import RateLimiter
 from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
@@ -66,6 +68,8 @@ class CrashRequest:
     spooled: bool = False
     #: Why the helper spooled it (the spool entry's "reason"), recorded in the metadata.
     spool_reason: str = ""
+    #: The spool entry's directory: the helper's record of the process (webhook/agent/spooled.py).
+    spool_entry: str = ""
     #: A gcore request's ID (webhook/agent/snapshots.py) rather than a crash: not rate
     #: limited, and the metadata says ``gcore``.
     snapshot_id: str = ""
@@ -128,6 +132,12 @@ class CrashOutcome:
     node: str = ""
     #: Cores of this container refused by the rate limit so far (rate_limited outcomes).
     dropped: int = 0
+    #: "verified": namespace, pod and container come from the pod watch; "unverified": the
+    #: watch did not know the pod at the crash, only pod UID and container ID are given.
+    identity: str = "unverified"
+    #: (st_dev, st_ino) of the written core: proves it is the same file when the names are
+    #: filled in later through another process of the container (webhook/agent/pending.py).
+    file_id: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,19 +148,8 @@ class CrashOutcome:
 _Handled = tuple[CrashOutcome, dict | None, Any]
 
 
-@dataclass
-class _Who:
-    """Names for a crash: from the registration, else from the pod watch, else from the cgroup."""
-
-    namespace: str | None = None
-    pod: str | None = None
-    pod_uid: str | None = None
-    container: str | None = None
-    container_id: str | None = None
-    image: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    owner: str | None = None
-    runtime: str | None = None
+#: Names for a crash: from the cgroup and the pod watch only (webhook/agent/identity.py).
+_Who = Resolved
 
 
 @dataclass
@@ -195,16 +194,21 @@ class CrashProcessor:
                  clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
-                 proc: str = "/proc", signatures: Any = None, journal: Any = None) -> None:
+                 proc: str = "/proc", signatures: Any = None, journal: Any = None,
+                 pending: Any = None) -> None:
         """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
         settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
-        is the pod watch's cache (image, labels, owner); it must not block. ``journal``: the
-        in-flight record (inflight.Journal; None builds it in the host dir, False disables it)."""
+        is the pod watch's cache (namespace, names, image, labels, owner); it must not block.
+        ``journal``: the in-flight record (inflight.Journal; None builds it in the host dir, False
+        disables it). ``pending`` (``webhook.agent.pending.PendingIdentities``) takes the summaries
+        of crashes the watch did not know yet: their Event and notification wait for the verified
+        names."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
         self.clock = clock
         self.metrics = metrics or metrics_mod.get()
         self.pod_lookup = pod_lookup
+        self.pending = pending
         self.proc = proc
         self.rate = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds, clock=clock)
         if events is None:
@@ -219,6 +223,8 @@ class CrashProcessor:
         self.notifier = notifier or None
         self.node_pattern = parse(settings.node_core_name)
         self.journal = inflight.Journal(settings.host_dir) if journal is None else (journal or None)
+        self._dropped_seen: set[str] = set()
+        self._dropped_lock = threading.Lock()
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
         # settings, False disables it; a crash's job goes to it once _report has the summary.
         self.signatures = self._make_signatures(signatures)
@@ -249,17 +255,19 @@ class CrashProcessor:
     # --- decisions ------------------------------------------------------------------------------
     def _handle(self, request: CrashRequest, core: int | BinaryIO, start: float) -> _Handled:
         proc: ProcessInfo | None = None
-        if request.spooled:
-            ident = Identity(None, CgroupIdentity(), "spooled")
+        if request.spooled:  # who it was, from the helper's record; a live process of its container
+            from webhook.agent.spooled import spooled_identity
+
+            ident, proc = spooled_identity(request.spool_entry, self.proc)
         else:
             try:
                 proc = read_process(request.global_pid, self.proc)
                 ident = identify(proc.environ, proc.cgroup)
             except ProcessGone:
                 ident = Identity(None, CgroupIdentity(), "process_gone")
-        who = self._who(ident)
+        who = self._who(ident, request)
         if ident.registration is not None and proc is not None:
-            key = (who.pod_uid or "", who.container or "")
+            key = who.rate_key("")  # the container ID from the cgroup: renaming changes nothing
             if not request.snapshot_id and not self.rate.allow(key):  # a gcore was asked for
                 return self._rate_limited(who, key), None, None
             try:
@@ -286,42 +294,28 @@ class CrashProcessor:
         if request.rlimit_core < PAGE_SIZE and proc is not None:
             return CrashOutcome("skipped", f"{ident.reason}; rlimit_core {request.rlimit_core} below a page",
                                 **self._who_fields(who)), None, None
-        key = (who.pod_uid or "host", who.container or who.container_id or request.comm)
+        key = who.rate_key(request.comm)
         if not self.rate.allow(key):
             return self._rate_limited(who, key), None, None
         target = self._node_target(request, proc, who, False)
         return self._write(request, core, proc, ident, who, target, start)
 
-    def _who(self, ident: Identity) -> _Who:
-        reg = ident.registration
-        cg = ident.cgroup
-        who = _Who(pod_uid=cg.pod_uid, container_id=cg.container_id, runtime=cg.runtime)
-        view = None
-        if cg.pod_uid and self.pod_lookup is not None:
-            try:
-                view = self.pod_lookup(cg.pod_uid)
-            except Exception:  # noqa: BLE001 - a cache, never fatal
-                view = None
-        if reg is not None:
-            who.namespace, who.pod, who.container = reg.namespace, reg.pod_name, reg.container
-        if view is not None:
-            who.namespace = who.namespace or view.namespace
-            who.pod = who.pod or view.name
-            if not who.container and cg.container_id:
-                who.container = view.container_ids.get(cg.container_id)
-            if who.container:
-                who.image = view.images.get(who.container)
-            who.labels = dict(view.labels)
-            who.owner = view.owner
+    def _who(self, ident: Identity, request: CrashRequest) -> _Who:
+        """Names from the cgroup and the pod watch; the registration's names are only compared."""
+        who = resolve(ident.cgroup, ident.registration, self.pod_lookup)
+        if who.mismatches:
+            report_mismatches(who, self.metrics, request.global_pid)
+        if who.pod_uid and not who.verified:
+            self.metrics.unverified.inc()
         return who
 
     @staticmethod
     def _who_fields(who: _Who) -> dict[str, Any]:
         return {"namespace": who.namespace, "pod": who.pod, "pod_uid": who.pod_uid,
-                "container": who.container, "container_id": who.container_id}
+                "container": who.container, "container_id": who.container_id, "identity": who.state}
 
     def _rate_limited(self, who: _Who, key: tuple[str, str]) -> CrashOutcome:
-        self.metrics.rate_limited.labels(who.namespace or "").inc()
+        self.metrics.rate_limited.labels(who.namespace or "").inc()  # verified, or ""
         dropped = self.rate.dropped(key)
         return CrashOutcome("rate_limited",
                             f"more than {self.settings.rate_limit_count} core(s) in "
@@ -332,11 +326,15 @@ class CrashProcessor:
         reg = ident.registration
         assert reg is not None
         try:
-            pattern = parse(reg.pattern)
+            pattern = parse(reg.pattern, kernel=True)  # named as the kernel would name it
         except PatternError as exc:
             raise _NoPodTarget("invalid_pattern", exc.reason) from None
+        if pattern.dropped:
+            self._log_dropped_once(pattern, request)
         expanded = expand(pattern, request.crash_info(proc.exe), append_pid=self.settings.append_pid)
         if pattern.is_relative:
+            if request.spooled:  # the crashed process's cwd is gone with it
+                raise _NoPodTarget("relative_pattern_spooled", "a relative pattern needs the crashed process's cwd")
             cwd = self._checked_cwd(request, proc)
             expanded = posixpath.join(cwd, expanded)
         directory, name = posixpath.split(expanded)
@@ -350,10 +348,20 @@ class CrashProcessor:
         if proc.credentials is None:
             raise _NoPodTarget("root_unreachable",
                                f"credentials of {request.global_pid} unreadable: no filesystem uid/gid in its status")
-        return _Target(root_path=f"{self.proc}/{request.global_pid}/root", directory=directory or "/", name=name,
+        # proc is the crashed process, or for a spooled core a live process of the same container
+        return _Target(root_path=f"{self.proc}/{proc.global_pid}/root", directory=directory or "/", name=name,
                        destination="pod", max_bytes=max_bytes, max_reason="size_limit",
                        compression=compression, uid=request.uid, gid=request.gid, pattern=reg.pattern,
                        creds=proc.credentials)
+
+    def _log_dropped_once(self, pattern: Any, request: CrashRequest) -> None:
+        """The kernel drops unknown specifiers; so do we, and say so once per pattern."""
+        with self._dropped_lock:
+            if pattern.raw in self._dropped_seen:
+                return
+            self._dropped_seen.add(pattern.raw)
+        log.warning("pattern has specifiers the kernel drops; dropped them too",
+                    extra={"pattern": pattern.raw, "dropped": list(pattern.dropped), "pid": request.global_pid})
 
     def _checked_cwd(self, request: CrashRequest, proc: ProcessInfo) -> str:
         """The process cwd inside its root, proven to be the same directory as its real cwd.
@@ -377,9 +385,12 @@ class CrashProcessor:
 
     def _node_target(self, request: CrashRequest, proc: ProcessInfo | None, who: _Who,
                      registered: bool) -> _Target:
-        if who.pod_uid:
+        short_id = (who.container_id or "unknown-container")[:12]
+        if who.pod_uid and who.verified:
             parts = (_component(who.namespace, "_unknown-namespace"), _component(who.pod, f"pod-{who.pod_uid}"),
-                     _component(who.container, (who.container_id or "unknown-container")[:12]))
+                     _component(who.container, short_id))
+        elif who.pod_uid:  # names not verified: filed by pod UID and container ID only
+            parts = (UNVERIFIED_DIR, _component(f"pod-{who.pod_uid}", "pod"), _component(short_id, "container"))
         elif proc is None:
             parts = ("unknown",)
         else:
@@ -504,9 +515,11 @@ class CrashProcessor:
         else:
             out.discard()
         disk_size = 0
+        file_id = None
         if final:
             try:
-                disk_size = os.stat(final, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
+                st = os.stat(final, dir_fd=dirfd, follow_symlinks=False)
+                disk_size, file_id = st.st_blocks * 512, (st.st_dev, st.st_ino)
             except OSError:
                 pass
         host_dir = posixpath.join(target.root_path, target.directory.lstrip("/"))
@@ -535,10 +548,14 @@ class CrashProcessor:
             compression=target.compression, truncated=not result.complete, reason=result.reason,
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
+        doc["identity"] = who.state
+        if who.mismatches:
+            doc["identity_mismatches"] = sorted(who.mismatches)  # the fields only, never the claims
         if request.snapshot_id:
             doc["gcore"] = True
             doc["gcore_request"] = request.snapshot_id
-        sysroot = self._save_binaries(request, proc, dirfd, final, doc, target)
+        pinned = None if request.spooled else proc  # a spooled core's process is gone: no binaries of it
+        sysroot = self._save_binaries(request, pinned, dirfd, final, doc, target)
         metadata_path = None
         json_name = None
         if final:
@@ -548,11 +565,12 @@ class CrashProcessor:
                 metadata_path = posixpath.join(view_dir, json_name)
             except OSError as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
-        job = self._signature_job(proc, dirfd, final, json_name, doc, target, sysroot)
+        job = self._signature_job(pinned, dirfd, final, json_name, doc, target, sysroot)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
             destination=target.destination, host_path=host_path, sha256=result.sha256,
-            compression=target.compression, truncated=not result.complete, **self._who_fields(who))
+            compression=target.compression, truncated=not result.complete, file_id=file_id,
+            **self._who_fields(who))
         return outcome_obj, doc, job
 
     def _chain(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
@@ -602,8 +620,28 @@ class CrashProcessor:
             return
         if job is not None:
             job.close()
-        for sink in (self.events, self.notifier):
-            if sink is not None and outcome.outcome in ("written", "partial", "failed"):
+        if outcome.outcome in ("written", "partial", "failed"):
+            self.publish(summary)
+
+    def submit(self, summary: dict) -> bool:
+        """A sink for the signature worker: :meth:`publish`."""
+        self.publish(summary)
+        return True
+
+    def publish(self, summary: dict) -> None:
+        """The Event and the notification, only under names the pod watch verified; a crash of
+        a pod the watch did not know waits in ``pending`` until it does (or goes unannounced)."""
+        sinks = (self.events, self.notifier)
+        if summary.get("pod_uid") and summary.get("identity") != VERIFIED:
+            if self.pending is not None:  # the watch will know the pod: announce it then
+                try:
+                    self.pending.add(summary)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not keep an unverified crash for later")
+                return
+            sinks = (self.notifier,)  # no pod watch at all: by pod UID only (an Event needs names)
+        for sink in sinks:
+            if sink is not None:
                 try:
                     sink.submit(summary)
                 except Exception:  # noqa: BLE001
@@ -621,7 +659,7 @@ class CrashProcessor:
         from webhook.agent.analysis import SignatureWorker
 
         s = self.settings
-        return SignatureWorker(lambda: [x for x in (self.events, self.notifier) if x is not None],
+        return SignatureWorker(lambda: [self],  # publish(): Events only under verified names
                                timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))

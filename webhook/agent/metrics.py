@@ -27,6 +27,12 @@ class AgentMetrics:
                                   ["outcome"], buckets=_BUCKETS, registry=registry)
         self.rate_limited = Counter("coredump_agent_rate_limited", "Cores refused by the per-container rate limit",
                                     ["namespace"], registry=registry)
+        self.identity_mismatches = Counter(
+            "coredump_agent_identity_mismatches", "Registration names (namespace, pod, container) that "
+            "disagreed with the pod watch and were ignored", ["field"], registry=registry)
+        self.unverified = Counter("coredump_agent_unverified_identities",
+                                  "Crashes of a pod the pod watch did not know (filed by pod UID and container ID)",
+                                  registry=registry)
 
 
 _lock = threading.Lock()

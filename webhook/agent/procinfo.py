@@ -283,3 +283,36 @@ def read_process(global_pid: int, proc: str = "/proc") -> ProcessInfo:
         credentials = None
     return ProcessInfo(global_pid=global_pid, environ=environ, cgroup=cgroup, exe=exe, cwd=cwd, root=root,
                        status=parse_status(status_text), credentials=credentials)
+
+
+def container_process(container_id: str, pod_uid: str, nspid: int | None = None, proc: str = "/proc") -> int:
+    """The host PID of a live process of a container: its main one, or the one with ``nspid``.
+
+    The container's processes are those whose cgroup names this container ID (and pod UID);
+    the main one is the process whose parent is not in the container (the runtime's init of
+    it). Raises LookupError saying what was not found.
+    """
+    members: dict[int, tuple[int, tuple[int, ...]]] = {}  # pid -> (ppid, NSpid)
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        base = os.path.join(proc, name)
+        try:
+            cg = parse_cgroup(_read(os.path.join(base, "cgroup")).decode("utf-8", "replace"))
+            if cg.container_id != container_id or cg.pod_uid != pod_uid:
+                continue
+            text = _read(os.path.join(base, "status")).decode("utf-8", "replace")
+        except OSError:
+            continue  # exited meanwhile, or a kernel thread
+        status = parse_status(text)
+        ppid = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("PPid:")), 0)
+        members[int(name)] = (ppid, status.nspid or (int(name),))
+    if not members:
+        raise LookupError(f"no running process of container {container_id[:12]} on this node")
+    if nspid is not None:
+        found = [pid for pid, (_, ns) in members.items() if ns[-1] == nspid]
+        if not found:
+            raise LookupError(f"no process with PID {nspid} in the container")
+        return found[0]
+    mains = [pid for pid, (ppid, _) in members.items() if ppid not in members]
+    return min(mains or members, key=lambda p: (members[p][1][-1], p))

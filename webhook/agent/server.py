@@ -327,7 +327,7 @@ class AgentServer:
             pass  # the helper gave up waiting: it only wanted the answer for its log
 
     # --- running the handler ----------------------------------------------------------------
-    def _deliver(self, argv: list[str], fd: int, *, spooled: bool, note: str = "") -> Any:
+    def _deliver(self, argv: list[str], fd: int, *, spooled: bool, note: str = "", entry: str = "") -> Any:
         """Build the request and run the handler under the slot limit and the dump timeout.
 
         Always closes ``fd``; never raises.
@@ -337,7 +337,7 @@ class AgentServer:
             try:
                 request = self.request_factory(argv, spooled)
                 if spooled:
-                    request = _with_spool_reason(request, note)
+                    request = _with_spool_reason(request, note, entry)
             except Exception as exc:  # bad arguments: the core cannot be attributed
                 log.error("bad helper arguments", extra={"argv": argv, "error": str(exc)})
                 core.release()  # no handler thread will hold it
@@ -473,7 +473,7 @@ class AgentServer:
             fd = os.open(core_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # spool was full: args only
-        outcome = self._deliver(argv, fd, spooled=True, note=reason)
+        outcome = self._deliver(argv, fd, spooled=True, note=reason, entry=path)
         kind = getattr(outcome, "outcome", "failed")
         log.info(
             "spooled core delivered" if kind in FINAL_OUTCOMES else "spooled core not delivered",
@@ -513,12 +513,14 @@ def _set_aside(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _with_spool_reason(request: Any, reason: str) -> Any:
-    """Hand the helper's spool reason to a request that has a ``spool_reason`` field (H4b's)."""
-    if reason and dataclasses.is_dataclass(request) and not isinstance(request, type) and any(
-            f.name == "spool_reason" for f in dataclasses.fields(request)):
-        return dataclasses.replace(request, spool_reason=reason)
-    return request
+def _with_spool_reason(request: Any, reason: str, entry: str = "") -> Any:
+    """Hand the helper's spool reason and the entry (its record of the process: cgroup,
+    registration) to a request that has those fields (H4b's)."""
+    if not dataclasses.is_dataclass(request) or isinstance(request, type):
+        return request
+    names = {f.name for f in dataclasses.fields(request)}
+    changes = {k: v for k, v in (("spool_reason", reason), ("spool_entry", entry)) if v and k in names}
+    return dataclasses.replace(request, **changes) if changes else request
 
 
 def _read_text(path: str) -> str:

@@ -27,12 +27,15 @@ from webhook import constants
 from webhook.agent.background import QueueWorker
 from webhook.agent.crash import CrashRequest
 from webhook.agent.podwatch import PodRecord
-from webhook.agent.procinfo import identify, parse_cgroup, parse_status, read_process
+from webhook.agent.procinfo import container_process, identify, parse_status, read_process
+from webhook.agent.taken import TakenRequests
 
 log = logging.getLogger(__name__)
 
-#: Requests remembered (ids) so one is never taken twice by this agent.
+#: Invalid annotations remembered (logged once each).
 SEEN_MAX = 4096
+#: The request ids taken so far, in the agent's host directory (survives restarts).
+TAKEN_FILE = "gcore-taken"
 
 
 class GcoreRefused(Exception):
@@ -83,38 +86,12 @@ def _parse_time(value: Any) -> float:
 
 
 def find_host_pid(container_id: str, pod_uid: str, nspid: int | None = None, proc: str = "/proc") -> int:
-    """The host PID of a container's process: its main process, or the one with ``nspid``.
-
-    The container's processes are those whose cgroup names this container ID (and pod UID);
-    the main one is the process whose parent is not in the container (the runtime's init of
-    it). Raises :class:`GcoreRefused` with what was not found.
-    """
-    members: dict[int, tuple[int, tuple[int, ...]]] = {}  # pid -> (ppid, NSpid)
-    for name in os.listdir(proc):
-        if not name.isdigit():
-            continue
-        base = os.path.join(proc, name)
-        try:
-            with open(os.path.join(base, "cgroup"), "rb") as f:
-                cg = parse_cgroup(f.read(1 << 16).decode("utf-8", "replace"))
-            if cg.container_id != container_id or cg.pod_uid != pod_uid:
-                continue
-            with open(os.path.join(base, "status"), "rb") as f:
-                text = f.read(1 << 16).decode("utf-8", "replace")
-        except OSError:
-            continue  # exited meanwhile, or a kernel thread
-        status = parse_status(text)
-        ppid = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("PPid:")), 0)
-        members[int(name)] = (ppid, status.nspid or (int(name),))
-    if not members:
-        raise GcoreRefused(f"no running process of container {container_id[:12]} on this node")
-    if nspid is not None:
-        found = [pid for pid, (_, ns) in members.items() if ns[-1] == nspid]
-        if not found:
-            raise GcoreRefused(f"no process with PID {nspid} in the container")
-        return found[0]
-    mains = [pid for pid, (ppid, _) in members.items() if ppid not in members]
-    return min(mains or members, key=lambda p: (members[p][1][-1], p))
+    """The host PID of a container's process (:func:`procinfo.container_process`); raises
+    :class:`GcoreRefused` with what was not found."""
+    try:
+        return container_process(container_id, pod_uid, nspid, proc)
+    except LookupError as exc:
+        raise GcoreRefused(str(exc)) from None
 
 
 def snapshot_request(host_pid: int, record: PodRecord, req: GcoreRequest, now: float,
@@ -158,6 +135,7 @@ class GcoreService(QueueWorker):
         self.clock = clock
         self.snapshot = snapshot or gcore.snapshot
         self._seen: dict[str, None] = {}
+        self.taken = TakenRequests(os.path.join(host_dir, TAKEN_FILE))
         self._lock = threading.Lock()
         self.results: list[dict] = []  # the summaries reported (tests, debugging)
         super().__init__("agent-gcore", maxsize=8)
@@ -176,7 +154,7 @@ class GcoreService(QueueWorker):
             if self._first_time(key):
                 log.warning("invalid gcore request", extra={"pod": record.view.name, "error": str(exc)})
             return
-        if not self._first_time(req.id):
+        if not self.taken.claim(req.id):  # durable: a restarted agent does not take it again
             return
         age = self.clock() - req.requested_at
         if abs(age) > self.max_age:

@@ -273,7 +273,11 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
         meta = json.loads(Path(str(core) + constants.METADATA_SUFFIX).read_text())
         click.secho(f"   core landed at {mount_path}/{rel} inside the pod's volume", fg="green")
         click.echo(f"   (on this node: {core}, {core.stat().st_size} bytes)")
-        for key in ("namespace", "pod", "container", "signal_name", "exe", "size", "sha256", "truncated"):
+        if meta.get("identity") != "verified":
+            click.echo("     (no API server in this demo: the agent names no pod it has not verified through "
+                       "its pod watch, so the core is labelled by pod UID and container ID)")
+        for key in ("namespace", "pod", "pod_uid", "container", "container_id", "signal_name", "exe", "size",
+                    "sha256", "truncated"):
             if key in meta:
                 click.echo(f"     {key}: {meta[key]}")
     stop_agent()

@@ -123,10 +123,38 @@ def _num(value, default=None):
         return default
 
 
+#: The metadata's ``identity`` when the agent took namespace, pod and container from its pod
+#: watch (the API server); anything else (``unverified``, or metadata from before the key) names
+#: no namespace or pod anyone may be authorized by.
+VERIFIED = "verified"
+
+
+def is_verified(meta: dict) -> bool:
+    return isinstance(meta, dict) and meta.get("identity") == VERIFIED
+
+
+def _names(meta: dict, namespace: str, pod: str) -> tuple[str, str]:
+    """Namespace and pod a record is shown (and authorized) under.
+
+    Read through a pod (``namespace`` given: the user's own RBAC-checked exec), the namespace is
+    always that pod's, whatever the file says (a process can write any JSON into its volume);
+    the metadata's pod name is kept only when the agent verified it in that same namespace.
+    Read from a directory (the page, the node location), only verified names are shown.
+    """
+    verified = is_verified(meta)
+    if namespace:
+        same = verified and meta.get("namespace") == namespace and meta.get("pod")
+        return namespace, str(meta["pod"]) if same else pod
+    if verified:
+        return str(meta.get("namespace") or ""), str(meta.get("pod") or "")
+    return "", ""
+
+
 def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
     """A record from one metadata dict; None when the JSON is not a core's metadata."""
     if not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED):
         return None
+    shown_ns, shown_pod = _names(meta, namespace, pod)
     core_path = meta_path[: -len(constants.METADATA_SUFFIX)] if meta_path.endswith(constants.METADATA_SUFFIX) else meta_path
     try:
         when = float(meta.get("time") or 0)
@@ -134,9 +162,9 @@ def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, na
         when = 0.0
     backtrace = meta.get("backtrace") or []
     return CoreRecord(
-        namespace=str(meta.get("namespace") or namespace),
-        pod=str(meta.get("pod") or pod),
-        container=str(meta.get("container") or ""),
+        namespace=shown_ns,
+        pod=shown_pod,
+        container=str(meta.get("container") or "") if is_verified(meta) else "",
         time=when,
         signal=_num(meta.get("signal")),
         signal_name=str(meta.get("signal_name") or (f"SIG{meta['signal']}" if meta.get("signal") else "")),

@@ -5,11 +5,15 @@ metadata under ``cores_root`` on every request (no state). RBAC rule: each reque
 user's Kubernetes bearer token (``Authorization: Bearer``, as set by an authenticating proxy, or
 the cookie set by the login form); a namespace is shown, and its cores downloadable, only when
 ``authorize(token, namespace)`` says so (in production: TokenReview + SubjectAccessReview,
-``webhook.inspect.kube.make_authorizer``).
+``webhook.inspect.kube.make_authorizer``). The namespace is the one the agent verified through its
+pod watch and filed the core under (metadata ``identity: verified``, ``<root>/<namespace>/...``),
+never a name the crashing process chose; other cores are shown by pod UID only to users allowed
+in every namespace (``authorize(token, "")``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Callable
@@ -18,9 +22,13 @@ from flask import Flask, Response, abort, redirect, render_template_string, requ
 
 from webhook.inspect.download import human_size
 from webhook.constants import METADATA_SUFFIX
-from webhook.inspect.listing import CoreRecord, group_by_signature, newest_first, read_metadata_file, scan_directory
+from webhook.inspect.listing import (CoreRecord, group_by_signature, is_verified, newest_first, read_metadata_file,
+                                     scan_directory)
 
 TOKEN_COOKIE = "coredump_token"
+#: The heading of cores whose pod the agent could not verify (no namespace is named for them:
+#: only users allowed in every namespace see them).
+UNVERIFIED_HEADING = "(unverified)"
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -83,14 +91,27 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
     def allowed(token: str, namespace: str) -> bool:
         return (bool(token) or anonymous) and bool(authorize(token, namespace))
 
+    def authorized_by(rec: CoreRecord) -> str:
+        """The namespace a core is authorized by: the one the agent verified *and* filed it
+        under (``<root>/<namespace>/...``); "" (cluster-wide readers only) for anything else."""
+        if not is_verified(rec.metadata) or not rec.namespace:
+            return ""
+        rel = os.path.relpath(rec.location, root).split(os.sep)
+        return rec.namespace if len(rel) > 1 and rel[0] == rec.namespace else ""
+
     def allowed_records(token: str) -> list[CoreRecord]:
         records, _ = scan_directory(root)
         verdicts: dict[str, bool] = {}
         out = []
         for r in records:
-            if r.namespace not in verdicts:
-                verdicts[r.namespace] = allowed(token, r.namespace)
-            if verdicts[r.namespace]:
+            ns = authorized_by(r)
+            if ns not in verdicts:
+                verdicts[ns] = allowed(token, ns)
+            if verdicts[ns]:
+                if not ns:  # shown by pod UID and container ID only, under its own heading
+                    r = dataclasses.replace(r, namespace=UNVERIFIED_HEADING,
+                                            pod=f"pod UID {r.metadata.get('pod_uid') or '?'}",
+                                            container=str(r.metadata.get("container_id") or "")[:12])
                 out.append(r)
         return out
 
@@ -135,7 +156,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
             rec = read_metadata_file(full + METADATA_SUFFIX)
         except (OSError, ValueError):
             rec = None
-        if rec is None or not os.path.isfile(full) or not allowed(token, rec.namespace):
+        if rec is None or not os.path.isfile(full) or not allowed(token, authorized_by(rec)):
             abort(404)  # not found and not allowed look the same: no namespace probing
         resp: Response = send_file(full, as_attachment=True, download_name=rec.name, conditional=True)
         if rec.sha256:

@@ -27,7 +27,9 @@
  *    connection) and spools: the core is never read by two parties.
  * 4. Spool (agent unreachable, refused, or too slow to ACK): HOSTDIR/spool/NAME.tmp/ with
  *    "args" (argv[1..], each NUL-terminated), "core" (stdin, streamed with splice or large
- *    reads) and "reason" (one line), all fsynced, then renamed to HOSTDIR/spool/NAME (atomic;
+ *    reads) and "reason" (one line), and, read while the process is still pinned, "cgroup",
+ *    "environ" (its COREDUMP_* items), "exe" and "root" (link targets) so the agent can resolve
+ *    the pod later; all fsynced, then renamed to HOSTDIR/spool/NAME (atomic;
  *    the agent only delivers complete names). NAME is "<epoch>-<%P>[-n]". The core is skipped
  *    (args and reason kept) when the spool already holds spool_max_bytes or the filesystem has
  *    less than spool_keep_free_bytes free, and cut at whichever limit is reached first.
@@ -486,6 +488,64 @@ static long long copy_core(int out, long long limit, int *eof, int *err)
     return done;
 }
 
+/* Copy up to `max` bytes of `path` into the entry as `name`; with `prefix`, only the NUL-separated
+ * items starting with it (the registration in an environ). Best effort: a missing file is skipped. */
+static void record_file(int entry, const char *name, const char *path, size_t max, const char *prefix)
+{
+    ssize_t n;
+    size_t len = 0, out = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return;
+    while (len < max && (n = read(fd, io_buf + len, max - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    if (prefix) { /* keep only PREFIX... items, compacted in place */
+        size_t plen = strlen(prefix);
+        for (size_t i = 0; i < len;) {
+            size_t item = strnlen(io_buf + i, len - i);
+            if (item >= plen && memcmp(io_buf + i, prefix, plen) == 0) {
+                memmove(io_buf + out, io_buf + i, item);
+                out += item;
+                io_buf[out++] = '\0';
+            }
+            i += item + 1;
+        }
+        len = out;
+    }
+    write_file_at(entry, name, io_buf, len);
+}
+
+/* Copy a symlink's target (e.g. /proc/PID/exe) into the entry as `name`. */
+static void record_link(int entry, const char *name, const char *path)
+{
+    char target[PATH_MAX];
+    ssize_t n = readlink(path, target, sizeof target);
+    if (n > 0)
+        write_file_at(entry, name, target, (size_t)n);
+}
+
+/* While the crashing process is pinned (we hold its core pipe), keep who it was: its cgroup (pod
+ * UID, container ID), its registration (COREDUMP_* environment), its executable and root, so the
+ * agent can later resolve the pod through its pod watch and name the core as the kernel would. */
+static void record_process(int entry, const char *pid)
+{
+    char path[64];
+
+    for (const char *p = pid; *p; p++)
+        if (*p < '0' || *p > '9')
+            return;
+    snprintf(path, sizeof path, "/proc/%s/cgroup", pid);
+    record_file(entry, "cgroup", path, 64 << 10, NULL);
+    snprintf(path, sizeof path, "/proc/%s/environ", pid);
+    record_file(entry, "environ", path, IO_CHUNK, "COREDUMP_");
+    snprintf(path, sizeof path, "/proc/%s/exe", pid);
+    record_link(entry, "exe", path);
+    snprintf(path, sizeof path, "/proc/%s/root", pid);
+    record_link(entry, "root", path);
+}
+
 /* Spool the core and its arguments for the agent to deliver later. */
 static void spool(int argc, char **argv, const char *why)
 {
@@ -540,6 +600,8 @@ static void spool(int argc, char **argv, const char *why)
 
     alen = pack_args(args, sizeof args, 0, argc, argv, &complete); /* the hello's arguments (what fits) */
     write_file_at(entry, "args", args, alen);
+    if (argc > 1)
+        record_process(entry, argv[1]); /* %P: still pinned, its /proc entry still there */
 
     used = spool_usage(spool_fd);
     budget = cfg.spool_max_bytes - used;
