@@ -36,7 +36,8 @@ NOT_IN_SCHEMAS = {
     ("security.openshift.io/v1", "SecurityContextConstraints"),
 }
 #: Agent settings the chart sets itself (never through agent.settings).
-CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root"}
+CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root",
+                              "restore_on_stop", "daemonset"}
 #: Every variant the tests render: name -> extra helm arguments.
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -164,6 +165,9 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         (["--set", "agent.page.logLevel=loud"], "agent.page.logLevel"),
         (["--set", "agent.page.port=0"], "agent.page.port"),
         (["--set", "agent.page.tls.secretName=Not_A_Name"], "agent.page.tls.secretName"),
+        # below the agent's default stop timeout (45 s) + 15 s
+        (["--set", "agent.terminationGracePeriodSeconds=30"], "agent.terminationGracePeriodSeconds"),
+        (["--set", "agent.restoreOnStop=sometimes"], "agent.restoreOnStop"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
@@ -417,8 +421,9 @@ def test_agent_env_and_flags_exist_in_coredump_agent(rendered: dict[str, list[di
     assert unknown == set(), f"the chart sets variables `coredump agent run` does not read: {unknown}"
     assert container["args"][:2] == ["agent", "run"]
     assert {a for a in container["args"] if a.startswith("--")} <= _click_flags(run)
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert {a for a in pre_stop if a.startswith("--")} <= _click_flags(uninstall)
+    # No preStop: the agent itself decides at stop whether to restore (webhook/agent/lifecycle.py).
+    assert "lifecycle" not in container
+    assert uninstall is not None
 
 
 # --- the node agent -------------------------------------------------------------------------
@@ -444,16 +449,18 @@ def test_agent_daemonset(rendered: dict[str, list[dict[str, Any]]], variant: str
     (container,) = pod["containers"]
     assert container["securityContext"]["privileged"] is True
     assert container["securityContext"]["runAsUser"] == 0
-    # The host dir: a hostPath mounted at the SAME path, passed to run and to the preStop uninstall.
+    # The host dir: a hostPath mounted at the SAME path, passed to run.
     args = container["args"]
     assert args[args.index("--host-dir") + 1] == host_dir
-    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["coredump", "agent", "uninstall", "--host-dir", host_dir]
     volumes = {v["name"]: v for v in pod["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]]]
     assert mount["mountPath"] == host_dir == volumes[mount["name"]]["hostPath"]["path"]
     assert volumes[mount["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
     env = env_of(container)
     assert env["COREDUMP_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # A restart keeps the helper as the kernel's target; only a removal of this DaemonSet restores.
+    assert env["COREDUMP_AGENT_RESTORE_ON_STOP"] == "removed"
+    assert env["COREDUMP_AGENT_DAEMONSET"] == f"{ds['metadata']['namespace']}/{ds['metadata']['name']}"
     metrics_port = container["ports"][0]["containerPort"]
     assert env["COREDUMP_AGENT_METRICS_BIND"] == f"0.0.0.0:{metrics_port}"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -538,7 +545,8 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
     from kubernetes import client as k8s
 
     api_classes = {n for n in dir(k8s) if n.endswith("Api") and n[:1].isupper()}
-    core_methods = {m for m in dir(k8s.CoreV1Api) if not m.startswith("_")}
+    groups = {"CoreV1Api": "", "AppsV1Api": "apps"}
+    methods = {m: groups[c] for c in groups for m in dir(getattr(k8s, c)) if not m.startswith("_")}
     pattern = re.compile(r"(delete_collection|create|read|list|patch|replace|delete)_(namespaced_)?([a-z_]+?)"
                          r"(_for_all_namespaces)?(_with_http_info)?")
     calls: set[tuple[str, str, str]] = set()
@@ -546,7 +554,7 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
         tree = ast.parse(path.read_text())
         names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
             n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        assert names & api_classes <= {"CoreV1Api"}, (
+        assert names & api_classes <= set(groups), (
             f"{path.name} uses {names & api_classes}: teach this test its API group and update agent-rbac.yaml")
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
@@ -556,18 +564,19 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
                 method = node.attr  # also a method passed around uncalled (e.g. to watch.Watch().stream)
             else:
                 continue
-            match = pattern.fullmatch(method) if method in core_methods else None
+            match = pattern.fullmatch(method) if method in methods else None
             if not match:
                 continue
+            group = methods[method]
             verb, kind = _CLIENT_VERBS[match.group(1)], match.group(3)
             base, _, sub = kind.rpartition("_")
             is_sub = bool(base) and sub in _SUBRESOURCES
             resource = (base if is_sub else kind).replace("_", "") + "s" + (f"/{sub}" if is_sub else "")
             watching = isinstance(node, ast.Call) and any(k.arg == "watch" for k in node.keywords)
             if verb == "list" and (watching or "Watch" in names):
-                calls.add(("", resource, "watch"))
+                calls.add((group, resource, "watch"))
             if not (verb == "list" and watching):
-                calls.add(("", resource, verb))
+                calls.add((group, resource, verb))
     return calls
 
 
@@ -577,7 +586,15 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
     API call in webhook/agent/ without its RBAC (or RBAC left over) fails here."""
     calls = _agent_api_calls()
     assert ("", "events", "create") in calls  # the CoreDumped Event (webhook/agent/events.py)
+    # Its own DaemonSet, read at stop (webhook/agent/lifecycle.py): a Role naming that one object.
+    own = ("apps", "daemonsets", "get")
+    assert own in calls
+    calls = calls - {own}
     for variant in ("default", "values-gke-cos.yaml", "values-bottlerocket.yaml", "values-openshift.yaml"):
+        assert _rules(rendered[variant], "Role", f"{RELEASE}-agent") == {
+            ("apps", "daemonsets", (f"{RELEASE}-agent",), ("get",))}
+        binding = one(rendered[variant], "RoleBinding", f"{RELEASE}-agent")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-agent", "namespace": NAMESPACE}]
         role = one(rendered[variant], "ClusterRole", f"{RELEASE}-agent")
         granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                    for v in rule["verbs"]}
@@ -589,10 +606,19 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
         assert "spec.nodeName=" in source and "field_selector=" in source
         assert "spec.nodeName" in (REPO / "README.md").read_text()
     assert agent_daemonset(rendered["default"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
-    # Each API-using feature off drops its rule; both off: no ClusterRole and no token.
+    # Each API-using feature off drops its rule; both off: no ClusterRole, and with restoreOnStop
+    # other than "removed" no Role and no token either.
     for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
                               (["events=false", "watch_pods=false"], {"events", "pods"})):
         args = [a for setting in settings for a in ("--set", f"agent.settings.{setting}")]
+        if len(settings) == 2:
+            assert agent_daemonset(render(helm, helm_env, *args))["spec"]["template"]["spec"][
+                "automountServiceAccountToken"] is True  # still reads its DaemonSet at stop
+            args += ["--set", "agent.restoreOnStop=always"]
+            objs = render(helm, helm_env, *args)
+            assert find(objs, "Role", f"{RELEASE}-agent") == [] == find(objs, "RoleBinding", f"{RELEASE}-agent")
+            assert "COREDUMP_AGENT_DAEMONSET" not in env_of(agent_daemonset(objs)["spec"]["template"]["spec"][
+                "containers"][0])
         objs = render(helm, helm_env, *args)
         left = {c for c in calls if c[1].split("/")[0] not in dropped}
         pod_spec = agent_daemonset(objs)["spec"]["template"]["spec"]
@@ -1036,6 +1062,32 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert all("resourceNames" not in rule for _, _, rule, _ in granted)
     agent_role = one(objs, "ClusterRole", f"{RELEASE}-agent")
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-            for v in rule["verbs"]} == _agent_api_calls()
+            for v in rule["verbs"]} == _agent_api_calls() - {("apps", "daemonsets", "get")}
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
         f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page"}
+
+
+# --- production: rollouts, evictions and the agent's stop -----------------------------------
+
+
+def test_grace_period_covers_the_agents_stop_timeout(helm: Path, helm_env: dict[str, str]) -> None:
+    """The pod's grace period must outlast the agent's own stop wait (in-flight dumps), else
+    the kubelet kills the agent mid-dump: a longer stop timeout needs a longer grace period."""
+    from webhook.agent.settings import AgentSettings
+
+    default_grace = yaml.safe_load((CHART / "values.yaml").read_text())["agent"]["terminationGracePeriodSeconds"]
+    assert default_grace >= AgentSettings().stop_timeout_seconds + 15
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["agent"]["properties"]["terminationGracePeriodSeconds"]["minimum"] == \
+        AgentSettings().stop_timeout_seconds + 15
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set",
+                    "agent.settings.stop_timeout_seconds=120", check=False)
+    assert proc.returncode != 0 and "agent.terminationGracePeriodSeconds (60)" in proc.stderr, proc.stderr
+    objs = render(helm, helm_env, "--set-json", "agent.settings.stop_timeout_seconds=120.5",
+                  "--set", "agent.terminationGracePeriodSeconds=136")
+    pod = agent_daemonset(objs)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 136
+    assert env_of(pod["containers"][0])["COREDUMP_AGENT_STOP_TIMEOUT_SECONDS"] == "120.5"
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json", "agent.settings.stop_timeout_seconds=120.5",
+                    "--set", "agent.terminationGracePeriodSeconds=135", check=False)
+    assert proc.returncode != 0  # 120.5 rounds up to 121, + 15 = 136

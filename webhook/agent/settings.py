@@ -105,6 +105,18 @@ class AgentSettings:
     #: gcore gets this long per snapshot (the process is stopped while it dumps).
     gcore_timeout_seconds: float = 300.0
 
+    #: What a stopping agent does with the node's kernel settings: "always" restores them (an
+    #: agent run by hand), "removed" only when its DaemonSet (the daemonset setting) is gone or
+    #: being deleted, so a rollout, drain or eviction keeps the helper as the kernel's target (it
+    #: spools until the next agent), "never" keeps them (`coredump agent uninstall` restores).
+    restore_on_stop: str = "always"
+    #: The agent's own DaemonSet as NAMESPACE/NAME, read at stop when restore_on_stop is "removed".
+    daemonset: str = ""
+    #: How long a stopping agent lets the dumps in flight finish; cores still waiting for a slot
+    #: go to the spool at once, and a dump still running after this is cut and marked partial.
+    #: The pod's terminationGracePeriodSeconds must be longer (the chart enforces it).
+    stop_timeout_seconds: float = 45.0
+
     @property
     def socket_path(self) -> str:
         """Unix socket the static helper connects to."""

@@ -39,10 +39,29 @@
 {{- if or .Values.webhook.rbac.patchWebhookConfiguration .Values.registry.readPullSecrets }}true{{ end }}
 {{- end }}
 
-{{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
+{{/* "true" when the agent reads its own DaemonSet at stop (agent.restoreOnStop "removed"):
+     then it gets a Role with `get` on that one DaemonSet. */}}
+{{- define "coredump-webhook.agentReadsDaemonSet" -}}
+{{- if eq .Values.agent.restoreOnStop "removed" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent calls the Kubernetes API at all (then it gets a token). */}}
 {{- define "coredump-webhook.agentUsesApi" -}}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentReadsDaemonSet" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent has a ClusterRole (pod watch or Events). */}}
+{{- define "coredump-webhook.agentClusterRole" -}}
 {{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
 {{- end }}
+
+{{/* The agent's stop timeout in whole seconds (agent.settings.stop_timeout_seconds, else the
+     agent's default 45), and the margin the grace period keeps beyond it (restoring the kernel
+     settings, asking the API whether this is a removal, cutting late dumps). */}}
+{{- define "coredump-webhook.agentStopTimeout" -}}
+{{- if hasKey .Values.agent.settings "stop_timeout_seconds" }}{{ .Values.agent.settings.stop_timeout_seconds | ceil | int }}{{ else }}45{{ end }}
+{{- end }}
+{{- define "coredump-webhook.agentStopMargin" -}}15{{- end }}
 
 {{/* The read-only cores page (agent.page): its DaemonSet, ServiceAccount and Service. */}}
 {{- define "coredump-webhook.pageName" -}}
