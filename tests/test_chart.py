@@ -526,7 +526,12 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "Role", f"{RELEASE}-certs-pre") == secret_rules
     assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
-    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs"}
+    # The pre-delete hook: delete that webhook configuration and that Secret, nothing else.
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-uninstall") == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("delete",))}
+    assert _rules(objs, "Role", f"{RELEASE}-uninstall") == {("", "secrets", (tls,), ("delete",))}
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-uninstall"}
 
 
 #: kubernetes client method prefix -> RBAC verb.
@@ -691,7 +696,7 @@ def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) 
     from certs.commands import bootstrap
 
     objs = rendered["default"]
-    jobs = {j["metadata"]["name"]: j for j in find(objs, "Job")}
+    jobs = {j["metadata"]["name"].rsplit("-", 1)[0]: j for j in find(objs, "Job")}
     pre, post = jobs[f"{RELEASE}-certs-pre"], jobs[f"{RELEASE}-certs"]
     assert hooks(pre) == {"pre-install", "pre-upgrade"}
     assert hooks(post) == {"post-install", "post-upgrade"}
@@ -785,7 +790,9 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
     from tests.certs_apiserver import FakeAPI, recorded
 
     objs = rendered["default"]
-    runners = [("Job", f"{RELEASE}-certs-pre"), ("Job", f"{RELEASE}-certs"), ("CronJob", f"{RELEASE}-certs-renew")]
+    job_names = {j["metadata"]["name"].rsplit("-", 1)[0]: j["metadata"]["name"] for j in find(objs, "Job")}
+    runners = [("Job", job_names[f"{RELEASE}-certs-pre"]), ("Job", job_names[f"{RELEASE}-certs"]),
+               ("CronJob", f"{RELEASE}-certs-renew")]
     used: dict[str, set[tuple[str, int, str]]] = {}
     calls: dict[str, set[tuple[str, str]]] = {}
     for kind, name in runners:
@@ -826,14 +833,20 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
         every = {(role, i, verb) for role, i, rule, _ in _granted(objs, account) for verb in rule["verbs"]}
         assert every - used[account] == set(), f"{account} is granted verbs no certificate Job uses"
     # The pre-install hook never reads or patches a webhook configuration (it does not exist yet).
-    assert all(not path.startswith("/apis/") for _, path in calls[f"{RELEASE}-certs-pre"])
-    assert calls[f"{RELEASE}-certs"] == calls[f"{RELEASE}-certs-renew"]
-    assert {m for m, p in calls[f"{RELEASE}-certs"] if p.startswith("/apis/")} == {"GET", "PATCH"}
+    pre, post = job_names[f"{RELEASE}-certs-pre"], job_names[f"{RELEASE}-certs"]
+    assert all(not path.startswith("/apis/") for _, path in calls[pre])
+    assert calls[post] == calls[f"{RELEASE}-certs-renew"]
+    assert {m for m, p in calls[post] if p.startswith("/apis/")} == {"GET", "PATCH"}
 
 
 def test_cert_manager_alternative(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["cert-manager"]
-    assert find(objs, "Job") == [] and find(objs, "CronJob") == []
+    # no certificate Jobs; the uninstall hook keeps cert-manager's Secret
+    assert [j["metadata"]["name"] for j in find(objs, "Job")] == [f"{RELEASE}-uninstall"]
+    assert find(objs, "CronJob") == []
+    (job,) = find(objs, "Job")
+    assert "COREDUMP_CERTS_SECRET" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert find(objs, "Role", f"{RELEASE}-uninstall") == []
     issuers = {i["metadata"]["name"]: i for i in find(objs, "Issuer")}
     certs = {c["metadata"]["name"]: c for c in find(objs, "Certificate")}
     ca = certs[f"{RELEASE}-ca"]
@@ -1064,7 +1077,7 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]} == _agent_api_calls() - {("apps", "daemonsets", "get")}
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-uninstall"}
 
 
 # --- production: rollouts, evictions and the agent's stop -----------------------------------
@@ -1091,3 +1104,125 @@ def test_grace_period_covers_the_agents_stop_timeout(helm: Path, helm_env: dict[
     proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json", "agent.settings.stop_timeout_seconds=120.5",
                     "--set", "agent.terminationGracePeriodSeconds=135", check=False)
     assert proc.returncode != 0  # 120.5 rounds up to 121, + 15 = 136
+
+
+# --- production: only annotated objects reach the webhook -----------------------------------
+
+
+def _cel(expression: str) -> Any:
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
+def _matches(webhook: dict[str, Any], obj: dict[str, Any], username: str = "alice") -> bool:
+    """Every matchCondition true (the API server ANDs them), evaluated by a real CEL runtime."""
+    import celpy
+
+    activation = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(None),
+                  "request": celpy.json_to_cel({"userInfo": {"username": username, "groups": []},
+                                                "operation": "CREATE"})}
+    results = []
+    for condition in webhook["matchConditions"]:
+        value = _cel(condition["expression"]).evaluate(activation)
+        assert isinstance(value, celpy.celtypes.BoolType), (condition, value)  # never an error
+        results.append(bool(value))
+    return all(results)
+
+
+def _annotated(pattern_key: str | None) -> dict[str, Any]:
+    return {"annotations": {pattern_key: "/data/core.%e.%p", "other": "x"}} if pattern_key else {"labels": {"a": "b"}}
+
+
+def test_match_conditions_send_only_annotated_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from webhook import constants
+
+    mwc = one(rendered["default"], "MutatingWebhookConfiguration")
+    hooks = {h["name"]: h for h in mwc["webhooks"]}
+    pods, workloads = hooks["pods.coredump-webhook.io"], hooks["workloads.coredump-webhook.io"]
+    keys = list(constants.PATTERN_ANNOTATIONS)
+    for key in keys:  # the chart's CEL names exactly the annotations the webhook reads
+        assert all(key in c["expression"] for c in pods["matchConditions"][:1] + workloads["matchConditions"][:1])
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    for key in keys:
+        assert _matches(pods, {**pod, "metadata": _annotated(key)})
+    assert not _matches(pods, {**pod, "metadata": _annotated(None)})
+    assert not _matches(pods, {**pod, "metadata": {"annotations": {"alibabacloud.com/core-pattern-x": "/d"}}})
+    assert not _matches(pods, {**pod, "metadata": {}})
+    assert not _matches(pods, pod)
+    # Pods are created by controllers: never skipped for the user who writes them.
+    assert _matches(pods, {**pod, "metadata": _annotated(keys[0])},
+                    username="system:serviceaccount:kube-system:replicaset-controller")
+
+    def deployment(template_meta: dict[str, Any] | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        template = {"spec": pod["spec"]} if template_meta is None else {"metadata": template_meta, "spec": pod["spec"]}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta or {"name": "web"},
+                "spec": {"selector": {}, "template": template}}
+
+    def cronjob(template_meta: dict[str, Any] | None) -> dict[str, Any]:
+        template = {"spec": pod["spec"]} if template_meta is None else {"metadata": template_meta, "spec": pod["spec"]}
+        return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+                "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}
+
+    for key in keys:
+        assert _matches(workloads, deployment(_annotated(key)))
+        assert _matches(workloads, cronjob(_annotated(key)))
+        # misplaced on the workload itself: still sent, so the webhook can warn
+        assert _matches(workloads, deployment(None, {"name": "web", "annotations": {key: "/d/core"}}))
+    for unannotated in (deployment(None), deployment(_annotated(None)), cronjob(None), cronjob(_annotated(None)),
+                        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {}, "spec": {}}):
+        assert not _matches(workloads, unannotated)
+    # What users write is checked, what controllers copy from a checked template is not.
+    rs = deployment(_annotated(keys[0])) | {"kind": "ReplicaSet"}
+    assert _matches(workloads, rs, username="alice")
+    assert _matches(workloads, rs, username="system:serviceaccount:argocd:argocd-application-controller")
+    for controller in ("system:serviceaccount:kube-system:deployment-controller",
+                       "system:serviceaccount:kube-system:cronjob-controller",
+                       "system:serviceaccount:kube-system:generic-garbage-collector",
+                       "system:kube-controller-manager"):
+        assert not _matches(workloads, rs, username=controller), controller
+    # objectSelector stays an extra opt-in, and the README says which requests are skipped.
+    assert "objectSelector" not in pods
+    readme = (REPO / "README.md").read_text()
+    assert "matchConditions" in readme and "deployment-controller" in readme
+
+
+def test_match_conditions_validate_and_skip_list_can_be_emptied(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set-json", "webhook.skipWorkloadUsers=[]")
+    hooks = {h["name"]: h for h in one(objs, "MutatingWebhookConfiguration")["webhooks"]}
+    assert [c["name"] for c in hooks["workloads.coredump-webhook.io"]["matchConditions"]] == [
+        "has-core-pattern-annotation"]
+    for version in ("1.29.0", "1.33.0"):
+        kubernetes_validate.validate(one(objs, "MutatingWebhookConfiguration"), version, strict=True)
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json",
+                    "webhook.skipWorkloadUsers=[\"x' || true || '\"]", check=False)
+    assert proc.returncode != 0 and "skipWorkloadUsers" in proc.stderr  # no CEL injection through values
+
+
+def test_uninstall_removes_the_webhook_configuration_first(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A pre-delete hook Job runs `coredump certs remove` for exactly the release's webhook
+    configuration and TLS Secret, with its own hook RBAC; deploy/ has none of it."""
+    from certs.commands import certs
+
+    objs = rendered["default"]
+    job = one(objs, "Job", f"{RELEASE}-uninstall")
+    assert hooks(job) == {"pre-delete"}
+    assert job["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["coredump", "certs", "remove"]
+    env = env_of(container)
+    assert env["COREDUMP_CERTS_WEBHOOK_CONFIG"] == one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    assert env["COREDUMP_CERTS_SECRET"] == f"{RELEASE}-tls"
+    assert set(env) <= _click_envvars(certs.commands["remove"])
+    assert pod["serviceAccountName"] == f"{RELEASE}-uninstall"
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
+        (obj,) = [o for o in find(objs, kind) if o["metadata"]["name"].endswith("-uninstall")]
+        assert hooks(obj) == {"pre-delete"}
+        assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            job["metadata"]["annotations"]["helm.sh/hook-weight"])  # RBAC before the Job
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    readme = (REPO / "README.md").read_text()
+    assert "pre-delete" in readme and "coredump certs remove" in readme

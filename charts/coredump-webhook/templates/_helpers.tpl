@@ -196,3 +196,15 @@ subjects:
     name: {{ $sa }}
     namespace: {{ $ctx.Release.Namespace }}
 {{- end }}
+
+{{/* A list of strings as CEL string literals joined by ", " (names never contain quotes: the
+     schema allows only user-name characters). */}}
+{{- define "coredump-webhook.celStrings" -}}
+{{- $out := list }}{{ range . }}{{ $out = append $out (printf "'%s'" .) }}{{ end }}{{ join ", " $out }}
+{{- end }}
+
+{{/* NAME-<hash of SPEC>, at most 63 characters: include with (list NAME SPEC). For objects
+     whose spec is immutable (Jobs), so a changed spec gets a new object. */}}
+{{- define "coredump-webhook.specName" -}}
+{{- printf "%s-%s" (index . 0 | trunc 56 | trimSuffix "-") (index . 1 | sha256sum | trunc 6) }}
+{{- end }}
