@@ -92,8 +92,11 @@ class AgentSettings:
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True
-    #: gdb gets this long per core.
+    #: gdb gets this long per core (wall clock, and as its CPU-time limit).
     signature_timeout_seconds: float = 120.0
+    #: gdb's own address-space cap (RLIMIT_AS, bytes; 0 = none): gdb runs in the agent's
+    #: container, so a core it cannot read within this fails its signature, not the agent.
+    signature_memory_bytes: int = 256 * 1024**2
     #: The pod Event / notification wait this long for the signature (then go without it).
     signature_event_wait_seconds: float = 30.0
     #: Cores waiting for their signature at most; beyond, a core gets none (logged).
