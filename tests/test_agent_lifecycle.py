@@ -295,3 +295,43 @@ def test_a_dump_still_running_after_the_stop_timeout_is_cut_and_recorded(
              timeout=10)
     (record,) = [r for r in caplog.records if r.getMessage() == "crash" and getattr(r, "global_pid", 0) == a.pid]
     assert record.outcome in ("failed", "partial"), record.__dict__
+
+
+@pytest.mark.kernel
+def test_the_real_process_on_sigterm_keeps_for_a_restart_and_restores_for_a_removal(
+        host: Path, bin_dir: Path, tmp_path: Path) -> None:
+    """`coredump agent run` as the DaemonSet runs it (the chart's environment variables), sent
+    a real SIGTERM: the DaemonSet exists -> the pattern stays; it is gone -> restored."""
+    import os
+    import signal
+    import sys
+
+    original = Sysctl().read(CORE_PATTERN)
+    s = agent_settings(host, bin_dir)
+    pattern = install.helper_pattern(s)
+    with FakeAPI() as api:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "COREDUMP_"))}
+        env.update(KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+                   COREDUMP_AGENT_RESTORE_ON_STOP="removed", COREDUMP_AGENT_DAEMONSET=DS,
+                   COREDUMP_AGENT_HOST_DIR=str(host), COREDUMP_AGENT_HELPER_BINARY=str(bin_dir / "coredump-helper"),
+                   COREDUMP_AGENT_METRICS_BIND="", COREDUMP_AGENT_WATCH_PODS="false", COREDUMP_AGENT_EVENTS="false",
+                   COREDUMP_AGENT_SIGNATURES="false")
+        cmd = [sys.executable, "-m", "webhook.cli", "agent", "run"]
+        for answer, expected in (((200, "daemonset-get-200.json"), pattern), ((404, "daemonset-get-404.json"), original)):
+            api.route("GET", DS_PATH, (answer[0], recorded(answer[1])))
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: proc.poll() is not None or (
+                    Sysctl().read(CORE_PATTERN) == pattern and (host / "agent.sock").exists()), what="agent serving")
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert proc.returncode == 0, err
+            assert Sysctl().read(CORE_PATTERN) == expected, err
+            assert not (host / "agent.sock").exists()
+        assert [s.path for s in api.requests("GET")] == [DS_PATH, DS_PATH]
