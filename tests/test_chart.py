@@ -177,7 +177,7 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         (["--set", "agent.page.logLevel=loud"], "agent.page.logLevel"),
         (["--set", "agent.page.port=0"], "agent.page.port"),
         (["--set", "agent.page.tls.secretName=Not_A_Name"], "agent.page.tls.secretName"),
-        # below the agent's default stop timeout (45 s) + 15 s
+        # below the agent's default stop timeout (40 s) + 20 s
         (["--set", "agent.terminationGracePeriodSeconds=30"], "agent.terminationGracePeriodSeconds"),
         (["--set", "agent.restoreOnStop=sometimes"], "agent.restoreOnStop"),
     ],
@@ -1101,21 +1101,21 @@ def test_grace_period_covers_the_agents_stop_timeout(helm: Path, helm_env: dict[
     from webhook.agent.settings import AgentSettings
 
     default_grace = yaml.safe_load((CHART / "values.yaml").read_text())["agent"]["terminationGracePeriodSeconds"]
-    assert default_grace >= AgentSettings().stop_timeout_seconds + 15
+    assert default_grace >= AgentSettings().stop_timeout_seconds + 20
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["agent"]["properties"]["terminationGracePeriodSeconds"]["minimum"] == \
-        AgentSettings().stop_timeout_seconds + 15
+        AgentSettings().stop_timeout_seconds + 20
     proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set",
                     "agent.settings.stop_timeout_seconds=120", check=False)
     assert proc.returncode != 0 and "agent.terminationGracePeriodSeconds (60)" in proc.stderr, proc.stderr
     objs = render(helm, helm_env, "--set-json", "agent.settings.stop_timeout_seconds=120.5",
-                  "--set", "agent.terminationGracePeriodSeconds=136")
+                  "--set", "agent.terminationGracePeriodSeconds=141")
     pod = agent_daemonset(objs)["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == 136
+    assert pod["terminationGracePeriodSeconds"] == 141
     assert env_of(pod["containers"][0])["COREDUMP_AGENT_STOP_TIMEOUT_SECONDS"] == "120.5"
     proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json", "agent.settings.stop_timeout_seconds=120.5",
-                    "--set", "agent.terminationGracePeriodSeconds=135", check=False)
-    assert proc.returncode != 0  # 120.5 rounds up to 121, + 15 = 136
+                    "--set", "agent.terminationGracePeriodSeconds=140", check=False)
+    assert proc.returncode != 0  # 120.5 rounds up to 121, + 20 = 141
 
 
 # --- production: only annotated objects reach the webhook -----------------------------------

@@ -118,7 +118,7 @@ class AgentSettings:
     #: How long a stopping agent lets the dumps in flight finish; cores still waiting for a slot
     #: go to the spool at once, and a dump still running after this is cut and marked partial.
     #: The pod's terminationGracePeriodSeconds must be longer (the chart enforces it).
-    stop_timeout_seconds: float = 45.0
+    stop_timeout_seconds: float = 40.0
 
     @property
     def socket_path(self) -> str:

@@ -56,12 +56,12 @@
 {{- end }}
 
 {{/* The agent's stop timeout in whole seconds (agent.settings.stop_timeout_seconds, else the
-     agent's default 45), and the margin the grace period keeps beyond it (restoring the kernel
+     agent's default 40), and the margin the grace period keeps beyond it (restoring the kernel
      settings, asking the API whether this is a removal, cutting late dumps). */}}
 {{- define "coredump-webhook.agentStopTimeout" -}}
-{{- if hasKey .Values.agent.settings "stop_timeout_seconds" }}{{ .Values.agent.settings.stop_timeout_seconds | ceil | int }}{{ else }}45{{ end }}
+{{- if hasKey .Values.agent.settings "stop_timeout_seconds" }}{{ .Values.agent.settings.stop_timeout_seconds | ceil | int }}{{ else }}40{{ end }}
 {{- end }}
-{{- define "coredump-webhook.agentStopMargin" -}}15{{- end }}
+{{- define "coredump-webhook.agentStopMargin" -}}20{{- end }}
 
 {{/* The read-only cores page (agent.page): its DaemonSet, ServiceAccount and Service. */}}
 {{- define "coredump-webhook.pageName" -}}
