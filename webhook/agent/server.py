@@ -391,12 +391,10 @@ class AgentServer:
     def _acquire_slot(self, spooled: bool) -> bool:
         """Wait for a dump slot; False when the agent is stopping (and the core should be spooled)."""
         while True:
-            if self._stop.is_set() and not spooled:
-                # Stopping: a core that has not started goes to the spool now rather than
-                # wait for a slot it may never get before the process exits.
-                if self._slots.acquire(blocking=False):
-                    return True
-                return False
+            if self._stop.is_set():
+                # Stopping: a core that has not started goes to the spool now rather than wait
+                # for a slot it may never get before the process exits (a spooled one stays).
+                return False if spooled else self._slots.acquire(blocking=False)
             if self._slots.acquire(timeout=0.2):
                 if self._stop.is_set() and spooled:
                     self._slots.release()
