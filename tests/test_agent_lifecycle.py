@@ -335,3 +335,27 @@ def test_the_real_process_on_sigterm_keeps_for_a_restart_and_restores_for_a_remo
             assert Sysctl().read(CORE_PATTERN) == expected, err
             assert not (host / "agent.sock").exists()
         assert [s.path for s in api.requests("GET")] == [DS_PATH, DS_PATH]
+
+
+def test_a_spooled_core_waiting_for_a_slot_at_stop_stays_in_the_spool(tmp_path: Path) -> None:
+    """The drain does not count a stop as a failed delivery: the entry stays whole for the next
+    agent (no attempts recorded, never set aside)."""
+    from webhook.agent.server import AgentServer
+
+    host = tmp_path / "h"
+    entry = host / "spool" / "1795000000-4242"
+    entry.mkdir(parents=True)
+    (entry / "args").write_bytes(b"\0".join(b"4242 1 4242 1 11 1795000000 0 1 0 0 0 node sleep".split()) + b"\0")
+    (entry / "core").write_bytes(b"\x7fELF" + b"\0" * 60)
+    (entry / "reason").write_text("agent unreachable: connect: No such file or directory")
+    handled: list[object] = []
+    server = AgentServer(AgentSettings(host_dir=str(host), max_concurrent_dumps=1),
+                         lambda request, fd: handled.append(request), registry=CollectorRegistry())
+    assert server._slots.acquire(blocking=False)  # every slot busy: the drain waits for one
+    server.start()
+    wait_for(lambda: server.registry.get_sample_value("coredump_agent_dumps_queued") == 1, what="drain queued")
+    server.stop(wait_seconds=1)
+    wait_for(lambda: server.registry.get_sample_value("coredump_agent_dumps_queued") == 0, what="drain returned")
+    assert handled == []
+    assert sorted(p.name for p in entry.iterdir()) == ["args", "core", "reason"]  # no attempts, not set aside
+    assert server.registry.get_sample_value("coredump_agent_spool_deliveries_total", {"result": "retry"}) == 1

@@ -1459,3 +1459,10 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]], helm: Path,
     bare = render(helm, helm_env, "--set", "networkPolicy.enabled=true")
     assert one(bare, "NetworkPolicy", f"{RELEASE}-agent")["spec"]["ingress"] == []
     assert one(bare, "NetworkPolicy", RELEASE)["spec"]["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}]}]
+
+
+def test_notes_point_at_the_monitoring(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+    assert "Monitoring:" not in _notes(helm, helm_env, tmp_path)
+    notes = _notes(helm, helm_env, tmp_path, "--set", "monitoring.prometheusRule.enabled=true")
+    assert "PrometheusRule" in notes and "monitoring.labels" in notes
+    assert "sees its DaemonSet gone" in _notes(helm, helm_env, tmp_path)
