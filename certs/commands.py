@@ -82,3 +82,31 @@ def bootstrap(namespace: str, service: str, secret: str, webhook_config: str,
         sys.exit(1)
     _log("certs.bootstrap", namespace=namespace, secretName=secret, webhookConfig=webhook_config,
          validatingWebhookConfig=validating_webhook_config, **result.describe())
+
+
+@certs.command()
+@click.option("--namespace", required=True, show_envvar=True, envvar="COREDUMP_CERTS_NAMESPACE", help="Namespace of the Secret.")
+@click.option("--webhook-config", required=True, show_envvar=True, envvar="COREDUMP_CERTS_WEBHOOK_CONFIG",
+              help="The MutatingWebhookConfiguration to delete.")
+@click.option("--secret", default=None, show_envvar=True, envvar="COREDUMP_CERTS_SECRET",
+              help="The TLS Secret the bootstrap created, to delete (omit to keep it, e.g. cert-manager's).")
+@click.option("--kubeconfig", default=None, show_envvar=True, envvar="KUBECONFIG", type=click.Path(dir_okay=False),
+              help="Outside a cluster: the kubeconfig to use.")
+@click.option("--timeout", "request_timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
+              show_envvar=True, envvar="COREDUMP_CERTS_TIMEOUT", help="Seconds allowed for each API call.")
+def remove(namespace: str, webhook_config: str, secret: str | None, kubeconfig: str | None,
+           request_timeout: float) -> None:
+    """Delete the webhook configuration, then the TLS Secret (the chart's pre-delete hook)."""
+    from certs import teardown
+    from certs.kube import KubeError
+    from webhook.kubeclient import ApiConfigError, api_client
+
+    try:
+        with api_client(kubeconfig) as api:
+            result = teardown.remove(api, namespace=namespace, webhook_config=webhook_config, secret=secret,
+                                     request_timeout=request_timeout)
+    except (KubeError, ApiConfigError) as exc:
+        _log("certs.remove.failed", error=str(exc))
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    _log("certs.remove", namespace=namespace, **result.describe())

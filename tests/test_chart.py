@@ -9,6 +9,7 @@ breaks this test instead of silently doing nothing in a cluster.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -34,9 +35,19 @@ NOT_IN_SCHEMAS = {
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
     ("security.openshift.io/v1", "SecurityContextConstraints"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
+#: Every opt-in part of monitoring, and the NetworkPolicies.
+MONITORING = ["--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+              "--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.dashboard.enabled=true",
+              "--set", "networkPolicy.enabled=true", "--set-json", "networkPolicy.apiServerCIDRs=[\"10.0.0.0/24\"]",
+              "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector": {"matchLabels": '
+              '{"kubernetes.io/metadata.name": "monitoring"}}}]']
 #: Agent settings the chart sets itself (never through agent.settings).
-CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root"}
+CHART_MANAGED_AGENT_FIELDS = {"host_dir", "host_dir_on_host", "node_name", "metrics_bind", "helper_binary", "sysctl_root",
+                              "restore_on_stop", "daemonset"}
 #: Every variant the tests render: name -> extra helm arguments.
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -45,6 +56,7 @@ VARIANTS: dict[str, list[str]] = {
     "pull-secrets": ["--set", "registry.readPullSecrets=true"],
     "page": ["--set", "agent.page.enabled=true", "--set", "agent.page.service.enabled=true",
              "--set", "agent.page.tls.secretName=coredump-page-tls"],
+    "monitoring": MONITORING,
 }
 
 
@@ -135,6 +147,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]], varia
     expected_skips = {
         "cert-manager": {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")},
         "values-openshift.yaml": {("security.openshift.io/v1", "SecurityContextConstraints")},
+        "monitoring": {("monitoring.coreos.com/v1", k) for k in ("ServiceMonitor", "PodMonitor", "PrometheusRule")},
     }.get(variant, set())
     assert skipped == expected_skips
 
@@ -164,6 +177,9 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         (["--set", "agent.page.logLevel=loud"], "agent.page.logLevel"),
         (["--set", "agent.page.port=0"], "agent.page.port"),
         (["--set", "agent.page.tls.secretName=Not_A_Name"], "agent.page.tls.secretName"),
+        # below the agent's default stop timeout (40 s) + 20 s
+        (["--set", "agent.terminationGracePeriodSeconds=30"], "agent.terminationGracePeriodSeconds"),
+        (["--set", "agent.restoreOnStop=sometimes"], "agent.restoreOnStop"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
@@ -417,8 +433,9 @@ def test_agent_env_and_flags_exist_in_coredump_agent(rendered: dict[str, list[di
     assert unknown == set(), f"the chart sets variables `coredump agent run` does not read: {unknown}"
     assert container["args"][:2] == ["agent", "run"]
     assert {a for a in container["args"] if a.startswith("--")} <= _click_flags(run)
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert {a for a in pre_stop if a.startswith("--")} <= _click_flags(uninstall)
+    # No preStop: the agent itself decides at stop whether to restore (webhook/agent/lifecycle.py).
+    assert "lifecycle" not in container
+    assert uninstall is not None
 
 
 # --- the node agent -------------------------------------------------------------------------
@@ -444,16 +461,18 @@ def test_agent_daemonset(rendered: dict[str, list[dict[str, Any]]], variant: str
     (container,) = pod["containers"]
     assert container["securityContext"]["privileged"] is True
     assert container["securityContext"]["runAsUser"] == 0
-    # The host dir: a hostPath mounted at the SAME path, passed to run and to the preStop uninstall.
+    # The host dir: a hostPath mounted at the SAME path, passed to run.
     args = container["args"]
     assert args[args.index("--host-dir") + 1] == host_dir
-    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["coredump", "agent", "uninstall", "--host-dir", host_dir]
     volumes = {v["name"]: v for v in pod["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]]]
     assert mount["mountPath"] == host_dir == volumes[mount["name"]]["hostPath"]["path"]
     assert volumes[mount["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
     env = env_of(container)
     assert env["COREDUMP_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # A restart keeps the helper as the kernel's target; only a removal of this DaemonSet restores.
+    assert env["COREDUMP_AGENT_RESTORE_ON_STOP"] == "removed"
+    assert env["COREDUMP_AGENT_DAEMONSET"] == f"{ds['metadata']['namespace']}/{ds['metadata']['name']}"
     metrics_port = container["ports"][0]["containerPort"]
     assert env["COREDUMP_AGENT_METRICS_BIND"] == f"0.0.0.0:{metrics_port}"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # a refused install is not restarted
@@ -520,7 +539,12 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "Role", f"{RELEASE}-certs-pre") == secret_rules
     assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
-    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-webhook"}
+    # The pre-delete hook: delete that webhook configuration and that Secret, nothing else.
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-uninstall") == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("delete",))}
+    assert _rules(objs, "Role", f"{RELEASE}-uninstall") == {("", "secrets", (tls,), ("delete",))}
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-uninstall", f"{RELEASE}-webhook"}
 
 
 #: kubernetes client method prefix -> RBAC verb.
@@ -539,7 +563,8 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
     from kubernetes import client as k8s
 
     api_classes = {n for n in dir(k8s) if n.endswith("Api") and n[:1].isupper()}
-    core_methods = {m for m in dir(k8s.CoreV1Api) if not m.startswith("_")}
+    groups = {"CoreV1Api": "", "AppsV1Api": "apps"}
+    methods = {m: groups[c] for c in groups for m in dir(getattr(k8s, c)) if not m.startswith("_")}
     pattern = re.compile(r"(delete_collection|create|read|list|patch|replace|delete)_(namespaced_)?([a-z_]+?)"
                          r"(_for_all_namespaces)?(_with_http_info)?")
     calls: set[tuple[str, str, str]] = set()
@@ -547,7 +572,7 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
         tree = ast.parse(path.read_text())
         names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
             n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        assert names & api_classes <= {"CoreV1Api"}, (
+        assert names & api_classes <= set(groups), (
             f"{path.name} uses {names & api_classes}: teach this test its API group and update agent-rbac.yaml")
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
@@ -557,18 +582,19 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
                 method = node.attr  # also a method passed around uncalled (e.g. to watch.Watch().stream)
             else:
                 continue
-            match = pattern.fullmatch(method) if method in core_methods else None
+            match = pattern.fullmatch(method) if method in methods else None
             if not match:
                 continue
+            group = methods[method]
             verb, kind = _CLIENT_VERBS[match.group(1)], match.group(3)
             base, _, sub = kind.rpartition("_")
             is_sub = bool(base) and sub in _SUBRESOURCES
             resource = (base if is_sub else kind).replace("_", "") + "s" + (f"/{sub}" if is_sub else "")
             watching = isinstance(node, ast.Call) and any(k.arg == "watch" for k in node.keywords)
             if verb == "list" and (watching or "Watch" in names):
-                calls.add(("", resource, "watch"))
+                calls.add((group, resource, "watch"))
             if not (verb == "list" and watching):
-                calls.add(("", resource, verb))
+                calls.add((group, resource, verb))
     return calls
 
 
@@ -578,7 +604,15 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
     API call in webhook/agent/ without its RBAC (or RBAC left over) fails here."""
     calls = _agent_api_calls()
     assert ("", "events", "create") in calls  # the CoreDumped Event (webhook/agent/events.py)
+    # Its own DaemonSet, read at stop (webhook/agent/lifecycle.py): a Role naming that one object.
+    own = ("apps", "daemonsets", "get")
+    assert own in calls
+    calls = calls - {own}
     for variant in ("default", "values-gke-cos.yaml", "values-bottlerocket.yaml", "values-openshift.yaml"):
+        assert _rules(rendered[variant], "Role", f"{RELEASE}-agent") == {
+            ("apps", "daemonsets", (f"{RELEASE}-agent",), ("get",))}
+        binding = one(rendered[variant], "RoleBinding", f"{RELEASE}-agent")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-agent", "namespace": NAMESPACE}]
         role = one(rendered[variant], "ClusterRole", f"{RELEASE}-agent")
         granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                    for v in rule["verbs"]}
@@ -590,10 +624,19 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
         assert "spec.nodeName=" in source and "field_selector=" in source
         assert "spec.nodeName" in (REPO / "README.md").read_text()
     assert agent_daemonset(rendered["default"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
-    # Each API-using feature off drops its rule; both off: no ClusterRole and no token.
+    # Each API-using feature off drops its rule; both off: no ClusterRole, and with restoreOnStop
+    # other than "removed" no Role and no token either.
     for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
                               (["events=false", "watch_pods=false"], {"events", "pods"})):
         args = [a for setting in settings for a in ("--set", f"agent.settings.{setting}")]
+        if len(settings) == 2:
+            assert agent_daemonset(render(helm, helm_env, *args))["spec"]["template"]["spec"][
+                "automountServiceAccountToken"] is True  # still reads its DaemonSet at stop
+            args += ["--set", "agent.restoreOnStop=always"]
+            objs = render(helm, helm_env, *args)
+            assert find(objs, "Role", f"{RELEASE}-agent") == [] == find(objs, "RoleBinding", f"{RELEASE}-agent")
+            assert "COREDUMP_AGENT_DAEMONSET" not in env_of(agent_daemonset(objs)["spec"]["template"]["spec"][
+                "containers"][0])
         objs = render(helm, helm_env, *args)
         left = {c for c in calls if c[1].split("/")[0] not in dropped}
         pod_spec = agent_daemonset(objs)["spec"]["template"]["spec"]
@@ -687,7 +730,7 @@ def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) 
     from certs.commands import bootstrap
 
     objs = rendered["default"]
-    jobs = {j["metadata"]["name"]: j for j in find(objs, "Job")}
+    jobs = {j["metadata"]["name"].rsplit("-", 1)[0]: j for j in find(objs, "Job")}
     pre, post = jobs[f"{RELEASE}-certs-pre"], jobs[f"{RELEASE}-certs"]
     assert hooks(pre) == {"pre-install", "pre-upgrade"}
     assert hooks(post) == {"post-install", "post-upgrade"}
@@ -781,7 +824,9 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
     from tests.certs_apiserver import FakeAPI, recorded
 
     objs = rendered["default"]
-    runners = [("Job", f"{RELEASE}-certs-pre"), ("Job", f"{RELEASE}-certs"), ("CronJob", f"{RELEASE}-certs-renew")]
+    job_names = {j["metadata"]["name"].rsplit("-", 1)[0]: j["metadata"]["name"] for j in find(objs, "Job")}
+    runners = [("Job", job_names[f"{RELEASE}-certs-pre"]), ("Job", job_names[f"{RELEASE}-certs"]),
+               ("CronJob", f"{RELEASE}-certs-renew")]
     used: dict[str, set[tuple[str, int, str]]] = {}
     calls: dict[str, set[tuple[str, str]]] = {}
     for kind, name in runners:
@@ -822,14 +867,20 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
         every = {(role, i, verb) for role, i, rule, _ in _granted(objs, account) for verb in rule["verbs"]}
         assert every - used[account] == set(), f"{account} is granted verbs no certificate Job uses"
     # The pre-install hook never reads or patches a webhook configuration (it does not exist yet).
-    assert all(not path.startswith("/apis/") for _, path in calls[f"{RELEASE}-certs-pre"])
-    assert calls[f"{RELEASE}-certs"] == calls[f"{RELEASE}-certs-renew"]
-    assert {m for m, p in calls[f"{RELEASE}-certs"] if p.startswith("/apis/")} == {"GET", "PATCH"}
+    pre, post = job_names[f"{RELEASE}-certs-pre"], job_names[f"{RELEASE}-certs"]
+    assert all(not path.startswith("/apis/") for _, path in calls[pre])
+    assert calls[post] == calls[f"{RELEASE}-certs-renew"]
+    assert {m for m, p in calls[post] if p.startswith("/apis/")} == {"GET", "PATCH"}
 
 
 def test_cert_manager_alternative(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["cert-manager"]
-    assert find(objs, "Job") == [] and find(objs, "CronJob") == []
+    # no certificate Jobs; the uninstall hook keeps cert-manager's Secret
+    assert [j["metadata"]["name"] for j in find(objs, "Job")] == [f"{RELEASE}-uninstall"]
+    assert find(objs, "CronJob") == []
+    (job,) = find(objs, "Job")
+    assert "COREDUMP_CERTS_SECRET" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert find(objs, "Role", f"{RELEASE}-uninstall") == []
     issuers = {i["metadata"]["name"]: i for i in find(objs, "Issuer")}
     certs = {c["metadata"]["name"]: c for c in find(objs, "Certificate")}
     ca = certs[f"{RELEASE}-ca"]
@@ -1058,9 +1109,386 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert all("resourceNames" not in rule for _, _, rule, _ in granted)
     agent_role = one(objs, "ClusterRole", f"{RELEASE}-agent")
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-            for v in rule["verbs"]} == _agent_api_calls()
+            for v in rule["verbs"]} == _agent_api_calls() - {("apps", "daemonsets", "get")}
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-webhook"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-uninstall", f"{RELEASE}-webhook"}
+
+
+# --- production: rollouts, evictions and the agent's stop -----------------------------------
+
+
+def test_grace_period_covers_the_agents_stop_timeout(helm: Path, helm_env: dict[str, str]) -> None:
+    """The pod's grace period must outlast the agent's own stop wait (in-flight dumps), else
+    the kubelet kills the agent mid-dump: a longer stop timeout needs a longer grace period."""
+    from webhook.agent.settings import AgentSettings
+
+    default_grace = yaml.safe_load((CHART / "values.yaml").read_text())["agent"]["terminationGracePeriodSeconds"]
+    assert default_grace >= AgentSettings().stop_timeout_seconds + 20
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["agent"]["properties"]["terminationGracePeriodSeconds"]["minimum"] == \
+        AgentSettings().stop_timeout_seconds + 20
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set",
+                    "agent.settings.stop_timeout_seconds=120", check=False)
+    assert proc.returncode != 0 and "agent.terminationGracePeriodSeconds (60)" in proc.stderr, proc.stderr
+    objs = render(helm, helm_env, "--set-json", "agent.settings.stop_timeout_seconds=120.5",
+                  "--set", "agent.terminationGracePeriodSeconds=141")
+    pod = agent_daemonset(objs)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 141
+    assert env_of(pod["containers"][0])["COREDUMP_AGENT_STOP_TIMEOUT_SECONDS"] == "120.5"
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json", "agent.settings.stop_timeout_seconds=120.5",
+                    "--set", "agent.terminationGracePeriodSeconds=140", check=False)
+    assert proc.returncode != 0  # 120.5 rounds up to 121, + 20 = 141
+
+
+# --- production: only annotated objects reach the webhook -----------------------------------
+
+
+def _cel(expression: str) -> Any:
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
+def _matches(webhook: dict[str, Any], obj: dict[str, Any], username: str = "alice") -> bool:
+    """Every matchCondition true (the API server ANDs them), evaluated by a real CEL runtime."""
+    import celpy
+
+    activation = {"object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(None),
+                  "request": celpy.json_to_cel({"userInfo": {"username": username, "groups": []},
+                                                "operation": "CREATE"})}
+    results = []
+    for condition in webhook["matchConditions"]:
+        value = _cel(condition["expression"]).evaluate(activation)
+        assert isinstance(value, celpy.celtypes.BoolType), (condition, value)  # never an error
+        results.append(bool(value))
+    return all(results)
+
+
+def _annotated(pattern_key: str | None) -> dict[str, Any]:
+    return {"annotations": {pattern_key: "/data/core.%e.%p", "other": "x"}} if pattern_key else {"labels": {"a": "b"}}
+
+
+def test_match_conditions_send_only_annotated_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from webhook import constants
+
+    mwc = one(rendered["default"], "MutatingWebhookConfiguration")
+    hooks = {h["name"]: h for h in mwc["webhooks"]}
+    pods, workloads = hooks["pods.coredump-webhook.io"], hooks["workloads.coredump-webhook.io"]
+    keys = list(constants.PATTERN_ANNOTATIONS)
+    for key in keys:  # the chart's CEL names exactly the annotations the webhook reads
+        assert all(key in c["expression"] for c in pods["matchConditions"][:1] + workloads["matchConditions"][:1])
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    for key in keys:
+        assert _matches(pods, {**pod, "metadata": _annotated(key)})
+    assert not _matches(pods, {**pod, "metadata": _annotated(None)})
+    assert not _matches(pods, {**pod, "metadata": {"annotations": {"alibabacloud.com/core-pattern-x": "/d"}}})
+    assert not _matches(pods, {**pod, "metadata": {}})
+    assert not _matches(pods, pod)
+    # Pods are created by controllers: never skipped for the user who writes them.
+    assert _matches(pods, {**pod, "metadata": _annotated(keys[0])},
+                    username="system:serviceaccount:kube-system:replicaset-controller")
+
+    def deployment(template_meta: dict[str, Any] | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        template = {"spec": pod["spec"]} if template_meta is None else {"metadata": template_meta, "spec": pod["spec"]}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta or {"name": "web"},
+                "spec": {"selector": {}, "template": template}}
+
+    def cronjob(template_meta: dict[str, Any] | None) -> dict[str, Any]:
+        template = {"spec": pod["spec"]} if template_meta is None else {"metadata": template_meta, "spec": pod["spec"]}
+        return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+                "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}
+
+    for key in keys:
+        assert _matches(workloads, deployment(_annotated(key)))
+        assert _matches(workloads, cronjob(_annotated(key)))
+        # misplaced on the workload itself: still sent, so the webhook can warn
+        assert _matches(workloads, deployment(None, {"name": "web", "annotations": {key: "/d/core"}}))
+    for unannotated in (deployment(None), deployment(_annotated(None)), cronjob(None), cronjob(_annotated(None)),
+                        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {}, "spec": {}}):
+        assert not _matches(workloads, unannotated)
+    # What users write is checked, what controllers copy from a checked template is not.
+    rs = deployment(_annotated(keys[0])) | {"kind": "ReplicaSet"}
+    assert _matches(workloads, rs, username="alice")
+    assert _matches(workloads, rs, username="system:serviceaccount:argocd:argocd-application-controller")
+    for controller in ("system:serviceaccount:kube-system:deployment-controller",
+                       "system:serviceaccount:kube-system:cronjob-controller",
+                       "system:serviceaccount:kube-system:generic-garbage-collector",
+                       "system:kube-controller-manager"):
+        assert not _matches(workloads, rs, username=controller), controller
+    # objectSelector stays an extra opt-in, and the README says which requests are skipped.
+    assert "objectSelector" not in pods
+    readme = (REPO / "README.md").read_text()
+    assert "matchConditions" in readme and "deployment-controller" in readme
+
+
+def test_match_conditions_validate_and_skip_list_can_be_emptied(helm: Path, helm_env: dict[str, str]) -> None:
+    objs = render(helm, helm_env, "--set-json", "webhook.skipWorkloadUsers=[]")
+    hooks = {h["name"]: h for h in one(objs, "MutatingWebhookConfiguration")["webhooks"]}
+    assert [c["name"] for c in hooks["workloads.coredump-webhook.io"]["matchConditions"]] == [
+        "has-core-pattern-annotation"]
+    for version in ("1.29.0", "1.33.0"):
+        kubernetes_validate.validate(one(objs, "MutatingWebhookConfiguration"), version, strict=True)
+    proc = run_helm(helm, helm_env, "template", RELEASE, str(CHART), "--set-json",
+                    "webhook.skipWorkloadUsers=[\"x' || true || '\"]", check=False)
+    assert proc.returncode != 0 and "skipWorkloadUsers" in proc.stderr  # no CEL injection through values
+
+
+def test_uninstall_removes_the_webhook_configuration_first(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A pre-delete hook Job runs `coredump certs remove` for exactly the release's webhook
+    configuration and TLS Secret, with its own hook RBAC; deploy/ has none of it."""
+    from certs.commands import certs
+
+    objs = rendered["default"]
+    job = one(objs, "Job", f"{RELEASE}-uninstall")
+    assert hooks(job) == {"pre-delete"}
+    assert job["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["coredump", "certs", "remove"]
+    env = env_of(container)
+    assert env["COREDUMP_CERTS_WEBHOOK_CONFIG"] == one(objs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    assert env["COREDUMP_CERTS_SECRET"] == f"{RELEASE}-tls"
+    assert set(env) <= _click_envvars(certs.commands["remove"])
+    assert pod["serviceAccountName"] == f"{RELEASE}-uninstall"
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
+        (obj,) = [o for o in find(objs, kind) if o["metadata"]["name"].endswith("-uninstall")]
+        assert hooks(obj) == {"pre-delete"}
+        assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            job["metadata"]["annotations"]["helm.sh/hook-weight"])  # RBAC before the Job
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    readme = (REPO / "README.md").read_text()
+    assert "pre-delete" in readme and "coredump certs remove" in readme
+
+
+# --- production: monitoring that ships with the chart ---------------------------------------
+
+
+def _exported_metrics() -> set[str]:
+    """Every sample name the code's prometheus registries expose (agent crash path, agent
+    server, webhook), collected from the real registries, not typed here."""
+    from prometheus_client import CollectorRegistry
+
+    from webhook.agent.metrics import AgentMetrics
+    from webhook.agent.server import ServerMetrics
+    from webhook.server.metrics import Metrics
+
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    AgentMetrics(registries[0])
+    ServerMetrics(registries[1])
+    registries.append(Metrics().registry)
+    names: set[str] = set()
+    for registry in registries:
+        for family in registry.collect():
+            names.add(family.name)
+            kind = family.type
+            if kind == "counter":
+                names.add(family.name + "_total")
+            elif kind == "histogram":
+                names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+    return names
+
+
+#: PromQL words that are not metric names.
+_PROMQL_WORDS = {"sum", "by", "without", "rate", "increase", "histogram_quantile", "max", "min", "avg", "count",
+                 "time", "or", "and", "unless", "on", "ignoring", "group_left", "group_right", "le", "bool",
+                 "offset", "vector", "abs", "clamp_min", "irate", "delta", "topk", "label_values"}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """Identifiers of an expression outside label matchers, strings and ranges: metric names."""
+    import re
+
+    bare = re.sub(r"\{[^}]*\}", "", re.sub(r'"[^"]*"', "", expr))
+    bare = re.sub(r"\[[^\]]*\]", "", bare)
+    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", bare)  # label lists
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare))
+    return {w for w in words if w not in _PROMQL_WORDS and not w.isdigit()}
+
+
+def _monitoring(helm: Path, helm_env: dict[str, str]) -> list[dict[str, Any]]:
+    return render(helm, helm_env, *MONITORING)
+
+
+def _rule_groups(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return one(objs, "PrometheusRule")["spec"]["groups"]
+
+
+def _dashboard(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = one(objs, "ConfigMap", f"{RELEASE}-dashboard")
+    (raw,) = cm["data"].values()
+    return json.loads(raw)
+
+
+def _dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_monitoring_is_opt_in(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = {o["kind"] for o in rendered["default"]}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy"}
+    assert find(rendered["default"], "ConfigMap", f"{RELEASE}-dashboard") == []
+
+
+def test_every_metric_the_monitoring_names_is_exported(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    exported = _exported_metrics()
+    assert {"coredump_agent_cores_total", "coredump_webhook_requests_total",
+            "coredump_webhook_certificate_expiry_timestamp_seconds"} <= exported
+    objs = rendered["monitoring"]
+    exprs = [r["expr"] for g in _rule_groups(objs) for r in g["rules"]]
+    exprs += [e.replace("$__rate_interval", "5m") for e in _dashboard_exprs(_dashboard(objs))]
+    variable = _dashboard(objs)["templating"]["list"][1]["definition"]  # label_values(METRIC, LABEL)
+    exprs.append(variable.removeprefix("label_values(").split(",")[0])
+    used: set[str] = set()
+    for expr in exprs:
+        names = _metric_names(expr)
+        assert names, expr
+        assert names <= exported, f"{expr}: not exported by the code: {names - exported}"
+        used |= names
+    # the alerts the issue asks for, by what they watch
+    alerts = {r["alert"]: r for g in _rule_groups(objs) for r in g["rules"]}
+    assert {"CoredumpCoresLost", "CoredumpCoresPartial", "CoredumpCoresDropped", "CoredumpWebhookErrors",
+            "CoredumpWebhookSlow", "CoredumpWebhookCertificateExpiring",
+            "CoredumpWebhookCertificateRenewalFailing"} <= set(alerts)
+    assert 'outcome="failed"' in alerts["CoredumpCoresLost"]["expr"]
+    assert 'outcome="partial"' in alerts["CoredumpCoresPartial"]["expr"]
+
+
+def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, list[dict[str, Any]]],
+                                                            tmp_path: Path) -> None:
+    """The real PromQL parser (promtool from Debian's prometheus package) checks the rules, and
+    the dashboard's expressions as recording rules (Grafana's variables given values)."""
+    from tests.conftest import which_or_fail
+
+    promtool = which_or_fail("promtool")
+    objs = rendered["monitoring"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": _rule_groups(objs)}))
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dashboard = _dashboard(objs)
+    records = [{"record": f"dashboard:expr{i}", "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*")}
+               for i, e in enumerate(_dashboard_exprs(dashboard))]
+    panels = tmp_path / "dashboard-exprs.yaml"
+    panels.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    proc = subprocess.run([promtool, "check", "rules", str(panels)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # a broken expression is refused (the check can fail)
+    panels.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x", "expr": "sum(rate(x[5m]"}]}]}))
+    assert subprocess.run([promtool, "check", "rules", str(panels)], capture_output=True, timeout=60).returncode != 0
+
+
+def test_alerts_fire_on_the_series_the_code_exports(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """`promtool test rules`: synthetic series named and labelled as the agent and webhook
+    export them (labels of the PodMonitor/ServiceMonitor targets added) fire the alerts."""
+    from tests.conftest import which_or_fail
+
+    promtool = which_or_fail("promtool")
+    groups = copy.deepcopy(_rule_groups(rendered["monitoring"]))
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)  # the test is about the expressions
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    target = 'namespace="coredump-webhook",pod="coredump-webhook-agent-x1"'
+    hook = 'namespace="coredump-webhook",pod="coredump-webhook-7d9-a"'
+    now_plus_10d = 10 * 86400
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'coredump_agent_cores_total{{outcome="failed",reason="commit_failed",destination="pod",{target}}}',
+             "values": "0 0 0 1 1 1 1 1"},
+            {"series": f'coredump_agent_cores_total{{outcome="partial",reason="max_core_bytes",destination="pod",{target}}}',
+             "values": "0 0 0 0 2 2 2 2"},
+            {"series": f'coredump_agent_cores_total{{outcome="written",reason="registered",destination="pod",{target}}}',
+             "values": "0+5x7"},
+            {"series": f'coredump_agent_spool_deliveries_total{{result="failed",{target}}}', "values": "0 0 1 1 1 1 1 1"},
+            {"series": f'coredump_agent_dump_timeouts_total{{{target}}}', "values": "0x7"},
+            {"series": f'coredump_agent_stop_cut_total{{{target}}}', "values": "0x7"},
+            {"series": f'coredump_webhook_requests_total{{endpoint="mutate",outcome="error",{hook}}}', "values": "0+10x30"},
+            {"series": f'coredump_webhook_requests_total{{endpoint="mutate",outcome="patched",{hook}}}', "values": "0+10x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="1.0",{hook}}}',
+             "values": "0+1x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="2.5",{hook}}}',
+             "values": "0+20x30"},
+            {"series": f'coredump_webhook_request_duration_seconds_bucket{{endpoint="mutate",le="+Inf",{hook}}}',
+             "values": "0+20x30"},
+            {"series": f'coredump_webhook_certificate_expiry_timestamp_seconds{{{hook}}}',
+             "values": f"{now_plus_10d}x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "7m", "alertname": "CoredumpCoresLost", "exp_alerts": [{"exp_labels": {
+                "severity": "critical", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1",
+                "reason": "commit_failed"}}]},
+            {"eval_time": "7m", "alertname": "CoredumpCoresPartial", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1",
+                "reason": "max_core_bytes"}}]},
+            {"eval_time": "7m", "alertname": "CoredumpCoresDropped", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook", "pod": "coredump-webhook-agent-x1"}}]},
+            {"eval_time": "1m", "alertname": "CoredumpCoresLost", "exp_alerts": []},
+            {"eval_time": "25m", "alertname": "CoredumpWebhookErrors", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "25m", "alertname": "CoredumpWebhookSlow", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "5m", "alertname": "CoredumpWebhookCertificateExpiring", "exp_alerts": [{"exp_labels": {
+                "severity": "critical", "namespace": "coredump-webhook"}}]},
+            {"eval_time": "5m", "alertname": "CoredumpWebhookCertificateRenewalFailing", "exp_alerts": [{"exp_labels": {
+                "severity": "warning", "namespace": "coredump-webhook"}}]},
+        ],
+    }]}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["monitoring"]
+    sm = one(objs, "ServiceMonitor")
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == ("https", "https", "/metrics")
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": f"{RELEASE}-tls", "key": "ca.crt"}
+    assert endpoint["tlsConfig"]["serverName"] == f"{RELEASE}.{NAMESPACE}.svc"
+    service = one(objs, "Service", RELEASE)
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert "https" in {p["name"] for p in service["spec"]["ports"]}
+    pm = one(objs, "PodMonitor")
+    agent_pod = agent_daemonset(objs)["spec"]["template"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= agent_pod["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in agent_pod["spec"]["containers"][0]["ports"]}
+    cm = one(objs, "ConfigMap", f"{RELEASE}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = _dashboard(objs)
+    assert dashboard["uid"] == "coredump-webhook" and len(dashboard["panels"]) >= 8
+    assert all(t["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_network_policies(rendered: dict[str, list[dict[str, Any]]], helm: Path, helm_env: dict[str, str]) -> None:
+    objs = rendered["monitoring"]
+    webhook = one(objs, "NetworkPolicy", RELEASE)
+    pod = webhook_deployment(objs)["spec"]["template"]
+    assert webhook["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert webhook["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = webhook["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "https", "protocol": "TCP"}]
+    assert {"ipBlock": {"cidr": "10.0.0.0/24"}} in rule["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in rule["from"]
+    agent = one(objs, "NetworkPolicy", f"{RELEASE}-agent")
+    (rule,) = agent["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # nothing listed: the agents accept no one (but their node), the webhook its port from anywhere
+    bare = render(helm, helm_env, "--set", "networkPolicy.enabled=true")
+    assert one(bare, "NetworkPolicy", f"{RELEASE}-agent")["spec"]["ingress"] == []
+    assert one(bare, "NetworkPolicy", RELEASE)["spec"]["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}]}]
+
+
+def test_notes_point_at_the_monitoring(helm: Path, helm_env: dict[str, str], tmp_path: Path) -> None:
+    assert "Monitoring:" not in _notes(helm, helm_env, tmp_path)
+    notes = _notes(helm, helm_env, tmp_path, "--set", "monitoring.prometheusRule.enabled=true")
+    assert "PrometheusRule" in notes and "monitoring.labels" in notes
+    assert "sees its DaemonSet gone" in _notes(helm, helm_env, tmp_path)
+
 
 
 def test_registry_platform_defaults_to_the_webhook_nodes_architecture(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -80,7 +80,7 @@ def test_raw_manifests_shape() -> None:
         assert hook["failurePolicy"] == "Ignore"
         assert {"kube-system", NAMESPACE} <= set(hook["namespaceSelector"]["matchExpressions"][0]["values"])
     # Kubernetes applies the file in order: the Secret-making Job comes before the caBundle one.
-    jobs = [o["metadata"]["name"] for o in objs if o["kind"] == "Job"]
+    jobs = [o["metadata"]["name"].rsplit("-", 1)[0] for o in objs if o["kind"] == "Job"]
     assert jobs == [f"{NAMESPACE}-certs-pre", f"{NAMESPACE}-certs"]
     commands = [o["spec"]["template"]["spec"]["containers"][0]["command"] for o in objs if o["kind"] == "Job"]
     assert commands == [["coredump", "certs", "bootstrap", "--secret-only"], ["coredump", "certs", "bootstrap"]]
@@ -197,3 +197,72 @@ def test_ephemeral_inspection_body_applies_to_the_mutated_pod(kubectl: Path, tmp
     # The body mounts the injected core volume at the same path as the crashed container sees it.
     assert mount["name"] == volume_name and mount["mountPath"].rstrip("/") == mount_path
     assert patched["spec"]["containers"] == mutated["spec"]["containers"]  # nothing else changed
+
+
+# --- applied again with a new image ---------------------------------------------------------
+
+
+def _render_raw(helm: Path, tmp_path: Path, *values: str) -> list[dict[str, Any]]:
+    """scripts/render-deploy.sh's output for a chart whose values.yaml carries ``values``
+    (how a new release of the raw manifests comes about: a new image tag)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "charts", repo / "charts")
+    shutil.copytree(REPO / "scripts", repo / "scripts")
+    values_file = repo / "charts" / "coredump-webhook" / "values.yaml"
+    text = values_file.read_text()
+    for old, new in (v.split("=>") for v in values):
+        assert old in text
+        text = text.replace(old, new)
+    values_file.write_text(text)
+    out = tmp_path / "out.yaml"
+    env = dict(os.environ, COREDUMP_TEST_HELM=str(helm), HOME=str(tmp_path))
+    proc = subprocess.run(["bash", str(repo / "scripts" / "render-deploy.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return load(out)
+
+
+def test_raw_manifests_apply_again_with_a_new_image(helm: Path, tmp_path: Path) -> None:
+    """`kubectl apply -f` twice: the same file changes nothing (same names, same specs); a new
+    image gives the Jobs (pod template immutable) new names, so apply creates them instead of
+    failing on an update, while every other object keeps its name and is updated in place."""
+    first = load(DEPLOY)
+    again = _render_raw(helm, tmp_path / "a", )
+    assert again == first  # same values, same file: nothing to change on the second apply
+    newer = _render_raw(helm, tmp_path / "b", 'tag: ""=>tag: "0.2.0"')
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    old_jobs = {key(o): o for o in first if o["kind"] == "Job"}
+    new_jobs = {key(o): o for o in newer if o["kind"] == "Job"}
+    assert len(old_jobs) == len(new_jobs) == 2 and not set(old_jobs) & set(new_jobs)
+    for job in new_jobs.values():
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0  # the old ones go away by themselves
+        assert len(job["metadata"]["name"]) <= 63
+    others_old = {key(o) for o in first if o["kind"] != "Job"}
+    others_new = {key(o) for o in newer if o["kind"] != "Job"}
+    assert others_old == others_new
+
+
+def test_readme_install_steps_label_the_namespace_before_the_agent_exists() -> None:
+    """On a cluster whose default Pod Security level is restricted, the privileged agent's pods
+    are refused unless its namespace is labelled before the DaemonSet is created: the README's
+    Helm steps create and label the namespace first, and the raw manifests start with it."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**With Helm**"):readme.index("**Without Helm**")]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    lines = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    create = next(i for i, l in enumerate(lines) if l.startswith("kubectl create namespace coredump-webhook"))
+    label = next(i for i, l in enumerate(lines) if l.startswith("kubectl label namespace coredump-webhook")
+                 and "pod-security.kubernetes.io/enforce=privileged" in l)
+    install = next(i for i, l in enumerate(lines) if l.startswith("helm install"))
+    assert create < label < install
+    assert "--create-namespace" not in block
+    assert "image.digest=" in lines[install]  # the production setting
+    objs = load(DEPLOY)
+    assert objs[0]["kind"] == "Namespace"
+    assert objs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert [o["kind"] for o in objs].index("DaemonSet") > 0

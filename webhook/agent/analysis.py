@@ -248,7 +248,8 @@ def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc
 
 
 # --- off the crash path ----------------------------------------------------------------------
-def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, no_sysroot: str = "") -> dict:
+def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, no_sysroot: str = "",
+                memory_bytes: int = 0) -> dict:
     """Run gdb for a job; the metadata keys to merge (``signature_error`` when it failed).
 
     ``no_sysroot`` is a path that does not exist and that nobody else can create (below our
@@ -276,7 +277,7 @@ def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, 
                 exe, source = None, "core_only"
             sysroot = no_sysroot or f"/nonexistent/coredump-no-sysroot-{secrets.token_hex(8)}"
         try:
-            result = analyze(exe, core, sysroot=sysroot, gdb=gdb, timeout=timeout)
+            result = analyze(exe, core, sysroot=sysroot, gdb=gdb, timeout=timeout, memory_bytes=memory_bytes)
         except SignatureError as exc:
             return {"signature_error": str(exc)[:500], "signature_source": source}
         return {**result.metadata(), "signature_source": source}
@@ -293,8 +294,9 @@ class SignatureWorker(QueueWorker):
     """One thread running gdb over cores, one at a time; ``submit`` never blocks."""
 
     def __init__(self, sinks: Callable[[], list[Any]], *, gdb: str = "gdb", timeout: float = 120.0,
-                 event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "") -> None:
+                 event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "", memory_bytes: int = 0) -> None:
         self.sinks = sinks
+        self.memory_bytes = memory_bytes
         self.no_sysroot = no_sysroot
         self.gdb = gdb
         self.timeout = timeout
@@ -347,7 +349,8 @@ class SignatureWorker(QueueWorker):
 
     def _handle(self, job: SignatureJob) -> None:
         try:
-            found = analyze_job(job, gdb=self.gdb, timeout=self.timeout, no_sysroot=self.no_sysroot)
+            found = analyze_job(job, gdb=self.gdb, timeout=self.timeout, no_sysroot=self.no_sysroot,
+                                memory_bytes=self.memory_bytes)
         except OSError as exc:
             found = {"signature_error": f"core unreadable: {exc.strerror or exc}"}
         job.drop_sysroot()  # gdb is done with it: gone before the result shows in the metadata

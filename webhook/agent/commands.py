@@ -28,9 +28,6 @@ log = logging.getLogger("webhook.agent")
 ENV_PREFIX = "COREDUMP_AGENT_"
 #: How often the node fallback location is trimmed (retention by age and total size).
 RETENTION_INTERVAL_SECONDS = 600.0
-#: How long a stopping agent waits for the dumps in flight (the DaemonSet's grace period is
-#: longer; the kernel settings are restored before this wait).
-STOP_WAIT_SECONDS = 20.0
 
 
 # --- structured logs ---------------------------------------------------------------------------
@@ -210,12 +207,17 @@ def run_agent(
     handler_factory: Callable[[AgentSettings, str], Callable[[Any, int], Any]] | None = None,
     registry: Any = None,
 ) -> None:
-    """Install, serve until ``stop`` is set, then restore the kernel settings (always).
+    """Install, serve until ``stop`` is set, then restore the kernel settings or keep them.
+
+    At stop the kernel settings are restored first when ``settings.restore_on_stop`` says so
+    (webhook/agent/lifecycle.py: always by hand, only on removal under the chart); a restart
+    keeps the helper as the kernel's target. Then the dumps in flight get
+    ``stop_timeout_seconds`` (cores not started yet go to the spool at once).
 
     Without ``handler_factory``: the crash processor, with the pod watch when the API is
     reachable (metadata, gcore requests); failing to reach the API only logs.
     """
-    from webhook.agent import install
+    from webhook.agent import install, lifecycle
     from webhook.agent.endpoints import HealthServer
     from webhook.agent.kernellog import RecentPids
     from webhook.agent.metrics import REGISTRY
@@ -223,6 +225,7 @@ def run_agent(
     from webhook.agent.sysctl import CORE_PATTERN
 
     registry = registry if registry is not None else REGISTRY
+    lifecycle.validate(settings)
     try:
         backup = install.prepare(settings)
     except install.HostDirNotExecutable as exc:
@@ -271,11 +274,12 @@ def run_agent(
         log.info("agent stopping")
     finally:
         try:
-            restored = install.uninstall(settings)
-            log.info("kernel settings restored on stop", extra={"restored": restored})
+            if lifecycle.should_restore(settings):
+                restored = install.uninstall(settings)
+                log.info("kernel settings restored on stop", extra={"restored": restored})
         except Exception:
             log.exception("could not restore the kernel settings; the backup is kept for uninstall")
-        server.stop(wait_seconds=min(STOP_WAIT_SECONDS, settings.dump_timeout_seconds))
+        server.stop(wait_seconds=settings.stop_timeout_seconds)
         if watch is not None:
             watch.stop()
         if kmsg is not None:
@@ -305,7 +309,7 @@ def _serve_not_ready(settings: AgentSettings, stop: threading.Event, reason: str
 @agent.command("run")
 @settings_options()
 def run(**values: Any) -> None:
-    """Install the helper, point the kernel at it, serve until SIGTERM, restore everything."""
+    """Install the helper, point the kernel at it, serve until SIGTERM, restore (see --restore-on-stop)."""
     settings = build_settings(values)
     configure_logging(settings.log_level)
     stop = threading.Event()
@@ -326,7 +330,7 @@ def run(**values: Any) -> None:
 @agent.command("uninstall")
 @settings_options(("host_dir", "sysctl_root", "log_level"))
 def uninstall_cmd(**values: Any) -> None:
-    """Restore the kernel settings from the backup (the DaemonSet's preStop). Idempotent."""
+    """Restore the kernel settings from the backup (by hand, after a removal). Idempotent."""
     from webhook.agent import install
 
     settings = build_settings(values)

@@ -662,7 +662,8 @@ class CrashProcessor:
         return SignatureWorker(lambda: [self],  # publish(): Events only under verified names
                                timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                                maxsize=s.signature_queue_size,
-                               no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))
+                               no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"),
+                               memory_bytes=s.signature_memory_bytes)
 
     def _save_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
                        doc: dict, target: _Target) -> str | None:

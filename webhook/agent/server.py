@@ -55,6 +55,8 @@ SPOOL_TMP_SUFFIX = ".tmp"
 SPOOL_FAILED_SUFFIX = ".failed"
 #: Outcomes after which a spooled entry is done with (anything but "failed").
 FINAL_OUTCOMES = frozenset({"written", "partial", "skipped", "rate_limited", "chained"})
+#: The server's outcome for a spooled core the stopping agent left in the spool (not an attempt).
+STOPPING = "stopping"
 
 #: handler(request, fd) -> outcome (with .outcome, .reason, .path, .size). The fd belongs to
 #: the server: the handler reads it until EOF and must not close it.
@@ -98,6 +100,16 @@ class ServerMetrics:
         )
         self.dump_timeouts = Counter(
             "coredump_agent_dump_timeouts_total", "Dumps cut by the agent's dump timeout.", **kw
+        )
+        self.stop_spooled = Counter(
+            "coredump_agent_stop_spooled_total",
+            "Cores that were waiting for a slot when the agent stopped, written to the spool for the next agent.",
+            **kw,
+        )
+        self.stop_cut = Counter(
+            "coredump_agent_stop_cut_total",
+            "Dumps still running after the agent's stop timeout, cut and marked partial.",
+            **kw,
         )
         self.handlers_stuck = Gauge(
             "coredump_agent_handlers_stuck", "Handlers still running after their dump was cut.", **kw
@@ -188,6 +200,9 @@ class AgentServer:
         self.metrics = ServerMetrics(self.registry)
         self._slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_dumps))
         self._stop = threading.Event()
+        #: Set when a stopping agent's wait is over: dumps still running are cut, cores still
+        #: waiting for a slot go to the spool.
+        self._abandon = threading.Event()
         self._listener: socket.socket | None = None
         self._socket_ino = -1
         self._threads: list[threading.Thread] = []
@@ -215,7 +230,12 @@ class AgentServer:
         return self._listener is not None and not self._stop.is_set() and all(t.is_alive() for t in self._threads)
 
     def stop(self, wait_seconds: float = 10.0) -> None:
-        """Stop accepting, give in-flight dumps up to ``wait_seconds``, remove the socket."""
+        """Stop accepting (the helper spools new crashes), give in-flight dumps ``wait_seconds``.
+
+        Cores waiting for a slot do not wait: they are written to the spool at once, where the
+        next agent finds them. Dumps still running when the wait is over are cut (marked
+        partial by their handler, with the reason) rather than dying with the process.
+        """
         first = not self._stop.is_set()
         self._stop.set()
         if self._listener is not None and first:
@@ -236,6 +256,13 @@ class AgentServer:
             active = list(self._active)
         for t in active:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._active_lock:
+            active = list(self._active)
+        if active:
+            self._abandon.set()
+            late = time.monotonic() + self.cut_grace_seconds + 1.0
+            for t in active:
+                t.join(timeout=max(0.0, late - time.monotonic()))
         with self._active_lock:
             idle = not self._active
         if idle and self._placeholder >= 0:  # a dump in flight may yet need it to cut its fd
@@ -344,9 +371,14 @@ class AgentServer:
                 return ServerOutcome("failed", f"bad helper arguments: {exc}")
             self.metrics.dumps_queued.inc()
             try:
-                self._slots.acquire()
+                got_slot = self._acquire_slot(spooled)
             finally:
                 self.metrics.dumps_queued.dec()
+            if not got_slot:
+                core.release()  # no handler thread will hold it
+                if spooled:  # already in the spool: left there for the next agent
+                    return ServerOutcome(STOPPING, "agent stopped before this spooled core's turn")
+                return self._spool_at_stop(argv, core)
             self.metrics.dumps_in_progress.inc()
             try:
                 return self._run_with_deadline(request, core, argv, note)
@@ -355,6 +387,33 @@ class AgentServer:
                 self._slots.release()
         finally:
             core.release()  # closes now, or when a handler that overran finally returns
+
+    def _acquire_slot(self, spooled: bool) -> bool:
+        """Wait for a dump slot; False when the agent is stopping (and the core should be spooled)."""
+        while True:
+            if self._stop.is_set():
+                # Stopping: a core that has not started goes to the spool now rather than wait
+                # for a slot it may never get before the process exits (a spooled one stays).
+                return False if spooled else self._slots.acquire(blocking=False)
+            if self._slots.acquire(timeout=0.2):
+                if self._stop.is_set() and spooled:
+                    self._slots.release()
+                    return False
+                return True
+
+    def _spool_at_stop(self, argv: list[str], core: _CoreFd) -> ServerOutcome:
+        """Write a core that never got a slot into the spool, the next agent delivers it."""
+        from webhook.agent.handback import write_spool_entry
+
+        try:
+            entry = write_spool_entry(self.settings, argv, core.fd,
+                                      "agent stopped before this core's turn; spooled by the agent")
+        except OSError as exc:
+            log.error("could not spool a core at stop", extra={"argv": argv, "error": str(exc)})
+            return ServerOutcome("failed", f"agent stopped; spooling failed: {exc}")
+        self.metrics.stop_spooled.inc()
+        log.warning("agent stopping: core spooled for the next agent", extra={"argv": argv, "entry": entry})
+        return ServerOutcome("spooled", "agent stopped before this core's turn", path=entry)
 
     def _run_with_deadline(self, request: Any, core: _CoreFd, argv: list[str], note: str) -> Any:
         box: dict[str, Any] = {}
@@ -373,11 +432,22 @@ class AgentServer:
         worker = threading.Thread(target=work, name="agent-handler", daemon=True)
         worker.start()
         timeout = self.settings.dump_timeout_seconds
-        if not done.wait(timeout + self.cut_margin_seconds):
-            reason = f"dump timeout ({timeout:g}s)"
-            if core.cut(self._placeholder, reason):
-                self.metrics.dump_timeouts.inc()
-                log.warning("dump cut by the timeout; the process is released", extra={"argv": argv, "reason": reason})
+        deadline = started + timeout + self.cut_margin_seconds
+        while not done.wait(max(0.0, min(0.2, deadline - time.monotonic()))):
+            if self._abandon.is_set():
+                reason = "agent stopped before the dump finished"
+                if core.cut(self._placeholder, reason):
+                    self.metrics.stop_cut.inc()
+                    log.warning("dump cut: the agent is stopping", extra={"argv": argv, "reason": reason})
+                break
+            if time.monotonic() >= deadline:
+                reason = f"dump timeout ({timeout:g}s)"
+                if core.cut(self._placeholder, reason):
+                    self.metrics.dump_timeouts.inc()
+                    log.warning("dump cut by the timeout; the process is released",
+                                extra={"argv": argv, "reason": reason})
+                break
+        if not done.is_set():
             if not done.wait(self.cut_grace_seconds):
                 self.metrics.handlers_stuck.inc()
                 threading.Thread(target=self._watch_stuck, args=(done,), daemon=True).start()
@@ -488,6 +558,8 @@ class AgentServer:
         if kind in FINAL_OUTCOMES:
             shutil.rmtree(path, ignore_errors=True)
             return "delivered"
+        if kind == STOPPING:
+            return "retry"
         attempts = int(_read_text(os.path.join(path, "attempts")) or 0) + 1
         with open(os.path.join(path, "attempts"), "w") as f:
             f.write(str(attempts))

@@ -95,8 +95,11 @@ class AgentSettings:
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True
-    #: gdb gets this long per core.
+    #: gdb gets this long per core (wall clock, and as its CPU-time limit).
     signature_timeout_seconds: float = 120.0
+    #: gdb's own address-space cap (RLIMIT_AS, bytes; 0 = none): gdb runs in the agent's
+    #: container, so a core it cannot read within this fails its signature, not the agent.
+    signature_memory_bytes: int = 256 * 1024**2
     #: The pod Event / notification wait this long for the signature (then go without it).
     signature_event_wait_seconds: float = 30.0
     #: Cores waiting for their signature at most; beyond, a core gets none (logged).
@@ -107,6 +110,18 @@ class AgentSettings:
     gcore_request_max_age_seconds: float = 600.0
     #: gcore gets this long per snapshot (the process is stopped while it dumps).
     gcore_timeout_seconds: float = 300.0
+
+    #: What a stopping agent does with the node's kernel settings: "always" restores them (an
+    #: agent run by hand), "removed" only when its DaemonSet (the daemonset setting) is gone or
+    #: being deleted, so a rollout, drain or eviction keeps the helper as the kernel's target (it
+    #: spools until the next agent), "never" keeps them (`coredump agent uninstall` restores).
+    restore_on_stop: str = "always"
+    #: The agent's own DaemonSet as NAMESPACE/NAME, read at stop when restore_on_stop is "removed".
+    daemonset: str = ""
+    #: How long a stopping agent lets the dumps in flight finish; cores still waiting for a slot
+    #: go to the spool at once, and a dump still running after this is cut and marked partial.
+    #: The pod's terminationGracePeriodSeconds must be longer (the chart enforces it).
+    stop_timeout_seconds: float = 40.0
 
     @property
     def socket_path(self) -> str:

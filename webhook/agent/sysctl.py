@@ -3,7 +3,7 @@
 The backup (``HOSTDIR/sysctl-backup.json``) is written once, atomically, before the first
 change, and never overwritten while it exists: an agent killed with SIGKILL and started again
 finds the originals there, not its own pipe pattern. ``restore()`` writes them back and removes
-the backup; a second ``restore()`` (the DaemonSet's preStop, then the agent's own shutdown) is a
+the backup; a second ``restore()`` (`coredump agent uninstall`, then the agent's own stop) is a
 no-op.
 """
 

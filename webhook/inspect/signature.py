@@ -178,13 +178,23 @@ def run_gdb(
     sysroot: str | None = None,
     gdb: str = "gdb",
     timeout: float = 120.0,
+    memory_bytes: int = 0,
 ) -> str:
-    """Run gdb over a core and return its output. Raises :class:`SignatureError`."""
+    """Run gdb over a core and return its output. Raises :class:`SignatureError`.
+
+    ``memory_bytes`` > 0 caps gdb's address space (and its CPU time at ``timeout``) through
+    webhook/rlimited.py: the agent's gdb must fail alone rather than take the agent down.
+    """
     if shutil.which(gdb) is None and not os.path.exists(gdb):
         raise SignatureError(f"{gdb} not found: install gdb to compute crash signatures")
     try:
+        cmd = gdb_command(executable, core, sysroot=sysroot, gdb=gdb)
+        if memory_bytes > 0:
+            from webhook.rlimited import command
+
+            cmd = command(cmd, memory_bytes, int(timeout) + 1)
         proc = subprocess.run(
-            gdb_command(executable, core, sysroot=sysroot, gdb=gdb),
+            cmd,
             capture_output=True,
             text=True,
             errors="replace",
@@ -194,7 +204,8 @@ def run_gdb(
     except subprocess.TimeoutExpired as exc:
         raise SignatureError(f"gdb took more than {timeout:.0f}s on {core}") from exc
     if _MARK not in proc.stdout:
-        raise SignatureError(f"gdb failed on {core}: {proc.stderr.strip()[-500:]}")
+        cap = f" (address space capped at {memory_bytes >> 20} MiB)" if memory_bytes > 0 and proc.returncode else ""
+        raise SignatureError(f"gdb failed on {core}{cap}: {proc.stderr.strip()[-500:]}")
     return proc.stdout
 
 
@@ -206,9 +217,11 @@ def analyze(
     sysroot: str | None = None,
     gdb: str = "gdb",
     timeout: float = 120.0,
+    memory_bytes: int = 0,
 ) -> Analysis:
     """Backtrace and signature of a core (the agent runs this off the crash path)."""
-    frames = parse_backtrace(run_gdb(executable, core, sysroot=sysroot, gdb=gdb, timeout=timeout))
+    frames = parse_backtrace(run_gdb(executable, core, sysroot=sysroot, gdb=gdb, timeout=timeout,
+                                     memory_bytes=memory_bytes))
     if not frames:
         raise SignatureError(f"gdb printed no frames for {core}")
     digest, picked = signature_of(frames, top)

@@ -39,10 +39,29 @@
 {{- if or .Values.webhook.rbac.patchWebhookConfiguration .Values.registry.readPullSecrets .Values.webhook.addCapability }}true{{ end }}
 {{- end }}
 
-{{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
+{{/* "true" when the agent reads its own DaemonSet at stop (agent.restoreOnStop "removed"):
+     then it gets a Role with `get` on that one DaemonSet. */}}
+{{- define "coredump-webhook.agentReadsDaemonSet" -}}
+{{- if eq .Values.agent.restoreOnStop "removed" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent calls the Kubernetes API at all (then it gets a token). */}}
 {{- define "coredump-webhook.agentUsesApi" -}}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentReadsDaemonSet" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent has a ClusterRole (pod watch or Events). */}}
+{{- define "coredump-webhook.agentClusterRole" -}}
 {{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
 {{- end }}
+
+{{/* The agent's stop timeout in whole seconds (agent.settings.stop_timeout_seconds, else the
+     agent's default 40), and the margin the grace period keeps beyond it (restoring the kernel
+     settings, asking the API whether this is a removal, cutting late dumps). */}}
+{{- define "coredump-webhook.agentStopTimeout" -}}
+{{- if hasKey .Values.agent.settings "stop_timeout_seconds" }}{{ .Values.agent.settings.stop_timeout_seconds | ceil | int }}{{ else }}40{{ end }}
+{{- end }}
+{{- define "coredump-webhook.agentStopMargin" -}}20{{- end }}
 
 {{/* The read-only cores page (agent.page): its DaemonSet, ServiceAccount and Service. */}}
 {{- define "coredump-webhook.pageName" -}}
@@ -176,4 +195,16 @@ subjects:
   - kind: ServiceAccount
     name: {{ $sa }}
     namespace: {{ $ctx.Release.Namespace }}
+{{- end }}
+
+{{/* A list of strings as CEL string literals joined by ", " (names never contain quotes: the
+     schema allows only user-name characters). */}}
+{{- define "coredump-webhook.celStrings" -}}
+{{- $out := list }}{{ range . }}{{ $out = append $out (printf "'%s'" .) }}{{ end }}{{ join ", " $out }}
+{{- end }}
+
+{{/* NAME-<hash of SPEC>, at most 63 characters: include with (list NAME SPEC). For objects
+     whose spec is immutable (Jobs), so a changed spec gets a new object. */}}
+{{- define "coredump-webhook.specName" -}}
+{{- printf "%s-%s" (index . 0 | trunc 56 | trimSuffix "-") (index . 1 | sha256sum | trunc 6) }}
 {{- end }}
