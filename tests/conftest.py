@@ -127,3 +127,13 @@ def kernel():
         pytest.skip("needs root")
     with kernel_settings_guard() as saved:
         yield saved
+
+
+@pytest.fixture
+def pod_api():
+    """The API server's pods (list + watch) on a real socket: the agent's only source of pod names."""
+    from tests.inspect_apiserver import FakeApiServer
+    from tests.pod_api import PodApi
+
+    with FakeApiServer() as server:
+        yield PodApi(server)

@@ -1199,12 +1199,19 @@ def test_match_conditions_send_only_annotated_objects(rendered: dict[str, list[d
         return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
                 "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}
 
+    def podtemplate(template_meta: dict[str, Any] | None) -> dict[str, Any]:
+        template = {"spec": pod["spec"]} if template_meta is None else {"metadata": template_meta, "spec": pod["spec"]}
+        return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+
     for key in keys:
         assert _matches(workloads, deployment(_annotated(key)))
         assert _matches(workloads, cronjob(_annotated(key)))
+        assert _matches(workloads, podtemplate(_annotated(key)))  # its template is at the top level
+        assert _matches(workloads, deployment(_annotated(key)) | {"kind": "ReplicationController", "apiVersion": "v1"})
         # misplaced on the workload itself: still sent, so the webhook can warn
         assert _matches(workloads, deployment(None, {"name": "web", "annotations": {key: "/d/core"}}))
     for unannotated in (deployment(None), deployment(_annotated(None)), cronjob(None), cronjob(_annotated(None)),
+                        podtemplate(None), podtemplate(_annotated(None)),
                         {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {}, "spec": {}}):
         assert not _matches(workloads, unannotated)
     # What users write is checked, what controllers copy from a checked template is not.
@@ -1270,13 +1277,17 @@ def _exported_metrics() -> set[str]:
     server, webhook), collected from the real registries, not typed here."""
     from prometheus_client import CollectorRegistry
 
+    from webhook.agent.inflight import RecoveryMetrics
+    from webhook.agent.kernellog import DropMetrics
     from webhook.agent.metrics import AgentMetrics
     from webhook.agent.server import ServerMetrics
     from webhook.server.metrics import Metrics
 
-    registries = [CollectorRegistry(), CollectorRegistry()]
+    registries = [CollectorRegistry() for _ in range(4)]
     AgentMetrics(registries[0])
     ServerMetrics(registries[1])
+    DropMetrics(registries[2])
+    RecoveryMetrics(registries[3])
     registries.append(Metrics().registry)
     names: set[str] = set()
     for registry in registries:

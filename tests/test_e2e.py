@@ -33,7 +33,6 @@ import pytest
 
 from tests.conftest import KERNEL_SETTINGS, which_or_fail
 from tests.crash_support import check_elf_core
-from tests.inspect_apiserver import FakeApiServer
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
 from tests.runc_support import (
@@ -179,13 +178,6 @@ class Agent:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
-
-
-@pytest.fixture
-def pod_api():
-    """The API server's pods (list + watch) on a real socket: the agent's only source of pod names."""
-    with FakeApiServer() as server:
-        yield PodApi(server)
 
 
 @contextlib.contextmanager
