@@ -212,6 +212,21 @@ def test_silent_agent_makes_the_helper_spool(host):
     assert "no ACK from the agent: timed out" in (entry / "reason").read_text()
 
 
+def test_the_spool_splices_then_punches_the_zero_blocks_after_the_release(host):
+    """Agent unreachable: the helper splices the pipe into the spool, lets stdin go, then turns
+    the zero 4 KiB blocks into holes: the same bytes, less disk (spool_usage counts blocks)."""
+    zeros_between = os.urandom(4096) + bytes(2 << 20) + os.urandom(5000) + bytes(8192)
+    core = CORE + zeros_between  # ends in zeros, not on a block boundary before them
+    res = run_helper(host, core)
+    assert res.returncode == 0
+    (entry,) = spool_entries(host)
+    spooled = entry / "core"
+    assert spooled.read_bytes() == core
+    zero_bytes = (1 << 20) + (2 << 20) + 8192 - 4096  # whole zero blocks (some straddle data)
+    assert spooled.stat().st_blocks * 512 <= len(core) - zero_bytes + (64 << 10)
+    assert "result=spooled " in log_lines(host)[-1]
+
+
 def test_spool_limits_cut_or_skip_the_core(host):
     settings = settings_for(host, spool_max_bytes=1 << 20, spool_keep_free_bytes=0)
     write_config(settings)
