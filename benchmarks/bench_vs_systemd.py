@@ -385,6 +385,12 @@ def run(opts: argparse.Namespace, work: Path) -> dict:
         sd.ssa_pid = sdz.ssa_pid = gsd.pids()[0]
         collectors = {"cat": cat, "agent": agent, "systemd": sd, "agent+zstd": zagent, "systemd+zstd": sdz}
 
+        for name in COLLECTORS:  # warm-up, not counted: first-crash costs (imports, directories)
+            c = collectors[name]
+            if name.startswith("systemd"):
+                systemd_conf(conf, name.endswith("zstd"))
+            for _ in range(opts.warmup):
+                one(c, 64, rnd, check_sha=True)
         rss: dict[str, dict[int, float]] = {"agent": {}, "agent+zstd": {}}
         for mib in opts.sizes:
             rounds = opts.rounds if mib <= 256 else opts.big_rounds
@@ -460,15 +466,20 @@ def report(opts: argparse.Namespace, collectors: dict[str, Collector], rss: dict
         for a, s in (("agent", "systemd"), ("agent+zstd", "systemd+zstd")):
             A, S = collectors[a].samples[mib], collectors[s].samples[mib]
             for what, get in (("time to release", lambda x: x.release), ("CPU pinned", lambda x: x.cpu_pinned),
-                              ("CPU total", lambda x: x.cpu_total), ("bytes stored", lambda x: x.stored)):
+                              ("CPU total", lambda x: x.cpu_total), ("bytes stored", lambda x: x.stored),
+                              ("bytes on disk", lambda x: x.disk)):
                 r = med([get(x) for x in A]) / med([get(x) for x in S])
                 rows.append((f"{mib} MiB {a} vs {s}: {what}", r))
     t_a, t_s = med(bursts["agent"]), med(bursts["systemd"])
     rows.append((f"{opts.burst} x {opts.burst_mib} MiB at once: last released (agent {rng(bursts['agent'])} s, "
                  f"systemd {rng(bursts['systemd'])} s)", t_a / t_s))
     for what, r in rows:
-        print(f"  {what:78s} {r:6.3f}  {'OK' if r <= 1.0 else 'MISS'}")
-        result[f"ratio/{what.split(' (')[0]}"] = round(r, 3)
+        # sizes: the same libzstd level differs by a few KiB with where the input is cut into
+        # blocks; within 0.1% is called level (and shown as such), never rounded into a win
+        level = what.endswith(("bytes stored", "bytes on disk")) and 1.0 < r <= 1.001
+        verdict = "OK" if r <= 1.0 else ("LEVEL (<= +0.1%)" if level else "MISS")
+        print(f"  {what:78s} {r:7.4f}  {verdict}")
+        result[f"ratio/{what.split(' (')[0]}"] = round(r, 4)
     print("\nAgent peak RSS (VmHWM) by core size (flat = independent of the core's size):")
     for key, by in rss.items():
         vals = " / ".join(f"{by[m]:.0f} MiB at {m} MiB" for m in opts.sizes)
@@ -485,6 +496,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="core payloads (MiB)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds for cores <= 256 MiB")
     ap.add_argument("--big-rounds", type=int, default=5, help="rounds for larger cores")
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted 64 MiB crashes per collector first")
     ap.add_argument("--burst", type=int, default=16, help="simultaneous crashes")
     ap.add_argument("--burst-mib", type=int, default=64)
     ap.add_argument("--burst-rounds", type=int, default=3)
