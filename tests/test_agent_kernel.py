@@ -283,6 +283,8 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
     assert meta["size"] == len(data)
     assert (meta["namespace"], meta["pod"], meta["pod_uid"], meta["container"]) == ("shop", "web-0", pod_uid, "app")
     assert meta["container_id"] == cid
+    # the helper logs the outcome once the agent answered, after the metadata is written
+    wait_for(lambda: "outcome=" in _read_or(str(host / "helper.log")), 15)
     log = (host / "helper.log").read_text().splitlines()[-1]
     assert "outcome=written" in log and f"/data/dump-a/{core_path.name}" in log
     assert is_our_pattern(Sysctl().read(CORE_PATTERN))
