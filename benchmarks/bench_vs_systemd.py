@@ -217,24 +217,29 @@ class Collector:
     agent: subprocess.Popen | None = None
     samples: dict[int, list[Sample]] = field(default_factory=dict)
 
-    def outputs(self) -> list[Path]:
+    def outputs(self, pids: list[int]) -> list[Path]:
+        """The cores of these crashers (every name carries the PID: other engineers' crashes on
+        this shared machine may land here too while our pattern is set)."""
+        tags = tuple(f".{pid}." for pid in pids)
         return [p for p in self.out.rglob("*") if p.is_file() and not p.name.endswith(".json")
-                and not p.name.startswith(".")]
+                and not p.name.startswith(".") and any(t in p.name for t in tags)]
 
     def clear(self) -> None:
         for p in self.out.rglob("*"):
             if p.is_file():
                 p.unlink()
 
-    def settled(self, n: int) -> bool:
-        """Everything it does for the last n cores is over."""
+    def settled(self, pids: list[int]) -> bool:
+        """Everything it does for these crashers' cores is over."""
+        n = len(pids)
         if self.agent is not None:
-            pids = [p for p in self.group.pids() if p != self.agent.pid]
-            metas = [p for p in self.out.rglob("*.json")]
-            return not pids and len(metas) >= n and not list(self.out.rglob(".coredump-tmp.*"))
+            busy = [p for p in self.group.pids() if p != self.agent.pid]
+            cores = self.outputs(pids)
+            return (not busy and len(cores) >= n and all(Path(str(c) + ".json").exists() for c in cores)
+                    and not list(self.out.rglob(".coredump-tmp.*")))
         if self.name.startswith("systemd"):
-            return self.group.pids() == [self.ssa_pid] and len(self.outputs()) >= n
-        return not self.group.pids() and len(self.outputs()) >= n
+            return self.group.pids() == [self.ssa_pid] and len(self.outputs(pids)) >= n
+        return not self.group.pids() and len(self.outputs(pids)) >= n
 
     ssa_pid: int = 0
 
@@ -296,9 +301,9 @@ def one(c: Collector, mib: int, rnd: Path, check_sha: bool) -> Sample:
     cpu0 = c.group.usage()
     took = crash([p])
     cpu_pinned = c.group.usage() - cpu0
-    wait_for(lambda: c.settled(1), 300, f"{c.name} to finish")
+    wait_for(lambda: c.settled([p.pid]), 300, f"{c.name} to finish")
     cpu_total = c.group.usage() - cpu0
-    (out,) = c.outputs()
+    (out,) = c.outputs([p.pid])
     length, want = core_length(out)
     assert length >= want > (mib << 20), f"{c.name}: {out} holds {length} bytes, its headers call for {want}"
     if c.agent is not None:
@@ -320,8 +325,9 @@ def burst(c: Collector, n: int, mib: int, rnd: Path) -> float:
         ready(p)
     write(CORE_PATTERN, c.pattern)
     took = crash(procs)
-    wait_for(lambda: c.settled(n), 300, f"{c.name} to finish {n} cores")
-    outs = c.outputs()
+    pids = [p.pid for p in procs]
+    wait_for(lambda: c.settled(pids), 300, f"{c.name} to finish {n} cores")
+    outs = c.outputs(pids)
     assert len(outs) == n, f"{c.name}: {len(outs)} of {n} cores"
     for out in outs:
         length, want = core_length(out)

@@ -258,9 +258,14 @@ class OutputFile:
         self._sync_dir()
 
     def sync(self) -> None:
-        """fsync and close the file, fsync its directory (after ``commit(sync=False)``)."""
+        """fsync and close the file (closed even when fsync fails), fsync its directory
+        (after ``commit(sync=False)``)."""
         if self.fd >= 0:
-            self._sync_close()
+            try:
+                os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
         self._sync_dir()
 
     def _sync_close(self) -> None:
