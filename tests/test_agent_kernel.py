@@ -65,6 +65,12 @@ class KernelRecorder:
         return ServerOutcome("written", "test", None, len(data))
 
 
+def _metadata_of(root: Path, pid: int) -> list[Path]:
+    """Metadata files of this PID's cores (os.walk: other files may come and go meanwhile)."""
+    return [Path(d, n) for d, _, names in os.walk(root) for n in names
+            if n.endswith(".json") and f".{pid}." in n and not n.startswith(".")]
+
+
 def _read_or(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -324,13 +330,13 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     assert proc.stdout.readline() == b"ready\n"
     os.kill(proc.pid, signal.SIGSEGV)
     proc.wait(30)
-    metas_at_release = list((host / "cores").rglob("*.json"))
+    metas_at_release = _metadata_of(host / "cores", proc.pid)
     reaped.set()
     proc.stdout.close()
-    wait_for(lambda: list((host / "cores").rglob("*.json")), 30)
+    wait_for(lambda: _metadata_of(host / "cores", proc.pid), 30)
     assert seen == {"sha_before": "", "reaped_first": True}
     assert metas_at_release == []
-    (meta_path,) = (host / "cores").rglob("*.json")
+    (meta_path,) = _metadata_of(host / "cores", proc.pid)
     doc = json.loads(meta_path.read_text())
     core = meta_path.with_suffix("")
     data = core.read_bytes()
