@@ -1,11 +1,12 @@
 """Stream a core from the kernel's pipe to a file in bounded memory, and say how it ended.
 
 This is what runs while the crashing process is pinned, so it does only what is needed to get
-the bytes into the file: uncompressed from a pipe they go pipe -> page cache with ``splice(2)``
-(no copy through user space, no look at the data); otherwise through one reused 1 MiB buffer,
-zero 4 KiB blocks becoming holes or the bytes going through a streaming zstd compressor. The
-sha256 of the original bytes, and the holes of a spliced core, are made after the process is
-released, from the page cache (``webhook/agent/finish.py``). The copy stops, and says why, at
+the bytes into the file: uncompressed from a pipe onto a disk filesystem they go pipe -> page
+cache with ``splice(2)`` (no copy through user space, no look at the data); otherwise (tmpfs,
+zstd, files) through one reused 1 MiB buffer, zero 4 KiB blocks becoming holes or the bytes
+going through a streaming zstd compressor. The sha256 of the original bytes, and the holes of a
+spliced core, are made after the process is released, from the page cache
+(``webhook/agent/finish.py``). The copy stops, and says why, at
 the size cap, at the free-space floor of the target filesystem, on ENOSPC, or at the deadline;
 the caller decides what a cut core is called (never the final name).
 """
@@ -13,6 +14,7 @@ the caller decides what a cut core is called (never the final name).
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import fcntl
 import os
@@ -44,7 +46,10 @@ PIPE_MAX_SIZE_PATH = "/proc/sys/fs/pipe-max-size"
 #: GATHER_NAP_MAX seconds.
 GATHER_MIN = 64 << 10
 GATHER_RATE = 4e9
-GATHER_NAP_MAX = 0.001
+GATHER_NAP_MAX = 0.00025
+#: Filesystems whose writes are memory copies (tmpfs, ramfs): there the buffered path, which
+#: skips zero blocks, beats splice (see ``_Copy.can_splice``).
+MEMORY_FS_MAGIC = (0x01021994, 0x858458F6)
 #: os.splice (Python >= 3.10 on Linux); None: the buffered path only.
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_MORE", 4)
@@ -381,8 +386,16 @@ class _Copy:
         self.spliced = False
 
     def can_splice(self) -> bool:
+        """Splice when it pays: an uncompressed core from a pipe onto a disk filesystem.
+
+        Measured with 1 GiB cores through the kernel's pipe on a 2-core node: onto ext4,
+        splice took 0.90 s and 0.48 s of CPU where reading and writing data runs took 1.7 s and
+        1.4 s; onto tmpfs it is the other way round (0.67-0.84 s against 0.54-0.59 s, the
+        same CPU): splice holds the pipe's lock while it copies, so the kernel's dump waits,
+        and a tmpfs write is itself a memory copy that skipping the zero blocks saves.
+        """
         return (_splice is not None and self.source.is_pipe and self.sink.cobj is None
-                and self.source.fd is not None)
+                and self.source.fd is not None and _fs_magic(self.sink.fd) not in MEMORY_FS_MAGIC)
 
     def splice(self) -> bool:
         """Move the core from the pipe into the file inside the kernel (no copy through us).
@@ -458,6 +471,24 @@ class _Copy:
                 raise _Cut(REASON_TIMEOUT, "the dump took longer than the timeout")
             if eof:
                 return
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _fs_magic(fd: int) -> int:
+    """``fstatfs(2)``'s f_type of ``fd``'s filesystem (0 when unknown)."""
+    buf = _StatFs()
+    try:
+        if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+            return 0
+    except (AttributeError, OSError):
+        return 0
+    return buf.f_type & 0xFFFFFFFF
 
 
 def stream_core(src: int | BinaryIO, dst_fd: int, limits: StreamLimits, *,
