@@ -93,7 +93,8 @@ class ServerMetrics:
             ["result"],
             **kw,
         )
-        self.dumps_in_progress = Gauge("coredump_agent_dumps_in_progress", "Cores being handled now.", **kw)
+        self.dumps_in_progress = Gauge("coredump_agent_dumps_in_progress",
+                                       "Cores being read now (until their process is released).", **kw)
         self.dumps_queued = Gauge(
             "coredump_agent_dumps_queued", "Cores received and waiting for a free slot (max_concurrent_dumps).", **kw
         )
