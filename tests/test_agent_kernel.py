@@ -65,6 +65,12 @@ class KernelRecorder:
         return ServerOutcome("written", "test", None, len(data))
 
 
+def _metadata_of(root: Path, pid: int) -> list[Path]:
+    """Metadata files of this PID's cores (os.walk: other files may come and go meanwhile)."""
+    return [Path(d, n) for d, _, names in os.walk(root) for n in names
+            if n.endswith(".json") and f".{pid}." in n and not n.startswith(".")]
+
+
 def _read_or(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -286,6 +292,58 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
     assert meta["size"] == len(data)
     assert (meta["namespace"], meta["pod"], meta["pod_uid"], meta["container"]) == ("shop", "web-0", pod_uid, "app")
     assert meta["container_id"] == cid
+    # the helper logs the outcome once the agent answered, after the metadata is written
+    wait_for(lambda: "outcome=" in _read_or(str(host / "helper.log")), 15)
     log = (host / "helper.log").read_text().splitlines()[-1]
     assert "outcome=written" in log and f"/data/dump-a/{core_path.name}" in log
     assert is_our_pattern(Sysctl().read(CORE_PATTERN))
+
+
+def test_the_process_is_released_before_the_hash_which_metadata_never_shows_early(agent_env, monkeypatch):
+    """The agent lets the kernel reap the crashing process as soon as the core is in the file:
+    the parent's waitpid returns while the sha256 pass is still held back, and at that moment
+    no metadata exists (it is written once, with the computed hash). Then the metadata's hash
+    is the file's, and the zero pages the splice copied as data are holes."""
+    from webhook.agent import crash as crash_mod
+    from webhook.agent.crash import CrashProcessor
+
+    host, settings, serve = agent_env
+    s = settings(unregistered="node", rate_limit_count=100)
+    reaped = threading.Event()
+    seen: dict = {}
+    real_finish = crash_mod.finish_core
+
+    def held_finish(fd, result, limits):
+        seen["sha_before"] = result.sha256
+        seen["reaped_first"] = reaped.wait(30)  # never set if the process waited for the hash
+        return real_finish(fd, result, limits)
+
+    monkeypatch.setattr(crash_mod, "finish_core", held_finish)
+    processor = CrashProcessor(s, None, events=False, notifier=False, signatures=False)
+    serve(s, processor.handle)
+    install.install(s)
+    script = ("import os, signal, sys; z = bytearray(24 << 20); r = os.urandom(4 << 20); "
+              "[z.__setitem__(i, 0) for i in range(0, len(z), 4096)]; "
+              "sys.stdout.write('ready\\n'); sys.stdout.flush(); signal.pause()")
+    import resource
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,  # %c is honoured
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (-1, -1)))
+    assert proc.stdout.readline() == b"ready\n"
+    os.kill(proc.pid, signal.SIGSEGV)
+    proc.wait(30)
+    metas_at_release = _metadata_of(host / "cores", proc.pid)
+    reaped.set()
+    proc.stdout.close()
+    wait_for(lambda: _metadata_of(host / "cores", proc.pid), 30)
+    assert seen == {"sha_before": "", "reaped_first": True}
+    assert metas_at_release == []
+    (meta_path,) = _metadata_of(host / "cores", proc.pid)
+    doc = json.loads(meta_path.read_text())
+    core = meta_path.with_suffix("")
+    data = core.read_bytes()
+    check_elf_core(data)
+    assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size"] == len(data)
+    assert not doc["truncated"] and doc["global_pid"] == proc.pid
+    assert doc["disk_size"] == core.stat().st_blocks * 512 < len(data) - (16 << 20)

@@ -364,3 +364,152 @@ def test_a_cut_inside_a_chunk_hashes_exactly_the_kept_bytes(tmp_path):
         assert result.reason == "size_limit" and result.size == cap
         assert (tmp_path / "cut").read_bytes() == data[:cap]
         assert result.sha256 == hashlib.sha256(data[:cap]).hexdigest()
+
+
+# --- the crash path's part (splice) and what waits until the process is released --------------
+from webhook.agent.finish import finish_core  # noqa: E402
+from webhook.agent.stream import stream_core  # noqa: E402
+
+
+def test_a_pipe_is_spliced_and_hash_and_holes_wait_for_finish(tmp_path):
+    """Onto a disk filesystem stream_core splices: it leaves the sha256 empty and the zero
+    blocks as data; finish_core, after the release, computes the hash of exactly those bytes
+    and punches the zero blocks out."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from webhook.agent.stream import MEMORY_FS_MAGIC, _fs_magic
+
+    data = blocks("rzzzzr" * 300 + "zzr") + b"odd tail"
+    out = tmp_path / "core"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    if _fs_magic(fd) in MEMORY_FS_MAGIC:  # tmp_path on tmpfs: /var/tmp is on disk on Debian
+        os.close(fd)
+        out = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="cdw-splice-")) / "core"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        assert _fs_magic(fd) not in MEMORY_FS_MAGIC, "no disk filesystem to splice onto"
+    r, t = feed_pipe(data)
+    try:
+        streamed = stream_core(r, fd, StreamLimits())
+        assert streamed.complete and streamed.size == len(data) and streamed.sha256 == ""
+        assert streamed.holes_pending  # spliced: nobody looked at the bytes yet
+        assert out.read_bytes() == data
+        os.fsync(fd)  # allocation settles (delayed allocation)
+        dense = os.stat(out).st_blocks * 512
+        assert dense >= len(data) - BLOCK  # every block is still allocated
+        done = finish_core(fd, streamed, StreamLimits())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.close(r)
+        t.join(5)
+    assert done.sha256 == hashlib.sha256(data).hexdigest() and not done.holes_pending
+    assert out.read_bytes() == data  # the same bytes, now with holes
+    data_pages = "rzzzzr".count("r") * 300 + 1 + 1  # + the partial tail block
+    allocated = os.stat(out).st_blocks * 512
+    assert data_pages * BLOCK <= allocated <= data_pages * BLOCK + (64 << 10)  # + extent blocks
+    if out.parent != tmp_path:
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def test_onto_tmpfs_the_pipe_is_read_with_holes_inline():
+    """tmpfs: the buffered path (faster there than splice), zero blocks never written."""
+    import shutil
+    import tempfile
+
+    data = blocks("rzzzzr" * 300 + "zzr") + b"odd tail"
+    d = tempfile.mkdtemp(dir="/dev/shm", prefix="cdw-inline-")
+    try:
+        out = os.path.join(d, "core")
+        r, t = feed_pipe(data)
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            streamed = stream_core(r, fd, StreamLimits())
+            assert streamed.complete and not streamed.holes_pending and streamed.sha256 == ""
+            data_pages = "rzzzzr".count("r") * 300 + 1 + 1
+            assert os.stat(out).st_blocks * 512 == data_pages * BLOCK  # holes already
+            done = finish_core(fd, streamed, StreamLimits())
+        finally:
+            os.close(fd)
+            os.close(r)
+            t.join(5)
+        assert done.sha256 == hashlib.sha256(data).hexdigest()
+        with open(out, "rb") as f:
+            assert f.read() == data
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_file_source_is_not_spliced_and_holes_are_made_inline(tmp_path):
+    import io
+
+    data = synthetic_core(2)
+    fd = os.open(tmp_path / "core", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        streamed = stream_core(io.BytesIO(data), fd, StreamLimits())
+        assert streamed.complete and not streamed.holes_pending and streamed.sha256 == ""
+        done = finish_core(fd, streamed, StreamLimits())
+    finally:
+        os.close(fd)
+    assert done.sha256 == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "core").read_bytes() == data
+
+
+def test_a_pipe_cut_mid_splice_ends_as_read_error_with_a_true_hash(tmp_path):
+    """The server's cut (a directory dup2'ed over the pipe's fd) makes splice fail with EINVAL:
+    the buffered path takes over, reads EISDIR, and the core is marked; its hash is right."""
+    first = os.urandom(2 << 20)
+    r, w = os.pipe()
+    os.write(w, first[: 1 << 16])
+    out = tmp_path / "core"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)  # write-only: finish reopens it to read
+    box = {}
+
+    def run() -> None:
+        box["result"] = copy_core(r, fd, StreamLimits(deadline=time.monotonic() + 30))
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 10
+    while os.stat(out).st_size < (1 << 16) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    placeholder = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    os.dup2(placeholder, r)  # what _CoreFd.cut does; the pipe's read end is now closed
+    try:
+        os.write(w, first[1 << 16:])
+    except BrokenPipeError:
+        pass
+    t.join(30)
+    os.close(fd)
+    os.close(w)
+    os.close(r)
+    os.close(placeholder)
+    result = box["result"]
+    assert not result.complete and result.reason == "read_error"
+    kept = out.read_bytes()
+    assert len(kept) == result.size >= 1 << 16 and first.startswith(kept)
+    assert result.sha256 == hashlib.sha256(kept).hexdigest()
+
+
+@pytest.mark.root
+def test_a_zstd_core_cut_by_the_floor_is_hashed_as_far_as_it_decompresses(private_tmpfs):
+    """A truncated frame (the free-space floor hit mid-write): finish_core hashes and counts
+    exactly what the file yields when decompressed, never a guess."""
+    st = os.statvfs(private_tmpfs)
+    free = st.f_bavail * st.f_frsize
+    data = os.urandom(6 << 20)  # incompressible: the frame grows as fast as the input
+    out = private_tmpfs / "core.zst"
+    limits = StreamLimits(keep_free_bytes=free - (2 << 20), compression="zstd", zstd_threads=0)
+    result = copy_via_pipe(data, str(out), limits)
+    assert not result.complete and result.reason == "keep_free"
+    got = bytearray()
+    with open(out, "rb") as f:
+        reader = zstandard.ZstdDecompressor().stream_reader(f)
+        try:
+            while chunk := reader.read(1 << 20):
+                got += chunk
+        except zstandard.ZstdError:
+            pass
+    assert 0 < len(got) == result.size < len(data) and data.startswith(bytes(got))
+    assert result.sha256 == hashlib.sha256(got).hexdigest()

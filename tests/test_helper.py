@@ -212,6 +212,21 @@ def test_silent_agent_makes_the_helper_spool(host):
     assert "no ACK from the agent: timed out" in (entry / "reason").read_text()
 
 
+def test_the_spool_splices_then_punches_the_zero_blocks_after_the_release(host):
+    """Agent unreachable: the helper splices the pipe into the spool, lets stdin go, then turns
+    the zero 4 KiB blocks into holes: the same bytes, less disk (spool_usage counts blocks)."""
+    zeros_between = os.urandom(4096) + bytes(2 << 20) + os.urandom(5000) + bytes(8192)
+    core = CORE + zeros_between  # ends in zeros, not on a block boundary before them
+    res = run_helper(host, core)
+    assert res.returncode == 0
+    (entry,) = spool_entries(host)
+    spooled = entry / "core"
+    assert spooled.read_bytes() == core
+    zero_bytes = (1 << 20) + (2 << 20) + 8192 - 4096  # whole zero blocks (some straddle data)
+    assert spooled.stat().st_blocks * 512 <= len(core) - zero_bytes + (64 << 10)
+    assert "result=spooled " in log_lines(host)[-1]
+
+
 def test_spool_limits_cut_or_skip_the_core(host):
     settings = settings_for(host, spool_max_bytes=1 << 20, spool_keep_free_bytes=0)
     write_config(settings)
@@ -339,6 +354,45 @@ def test_concurrency_is_bounded(host, serve):
     assert len(rec.seen) == 5
     assert rec.max_active == 2
     assert sorted(d[0] for _, d in rec.seen) == [0, 1, 2, 3, 4]
+
+
+def test_a_released_dump_frees_its_slot_while_it_finishes(host, serve):
+    """The handler lets go of the pipe once the core is in the file (release_now): the server
+    swaps the fd for a directory (the kernel would reap the process) and frees the dump slot,
+    so the next queued core is read while the first is still being hashed."""
+    from webhook.agent.release import release_now
+
+    gate = threading.Event()
+    seen: list[tuple[str, bool, str]] = []
+
+    def handler(request: Req, fd: int) -> ServerOutcome:
+        while os.read(fd, 1 << 20):
+            pass
+        released = release_now()
+        try:
+            os.read(fd, 1)
+            after = "still the pipe"
+        except IsADirectoryError:
+            after = "directory"
+        seen.append((request.argv[0], released, after))
+        gate.wait(30)  # "hashing": the slot must not be held through this
+        return ServerOutcome("written", "test", None, 0)
+
+    serve(settings_for(host, max_concurrent_dumps=1), handler)
+    procs = [subprocess.Popen([str(host / "coredump-helper"), str(4000 + i), *ARGV[1:]], stdin=subprocess.PIPE,
+                              cwd="/", env={}) for i in range(2)]
+    for p in procs:
+        p.stdin.write(b"core")
+        p.stdin.close()
+    try:
+        deadline = time.monotonic() + 15
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sorted(seen) == [("4000", True, "directory"), ("4001", True, "directory")]
+    finally:
+        gate.set()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 def test_garbage_from_a_client_does_not_hurt_the_server(host, serve):

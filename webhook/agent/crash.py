@@ -32,7 +32,9 @@ from webhook.agent.limits import RateLimiter
 from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.settings import AgentSettings
-from webhook.agent.stream import REASON_RLIMIT, StreamLimits, copy_core, parse_size
+from webhook.agent.finish import finish_core
+from webhook.agent.release import release_now
+from webhook.agent.stream import REASON_RLIMIT, StreamLimits, parse_size, stream_core
 from webhook.agent.writer import OutputFile, SafeRoot
 from webhook.pattern import CrashInfo, PatternError, expand, parse
 
@@ -499,7 +501,7 @@ class CrashProcessor:
                               zstd_threads=s.zstd_threads)
         try:
             out.chown(target.uid, target.gid)
-            result = copy_core(core, out.fd, limits)
+            result = stream_core(core, out.fd, limits)  # the only step that needs the pipe
         except BaseException:
             out.discard()
             raise
@@ -508,34 +510,19 @@ class CrashProcessor:
         commit_error = None
         if result.complete or result.size > 0:
             try:
-                final = out.commit(target.name, ext if result.complete else ext + constants.PARTIAL_SUFFIX)
+                # Named now (the binaries and the signature job need the name while the process
+                # is pinned); made durable after the release.
+                final = out.commit(target.name, ext if result.complete else ext + constants.PARTIAL_SUFFIX,
+                                   sync=False)
             except OSError as exc:
                 commit_error = f"{exc.strerror or exc}"
                 out.discard()
         else:
             out.discard()
-        disk_size = 0
-        file_id = None
-        if final:
-            try:
-                st = os.stat(final, dir_fd=dirfd, follow_symlinks=False)
-                disk_size, file_id = st.st_blocks * 512, (st.st_dev, st.st_ino)
-            except OSError:
-                pass
         host_dir = posixpath.join(target.root_path, target.directory.lstrip("/"))
         view_dir = target.directory if target.pod else host_dir  # the node location: the agent's path
         path = posixpath.join(view_dir, final) if final else None
         host_path = posixpath.join(host_dir, final) if final else None
-        if commit_error:
-            outcome, reason = "failed", f"commit_failed: {commit_error}"
-        elif result.complete:
-            outcome, reason = "written", fallback_reason or ident.reason
-        elif final:
-            outcome, reason = "partial", result.reason or "unknown"
-        else:
-            outcome, reason = "failed", f"{result.reason}: nothing captured"
-        if result.detail and outcome != "written":
-            reason = f"{reason} ({result.detail})"
         exe = proc.exe if proc else ""
         doc = meta.build(
             node=s.node_name, namespace=who.namespace, pod=who.pod, pod_uid=who.pod_uid, container=who.container,
@@ -544,7 +531,7 @@ class CrashProcessor:
             destination=target.destination, pid=request.pid, global_pid=request.global_pid, tid=request.tid,
             global_tid=request.global_tid, uid=request.uid, gid=request.gid, signal=request.signal, exe=exe,
             comm=request.comm, hostname=request.hostname, time=request.time, path=path or "", file=final or "",
-            size=result.size, stored_size=result.written, disk_size=disk_size, sha256=result.sha256,
+            size=result.size, stored_size=result.written, disk_size=0, sha256=None,
             compression=target.compression, truncated=not result.complete, reason=result.reason,
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
@@ -556,6 +543,38 @@ class CrashProcessor:
             doc["gcore_request"] = request.snapshot_id
         pinned = None if request.spooled else proc  # a spooled core's process is gone: no binaries of it
         sysroot = self._save_binaries(request, pinned, dirfd, final, doc, target)
+        job = self._signature_job(pinned, dirfd, final, final and final + constants.METADATA_SUFFIX, doc, target,
+                                  sysroot)
+
+        # --- the process is let go here (webhook/agent/release.py): the rest can wait ---------
+        release_now()
+        if final:
+            result = finish_core(out.fd, result, limits)  # sha256 from the page cache; holes
+            try:
+                out.sync()
+            except OSError as exc:
+                log.warning("could not fsync the core", extra={"path": path, "error": str(exc)})
+        disk_size = 0
+        file_id = None
+        if final:
+            try:
+                st = os.stat(final, dir_fd=dirfd, follow_symlinks=False)
+                disk_size, file_id = st.st_blocks * 512, (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        if commit_error:
+            outcome, reason = "failed", f"commit_failed: {commit_error}"
+        elif result.complete:
+            outcome, reason = "written", fallback_reason or ident.reason
+        elif final:
+            outcome, reason = "partial", result.reason or "unknown"
+        else:
+            outcome, reason = "failed", f"{result.reason}: nothing captured"
+        if result.detail and outcome != "written":
+            reason = f"{reason} ({result.detail})"
+        # Only now, with the hash computed (or known to be missing: null), is the metadata written.
+        doc.update(size=result.size, disk_size=disk_size, sha256=result.sha256 or None,
+                   truncated=not result.complete, truncated_reason=result.reason)
         metadata_path = None
         json_name = None
         if final:
@@ -565,10 +584,15 @@ class CrashProcessor:
                 metadata_path = posixpath.join(view_dir, json_name)
             except OSError as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
-        job = self._signature_job(pinned, dirfd, final, json_name, doc, target, sysroot)
+        if job is not None:
+            if json_name:
+                job.json_name = json_name
+            else:
+                job.close()
+                job = None
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
-            destination=target.destination, host_path=host_path, sha256=result.sha256,
+            destination=target.destination, host_path=host_path, sha256=result.sha256 or None,
             compression=target.compression, truncated=not result.complete, file_id=file_id,
             **self._who_fields(who))
         return outcome_obj, doc, job

@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from webhook.agent.release import releasing
 from webhook.agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class ServerMetrics:
             ["result"],
             **kw,
         )
-        self.dumps_in_progress = Gauge("coredump_agent_dumps_in_progress", "Cores being handled now.", **kw)
+        self.dumps_in_progress = Gauge("coredump_agent_dumps_in_progress",
+                                       "Cores being read now (until their process is released).", **kw)
         self.dumps_queued = Gauge(
             "coredump_agent_dumps_queued", "Cores received and waiting for a free slot (max_concurrent_dumps).", **kw
         )
@@ -151,12 +153,23 @@ class _CoreFd:
     def cut(self, placeholder: int, reason: str) -> bool:
         """Drop our reference to the core; the handler's next read fails (EISDIR)."""
         with self._lock:
-            if self._closed or self.cut_reason is not None or not self._still_ours():
+            if self._closed or self._placeholder is not None or not self._still_ours():
                 return False
             ph = os.fstat(placeholder)
             os.dup2(placeholder, self.fd, inheritable=False)
             self._placeholder = (ph.st_dev, ph.st_ino)
             self.cut_reason = reason
+            return True
+
+    def let_go(self, placeholder: int) -> bool:
+        """The handler has the whole core: drop the pipe now (the kernel reaps the process)
+        while the handler finishes (hash, metadata). Same swap as :meth:`cut`, no reason."""
+        with self._lock:
+            if self._closed or self._placeholder is not None or not self._still_ours():
+                return False
+            ph = os.fstat(placeholder)
+            os.dup2(placeholder, self.fd, inheritable=False)
+            self._placeholder = (ph.st_dev, ph.st_ino)
             return True
 
     def release(self) -> None:
@@ -380,11 +393,11 @@ class AgentServer:
                     return ServerOutcome(STOPPING, "agent stopped before this spooled core's turn")
                 return self._spool_at_stop(argv, core)
             self.metrics.dumps_in_progress.inc()
+            slot = _Once(lambda: (self.metrics.dumps_in_progress.dec(), self._slots.release()))
             try:
-                return self._run_with_deadline(request, core, argv, note)
+                return self._run_with_deadline(request, core, argv, note, slot)
             finally:
-                self.metrics.dumps_in_progress.dec()
-                self._slots.release()
+                slot()
         finally:
             core.release()  # closes now, or when a handler that overran finally returns
 
@@ -415,13 +428,22 @@ class AgentServer:
         log.warning("agent stopping: core spooled for the next agent", extra={"argv": argv, "entry": entry})
         return ServerOutcome("spooled", "agent stopped before this core's turn", path=entry)
 
-    def _run_with_deadline(self, request: Any, core: _CoreFd, argv: list[str], note: str) -> Any:
+    def _run_with_deadline(self, request: Any, core: _CoreFd, argv: list[str], note: str,
+                           slot: Callable[[], None] = lambda: None) -> Any:
         box: dict[str, Any] = {}
         done = threading.Event()
 
+        def let_go() -> bool:
+            """The handler has the core (webhook/agent/release.py): the process and the slot go."""
+            if not core.let_go(self._placeholder):
+                return False
+            slot()  # the next queued crash starts while this one is hashed
+            return True
+
         def work() -> None:
             try:
-                box["outcome"] = self.handler(request, core.fd)
+                with releasing(let_go):
+                    box["outcome"] = self.handler(request, core.fd)
             except BaseException as exc:  # the handler promises not to raise; be sure anyway
                 box["error"] = exc
             finally:
@@ -567,6 +589,20 @@ class AgentServer:
             _set_aside(path)
             return "failed"
         return "retry"
+
+
+class _Once:
+    """Calls ``fn`` the first time it is called, never again (thread-safe)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn: Callable[[], Any] | None = fn
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 def _is_complete_entry(spool: str, name: str) -> bool:

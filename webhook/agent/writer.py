@@ -202,7 +202,8 @@ class OutputFile:
         self.name = name
         #: chosen by the caller when it must record it first (inflight.py's journal)
         self.tmp_name = tmp_name or f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255]
-        self.fd = openat2(dirfd, self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+        # Read-write: a core is read back after its process is released (sha256, holes).
+        self.fd = openat2(dirfd, self.tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           mode, RESOLVE_NAME)
         self.final_name: str | None = None
 
@@ -226,13 +227,17 @@ class OutputFile:
         except OSError:
             pass  # root-squashed NFS and friends: the file is still written
 
-    def commit(self, name: str | None = None, ext: str = "") -> str:
+    def commit(self, name: str | None = None, ext: str = "", *, sync: bool = True) -> str:
         """fsync, then rename to ``name + ext`` or, when taken, ``name.1 + ext``, ``name.2 + ext``...
 
         ``name`` defaults to the requested name; ``ext`` (".zst", ".partial") stays last.
+        ``sync=False`` renames at once and keeps ``fd`` open: :meth:`sync` later makes it
+        durable (the crash path names the core while the process is pinned, and fsyncs it
+        after the release).
         """
         base = name or self.name
-        self._sync_close()
+        if sync:
+            self._sync_close()
         for n in range(MAX_SUFFIX + 1):
             candidate = (base if n == 0 else f"{base}.{n}") + ext
             try:
@@ -244,7 +249,8 @@ class OutputFile:
                     continue
                 raise
             self.final_name = candidate
-            self._sync_dir()
+            if sync:
+                self._sync_dir()
             return candidate
         raise OSError(errno.EEXIST, f"{base} and {MAX_SUFFIX} suffixed names all exist", base)
 
@@ -253,6 +259,17 @@ class OutputFile:
         self._sync_close()
         os.rename(self.tmp_name, self.name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
         self.final_name = self.name
+        self._sync_dir()
+
+    def sync(self) -> None:
+        """fsync and close the file (closed even when fsync fails), fsync its directory
+        (after ``commit(sync=False)``)."""
+        if self.fd >= 0:
+            try:
+                os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
         self._sync_dir()
 
     def _sync_close(self) -> None:

@@ -13,8 +13,9 @@
  * 1. HOSTDIR is the directory of argv[0] (the kernel passes the absolute path from the
  *    pattern), else of /proc/self/exe. Settings come from HOSTDIR/helper.conf ("key=value"
  *    lines written by the agent at install), so changing a timeout needs no recompilation.
- * 2. The stdin pipe is enlarged to 1 MiB (F_SETPIPE_SZ, best effort): the default 64 KiB
- *    pipe halves the throughput of large cores.
+ * 2. The stdin pipe is enlarged to 4 MiB, else 1 MiB (F_SETPIPE_SZ, best effort; the kernel runs
+ *    us with every capability, so fs.pipe-max-size need not bind us): the default 64 KiB pipe
+ *    halves the throughput of large cores, and the agent, which may not raise it, keeps ours.
  * 3. Protocol with the agent over HOSTDIR/agent.sock, a SOCK_SEQPACKET unix socket (message
  *    boundaries for free, so each step is exactly one message and a file descriptor travels
  *    with a known message; a closed peer reads as EOF):
@@ -26,11 +27,13 @@
  *    helper closes the socket (the agent then reads EOF instead of "FD" and drops the
  *    connection) and spools: the core is never read by two parties.
  * 4. Spool (agent unreachable, refused, or too slow to ACK): HOSTDIR/spool/NAME.tmp/ with
- *    "args" (argv[1..], each NUL-terminated), "core" (stdin, streamed with splice or large
+ *    "args" (argv[1..], each NUL-terminated), "core" (stdin, spliced pipe -> file, or large
  *    reads) and "reason" (one line), and, read while the process is still pinned, "cgroup",
  *    "environ" (its COREDUMP_* items), "exe" and "root" (link targets) so the agent can resolve
- *    the pod later; all fsynced, then renamed to HOSTDIR/spool/NAME (atomic;
- *    the agent only delivers complete names). NAME is "<epoch>-<%P>[-n]". The core is skipped
+ *    the pod later; all fsynced, then renamed to HOSTDIR/spool/NAME (atomic; the agent only
+ *    delivers complete names). Stdin is closed, releasing the crashing process, as soon as the
+ *    core is in the file: the zero 4 KiB blocks are punched out (holes) and the file fsynced
+ *    after that. NAME is "<epoch>-<%P>[-n]". The core is skipped
  *    (args and reason kept) when the spool already holds spool_max_bytes or the filesystem has
  *    less than spool_keep_free_bytes free, and cut at whichever limit is reached first.
  *
@@ -69,8 +72,11 @@
 #define LOG_NAME "helper.log"
 #define SPOOL_NAME "spool"
 
-#define PIPE_SIZE (1 << 20)
+#define PIPE_SIZE (4 << 20)
+#define PIPE_SIZE_FALLBACK (1 << 20)
 #define IO_CHUNK (1 << 20)
+#define SPLICE_MAX (16 << 20) /* one splice moves at most what the pipe holds */
+#define HOLE_BLOCK 4096
 #define MAX_MSG 8192
 
 struct config {
@@ -456,7 +462,8 @@ static long long copy_core(int out, long long limit, int *eof, int *err)
     *eof = 0;
     *err = 0;
     while (done < limit && !alarmed) {
-        size_t want = (size_t)((limit - done) < IO_CHUNK ? (limit - done) : IO_CHUNK);
+        long long chunk = use_splice ? SPLICE_MAX : IO_CHUNK;
+        size_t want = (size_t)((limit - done) < chunk ? (limit - done) : chunk);
         ssize_t n;
         if (use_splice) {
             n = splice(0, NULL, out, NULL, want, SPLICE_F_MOVE | SPLICE_F_MORE);
@@ -546,6 +553,39 @@ static void record_process(int entry, const char *pid)
     record_link(entry, "root", path);
 }
 
+static int all_zero(const char *p, size_t len)
+{
+    return p[0] == 0 && memcmp(p, p + 1, len - 1) == 0;
+}
+
+/* After the release: give the zero blocks of the spooled core back (holes; it reads the same).
+ * The core arrives with its zero pages as real bytes and splice never looked at them. */
+static void punch_zero_blocks(int fd, long long size)
+{
+    long long off = 0, run = -1;
+    int ok = 1;
+
+    while (off < size && ok && !alarmed) {
+        ssize_t n = pread(fd, io_buf, IO_CHUNK, off), i;
+        if (n <= 0)
+            break;
+        for (i = 0; i + HOLE_BLOCK <= n && ok; i += HOLE_BLOCK) {
+            if (all_zero(io_buf + i, HOLE_BLOCK)) {
+                if (run < 0)
+                    run = off + i;
+            } else if (run >= 0) {
+                ok = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, run, off + i - run) == 0;
+                run = -1;
+            }
+        }
+        off += n;
+        if (n % HOLE_BLOCK)
+            break; /* a partial last block stays data */
+    }
+    if (ok && run >= 0)
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, run, (off & ~(long long)(HOLE_BLOCK - 1)) - run);
+}
+
 /* Spool the core and its arguments for the agent to deliver later. */
 static void spool(int argc, char **argv, const char *why)
 {
@@ -615,12 +655,17 @@ static void spool(int argc, char **argv, const char *why)
                  why, used, cfg.spool_max_bytes, cfg.spool_keep_free_bytes);
         status = "spooled-without-core";
     } else {
-        core_fd = openat(entry, "core", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        core_fd = openat(entry, "core", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (core_fd < 0) {
             snprintf(reason, sizeof reason, "%s; core not spooled: %s", why, strerror(errno));
             status = "spooled-without-core";
         } else {
             written = copy_core(core_fd, budget, &eof, &err);
+            /* The core is in the page cache: release the crashing process before the rest. */
+            close(0);
+            arm(cfg.spool_timeout_ms); /* the holes and the fsync get their own bound */
+            punch_zero_blocks(core_fd, written);
+            alarmed = 0;
             if (fsync(core_fd) < 0 && !err)
                 err = errno;
             close(core_fd);
@@ -666,7 +711,9 @@ int main(int argc, char **argv)
 
     find_host_dir(argc > 0 ? argv[0] : NULL);
     read_config();
-    fcntl(0, F_SETPIPE_SZ, PIPE_SIZE); /* best effort: fails harmlessly when stdin is a file */
+    /* best effort: fails harmlessly when stdin is a file */
+    if (fcntl(0, F_SETPIPE_SZ, PIPE_SIZE) < 0)
+        fcntl(0, F_SETPIPE_SZ, PIPE_SIZE_FALLBACK);
 
     clean(pid, sizeof pid, argc > 1 ? argv[1] : "?");
     clean(comm, sizeof comm, argc > 13 ? argv[13] : (argc > 1 ? argv[argc - 1] : "?"));
