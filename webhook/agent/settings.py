@@ -89,6 +89,12 @@ class AgentSettings:
     save_binaries: bool = False
     #: Most bytes of executable and libraries saved per core (larger files are skipped).
     save_binaries_budget_bytes: int = 256 * 1024**2
+    #: While the crashing process is pinned, keep its executable and libraries once per ELF
+    #: build-id in the core's storage (``.symbols/buildid/<id>/executable``, debuginfod layout)
+    #: with ``<core>.sysroot/`` linking to them, so gdb finds them after the image is gone.
+    symbols: bool = True
+    #: Most bytes one build-id store (one core directory; per namespace in the node location) holds.
+    symbols_budget_bytes: int = 1024**3
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True

@@ -98,6 +98,8 @@ class CoreRecord:
     location: str = ""
     #: False when the metadata is there but the core file is not (deleted by hand).
     present: bool = True
+    #: "crash", or "snapshot" for a gcore of a live process (never grouped with crashes).
+    kind: str = "crash"
     #: The full metadata as read.
     metadata: dict = field(default_factory=dict, repr=False)
 
@@ -154,6 +156,7 @@ def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, na
         compression=str(meta.get("compression") or ""),
         stored_size=_num(meta.get("stored_size"), _num(meta.get("size"))),
         present=present,
+        kind="snapshot" if meta.get("gcore") or meta.get("snapshot") else "crash",
         metadata=meta,
     )
 
@@ -270,10 +273,13 @@ def newest_first(records: list[CoreRecord]) -> list[CoreRecord]:
 
 @dataclass
 class Group:
-    """All cores sharing one signature ("" = not computed yet: each such core is its own group)."""
+    """All cores sharing one signature ("" = not computed yet: each such core is its own group).
+
+    Snapshots (``coredump gcore``) form their own groups: a live process is not a crash."""
 
     signature: str
     records: list[CoreRecord]
+    kind: str = "crash"
 
     @property
     def count(self) -> int:
@@ -300,6 +306,7 @@ class Group:
     def as_dict(self) -> dict:
         return {
             "signature": self.signature,
+            "kind": self.kind,
             "count": self.count,
             "first_seen": self.first_seen,
             "last_seen": self.last.time,
@@ -311,14 +318,14 @@ class Group:
 
 def group_by_signature(records: list[CoreRecord]) -> list[Group]:
     """Groups, the most frequent first, then the most recent; cores newest first in each."""
-    buckets: dict[str, list[CoreRecord]] = {}
+    buckets: dict[tuple[str, str], list[CoreRecord]] = {}
     loose: list[Group] = []
     for rec in newest_first(records):
         if rec.signature:
-            buckets.setdefault(rec.signature, []).append(rec)
+            buckets.setdefault((rec.kind, rec.signature), []).append(rec)
         else:
-            loose.append(Group("", [rec]))
-    groups = [Group(sig, recs) for sig, recs in buckets.items()] + loose
+            loose.append(Group("", [rec], rec.kind))
+    groups = [Group(sig, recs, kind) for (kind, sig), recs in buckets.items()] + loose
     return sorted(groups, key=lambda g: (-g.count, -g.last.time))
 
 
@@ -373,7 +380,8 @@ def render_groups(groups: list[Group]) -> str:
     for g in groups:
         pods = g.pods
         shown = ", ".join(pods[:2]) + (f" +{len(pods) - 2}" if len(pods) > 2 else "")
-        rows.append([_short(g.signature), str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
+        sig = _short(g.signature) + (" (snapshot)" if g.kind == "snapshot" else "")
+        rows.append([sig, str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
     return _table(headers, rows)
 
 
