@@ -53,27 +53,68 @@ def run(server, tmp_path, *args):
     return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False)
 
 
-def test_debug_patches_waits_and_prints_the_attach_line(server, tmp_path, monkeypatch):
+def test_debug_opens_gdb_on_the_newest_core_as_its_owner(server, tmp_path, monkeypatch, container_fs, wrapper_bin):
+    root, cores = container_fs
     monkeypatch.setattr(eph, "unique_name", lambda pod, **kw: "coredump-debug-x7k2q")
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"), Recorded(200, "pod-web-debug-waiting.json"),
                  Recorded(200, "pod-web-debug-running.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
     monkeypatch.setattr("time.sleep", lambda s: None)
     res = run(server, tmp_path, "debug", POD, "-n", "shop")
     assert res.exit_code == 0, res.output
     assert f"kubectl --kubeconfig {tmp_path / 'kubeconfig'} attach -it -n shop {POD} -c coredump-debug-x7k2q" in res.output
     methods = [r["method"] for r in server.requests]
-    assert methods == ["GET", "PATCH", "GET", "GET"]
-    body = json.loads(server.requests[1]["body"])
-    assert body["spec"]["ephemeralContainers"][0]["volumeMounts"] == [{"name": "coredump-webhook-cores", "mountPath": "/data/dump-a"}]
+    assert methods == ["GET", "GET", "PATCH", "GET", "GET"]  # the pod, the listing (exec), the patch, the wait
+    body = json.loads(server.requests[2]["body"])
+    (ec,) = body["spec"]["ephemeralContainers"]
+    assert ec["volumeMounts"] == [{"name": "coredump-webhook-cores", "mountPath": "/data/dump-a"}]
+    # gdb on the newest core, as the core's owner (its metadata), restricted-compliant
+    assert ec["command"][:2] == ["sh", "-c"] and ec["command"][4] == "/" + str(cores["new"].relative_to(root))
+    assert ec["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True,
+                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                     "seccompProfile": {"type": "RuntimeDefault"}}
     assert server.requests[0]["headers"]["authorization"] == "Bearer alice-token"
 
 
-def test_debug_dry_run_from_file_calls_nothing(server, tmp_path):
-    res = run(server, tmp_path, "debug", "--dry-run", "-f", "tests/recorded/inspect/pod-eci-nas.json")
+def test_debug_a_crash_looping_pod_lets_the_container_pick_the_core(server, tmp_path, monkeypatch):
+    """Nothing to exec into: no listing, the container picks the newest core itself, the owner
+    comes from the container's securityContext."""
+    pod = json.loads((RECORDED / "pod-web.json").read_text())
+    pod["status"]["phase"] = "Running"
+    pod["spec"]["securityContext"] = {"runAsUser": 2000, "runAsGroup": 2000}
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1234}
+    monkeypatch.setattr(eph, "unique_name", lambda pod, **kw: "coredump-debug-x7k2q")
+    server.route("GET", POD_PATH, Recorded(200, pod), Recorded(200, "pod-web-debug-running.json"))
+    server.route("GET", POD_PATH + "/exec", Recorded(400, {"kind": "Status", "status": "Failure", "code": 400,
+                                                         "message": "container app is waiting (CrashLoopBackOff)"}))
+    server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    res = run(server, tmp_path, "debug", POD, "-n", "shop")
     assert res.exit_code == 0, res.output
-    body = json.loads(res.output)
+    assert "picked inside the debug container" in res.stderr
+    (ec,) = json.loads([r for r in server.requests if r["method"] == "PATCH"][0]["body"])["spec"]["ephemeralContainers"]
+    assert ec["command"][4] == ""  # the newest, chosen by the script
+    assert (ec["securityContext"]["runAsUser"], ec["securityContext"]["runAsGroup"]) == (1234, 2000)
+
+
+def test_debug_dry_run_from_file_calls_nothing(server, tmp_path):
+    res = run(server, tmp_path, "debug", "--dry-run", "-f", "tests/recorded/inspect/pod-eci-nas.json", "--uid", "7")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
     assert body["spec"]["ephemeralContainers"][0]["targetContainerName"] == "worker"
+    assert body["spec"]["ephemeralContainers"][0]["securityContext"]["runAsUser"] == 7
+    assert server.requests == []
+
+
+def test_debug_claim_dry_run_is_a_restricted_pod_on_the_claim(server, tmp_path):
+    res = run(server, tmp_path, "debug", "--claim", "cores-pvc", "-n", "shop", "--uid", "1000", "--gid", "1000",
+              "core.web.7", "--dry-run")
+    assert res.exit_code == 0, res.output
+    pod = json.loads(res.stdout)
+    (c,) = pod["spec"]["containers"]
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "cores-pvc", "readOnly": True}
+    assert c["command"][4] == "/cores/core.web.7" and c["securityContext"]["runAsNonRoot"] is True
     assert server.requests == []
 
 

@@ -20,8 +20,8 @@ import posixpath
 from dataclasses import dataclass
 
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
-from webhook.agent.mappings import MappedFile, close_all, open_mapped_files
-from webhook.agent.symbols import StoreSpec, keep_symbols
+from webhook.agent.mappings import MappedFile, close_all, interpreter_base, open_mapped_files
+from webhook.agent.symbols import StoreSpec, elf_facts, keep_symbols
 from webhook.agent.writer import RESOLVE_NAME, OutputFile, SafeRoot, openat2
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,22 @@ def save_binaries(files: list[MappedFile], dirfd: int, core_name: str, budget: i
             "binaries_bytes": budget - left}
 
 
+def mark_interpreter(files: list[MappedFile], base: int | None) -> None:
+    """Note on the dynamic linker's file the path the executable names it by (PT_INTERP): gdb
+    looks it up by that name (``/lib64/ld-linux-x86-64.so.2``), not by the mapped path."""
+    exe = next((f for f in files if f.is_exe and f.fd >= 0), None)
+    if exe is None or base is None:
+        return
+    interp = elf_facts(exe.fd).interp
+    if not interp or not interp.startswith("/"):
+        return
+    for f in files:
+        if f.start == base and not f.is_exe and f.fd >= 0:
+            if interp != f.path:
+                f.extra["interpreter"] = interp
+            return
+
+
 @dataclass(frozen=True)
 class KeepOptions:
     """What to keep for one crash (from the agent's settings and the crash's target)."""
@@ -186,6 +202,8 @@ def keep_binaries(global_pid: int, exe: str, dirfd: int, core_name: str, store_p
         return {"symbols_error": f"maps unreadable: {exc.strerror or exc}"}, []
     keys: dict = {}
     try:
+        if opts.symbols:
+            mark_interpreter(files, interpreter_base(global_pid, proc))
         links = root_links(global_pid, proc) if (opts.symbols or opts.save_binaries) else {}
         if opts.symbols:
             spec = StoreSpec(store_parent_fd, store_from_core_dir, opts.symbols_budget, uid=opts.uid, gid=opts.gid,

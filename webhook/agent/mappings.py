@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 
 #: Largest maps text read (a process can have very many mappings; the rest is ignored).
@@ -81,6 +82,8 @@ class MappedFile:
     build_id: str | None = None
     #: Why it could not be opened (fd is -1 then).
     error: str | None = None
+    #: Where its first mapping starts (0 for the executable's entry).
+    start: int = 0
     extra: dict = field(default_factory=dict)
 
     def close(self) -> None:
@@ -140,8 +143,32 @@ def open_mapped_files(global_pid: int, exe: str = "", *, proc: str = "/proc") ->
         if exe_key == (st.st_dev, st.st_ino):
             os.close(fd)  # the executable, already first
             continue
-        out.append(MappedFile(m.path, fd, size))
+        out.append(MappedFile(m.path, fd, size, start=m.start))
     return out
+
+
+#: auxv entry type of the dynamic linker's load address.
+AT_BASE = 7
+
+
+def interpreter_base(global_pid: int, proc: str = "/proc") -> int | None:
+    """AT_BASE from ``/proc/<pid>/auxv`` (written by the kernel at exec): where the dynamic
+    linker was loaded; None for a static executable or when unreadable."""
+    try:
+        with open(f"{proc}/{global_pid}/auxv", "rb") as f:
+            raw = f.read(1 << 14)
+    except OSError:
+        return None
+    word = 8 if len(raw) % 16 == 0 else 4
+    order = "little" if sys.byteorder == "little" else "big"
+    for i in range(0, len(raw) - 2 * word + 1, 2 * word):
+        kind = int.from_bytes(raw[i:i + word], order)
+        if kind == 0:
+            break
+        if kind == AT_BASE:
+            value = int.from_bytes(raw[i + word:i + 2 * word], order)
+            return value or None
+    return None
 
 
 def close_all(files: list[MappedFile]) -> None:

@@ -75,15 +75,26 @@ class _PreadFile(io.RawIOBase):
         return len(data)
 
 
-_cache: dict[tuple[int, int, int, int], str | None] = {}
+@dataclass(frozen=True)
+class ElfFacts:
+    """What the store and the sysroot need from one ELF file."""
+
+    build_id: str | None = None
+    #: DT_SONAME: the name the dynamic linker records (``libstdc++.so.6`` for ``...so.6.0.30``).
+    soname: str | None = None
+    #: PT_INTERP of an executable: the path its dynamic linker is recorded under.
+    interp: str | None = None
+
+
+_cache: dict[tuple[int, int, int, int], ElfFacts] = {}
 _cache_lock = threading.Lock()
 
 
-def build_id(fd: int) -> str | None:
-    """The GNU build-id (hex) of an ELF file open at ``fd``, None when it has none.
+def elf_facts(fd: int) -> ElfFacts:
+    """Build-id (PT_NOTE segments first: present in stripped files too; then note sections),
+    SONAME and interpreter of the ELF file open at ``fd``; empty when it is not ELF.
 
-    Read with pyelftools from the PT_NOTE segments (present in stripped files too), then the
-    note sections. Cached by (device, inode, size, mtime): a crash loop reads each file once.
+    Cached by (device, inode, size, mtime): a crash loop parses each file once.
     """
     st = os.fstat(fd)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -91,26 +102,37 @@ def build_id(fd: int) -> str | None:
         if key in _cache:
             return _cache[key]
     found: str | None = None
+    soname = interp = None
     try:
         elf = ELFFile(io.BufferedReader(_PreadFile(fd, st.st_size)))
         for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_NOTE":
+            kind = seg["p_type"]
+            if kind == "PT_NOTE" and not found:
                 found = _gnu_build_id(seg.iter_notes())
-                if found:
-                    break
+            elif kind == "PT_INTERP":
+                interp = seg.get_interp_name().strip("\0") or None
+            elif kind == "PT_DYNAMIC":
+                for tag in seg.iter_tags("DT_SONAME"):
+                    soname = str(tag.soname) or None
         if not found:
             for sec in elf.iter_sections():
                 if sec["sh_type"] == "SHT_NOTE":
                     found = _gnu_build_id(sec.iter_notes())
                     if found:
                         break
-    except (ELFError, ValueError, OSError, EOFError, KeyError):
-        found = None
+    except (ELFError, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError):
+        pass
+    facts = ElfFacts(found, soname if soname and "/" not in soname else None, interp)
     with _cache_lock:
         if len(_cache) >= _CACHE_MAX:
             _cache.pop(next(iter(_cache)))
-        _cache[key] = found
-    return found
+        _cache[key] = facts
+    return facts
+
+
+def build_id(fd: int) -> str | None:
+    """The GNU build-id (hex) of an ELF file open at ``fd``, None when it has none."""
+    return elf_facts(fd).build_id
 
 
 def _gnu_build_id(notes) -> str | None:
@@ -316,6 +338,18 @@ def _make_sysroot(core_dirfd: int, name: str, links: list[tuple[str, str]], root
         root.close()
 
 
+def link_names(f: MappedFile, facts: ElfFacts, files: list[MappedFile]) -> list[str]:
+    """The paths gdb may look ``f`` up by: its mapped path, the SONAME beside it (what the dynamic
+    linker records for ``libfoo.so.1 -> libfoo.so.1.2.3``), and for the dynamic linker itself the
+    executable's PT_INTERP (``/lib64/ld-linux-x86-64.so.2``)."""
+    names = [f.path]
+    if facts.soname and facts.soname != posixpath.basename(f.path):
+        names.append(posixpath.join(posixpath.dirname(f.path), facts.soname))
+    if f.extra.get("interpreter"):
+        names.append(f.extra["interpreter"])
+    return names
+
+
 def keep_symbols(files: list[MappedFile], core_dirfd: int, core_name: str, spec: StoreSpec,
                  root_links: dict[str, str]) -> dict:
     """Store the build-ids of ``files`` and make ``<core>.sysroot``; the metadata keys.
@@ -332,7 +366,8 @@ def keep_symbols(files: list[MappedFile], core_dirfd: int, core_name: str, spec:
             if f.fd < 0:
                 entry["stored"] = f.error or "unreadable"
             else:
-                f.build_id = f.build_id or build_id(f.fd)
+                facts = elf_facts(f.fd)
+                f.build_id = f.build_id or facts.build_id
                 if not f.build_id:
                     entry["stored"] = "no build-id"
                 else:
@@ -342,7 +377,7 @@ def keep_symbols(files: list[MappedFile], core_dirfd: int, core_name: str, spec:
                     except (OSError, CredentialsError) as exc:
                         entry["stored"] = f"failed: {getattr(exc, 'strerror', None) or exc}"
                     if entry["stored"] in ("stored", "present"):
-                        links.append((f.path, f.build_id))
+                        links += [(p, f.build_id) for p in link_names(f, facts, files)]
                     if f.is_exe:
                         exe_id = f.build_id
             entries.append(entry)

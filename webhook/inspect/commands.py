@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -309,67 +308,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
     click.echo(f"{res.path}: {res.size} bytes, sha256 {res.sha256} verified ({state})")
 
 
-# --- debug -----------------------------------------------------------------------------------
-
-
-@click.command("debug")
-@click.argument("pod", required=False)
-@kube_options
-@click.option("-c", "--container", default=None, help="the crashed container (default: the first target)")
-@click.option("--image", envvar=_env("debug_image"), default=DEFAULT_DEBUG_IMAGE, show_default=True,
-              help="debug image (needs gdb and a shell)")
-@click.option("--pull-policy", envvar=_env("debug_pull_policy"), default="IfNotPresent", show_default=True)
-@click.option("--dry-run", is_flag=True, help="print the PATCH body and call nothing")
-@click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="read the pod from this file (JSON or YAML) instead of the API")
-@click.option("--timeout", "wait_timeout", envvar=_env("debug_timeout"), type=float, default=120.0, show_default=True)
-def debug(pod, namespace, context, kubeconfig, container, image, pull_policy, dry_run, pod_file, wait_timeout):
-    """Add a debug container (gdb) next to POD's cores and attach to it."""
-    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=image, pull_policy=pull_policy, wait_timeout=wait_timeout)
-    try:
-        if pod_file:
-            with open(pod_file) as f:
-                obj = yaml.safe_load(f)
-            if not isinstance(obj, dict) or obj.get("kind", "Pod") != "Pod":
-                raise eph.InspectError(f"{pod_file} does not hold a Pod")
-            meta = obj.setdefault("metadata", {})
-            if pod and meta.get("name") and pod != meta["name"]:
-                raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
-            ns = namespace or meta.get("namespace") or _namespace(None, s)
-            meta.setdefault("namespace", ns)
-            name = meta.get("name") or pod
-        else:
-            if not pod:
-                raise eph.InspectError("POD is required (or -f POD_FILE)")
-            ns, name, obj = _namespace(namespace, s), pod, None
-        api = None
-        if obj is None:
-            from webhook.inspect import kube
-
-            api = _api(s)
-            obj = kube.read_pod(api, ns, name)
-        cname = eph.unique_name(obj)
-        ec = eph.debug_container(obj, image=s.debug_image, name=cname, container=container, pull_policy=s.pull_policy)
-        body = eph.ephemeral_patch(ec)
-        if dry_run:
-            click.echo(json.dumps(body, indent=2))
-            return
-        from webhook.inspect import kube
-
-        if api is None:
-            api = _api(s)
-        kube.patch_ephemeral(api, ns, name, body)
-        click.echo(f"debug container {cname} added to {ns}/{name}; waiting for it to run...", err=True)
-        kube.wait_ephemeral(api, ns, name, cname, timeout=s.wait_timeout)
-    except eph.InspectError as exc:
-        raise _fail(exc) from exc
-    loc = eph.core_location(obj, container)
-    line = eph.attach_command(ns, name, cname, context=s.context, kubeconfig=s.kubeconfig)
-    click.echo(f"cores are in {loc.directory} (also $COREDUMP_DIR); gdb /path/to/exe CORE", err=True)
-    kubectl = shutil.which("kubectl")
-    if sys.stdout.isatty() and sys.stdin.isatty() and kubectl:
-        os.execvp(kubectl, [kubectl, *line[1:]])
-    click.echo(" ".join(line))
+# --- debug: webhook/inspect/debug_command.py ------------------------------------------------
 
 
 # --- gcore -----------------------------------------------------------------------------------
