@@ -34,9 +34,10 @@ metadata:
     pod-security.kubernetes.io/audit: privileged
     pod-security.kubernetes.io/warn: privileged
 HEADER
-    # --skip-tests: the `helm test` pod is not part of an installation.
+    # --skip-tests: the `helm test` pod is not part of an installation; --include-crds: the
+    # CoreDump CRD (charts/coredump-webhook/crds/) comes first.
     HOME="$home" XDG_CACHE_HOME="$home/cache" XDG_CONFIG_HOME="$home/config" XDG_DATA_HOME="$home/data" \
-        "$helm" template "$RELEASE" charts/coredump-webhook --namespace "$NAMESPACE" --skip-tests
+        "$helm" template "$RELEASE" charts/coredump-webhook --namespace "$NAMESPACE" --skip-tests --include-crds
 } > "$out.tmp"
 mv -f "$out.tmp" "$out"
 echo "rendered $out" >&2

@@ -510,7 +510,8 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     # Agent: list/watch pods (its own node's, by field selector: RBAC cannot narrow it), post
     # CoreDumped Events; nothing else (see test_agent_rbac_is_what_the_agent_calls).
     assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
-        ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",))}
+        ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",)),
+        ("coredump-webhook.io", "coredumps", (), ("create", "update"))}
     assert "spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
     # Certificates: create the Secret (RBAC cannot name what does not exist yet), then only that
     # Secret and that webhook configuration by name.
@@ -519,7 +520,20 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "Role", f"{RELEASE}-certs-pre") == secret_rules
     assert _rules(objs, "ClusterRole", f"{RELEASE}-certs") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("get", "patch"))}
-    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {f"{RELEASE}-agent", f"{RELEASE}-certs"}
+    # The crash index: `view` reads CoreDumps, `edit` (and `admin`) may also delete them.
+    view, edit = one(objs, "ClusterRole", f"{RELEASE}-coredumps-view"), one(objs, "ClusterRole", f"{RELEASE}-coredumps-edit")
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-coredumps-view") == {
+        ("coredump-webhook.io", "coredumps", (), ("get", "list", "watch"))}
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-coredumps-edit") == {
+        ("coredump-webhook.io", "coredumps", (), ("delete", "deletecollection"))}
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+        aggregate + "view", aggregate + "edit", aggregate + "admin"}
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+        aggregate + "edit", aggregate + "admin"}
+    assert not find(objs, "ClusterRoleBinding", f"{RELEASE}-coredumps-view")  # aggregated, never bound
+    assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-coredumps-view", f"{RELEASE}-coredumps-edit"}
 
 
 #: kubernetes client method prefix -> RBAC verb.
@@ -546,8 +560,15 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
         tree = ast.parse(path.read_text())
         names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
             n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        assert names & api_classes <= {"CoreV1Api"}, (
+        assert names & api_classes <= {"CoreV1Api", "CustomObjectsApi"}, (
             f"{path.name} uses {names & api_classes}: teach this test its API group and update agent-rbac.yaml")
+        if "CustomObjectsApi" in names:  # the crash index (webhook/agent/index.py): CoreDumps only
+            assert "PLURAL = \"coredumps\"" in path.read_text() and "GROUP = \"coredump-webhook.io\"" in path.read_text()
+            for method, verb in (("create_namespaced_custom_object", "create"), ("replace_namespaced_custom_object", "update"),
+                                 ("patch_namespaced_custom_object", "patch"), ("get_namespaced_custom_object", "get"),
+                                 ("list_namespaced_custom_object", "list"), ("delete_namespaced_custom_object", "delete")):
+                if method in names:
+                    calls.add(("coredump-webhook.io", "coredumps", verb))
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -590,8 +611,10 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
         assert "spec.nodeName" in (REPO / "README.md").read_text()
     assert agent_daemonset(rendered["default"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     # Each API-using feature off drops its rule; both off: no ClusterRole and no token.
+    assert ("coredump-webhook.io", "coredumps", "create") in calls  # the crash index
     for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
-                              (["events=false", "watch_pods=false"], {"events", "pods"})):
+                              (["index=false"], {"coredumps"}),
+                              (["events=false", "watch_pods=false", "index=false"], {"events", "pods", "coredumps"})):
         args = [a for setting in settings for a in ("--set", f"agent.settings.{setting}")]
         objs = render(helm, helm_env, *args)
         left = {c for c in calls if c[1].split("/")[0] not in dropped}
@@ -1038,4 +1061,5 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]} == _agent_api_calls()
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page",
+        f"{RELEASE}-coredumps-view", f"{RELEASE}-coredumps-edit"}

@@ -16,10 +16,13 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
 from tests.process_support import wait_for
+from tests.inspect_apiserver import Echo, FakeApiServer
 from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
+from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from tests.test_agent_symbols import APP_GID, APP_UID, _app_dir, crash_as_app, shared_dir  # noqa: F401
 from webhook import constants
+from webhook.agent import index as idx
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.metrics import AgentMetrics
@@ -137,9 +140,10 @@ def _doc(path: Path, key: str) -> dict:
 
 
 @pytest.mark.kernel
-def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env, k8s_cgroup, shared_dir):
+def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env, k8s_cgroup, shared_dir, validate):
     """Default settings: an assert and a null dereference, each twice; then gdb, run the way the
-    debug container runs it, as the core's owner, after the programs are gone."""
+    debug container runs it, as the core's owner, after the programs are gone. The CoreDumps the
+    agent writes for them (to the fake API server) validate against the CRD."""
     gdb = which_or_fail("gdb")
     host, settings, serve = agent_env
     pod_uid, _cid, cgroup = k8s_cgroup
@@ -148,7 +152,11 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
         exe.chmod(0o755)
     dump = _app_dir(shared_dir / "dump")
     s = settings(node_name="node-1", keep_free_bytes=0, rate_limit_count=10)
-    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
+    api = FakeApiServer()
+    api.__enter__()
+    api.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
+    writer = idx.IndexWriter(idx.CustomObjectsEdge(api.api()))
+    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False, index=writer,
                                metrics=AgentMetrics(CollectorRegistry()))
     serve(s, processor.handle)
     install.install(s)
@@ -162,6 +170,15 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     assert sampler[0]["signature_frames"][:3] == ["store_reading", "handle_sample", "main"], sampler[0]["backtrace"]
     assert checker[0]["signature"] == checker[1]["signature"] and sampler[0]["signature"] == sampler[1]["signature"]
     assert checker[0]["signature"] != sampler[0]["signature"]
+    # the crash index: one CoreDump per core, with the frames, valid against the CRD
+    assert writer.flush(30)
+    written = [json.loads(r["body"]) for r in api.requests if r["method"] == "POST"]
+    api.__exit__(None, None, None)
+    assert len(written) == 4 and all(w["metadata"]["namespace"] == "shop" for w in written)
+    for body in written:
+        validate(body)
+    assert {tuple(w["spec"]["topFrames"][:2]) for w in written} == {("check_order", "main"),
+                                                                    ("store_reading", "handle_sample")}
     # binaries stored once: one file per build-id, the second crash of each found them there
     store = dump / ".symbols" / "buildid"
     stored = list(store.glob("*/executable"))

@@ -193,9 +193,9 @@ class CrashProcessor:
                  clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
-                 proc: str = "/proc", signatures: Any = None) -> None:
-        """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
-        settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
+                 proc: str = "/proc", signatures: Any = None, index: Any = None) -> None:
+        """``events``/``notifier``/``index``: objects with ``submit(dict)``; None builds them from
+        the settings (``events``, ``notify_url``, ``index``: the CoreDump writer), False disables them. ``pod_lookup(pod_uid)``
         is the pod watch's cache (image, labels, owner); it must not block."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
@@ -212,8 +212,13 @@ class CrashProcessor:
             from webhook.agent.notify import make_notifier
 
             notifier = make_notifier(settings.notify_url, settings.notify_format)
+        if index is None:
+            from webhook.agent.index import make_index_writer
+
+            index = make_index_writer(settings)
         self.events = events or None
         self.notifier = notifier or None
+        self.index = index or None
         self.node_pattern = parse(settings.node_core_name)
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
         # settings, False disables it; a crash's job goes to it once _report has the summary.
@@ -577,12 +582,16 @@ class CrashProcessor:
             return
         if job is not None:
             job.close()
-        for sink in (self.events, self.notifier):
-            if sink is not None and outcome.outcome in ("written", "partial", "failed"):
+        for sink in self._sinks():
+            if outcome.outcome in ("written", "partial", "failed"):
                 try:
                     sink.submit(summary)
                 except Exception:  # noqa: BLE001
                     log.exception("could not queue a crash notification")
+
+    def _sinks(self) -> list:
+        """Where a crash summary goes once complete: the Event, the notification, the index."""
+        return [x for x in (self.events, self.notifier, self.index) if x is not None]
 
     # --- saved binaries, signatures (webhook/agent/analysis.py) -------------------------------
     def _make_signatures(self, given: Any) -> Any:
@@ -596,7 +605,7 @@ class CrashProcessor:
         from webhook.agent.analysis import SignatureWorker
 
         s = self.settings
-        return SignatureWorker(lambda: [x for x in (self.events, self.notifier) if x is not None],
+        return SignatureWorker(self._sinks,
                                timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))

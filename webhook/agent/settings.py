@@ -95,6 +95,16 @@ class AgentSettings:
     symbols: bool = True
     #: Most bytes one build-id store (one core directory; per namespace in the node location) holds.
     symbols_budget_bytes: int = 1024**3
+    #: Write the crash index: one CoreDump (coredump-webhook.io) per core in the pod's namespace,
+    #: off the crash path (queued, batched, rate limited, retried); needs the CRD installed.
+    index: bool = True
+    #: CoreDumps created per signature and workload (per node); further crashes of it only
+    #: update the count on the last one.
+    index_keep_per_signature: int = 5
+    #: Most CoreDump writes per second from this node (a crash storm cannot flood the API server).
+    index_writes_per_second: float = 5.0
+    #: Crashes waiting for their CoreDump at most; beyond, one is dropped (logged, counted).
+    index_queue_size: int = 1024
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True

@@ -41,7 +41,13 @@
 
 {{/* "true" when the agent calls the Kubernetes API at all (then it gets a ClusterRole and a token). */}}
 {{- define "coredump-webhook.agentUsesApi" -}}
-{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentIndex" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent writes the crash index (agent.settings.index, the agent's default
+     true), empty otherwise: only then may it create/update CoreDumps. */}}
+{{- define "coredump-webhook.agentIndex" -}}
+{{- if or (not (hasKey .Values.agent.settings "index")) .Values.agent.settings.index }}true{{ end }}
 {{- end }}
 
 {{/* The read-only cores page (agent.page): its DaemonSet, ServiceAccount and Service. */}}
