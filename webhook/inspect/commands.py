@@ -234,12 +234,19 @@ def claim_records(api, namespace: str, claim: str, reader: str) -> tuple[list[Co
 @click.option("--claim", default=None, help="list cores on a PVC (pod gone) through a short-lived reader pod")
 @click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
 @click.option("--reader-uid", envvar=_env("reader_uid"), type=int, default=None, help="runAsUser of the reader pod")
-def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid):
-    """List cores of the pods you can see, newest first."""
+@click.option("--from-pods", is_flag=True, help="read each pod's core directory (exec) instead of the CoreDump index")
+def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid,
+               from_pods):
+    """List cores of the pods you can see, newest first (from the CoreDump index: one API call)."""
     s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image, reader_uid=reader_uid)
     try:
         api = _api(s)
-        if claim:
+        records = None
+        if not claim and not from_pods:
+            records, warnings = _from_index(api, s, pod, namespace, all_ns)
+        if records is not None:
+            pass
+        elif claim:
             ns = _namespace(namespace, s)
             reader, cleanup = _with_reader(api, s, ns, claim)
             try:
@@ -258,19 +265,33 @@ def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, g
     click.echo(render(records, output, group=group))
 
 
+def _from_index(api, s: InspectSettings, pod: str | None, namespace: str | None,
+                all_ns: bool) -> tuple[list[CoreRecord] | None, list[str]]:
+    """The index's records, or (None, []) when it is not installed (then the pods are read)."""
+    from webhook.inspect import index_view, kube
+
+    try:
+        return index_view.read_index(api, None if all_ns else _namespace(namespace, s), pod=pod)
+    except kube.NotFound:
+        _warn("the CoreDump index is not installed (no coredumps.coredump-webhook.io CRD): reading each pod")
+        return None, []
+
+
 # --- get -------------------------------------------------------------------------------------
 
 
 @click.command("get")
 @click.argument("pod")
-@click.argument("core")
+@click.argument("core", required=False)
 @kube_options
 @click.option("-c", "--container", default=None)
 @click.option("-o", "--output-file", "output", default=None, help="where to save (default: the core's name)")
 @click.option("--claim", default=None, help="POD is then a label only: fetch from this PVC through a reader pod")
 @click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
 def get_core(pod, core, namespace, context, kubeconfig, container, output, claim, reader_image):
-    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256."""
+    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256.
+
+    With one argument it is a CoreDump's name (`coredump list -o wide`): its pod and core."""
     from webhook.inspect import download as dl
     from webhook.inspect import kube
 
@@ -279,6 +300,11 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
     try:
         api = _api(s)
         ns = _namespace(namespace, s)
+        if not core:  # a CoreDump's name
+            spec = kube.read_coredump(api, ns, pod).get("spec") or {}
+            pod, core = str(spec.get("pod") or ""), str((spec.get("location") or {}).get("path") or "")
+            if not pod or not core:
+                raise eph.InspectError(f"CoreDump {ns}/{pod} names no pod or core path")
         if claim:
             reader, cleanup = _with_reader(api, s, ns, claim)
             records, _ = claim_records(api, ns, claim, reader)

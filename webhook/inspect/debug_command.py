@@ -52,7 +52,7 @@ def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: Ins
 def choose_core(records: list[CoreRecord], core: str | None) -> CoreRecord | None:
     """The record for ``core`` (name, path or sha256 prefix), else the newest present one."""
     if core:
-        return find_record(records, core)
+        return next((r for r in records if r.coredump == core), None) or find_record(records, core)
     present = [r for r in newest_first(records) if r.present]
     return present[0] if present else None
 
@@ -69,6 +69,44 @@ def owner(record: CoreRecord | None, pod: dict, container: str, uid: int | None,
         uid = puid if uid is None else uid
         gid = pgid if gid is None else gid
     return uid, gid
+
+
+def _pod_or_coredump(api, ns: str, name: str, core: str | None) -> tuple[str, str | None, dict]:
+    """NAME is a pod, else a CoreDump (then its pod and its core); the pod itself is read."""
+    from webhook.inspect import kube
+
+    try:
+        return name, core, kube.read_pod(api, ns, name)
+    except kube.NotFound:
+        if core:
+            raise
+        try:
+            cd = kube.read_coredump(api, ns, name)
+        except kube.KubeError:
+            raise kube.NotFound(f"pod {ns}/{name} not found (nor a CoreDump of that name)", 404, "NotFound") from None
+    spec = cd.get("spec") or {}
+    pod, path = str(spec.get("pod") or ""), str((spec.get("location") or {}).get("path") or "")
+    try:
+        return pod, path or None, kube.read_pod(api, ns, pod)
+    except kube.NotFound:
+        raise eph.InspectError(f"CoreDump {ns}/{name}: its pod {pod} is gone; if its cores are on a claim, use "
+                               f"`coredump debug --claim CLAIM {path.rsplit('/', 1)[-1]}`") from None
+
+
+def _records(api, pod: dict, ns: str, name: str, container: str) -> tuple[list[CoreRecord], list[str]]:
+    """The pod's cores: from the CoreDump index (one call, also in a crash loop), else by exec."""
+    from webhook.inspect import index_view, kube
+
+    try:
+        records, warnings = index_view.read_index(api, ns, pod=name)
+        if records:
+            return records, warnings
+    except kube.KubeError:
+        pass  # no index (or no right to read it): the pod itself
+    try:
+        return cores_of_pod(api, pod, container)
+    except kube.KubeError as exc:  # e.g. nothing to exec into: the container picks
+        return [], [str(exc)]
 
 
 def _attach(line: list[str]) -> None:
@@ -112,14 +150,11 @@ def debug(pod, core, namespace, context, kubeconfig, container, image, pull_poli
                 raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
             ns, name = _namespace(namespace, s), pod
             api = _api(s)
-            obj = kube.read_pod(api, ns, name)
+            name, core, obj = _pod_or_coredump(api, ns, name, core)
         loc = eph.core_location(obj, container)
         record = None
         if api is not None and not shell:
-            try:
-                records, warnings = cores_of_pod(api, obj, loc.container)
-            except kube.KubeError as exc:  # e.g. nothing to exec into: the container picks
-                records, warnings = [], [str(exc)]
+            records, warnings = _records(api, obj, ns, name, loc.container)
             record = choose_core(records, core)
             if record is None and core and records:
                 raise eph.InspectError(f"no core {core!r} in {ns}/{name} (see `coredump list {name}`)")

@@ -100,6 +100,10 @@ class CoreRecord:
     present: bool = True
     #: "crash", or "snapshot" for a gcore of a live process (never grouped with crashes).
     kind: str = "crash"
+    #: Crashes this record stands for (a CoreDump whose signature reached its quota counts the rest).
+    count: int = 1
+    #: The CoreDump's name when the record came from the index.
+    coredump: str = ""
     #: The full metadata as read.
     metadata: dict = field(default_factory=dict, repr=False)
 
@@ -283,7 +287,7 @@ class Group:
 
     @property
     def count(self) -> int:
-        return len(self.records)
+        return sum(max(1, r.count) for r in self.records)
 
     @property
     def last(self) -> CoreRecord:
@@ -360,16 +364,19 @@ def render_table(records: list[CoreRecord], *, wide: bool = False) -> str:
     counts: dict[str, int] = {}
     for r in records:
         if r.signature:
-            counts[r.signature] = counts.get(r.signature, 0) + 1
+            counts[r.signature] = counts.get(r.signature, 0) + max(1, r.count)
     headers = ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
+    named = wide and any(r.coredump for r in records)
     if wide:
-        headers += ["COUNT", "NODE", "TOP FRAME"]
+        headers += ["COUNT", "NODE", "TOP FRAME"] + (["COREDUMP"] if named else [])
     rows = []
     for r in records:
         row = [r.namespace, r.pod, r.container, _when(r.time), r.signal_name or "-", _size(r), _short(r.signature), r.path]
         if wide:
             top = Group(r.signature, [r]).top_frames(1)
             row += [str(counts.get(r.signature, 1)), r.node or "-", top[0] if top else "-"]
+            if named:
+                row.append(r.coredump or "-")
         rows.append(row)
     return _table(headers, rows)
 
