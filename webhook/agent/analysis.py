@@ -184,8 +184,13 @@ class SignatureWorker(QueueWorker):
     """One thread running gdb over cores, one at a time; ``submit`` never blocks."""
 
     def __init__(self, sinks: Callable[[], list[Any]], *, gdb: str = "gdb", timeout: float = 120.0,
-                 event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "") -> None:
+                 event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "",
+                 retention: tuple[int, int] = (0, 0), on_pruned: Callable[[dict], Any] | None = None) -> None:
+        """``retention``: (keep_first, keep_latest) per signature in the core's directory
+        (webhook/agent/retention.py); ``on_pruned(doc)`` hears of each core deleted."""
         self.sinks = sinks
+        self.retention = retention
+        self.on_pruned = on_pruned
         self.no_sysroot = no_sysroot
         self.gdb = gdb
         self.timeout = timeout
@@ -252,6 +257,8 @@ class SignatureWorker(QueueWorker):
         except (OSError, CredentialsError) as exc:
             log.warning("could not update the metadata with the signature",
                         extra={"core": job.core_name, "error": str(exc)})
+        if "signature" in found and sum(self.retention) > 0:
+            self._retain(job, found)
         if "signature" in found:
             self.done += 1
             log.info("crash signature", extra={"core": job.doc.get("path"), "signature": found["signature"],
@@ -262,6 +269,23 @@ class SignatureWorker(QueueWorker):
             log.warning("no crash signature", extra={"core": job.doc.get("path"),
                                                     "error": found.get("signature_error")})
         self._send(job, {k: found[k] for k in ("signature", "signature_frames", "backtrace") if k in found})
+
+    def _retain(self, job: SignatureJob, found: dict) -> None:
+        from webhook.agent.retention import prune
+
+        kind = "snapshot" if job.doc.get("gcore") else "crash"
+        try:
+            with as_process_credentials(job.creds):
+                gone = prune(job.dirfd, found["signature"], kind, *self.retention)
+        except (OSError, CredentialsError) as exc:
+            log.warning("retention failed", extra={"core": job.core_name, "error": str(exc)})
+            return
+        for doc in gone:
+            if self.on_pruned is not None:
+                try:
+                    self.on_pruned(doc)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not report a pruned core")
 
     def flush(self, timeout: float = 60.0) -> bool:
         return super().flush(timeout)

@@ -608,7 +608,9 @@ class CrashProcessor:
         return SignatureWorker(self._sinks,
                                timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                                maxsize=s.signature_queue_size,
-                               no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"))
+                               no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"),
+                               retention=(s.retention_keep_first, s.retention_keep_latest),
+                               on_pruned=self.index.mark_pruned if self.index is not None else None)
 
     def _keep_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
                        doc: dict, target: _Target) -> tuple[list, dict]:

@@ -213,7 +213,7 @@ class _Record:
 
 @dataclass
 class _Job:
-    kind: str  # "create" or "count"
+    kind: str  # "create", "count" or "state"
     key: tuple
     body: dict | None = None
     attempts: int = 0
@@ -237,6 +237,8 @@ class IndexWriter:
         self.created = self.updated = self.failed = self.dropped = self.skipped = 0
         self.writes: list[tuple[str, str, str]] = []  # (verb, namespace, name): tests, debugging
         self._records: dict[tuple, _Record] = {}
+        #: (namespace, name) -> the last body written, as the server answered it (bounded).
+        self._written: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue(maxsize=maxsize)
         self._ready: list[_Job] = []
@@ -254,18 +256,34 @@ class IndexWriter:
         if body is None:
             self.skipped += 1
             return False
+        return self._put(("crash", body), summary)
+
+    def mark_pruned(self, doc: dict) -> bool:
+        """A core was deleted by retention: its CoreDump (if this agent wrote it) says ``Pruned``."""
+        if verified_namespace(doc) is None:
+            return False
+        return self._put(("pruned", (str(doc["namespace"]), coredump_name(doc))), doc)
+
+    def _put(self, item: tuple, summary: dict) -> bool:
         try:
             self._idle.clear()
-            self._inbox.put_nowait(body)
+            self._inbox.put_nowait(item)
             return True
         except queue.Full:
             self.dropped += 1
-            log.warning("index queue full: no CoreDump for this core", extra={"pod": summary.get("pod")})
+            log.warning("index queue full: a CoreDump write dropped", extra={"pod": summary.get("pod")})
             return False
 
     # --- the thread ------------------------------------------------------------------------
-    def _plan(self, body: dict) -> None:
-        """A new crash: a create while the key's quota lasts, else one more on the last record."""
+    def _plan(self, item: tuple) -> None:
+        """A new crash: a create while the key's quota lasts, else one more on the last record.
+        A pruned core: its record's state, when this agent wrote it (it never reads records)."""
+        what, body = item
+        if what == "pruned":
+            known = self._written.get(body)
+            if known is not None:
+                self._ready.append(_Job("state", body, _with_state(known, "Pruned", self.clock())))
+            return
         key = quota_key(body)
         with self._lock:
             rec = self._records.get(key)
@@ -332,7 +350,31 @@ class IndexWriter:
         self.failed += 1
         log.warning("CoreDump not written", extra={"error": str(exc), "attempts": job.attempts})
 
+    def _remember(self, body: dict | None) -> None:
+        if body is None:
+            return
+        meta = body["metadata"]
+        self._written[(meta.get("namespace", ""), meta.get("name", ""))] = body
+        while len(self._written) > 4096:
+            self._written.pop(next(iter(self._written)))
+
     def _write(self, job: _Job) -> None:
+        if job.kind == "state":
+            assert job.body is not None
+            meta = job.body["metadata"]
+            try:
+                answer = self.edge.replace(meta["namespace"], meta["name"], job.body)
+            except ApiFailure as exc:
+                if exc.status in (404, 409):  # deleted or changed meanwhile: nothing to say
+                    return
+                raise
+            self.writes.append(("update", meta["namespace"], meta["name"]))
+            self.updated += 1
+            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
+            for rec in self._records.values():  # the quota's last record: keep its version current
+                if rec.body["metadata"].get("name") == meta["name"] and isinstance(answer, dict):
+                    rec.body = answer
+            return
         if job.kind == "create":
             assert job.body is not None
             meta = job.body["metadata"]
@@ -344,6 +386,7 @@ class IndexWriter:
                 answer = None
             self.writes.append(("create", meta["namespace"], meta["name"]))
             self.created += 1
+            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
             with self._lock:
                 rec = self._records.get(job.key)
                 if rec is not None and rec.body is job.body and answer:
@@ -375,6 +418,7 @@ class IndexWriter:
             return
         self.writes.append(("update", meta["namespace"], meta["name"]))
         self.updated += 1
+        self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
         with self._lock:
             rec.body = answer if isinstance(answer, dict) and answer.get("metadata") else body
 
@@ -396,6 +440,10 @@ def _without_version(body: dict) -> dict:
     out = {**body, "metadata": {k: v for k, v in body["metadata"].items()
                                 if k in ("name", "namespace", "labels", "annotations")}}
     return out
+
+
+def _with_state(body: dict, state: str, now: float) -> dict:
+    return {**body, "status": {**(body.get("status") or {}), "state": state, "lastSeen": iso_time(now)}}
 
 
 def _counted(body: dict, more: int, now: float) -> dict:

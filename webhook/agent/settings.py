@@ -105,6 +105,11 @@ class AgentSettings:
     index_writes_per_second: float = 5.0
     #: Crashes waiting for their CoreDump at most; beyond, one is dropped (logged, counted).
     index_queue_size: int = 1024
+    #: Retention per signature in a core directory (pod volumes too): once a core has its
+    #: signature, keep the first N and the latest M cores of that signature there and delete the
+    #: others with their metadata and sysroot (the index keeps counting). 0 and 0 keep everything.
+    retention_keep_first: int = 3
+    retention_keep_latest: int = 5
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True
