@@ -63,6 +63,21 @@ class Echo:
         return (201 if req["method"] == "POST" else 200), json.dumps(body).encode()
 
 
+class ByToken:
+    """Answers that depend on the caller's bearer token (RBAC): ``{token: response}``; other
+    tokens get ``default`` (a 401 Status unless given)."""
+
+    def __init__(self, answers: dict, default=None) -> None:
+        self.answers = answers
+        self.default = default or Recorded(401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+
+    def pick(self, req: dict):
+        auth = req["headers"].get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        return self.answers.get(token, self.default)
+
+
 #: What a distroless or scratch image lacks: no shell, no coreutils, no busybox.
 DISTROLESS = ("sh", "bash", "ash", "dash", "busybox", "find", "cat", "tail")
 
@@ -128,6 +143,8 @@ class FakeApiServer:
                                                 "reason": "NotFound", "details": {}, "code": 404}).encode())
                     return
                 resp = queue.pop(0) if len(queue) > 1 else queue[0]
+                if isinstance(resp, ByToken):
+                    resp = resp.pick(req)
                 if isinstance(resp, Exec):
                     self._exec(resp, req)
                 elif isinstance(resp, Echo):

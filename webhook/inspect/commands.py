@@ -464,15 +464,17 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
               type=click.IntRange(min=1), help="threads per worker (each download holds one)")
 @click.option("--log-level", envvar=_env("page_log_level"), default="info", show_default=True, show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level):
+@click.option("--index", "index", is_flag=True, envvar=_env("page_index"), show_envvar=True,
+              help="list the cluster's CoreDump index with each user's own token (in-cluster)")
+def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level, index):
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook.inspect import page_server
     from webhook import logs
     from webhook.server.tls import CertLoadError
 
     settings = page_server.PageSettings(
-        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth,
-        workers=workers, threads=threads, log_level=log_level.lower())
+        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth and not index,
+        workers=workers, threads=threads, log_level=log_level.lower(), index=index)
     try:
         settings.host_port()
     except ValueError as exc:
