@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "pull-secrets": ["--set", "registry.readPullSecrets=true"],
     "page": ["--set", "agent.page.enabled=true", "--set", "agent.page.service.enabled=true",
              "--set", "agent.page.tls.secretName=coredump-page-tls"],
+    "index-page": ["--set", "indexPage.enabled=true", "--set", "indexPage.tls.secretName=coredump-index-tls"],
 }
 
 
@@ -1063,3 +1064,35 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
         f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page",
         f"{RELEASE}-coredumps-view", f"{RELEASE}-coredumps-edit"}
+
+
+def test_index_page_is_one_restricted_deployment_with_no_rights_but_token_review(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """indexPage: the Dashboard model. Its account may only review tokens; users' own tokens list
+    CoreDumps and download cores. Off by default."""
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+
+    assert find(rendered["default"], "Deployment", f"{RELEASE}-index-page") == []
+    objs = rendered["index-page"]
+    name = f"{RELEASE}-index-page"
+    assert _rules(objs, "ClusterRole", name) == {("authentication.k8s.io", "tokenreviews", (), ("create",))}
+    binding = one(objs, "ClusterRoleBinding", name)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+    deploy = one(objs, "Deployment", name)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["args"] == ["page", "--index"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert "hostPath" not in json.dumps(pod) and "hostPID" not in pod
+    env = env_of(c)
+    assert env["COREDUMP_PAGE_CERT_DIR"] == "/etc/coredump-page/tls"
+    help_text = CliRunner().invoke(main, ["page", "--help"]).output
+    assert "--index" in help_text and all(k in help_text for k in env)  # every env var is a real option
+    svc = one(objs, "Service", name)
+    assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["targetPort"] == "page"
