@@ -7,7 +7,9 @@ CoreDumps with N objects across P pods and S namespaces (built by the agent's ow
 - ``raw``: one ``GET /apis/coredump-webhook.io/v1alpha1/coredumps`` with the kubernetes client,
   the JSON parsed, as ``kubectl get coredumps -A -o json`` does;
 - ``list``: ``coredump list -A`` (table);
-- ``group``: ``coredump list -A --group``.
+- ``group``: ``coredump list -A --group``;
+- ``page``: the cluster page (``coredump page --index``'s app) rendering ``/`` for a user who may
+  list them all: every signature and every core, one request.
 
 Prints wall time (median of --repeat) and peak RSS of each, and the ratios to ``raw``.
 
@@ -43,6 +45,21 @@ config.load_kube_config(config_file=sys.argv[1])
 resp = client.CustomObjectsApi().list_cluster_custom_object("coredump-webhook.io", "v1alpha1", "coredumps",
                                                             _preload_content=False)
 print(len(json.loads(resp.data)["items"]))
+"""
+
+
+PAGE = """
+import sys
+from kubernetes import client
+from webhook.inspect.index_page import create_index_page_app
+def api_for(token):
+    cfg = client.Configuration()
+    cfg.host = sys.argv[1]
+    cfg.api_key = {"authorization": "Bearer " + token}
+    return client.ApiClient(cfg)
+resp = create_index_page_app(api_for).test_client().get("/", headers={"Authorization": "Bearer admin"})
+assert resp.status_code == 200, resp.status_code
+print(resp.data.count(b'class="core"'))
 """
 
 
@@ -106,6 +123,7 @@ def main() -> None:
             "raw": [str(PYTHON), "-c", RAW, str(kc)],
             "list": [str(COREDUMP), "list", "-A", "--kubeconfig", str(kc)],
             "group": [str(COREDUMP), "list", "-A", "--group", "--kubeconfig", str(kc)],
+            "page": [str(PYTHON), "-c", PAGE, server.url],
         }
         results: dict[str, tuple[float, int]] = {}
         for name, cmd in cases.items():
@@ -116,6 +134,8 @@ def main() -> None:
                 assert int(out.strip()) == args.items, out[:200]
             elif name == "group":
                 groups = len(out.splitlines()) - 1
+            elif name == "page":
+                assert int(out.strip()) == args.items, out[:200]
             else:
                 assert len(out.splitlines()) == args.items + 1
     print(f"{args.items} CoreDumps, {args.pods} pods, {args.namespaces} namespaces; list body {size / 1e6:.1f} MB;"
