@@ -204,3 +204,21 @@ def test_rate_limit_is_a_token_bucket_per_node():
     now[0] = 100.0  # idle for long: the burst is bounded by one second's worth
     assert [w._take_token() for _ in range(3)] == [0.0, 0.0, pytest.approx(0.5)]
     w._stop = True
+
+
+def test_a_count_waits_for_its_record_to_exist(tmp_path, server):
+    """keep=1 and the first create fails once: the count of the second crash is written only after
+    the retried create went through, as an update of what the server answered."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable"}
+    server.route("POST", f"{BASE}/shop/coredumps", Recorded(503, status), Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    w = _writer(server, keep_per_signature=1)
+    w.submit(summary(tmp_path, sha256="1" * 64))
+    w.submit(summary(tmp_path, sha256="2" * 64))
+    assert w.flush(20)
+    methods = [r["method"] for r in server.requests]
+    assert methods == ["POST", "POST", "PUT"], methods
+    (put,) = _bodies(server, "PUT")
+    assert put["metadata"]["resourceVersion"] and put["status"]["count"] == 2
+    assert (w.created, w.updated, w.failed) == (1, 1, 0)
+    w.close()

@@ -26,7 +26,7 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from webhook.agent.metadata import iso_time
@@ -218,7 +218,6 @@ class _Job:
     body: dict | None = None
     attempts: int = 0
     not_before: float = 0.0
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class IndexWriter:
@@ -394,6 +393,14 @@ class IndexWriter:
             return
         with self._lock:
             rec = self._records[job.key]
+            if not rec.body["metadata"].get("resourceVersion"):  # its create has not gone through yet
+                job.attempts += 1
+                if job.attempts > 240:  # two minutes: the create failed for good
+                    self.failed += 1
+                    return
+                job.not_before = self.monotonic() + 0.5
+                self._ready.append(job)
+                return
             pending, rec.pending = rec.pending, 0
             body = _counted(rec.body, pending, self.clock())
         if pending == 0:
