@@ -195,8 +195,9 @@ class CrashProcessor:
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
                  proc: str = "/proc", signatures: Any = None, index: Any = None) -> None:
         """``events``/``notifier``/``index``: objects with ``submit(dict)``; None builds them from
-        the settings (``events``, ``notify_url``, ``index``: the CoreDump writer), False disables them. ``pod_lookup(pod_uid)``
-        is the pod watch's cache (image, labels, owner); it must not block."""
+        the settings (``events``, ``notify_url``, ``index``: the CoreDump writer), False disables
+        them. ``pod_lookup(pod_uid)`` is the pod watch's cache (image, labels, owner); it must not
+        block."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
         self.clock = clock
@@ -625,7 +626,11 @@ class CrashProcessor:
                            save_binaries_budget=s.save_binaries_budget_bytes, uid=target.uid, gid=target.gid,
                            creds=target.creds, keep_free=s.keep_free_bytes)
         want_files = self.signatures is not None and target.compression != "zstd"
-        store_fd, store_rel = self._store_location(target, dirfd)
+        try:
+            store_fd, store_rel = self._store_location(target, dirfd)
+        except OSError as exc:  # the namespace's directory in the node location: the core's then
+            log.warning("build-id store location unusable", extra={"pid": request.global_pid, "error": str(exc)})
+            store_fd, store_rel = dirfd, ".symbols"
         try:
             keys, files = keep_binaries(request.global_pid, proc.exe, dirfd, final, store_fd, store_rel, opts,
                                         want_files=want_files, proc=self.proc)
