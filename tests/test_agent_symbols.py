@@ -223,3 +223,32 @@ def test_build_id_store_keeps_each_binary_once_as_the_process(agent_env, k8s_cgr
         assert link.resolve() == (store / "buildid" / first["build_id"] / "executable").resolve()
     # nothing else written beside: no copies per core
     assert not [p for p in dump.iterdir() if p.name.endswith(".d")]
+
+
+@pytest.mark.kernel
+def test_node_location_keeps_one_store_per_namespace(agent_env, k8s_cgroup, shared_dir):
+    """A pod whose own directory refuses the core: the node location gets it, and the binaries go
+    to the namespace's store (cores/<ns>/.symbols), linked from the core's sysroot."""
+    host, settings, serve = agent_env
+    pod_uid, _cid, cgroup = k8s_cgroup
+    exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
+    os.chmod(exe, 0o755)
+    locked = shared_dir / "locked"
+    locked.mkdir(mode=0o755)  # root's: uid 1000 may not create its core here
+    s = settings(node_name="node-1", keep_free_bytes=0, signatures=False)
+    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
+                               metrics=AgentMetrics(CollectorRegistry()))
+    serve(s, processor.handle)
+    install.install(s)
+    pid = crash_as_app(exe, [], cgroup, pod_uid, f"{locked}/core.%p")
+    ns_dir = host / "cores" / "shop"
+    wait_for(lambda: list(ns_dir.rglob("*.json")), 30)
+    (meta_path,) = ns_dir.rglob("*.json")
+    doc = json.loads(meta_path.read_text())
+    assert doc["destination"] == "node" and doc["global_pid"] == pid
+    assert doc["symbols_store"] == str(ns_dir / ".symbols")
+    stored = ns_dir / ".symbols" / "buildid" / doc["build_id"] / "executable"
+    assert stored.read_bytes() == exe.read_bytes()
+    link = Path(doc["sysroot"]) / str(exe).lstrip("/")
+    assert link.is_symlink() and link.resolve() == stored.resolve()
+    assert not list(locked.iterdir())
