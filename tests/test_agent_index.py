@@ -222,3 +222,42 @@ def test_a_count_waits_for_its_record_to_exist(tmp_path, server):
     assert put["metadata"]["resourceVersion"] and put["status"]["count"] == 2
     assert (w.created, w.updated, w.failed) == (1, 1, 0)
     w.close()
+
+
+def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod(tmp_path, server, validate):
+    """The pod watch's view (the recorded pod) says which volume holds the core; once the watch
+    knows the pod was deleted, the CoreDump of a core on its emptyDir says Gone."""
+    from tests.inspect_apiserver import RECORDED
+    from webhook.agent.podwatch import pod_record
+
+    pod = json.loads((RECORDED / "pod-web.json").read_text())
+    view = pod_record(pod).view
+    uid = view.uid
+    doc = summary(tmp_path, pod_uid=uid, path="/data/dump-a/core.web.7")
+    body = idx.build_coredump(doc, 1700000100, view)
+    validate(body)
+    assert body["spec"]["location"] == {"kind": "pod", "path": "/data/dump-a/core.web.7", "volume": "coredump-webhook-cores",
+                                        "volumeType": "emptyDir", "sysroot": "/data/dump/core.web.7.sysroot",
+                                        "symbolsStore": "/data/dump/.symbols"}
+    pvc = json.loads(json.dumps(pod))
+    pvc["spec"]["volumes"][0] = {"name": "coredump-webhook-cores", "persistentVolumeClaim": {"claimName": "web-cores"}}
+    located = idx.build_coredump(doc, 1700000100, pod_record(pvc).view)["spec"]["location"]
+    assert (located["volumeType"], located["claim"]) == ("persistentVolumeClaim", "web-cores")
+    assert "volume" not in idx.build_coredump({**doc, "destination": "node"}, 1700000100, view)["spec"]["location"]
+    # the writer: the pod is deleted (the synced watch no longer knows it) -> Gone, once
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    deleted = set()
+    w = _writer(server, pod_lookup=lambda u: view if u not in deleted else None, pod_gone=lambda u: u in deleted,
+                sweep_interval=0.05)
+    assert w.submit(doc)
+    assert w.flush(20)
+    deleted.add(uid)
+    from tests.process_support import wait_for
+
+    wait_for(lambda: _bodies(server, "PUT"), 10)
+    assert w.flush(20)
+    puts = _bodies(server, "PUT")
+    assert [p["status"]["state"] for p in puts] == ["Gone"], puts
+    validate(puts[0])
+    w.close()

@@ -115,8 +115,11 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
     from webhook.agent.crash import CrashProcessor
 
     watch = make_pod_watch(settings)
+    index = watch.index if watch is not None else None
     processor = CrashProcessor(settings, previous_pattern=previous_pattern or None,
-                               pod_lookup=watch.index.lookup if watch is not None else None)
+                               pod_lookup=index.lookup if index is not None else None,
+                               pod_gone=(lambda uid: index.synced.is_set() and index.lookup(uid) is None)
+                               if index is not None else None)
     if watch is not None and settings.gcore_requests:
         from webhook.agent.snapshots import GcoreService
 

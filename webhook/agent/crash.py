@@ -193,11 +193,13 @@ class CrashProcessor:
                  clock: Callable[[], float] = time.time, events: Any = None, notifier: Any = None,
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
-                 proc: str = "/proc", signatures: Any = None, index: Any = None) -> None:
+                 proc: str = "/proc", signatures: Any = None, index: Any = None,
+                 pod_gone: Callable[[str], bool] | None = None) -> None:
         """``events``/``notifier``/``index``: objects with ``submit(dict)``; None builds them from
         the settings (``events``, ``notify_url``, ``index``: the CoreDump writer), False disables
         them. ``pod_lookup(pod_uid)`` is the pod watch's cache (image, labels, owner); it must not
-        block."""
+        block. ``pod_gone(pod_uid)``: the watch knows the pod was deleted (the index marks its
+        emptyDir cores Gone)."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
         self.clock = clock
@@ -216,7 +218,7 @@ class CrashProcessor:
         if index is None:
             from webhook.agent.index import make_index_writer
 
-            index = make_index_writer(settings)
+            index = make_index_writer(settings, pod_lookup, pod_gone)
         self.events = events or None
         self.notifier = notifier or None
         self.index = index or None

@@ -102,8 +102,26 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def build_coredump(summary: dict, now: float) -> dict | None:
-    """The CoreDump for a crash summary, or None when it gets none (unverified, nothing written)."""
+def volume_of(path: str, container: str | None, view: Any) -> dict:
+    """The pod volume holding ``path`` (as the container sees it): the mount of ``container``
+    with the longest mountPath above it; {"volume", "volumeType", "claim"} or {}."""
+    if view is None or not path or not container:
+        return {}
+    best = ("", "")
+    for mount_path, volume in (getattr(view, "mounts", {}) or {}).get(container, []):
+        root = mount_path.rstrip("/") or "/"
+        if (path == root or path.startswith(root.rstrip("/") + "/")) and len(root) > len(best[0]):
+            best = (root, volume)
+    if not best[1]:
+        return {}
+    kind, claim = (getattr(view, "volumes", {}) or {}).get(best[1], ("", ""))
+    return {k: v for k, v in {"volume": best[1], "volumeType": kind, "claim": claim}.items() if v}
+
+
+def build_coredump(summary: dict, now: float, view: Any = None) -> dict | None:
+    """The CoreDump for a crash summary, or None when it gets none (unverified, nothing written).
+
+    ``view``: the pod watch's view of the pod (its volumes say where a pod-volume core lives)."""
     ns = verified_namespace(summary)
     if ns is None or summary.get("outcome") not in ("written", "partial") or not summary.get("path"):
         return None
@@ -129,6 +147,8 @@ def build_coredump(summary: dict, now: float) -> dict | None:
             "symbolsStore": str(summary.get("symbols_store") or "")[:4096],
         }.items() if v},
     }
+    if spec["location"]["kind"] == "pod":
+        spec["location"].update(volume_of(str(summary.get("path") or ""), summary.get("container"), view))
     optional = {
         "podUID": summary.get("pod_uid"), "container": summary.get("container"),
         "containerID": summary.get("container_id"), "node": summary.get("node"), "image": summary.get("image"),
@@ -225,8 +245,16 @@ class IndexWriter:
 
     def __init__(self, edge: Any, *, keep_per_signature: int = 5, writes_per_second: float = 5.0,
                  maxsize: int = 1024, max_attempts: int = 5, backoff: float = 1.0,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 pod_lookup: Callable[[str], Any] | None = None, pod_gone: Callable[[str], bool] | None = None,
+                 sweep_interval: float = 30.0) -> None:
+        """``pod_lookup(uid)``: the pod watch's view (volumes); ``pod_gone(uid)``: True once the
+        watch (synced) knows the pod was deleted: its emptyDir cores are then marked Gone."""
         self.edge = edge
+        self.pod_lookup = pod_lookup
+        self.pod_gone = pod_gone
+        self.sweep_interval = sweep_interval
+        self._next_sweep = monotonic() + sweep_interval
         self.keep = max(1, keep_per_signature)
         self.rate = max(0.01, writes_per_second)
         self.max_attempts = max_attempts
@@ -251,7 +279,13 @@ class IndexWriter:
 
     # --- from the crash path's sinks (never blocks) ---------------------------------------
     def submit(self, summary: dict) -> bool:
-        body = build_coredump(summary, self.clock())
+        view = None
+        if self.pod_lookup is not None and summary.get("pod_uid"):
+            try:
+                view = self.pod_lookup(str(summary["pod_uid"]))
+            except Exception:  # noqa: BLE001 - a cache, never fatal
+                view = None
+        body = build_coredump(summary, self.clock(), view)
         if body is None:
             self.skipped += 1
             return False
@@ -320,6 +354,9 @@ class IndexWriter:
             except queue.Empty:
                 pass
             now = self.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.sweep_interval
+                self._sweep()
             due = [j for j in self._ready if j.not_before <= now]
             if not due:
                 if not self._ready and self._inbox.empty():
@@ -348,6 +385,23 @@ class IndexWriter:
             return
         self.failed += 1
         log.warning("CoreDump not written", extra={"error": str(exc), "attempts": job.attempts})
+
+    def _sweep(self) -> None:
+        """emptyDir cores whose pod was deleted cannot be reached any more: their records say Gone."""
+        if self.pod_gone is None:
+            return
+        for key, body in list(self._written.items()):
+            spec, status = body.get("spec") or {}, body.get("status") or {}
+            if (spec.get("location") or {}).get("volumeType") != "emptyDir" or status.get("state") != "Present":
+                continue
+            try:
+                gone = self.pod_gone(str(spec.get("podUID") or ""))
+            except Exception:  # noqa: BLE001
+                gone = False
+            if gone:
+                marked = _with_state(body, "Gone", self.clock())
+                self._written[key] = marked  # not twice, even before the answer
+                self._ready.append(_Job("state", key, marked))
 
     def _remember(self, body: dict | None) -> None:
         if body is None:
@@ -460,7 +514,8 @@ def _counted(body: dict, more: int, now: float) -> dict:
     return {**body, "status": status}
 
 
-def make_index_writer(settings: Any) -> IndexWriter | None:
+def make_index_writer(settings: Any, pod_lookup: Callable[[str], Any] | None = None,
+                      pod_gone: Callable[[str], bool] | None = None) -> IndexWriter | None:
     """In-cluster config, else the local kubeconfig; None when disabled or neither works."""
     if not settings.index:
         return None
@@ -470,4 +525,5 @@ def make_index_writer(settings: Any) -> IndexWriter | None:
     if api is None:
         return None
     return IndexWriter(CustomObjectsEdge(api), keep_per_signature=settings.index_keep_per_signature,
-                       writes_per_second=settings.index_writes_per_second, maxsize=settings.index_queue_size)
+                       writes_per_second=settings.index_writes_per_second, maxsize=settings.index_queue_size,
+                       pod_lookup=pod_lookup, pod_gone=pod_gone)

@@ -62,7 +62,7 @@ def record_from_coredump(obj: dict) -> CoreRecord | None:
         compression=str(spec.get("compression") or ""),
         stored_size=_int(spec.get("storedSize")),
         location=str(location.get("path") or ""),
-        present=status.get("state") != "Gone",
+        present=status.get("state") not in ("Gone", "Pruned"),
         kind=str(spec.get("kind") or "crash"),
         count=max(1, _int(status.get("count")) or 1),
         coredump=str(meta.get("name") or ""),
