@@ -109,3 +109,20 @@ def test_node_location_retention_takes_companions_and_unlinked_store_entries(tmp
     # the store: the entry only the removed core used is gone, the other stays; never counted as a core
     assert not (store / "abc").exists() and (store / "def" / "executable").exists()
     assert str(d / "core.old.sysroot") in result.removed
+
+
+def test_age_limit_in_a_pod_directory_takes_every_signature(tmp_path):
+    d = tmp_path / "cores"
+    d.mkdir()
+    now = 1700100000
+    _core(d, "core.old-a", now - 10 * 86400, SIG_A)
+    _core(d, "core.old-b", now - 9 * 86400, SIG_B)
+    _core(d, "core.new-b", now - 3600, SIG_B)
+    (d / "notes.json").write_text('{"not": "a core"}')
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        gone = retention.prune(fd, SIG_B, "crash", 0, 0, max_age=7 * 86400, now=now)
+    finally:
+        os.close(fd)
+    assert sorted(g["file"] for g in gone) == ["core.old-a", "core.old-b"]
+    assert sorted(p.name for p in d.iterdir()) == ["core.new-b", "core.new-b.json", "core.new-b.sysroot", "notes.json"]

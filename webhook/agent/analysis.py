@@ -29,6 +29,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -185,11 +186,13 @@ class SignatureWorker(QueueWorker):
 
     def __init__(self, sinks: Callable[[], list[Any]], *, gdb: str = "gdb", timeout: float = 120.0,
                  event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "",
-                 retention: tuple[int, int] = (0, 0), on_pruned: Callable[[dict], Any] | None = None) -> None:
+                 retention: tuple[int, int] = (0, 0), on_pruned: Callable[[dict], Any] | None = None,
+                 max_age: float = 0.0) -> None:
         """``retention``: (keep_first, keep_latest) per signature in the core's directory
         (webhook/agent/retention.py); ``on_pruned(doc)`` hears of each core deleted."""
         self.sinks = sinks
         self.retention = retention
+        self.max_age = max_age
         self.on_pruned = on_pruned
         self.no_sysroot = no_sysroot
         self.gdb = gdb
@@ -257,7 +260,7 @@ class SignatureWorker(QueueWorker):
         except (OSError, CredentialsError) as exc:
             log.warning("could not update the metadata with the signature",
                         extra={"core": job.core_name, "error": str(exc)})
-        if "signature" in found and sum(self.retention) > 0:
+        if "signature" in found and (sum(self.retention) > 0 or self.max_age > 0):
             self._retain(job, found)
         if "signature" in found:
             self.done += 1
@@ -276,7 +279,8 @@ class SignatureWorker(QueueWorker):
         kind = "snapshot" if job.doc.get("gcore") else "crash"
         try:
             with as_process_credentials(job.creds):
-                gone = prune(job.dirfd, found["signature"], kind, *self.retention)
+                gone = prune(job.dirfd, found["signature"], kind, *self.retention, max_age=self.max_age,
+                             now=time.time())
         except (OSError, CredentialsError) as exc:
             log.warning("retention failed", extra={"core": job.core_name, "error": str(exc)})
             return

@@ -613,6 +613,7 @@ class CrashProcessor:
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"),
                                retention=(s.retention_keep_first, s.retention_keep_latest),
+                               max_age=s.pod_retention_max_age_seconds,
                                on_pruned=self.index.mark_pruned if self.index is not None else None)
 
     def _keep_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,

@@ -65,15 +65,19 @@ def _read_json(dirfd: int, name: str) -> dict | None:
 
 def same_signature(dirfd: int, signature: str, kind: str) -> list[Kept]:
     """The cores in ``dirfd`` whose metadata has ``signature`` (and the same kind: crash/snapshot)."""
+    return [c for c in cores_in(dirfd) if c.doc.get("signature") == signature
+            and ("snapshot" if c.doc.get("gcore") else "crash") == kind]
+
+
+def cores_in(dirfd: int) -> list[Kept]:
+    """Every core in ``dirfd`` that has its metadata beside it."""
     out = []
     with os.scandir(dirfd) as entries:
         for entry in entries:
             if not entry.name.endswith(".json") or not entry.is_file(follow_symlinks=False):
                 continue
             doc = _read_json(dirfd, entry.name)
-            if not doc or doc.get("signature") != signature:
-                continue
-            if ("snapshot" if doc.get("gcore") else "crash") != kind:
+            if not doc or "sha256" not in doc:
                 continue
             core = entry.name[: -len(".json")]
             if doc.get("file") and doc["file"] != core:
@@ -107,12 +111,18 @@ def remove_tree(dirfd: int, name: str) -> None:
     os.rmdir(name, dir_fd=dirfd)
 
 
-def prune(dirfd: int, signature: str, kind: str, keep_first: int, keep_latest: int) -> list[dict]:
-    """Apply the rule in one directory; returns the metadata of the cores deleted."""
-    if not signature or keep_first + keep_latest <= 0:
-        return []
+def prune(dirfd: int, signature: str, kind: str, keep_first: int, keep_latest: int, *,
+          max_age: float = 0.0, now: float = 0.0) -> list[dict]:
+    """Apply the rules in one directory; returns the metadata of the cores deleted.
+
+    ``max_age`` > 0 also deletes every core there (any signature) older than that many seconds."""
+    doomed: dict[str, Kept] = {}
+    if signature and keep_first + keep_latest > 0:
+        doomed.update((c.name, c) for c in plan(same_signature(dirfd, signature, kind), keep_first, keep_latest))
+    if max_age > 0:
+        doomed.update((c.name, c) for c in cores_in(dirfd) if c.time and now - c.time > max_age)
     gone = []
-    for core in plan(same_signature(dirfd, signature, kind), keep_first, keep_latest):
+    for core in sorted(doomed.values(), key=lambda c: (c.time, c.name)):
         try:
             for name in (core.name, *(core.name + s for s in COMPANION_DIRS)):
                 remove_tree(dirfd, name)

@@ -110,6 +110,9 @@ class AgentSettings:
     #: others with their metadata and sysroot (the index keeps counting). 0 and 0 keep everything.
     retention_keep_first: int = 3
     retention_keep_latest: int = 5
+    #: Cores in a pod's own directory older than this are deleted too, whatever their signature,
+    #: when the next core there gets its signature (0 = keep; the node location has its own).
+    pod_retention_max_age_seconds: float = 0.0
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True
