@@ -60,9 +60,10 @@ LABEL org.opencontainers.image.title="coredump-webhook" \
       org.opencontainers.image.url="https://github.com/coredump-webhook/coredump-webhook" \
       org.opencontainers.image.vendor="coredump-webhook"
 # gdb: the agent records crash signatures and takes gcore snapshots with it, and `coredump debug`
-# uses this image for its ephemeral debug container (gdb and a shell next to the core).
+# uses this image for its ephemeral debug container (gdb with debuginfod support, elfutils, zstd
+# for compressed cores, and a shell next to the core).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gdb \
+ && apt-get install -y --no-install-recommends gdb elfutils zstd \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=venv /opt/venv /opt/venv
 # Paths fixed by webhook/constants.py (IMAGE_WRAPPER_PATH, IMAGE_HELPER_PATH).

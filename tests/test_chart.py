@@ -57,6 +57,7 @@ VARIANTS: dict[str, list[str]] = {
     "page": ["--set", "agent.page.enabled=true", "--set", "agent.page.service.enabled=true",
              "--set", "agent.page.tls.secretName=coredump-page-tls"],
     "monitoring": MONITORING,
+    "index-page": ["--set", "indexPage.enabled=true", "--set", "indexPage.tls.secretName=coredump-index-tls"],
 }
 
 
@@ -530,7 +531,8 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     # Agent: list/watch pods (its own node's, by field selector: RBAC cannot narrow it), post
     # CoreDumped Events; nothing else (see test_agent_rbac_is_what_the_agent_calls).
     assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
-        ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",))}
+        ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",)),
+        ("coredump-webhook.io", "coredumps", (), ("create", "update"))}
     assert "spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
     # Certificates: create the Secret (RBAC cannot name what does not exist yet), then only that
     # Secret and that webhook configuration by name.
@@ -543,8 +545,21 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert _rules(objs, "ClusterRole", f"{RELEASE}-uninstall") == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", (mwc,), ("delete",))}
     assert _rules(objs, "Role", f"{RELEASE}-uninstall") == {("", "secrets", (tls,), ("delete",))}
+    # The crash index: `view` reads CoreDumps, `edit` (and `admin`) may also delete them.
+    view, edit = one(objs, "ClusterRole", f"{RELEASE}-coredumps-view"), one(objs, "ClusterRole", f"{RELEASE}-coredumps-edit")
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-coredumps-view") == {
+        ("coredump-webhook.io", "coredumps", (), ("get", "list", "watch"))}
+    assert _rules(objs, "ClusterRole", f"{RELEASE}-coredumps-edit") == {
+        ("coredump-webhook.io", "coredumps", (), ("delete", "deletecollection"))}
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+        aggregate + "view", aggregate + "edit", aggregate + "admin"}
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+        aggregate + "edit", aggregate + "admin"}
+    assert not find(objs, "ClusterRoleBinding", f"{RELEASE}-coredumps-view")  # aggregated, never bound
     assert {r["metadata"]["name"] for r in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-uninstall", f"{RELEASE}-webhook"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-uninstall", f"{RELEASE}-webhook",
+        f"{RELEASE}-coredumps-view", f"{RELEASE}-coredumps-edit"}
 
 
 #: kubernetes client method prefix -> RBAC verb.
@@ -572,8 +587,15 @@ def _agent_api_calls() -> set[tuple[str, str, str]]:
         tree = ast.parse(path.read_text())
         names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
             n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        assert names & api_classes <= set(groups), (
+        assert names & api_classes <= set(groups) | {"CustomObjectsApi"}, (
             f"{path.name} uses {names & api_classes}: teach this test its API group and update agent-rbac.yaml")
+        if "CustomObjectsApi" in names:  # the crash index (webhook/agent/index.py): CoreDumps only
+            assert "PLURAL = \"coredumps\"" in path.read_text() and "GROUP = \"coredump-webhook.io\"" in path.read_text()
+            for method, verb in (("create_namespaced_custom_object", "create"), ("replace_namespaced_custom_object", "update"),
+                                 ("patch_namespaced_custom_object", "patch"), ("get_namespaced_custom_object", "get"),
+                                 ("list_namespaced_custom_object", "list"), ("delete_namespaced_custom_object", "delete")):
+                if method in names:
+                    calls.add(("coredump-webhook.io", "coredumps", verb))
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -624,12 +646,14 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
         assert "spec.nodeName=" in source and "field_selector=" in source
         assert "spec.nodeName" in (REPO / "README.md").read_text()
     assert agent_daemonset(rendered["default"])["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
-    # Each API-using feature off drops its rule; both off: no ClusterRole, and with restoreOnStop
+    # Each API-using feature off drops its rule; all off: no ClusterRole, and with restoreOnStop
     # other than "removed" no Role and no token either.
+    assert ("coredump-webhook.io", "coredumps", "create") in calls  # the crash index
     for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
-                              (["events=false", "watch_pods=false"], {"events", "pods"})):
+                              (["index=false"], {"coredumps"}),
+                              (["events=false", "watch_pods=false", "index=false"], {"events", "pods", "coredumps"})):
         args = [a for setting in settings for a in ("--set", f"agent.settings.{setting}")]
-        if len(settings) == 2:
+        if len(settings) == 3:
             assert agent_daemonset(render(helm, helm_env, *args))["spec"]["template"]["spec"][
                 "automountServiceAccountToken"] is True  # still reads its DaemonSet at stop
             args += ["--set", "agent.restoreOnStop=always"]
@@ -1111,7 +1135,41 @@ def test_page_rbac_is_what_the_page_calls(rendered: dict[str, list[dict[str, Any
     assert {(g, r, v) for rule in agent_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
             for v in rule["verbs"]} == _agent_api_calls() - {("apps", "daemonsets", "get")}
     assert {o["metadata"]["name"] for o in find(objs, "ClusterRole")} == {
-        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-uninstall", f"{RELEASE}-webhook"}
+        f"{RELEASE}-agent", f"{RELEASE}-certs", f"{RELEASE}-page", f"{RELEASE}-uninstall", f"{RELEASE}-webhook",
+        f"{RELEASE}-coredumps-view", f"{RELEASE}-coredumps-edit"}
+
+
+def test_index_page_is_one_restricted_deployment_with_no_rights_but_token_review(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """indexPage: the Dashboard model. Its account may only review tokens; users' own tokens list
+    CoreDumps and download cores. Off by default."""
+    from click.testing import CliRunner
+
+    from webhook.cli import main
+
+    assert find(rendered["default"], "Deployment", f"{RELEASE}-index-page") == []
+    objs = rendered["index-page"]
+    name = f"{RELEASE}-index-page"
+    assert _rules(objs, "ClusterRole", name) == {("authentication.k8s.io", "tokenreviews", (), ("create",))}
+    binding = one(objs, "ClusterRoleBinding", name)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+    deploy = one(objs, "Deployment", name)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["args"] == ["page", "--index"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert "hostPath" not in json.dumps(pod) and "hostPID" not in pod
+    env = env_of(c)
+    assert env["COREDUMP_PAGE_CERT_DIR"] == "/etc/coredump-page/tls"
+    help_text = CliRunner().invoke(main, ["page", "--help"]).output
+    assert "--index" in help_text and all(k in help_text for k in env)  # every env var is a real option
+    svc = one(objs, "Service", name)
+    assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["targetPort"] == "page"
+
 
 
 # --- production: rollouts, evictions and the agent's stop -----------------------------------

@@ -29,8 +29,11 @@ def test_demo_end_to_end(kernel, bin_dir, tmp_path):
         assert scenario["name"] in out
     assert "REFUSED" in out  # the hostile pattern scenario
     assert "core landed at /data/dump-a/" in out
-    cores = [p for p in (work / "volumes/dump-a").iterdir() if not p.name.endswith(".json")]
+    vol = work / "volumes/dump-a"
+    cores = [p for p in vol.iterdir() if p.is_file() and not p.name.endswith(".json")]
     assert len(cores) == 1
+    # the binaries, kept once by build-id beside it, and its sysroot of links into them
+    assert list((vol / ".symbols" / "buildid").glob("*/executable")) and (vol / (cores[0].name + ".sysroot")).is_dir()
     data = cores[0].read_bytes()
     assert data[:4] == b"\x7fELF" and int.from_bytes(data[16:18], "little") == 4  # ET_CORE
     meta = json.loads(Path(str(cores[0]) + ".json").read_text())

@@ -31,7 +31,7 @@ EXAMPLES = REPO / "deploy" / "examples"
 NAMESPACE = "coredump-webhook"
 K8S_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "PersistentVolume"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "PersistentVolume"}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -70,6 +70,8 @@ def test_raw_manifests_shape() -> None:
                  "Job", "CronJob", "ServiceAccount", "ClusterRole"):
         assert kind in kinds
     assert "Pod" not in kinds  # the helm test pod is not part of an installation
+    # The CoreDump CRD (charts/coredump-webhook/crds/) is in the file, before anything else of ours.
+    assert kinds[1] == "CustomResourceDefinition" and objs[1]["metadata"]["name"] == "coredumps.coredump-webhook.io"
     for obj in objs:
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in obj["metadata"]

@@ -199,9 +199,10 @@ def test_stages_and_final_image(parsed: tuple[dict[str, str], list[Stage]]) -> N
     # Only the venv and the static binaries come into the final image; no compiler there.
     sources = {copy_parts(i)[0].get("from") for i in final.all("COPY")}
     assert sources == {"venv", "native"}
-    # The only package the final stage installs is gdb (signatures, gcore, `coredump debug`).
+    # The final stage installs gdb (signatures, gcore, `coredump debug`), elfutils and zstd (the
+    # debug image) and nothing else.
     (run,) = final.all("RUN")
-    assert re.search(r"apt-get install -y --no-install-recommends gdb\s", run.args)
+    assert re.search(r"apt-get install -y --no-install-recommends gdb elfutils zstd\s", run.args)
     assert "rm -rf /var/lib/apt/lists/*" in run.args and "gcc" not in run.args
     (user,) = final.all("USER")
     uid, _, gid = user.args.partition(":")

@@ -379,7 +379,8 @@ def test_acs_pattern_core_lands_in_the_injected_volume(agent, kernel, node_facto
     assert "CAP_SYS_RESOURCE" not in granted
     vol = run.volume_dirs[core_mount["name"]]
     nspid = int((vol / "child.pid").read_text())
-    cores = [p for p in vol.iterdir() if p.name.startswith("core-") and not p.name.endswith(".json")]
+    cores = [p for p in vol.iterdir()
+             if p.name.startswith("core-") and not p.name.endswith((".json", ".sysroot"))]
     assert len(cores) == 1, sorted(os.listdir(vol))
     m = re.fullmatch(r"core-!bin!busybox-(\d+)-(\d+)", cores[0].name)
     assert m, cores[0].name  # %E: the exe path with '/' as '!'; %p in the pod's pid namespace; %t
@@ -454,7 +455,8 @@ def test_eci_pattern_appends_the_namespace_pid(agent, kernel, node_factory, tmp_
     assert core.exists(), sorted(os.listdir(vol))
     meta = check_core(run, agent, core, f"/pod/data/dump/core-eci.{nspid}")
     assert meta["pattern"] == "/pod/data/dump/core-eci"
-    assert sorted(os.listdir(vol)) == sorted(["child.pid", "limits.txt", core.name, core.name + ".json"])
+    assert sorted(os.listdir(vol)) == sorted(["child.pid", "limits.txt", core.name, core.name + ".json",
+                                              core.name + ".sysroot", ".symbols"])  # binaries by build-id
     check_limits_raised(run)
     stop_and_check(agent, kernel, node, tmp_path)
     check_cgroups_gone(run, "systemd")
@@ -478,7 +480,7 @@ def test_user_nas_volume_at_a_parent_receives_the_core(agent, kernel, node_facto
     nspid = int((nas / "child.pid").read_text())
     dump = nas / "dump-a"  # made by the agent inside the pod's view, owned by the pod's user
     assert dump.is_dir() and (os.stat(dump).st_uid, os.stat(dump).st_gid) == (RUN_UID, RUN_GID)
-    (core,) = [p for p in dump.iterdir() if not p.name.endswith(".json")]
+    (core,) = [p for p in dump.iterdir() if not p.name.endswith((".json", ".sysroot")) and p.name != ".symbols"]
     meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
     assert core.name == f"core-!bin!busybox-{nspid}-{meta['time']}"
     assert (nas / "README").read_text() == "shared\n"

@@ -53,27 +53,69 @@ def run(server, tmp_path, *args):
     return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False)
 
 
-def test_debug_patches_waits_and_prints_the_attach_line(server, tmp_path, monkeypatch):
+def test_debug_opens_gdb_on_the_newest_core_as_its_owner(server, tmp_path, monkeypatch, container_fs, wrapper_bin):
+    root, cores = container_fs
     monkeypatch.setattr(eph, "unique_name", lambda pod, **kw: "coredump-debug-x7k2q")
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"), Recorded(200, "pod-web-debug-waiting.json"),
                  Recorded(200, "pod-web-debug-running.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
     monkeypatch.setattr("time.sleep", lambda s: None)
     res = run(server, tmp_path, "debug", POD, "-n", "shop")
     assert res.exit_code == 0, res.output
     assert f"kubectl --kubeconfig {tmp_path / 'kubeconfig'} attach -it -n shop {POD} -c coredump-debug-x7k2q" in res.output
     methods = [r["method"] for r in server.requests]
-    assert methods == ["GET", "PATCH", "GET", "GET"]
-    body = json.loads(server.requests[1]["body"])
-    assert body["spec"]["ephemeralContainers"][0]["volumeMounts"] == [{"name": "coredump-webhook-cores", "mountPath": "/data/dump-a"}]
+    # the pod, the index (not installed here), the listing (exec), the patch, the wait
+    assert methods == ["GET", "GET", "GET", "PATCH", "GET", "GET"]
+    body = json.loads(server.requests[3]["body"])
+    (ec,) = body["spec"]["ephemeralContainers"]
+    assert ec["volumeMounts"] == [{"name": "coredump-webhook-cores", "mountPath": "/data/dump-a"}]
+    # gdb on the newest core, as the core's owner (its metadata), restricted-compliant
+    assert ec["command"][:2] == ["sh", "-c"] and ec["command"][4] == "/" + str(cores["new"].relative_to(root))
+    assert ec["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True,
+                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                     "seccompProfile": {"type": "RuntimeDefault"}}
     assert server.requests[0]["headers"]["authorization"] == "Bearer alice-token"
 
 
-def test_debug_dry_run_from_file_calls_nothing(server, tmp_path):
-    res = run(server, tmp_path, "debug", "--dry-run", "-f", "tests/recorded/inspect/pod-eci-nas.json")
+def test_debug_a_crash_looping_pod_lets_the_container_pick_the_core(server, tmp_path, monkeypatch):
+    """Nothing to exec into: no listing, the container picks the newest core itself, the owner
+    comes from the container's securityContext."""
+    pod = json.loads((RECORDED / "pod-web.json").read_text())
+    pod["status"]["phase"] = "Running"
+    pod["spec"]["securityContext"] = {"runAsUser": 2000, "runAsGroup": 2000}
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1234}
+    monkeypatch.setattr(eph, "unique_name", lambda pod, **kw: "coredump-debug-x7k2q")
+    server.route("GET", POD_PATH, Recorded(200, pod), Recorded(200, "pod-web-debug-running.json"))
+    server.route("GET", POD_PATH + "/exec", Recorded(400, {"kind": "Status", "status": "Failure", "code": 400,
+                                                         "message": "container app is waiting (CrashLoopBackOff)"}))
+    server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    res = run(server, tmp_path, "debug", POD, "-n", "shop")
     assert res.exit_code == 0, res.output
-    body = json.loads(res.output)
+    assert "picked inside the debug container" in res.stderr
+    (ec,) = json.loads([r for r in server.requests if r["method"] == "PATCH"][0]["body"])["spec"]["ephemeralContainers"]
+    assert ec["command"][4] == ""  # the newest, chosen by the script
+    assert (ec["securityContext"]["runAsUser"], ec["securityContext"]["runAsGroup"]) == (1234, 2000)
+
+
+def test_debug_dry_run_from_file_calls_nothing(server, tmp_path):
+    res = run(server, tmp_path, "debug", "--dry-run", "-f", "tests/recorded/inspect/pod-eci-nas.json", "--uid", "7")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
     assert body["spec"]["ephemeralContainers"][0]["targetContainerName"] == "worker"
+    assert body["spec"]["ephemeralContainers"][0]["securityContext"]["runAsUser"] == 7
+    assert server.requests == []
+
+
+def test_debug_claim_dry_run_is_a_restricted_pod_on_the_claim(server, tmp_path):
+    res = run(server, tmp_path, "debug", "--claim", "cores-pvc", "-n", "shop", "--uid", "1000", "--gid", "1000",
+              "core.web.7", "--dry-run")
+    assert res.exit_code == 0, res.output
+    pod = json.loads(res.stdout)
+    (c,) = pod["spec"]["containers"]
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "cores-pvc", "readOnly": True}
+    assert c["command"][4] == "/cores/core.web.7" and c["securityContext"]["runAsNonRoot"] is True
     assert server.requests == []
 
 
@@ -99,7 +141,7 @@ def test_list_reads_cores_through_exec(server, tmp_path, container_fs, wrapper_b
     root, cores = container_fs
     server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
     server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
-    res = run(server, tmp_path, "list", "-n", "shop")
+    res = run(server, tmp_path, "list", "-n", "shop", "--from-pods")
     assert res.exit_code == 0, res.output
     lines = [l for l in res.output.splitlines() if l.startswith("shop")]
     assert len(lines) == 2 and "1700000600" in lines[0] and "aaaaaaaaaaaa" in lines[0]
@@ -107,9 +149,9 @@ def test_list_reads_cores_through_exec(server, tmp_path, container_fs, wrapper_b
     assert len(execs) == 1 and execs[0]["query"]["container"] == ["app"]  # batch-1 is not prepared: skipped
     # a prepared container is read through the wrapper's list mode, argv exec'd directly
     assert execs[0]["query"]["command"] == [constants.WRAPPER_PATH, constants.WRAPPER_LIST_FLAG, "/data/dump-a"]
-    grouped = run(server, tmp_path, "list", "-n", "shop", "--group")
+    grouped = run(server, tmp_path, "list", "-n", "shop", "--group", "--from-pods")
     assert grouped.output.splitlines()[1].split()[:2] == ["aaaaaaaaaaaa", "2"]
-    data = json.loads(run(server, tmp_path, "list", "-n", "shop", "-o", "json").output)
+    data = json.loads(run(server, tmp_path, "list", "-n", "shop", "-o", "json", "--from-pods").output)
     assert [c["sha256"] for c in data["cores"]] == [hashlib.sha256(cores[k].read_bytes()).hexdigest() for k in ("new", "old")]
 
 
@@ -120,7 +162,7 @@ def test_list_all_namespaces_skips_forbidden_ones(server, tmp_path, container_fs
     server.route("GET", "/api/v1/namespaces/payments/pods", Recorded(403, "status-403-list-pods.json"))
     server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
     server.route("GET", POD_PATH + "/exec", Exec(root=root))
-    res = run(server, tmp_path, "list", "-A")
+    res = run(server, tmp_path, "list", "-A", "--from-pods")
     assert res.exit_code == 0, res.output
     assert "namespace payments: no access to its pods, skipped" in res.stderr
     assert sum(1 for l in res.stdout.splitlines() if l.startswith("shop")) == 2
@@ -128,7 +170,7 @@ def test_list_all_namespaces_skips_forbidden_ones(server, tmp_path, container_fs
 
 def test_list_in_forbidden_namespace_is_an_error(server, tmp_path):
     server.route("GET", "/api/v1/namespaces/payments/pods", Recorded(403, "status-403-list-pods.json"))
-    res = run(server, tmp_path, "list", "-n", "payments")
+    res = run(server, tmp_path, "list", "-n", "payments", "--from-pods")
     assert res.exit_code == 1 and "verb 'list' on 'pods' in namespace 'payments'" in res.output
 
 
@@ -166,7 +208,7 @@ def test_distroless_list_and_resumed_verified_get_through_the_wrapper(server, tm
     server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
     server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin, missing=DISTROLESS))
-    res = run(server, tmp_path, "list", "-n", "shop", "-o", "json")
+    res = run(server, tmp_path, "list", "-n", "shop", "-o", "json", "--from-pods")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert [c["time"] for c in data["cores"]] == [1700000900, 1700000600, 1700000000]
@@ -226,7 +268,7 @@ def test_no_wrapper_and_no_shell_says_what_to_do(server, tmp_path, container_fs)
     # the prepared pod in a distroless image whose wrapper is gone: both readers fail, both are named
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
     server.route("GET", POD_PATH + "/exec", Exec(root=root, missing=DISTROLESS))
-    res = run(server, tmp_path, "list", POD, "-n", "shop")
+    res = run(server, tmp_path, "list", POD, "-n", "shop", "--from-pods")
     assert res.exit_code == 0 and "No cores found." in res.stderr
     assert f"listing through {constants.WRAPPER_PATH} failed" in res.stderr and "through sh too" in res.stderr
     # a container the webhook did not prepare (no status annotation): sh only, and the hint
@@ -234,7 +276,107 @@ def test_no_wrapper_and_no_shell_says_what_to_do(server, tmp_path, container_fs)
     del pod["metadata"]["annotations"][constants.ANN_STATUS]
     server.route("GET", POD_PATH, Recorded(200, pod))
     server.requests.clear()
-    res = run(server, tmp_path, "list", POD, "-n", "shop", "-c", "app")
+    res = run(server, tmp_path, "list", POD, "-n", "shop", "-c", "app", "--from-pods")
     assert exec_commands(server)[0][0] == "sh" and len(exec_commands(server)) == 1
     assert 'exec: "sh": executable file not found' in res.stderr
     assert "has no shell and was not prepared by coredump-webhook" in res.stderr and "coredump debug" in res.stderr
+
+
+# --- the CoreDump index ------------------------------------------------------------------------
+INDEX = "/apis/coredump-webhook.io/v1alpha1"
+
+
+def test_list_reads_the_index_with_one_call(server, tmp_path):
+    """No exec at all: works for a crash-looping pod and for one that is gone."""
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps", Recorded(200, "coredumplist-shop.json"))
+    res = run(server, tmp_path, "list", "-n", "shop")
+    assert res.exit_code == 0, res.output
+    assert [(r["method"], r["path"]) for r in server.requests] == [("GET", f"{INDEX}/namespaces/shop/coredumps")]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("shop")]
+    assert len(rows) == 4 and "1700000900" in rows[0] or "2023-11-14" in rows[0]
+    grouped = run(server, tmp_path, "list", "-n", "shop", "--group").stdout.splitlines()
+    # 1 + 7 crashes of one signature (the record at its quota counts the rest); the snapshot apart
+    assert grouped[1].split()[:2] == ["aaaaaaaaaaaa", "8"], grouped
+    assert any("(snapshot)" in line for line in grouped) and any(line.startswith("bbbbbbbbbbbb") for line in grouped)
+    data = json.loads(run(server, tmp_path, "list", "-n", "shop", "-o", "json").stdout)
+    newest = data["cores"][0]
+    assert newest["kind"] == "snapshot" and newest["coredump"].startswith("web-7d9f8c6b5-x2kqp-")
+    assert {c["count"] for c in data["cores"]} == {1, 7} and all(c["node"] == "node-3" for c in data["cores"])
+    table_keys = {"namespace", "pod", "container", "time", "signal_name", "size", "signature", "path", "node"}
+    assert table_keys <= set(newest)  # -o json carries every column of the table, and more
+    # one pod: a label selector, still one call
+    server.requests.clear()
+    res = run(server, tmp_path, "list", "web-7d9f8c6b5-q8z7m", "-n", "shop")
+    assert server.requests[0]["query"]["labelSelector"] == ["coredump-webhook.io/pod=web-7d9f8c6b5-q8z7m"]
+    assert [line.split()[1] for line in res.stdout.splitlines()[1:]] == ["web-7d9f8c6b5-q8z7m"]
+
+
+def test_list_all_namespaces_without_cluster_rights_falls_back_to_readable_ones(server, tmp_path):
+    server.route("GET", f"{INDEX}/coredumps", Recorded(403, "status-403-list-coredumps.json"))
+    server.route("GET", "/api/v1/namespaces", Recorded(200, "namespacelist.json"))
+    server.route("GET", f"{INDEX}/namespaces/payments/coredumps", Recorded(403, "status-403-list-coredumps.json"))
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps", Recorded(200, "coredumplist-shop.json"))
+    res = run(server, tmp_path, "list", "-A", "--group")
+    assert res.exit_code == 0, res.output
+    assert "listing the namespaces you may read" in res.stderr
+    assert "namespace payments: no access to its coredumps, skipped" in res.stderr
+    assert res.stdout.splitlines()[1].split()[:2] == ["aaaaaaaaaaaa", "8"]
+    # not even the namespaces: one clear line, non-zero
+    server.route("GET", "/api/v1/namespaces", Recorded(403, "status-403-list-pods.json"))
+    res = run(server, tmp_path, "list", "-A")
+    assert res.exit_code == 1 and "use -n NAMESPACE" in res.stderr and "Traceback" not in res.output
+
+
+def test_list_without_the_crd_reads_the_pods(server, tmp_path, container_fs):
+    root, _ = container_fs
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps", Recorded(404, "status-404-coredumps-crd-missing.json"))
+    server.route("GET", "/api/v1/namespaces/shop/pods", Recorded(200, "podlist-shop.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root))
+    res = run(server, tmp_path, "list", "-n", "shop")
+    assert res.exit_code == 0 and "CoreDump index is not installed" in res.stderr
+    assert sum(1 for line in res.stdout.splitlines() if line.startswith("shop")) == 2
+
+
+def test_errors_a_user_can_act_on_are_one_line_never_a_traceback(server, tmp_path):
+    # an API server that does not answer
+    dead = tmp_path / "dead-kubeconfig"
+    server.kubeconfig(dead)
+    dead.write_text(dead.read_text().replace(server.url, "http://127.0.0.1:9"))
+    res = CliRunner().invoke(main, ["list", "-n", "shop", "--kubeconfig", str(dead)], catch_exceptions=False)
+    assert res.exit_code == 1 and "cannot reach the API server at http://127.0.0.1:9" in res.stderr
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+    # a kubeconfig that is not there
+    res = CliRunner().invoke(main, ["list", "-n", "shop", "--kubeconfig", str(tmp_path / "nope")], catch_exceptions=False)
+    assert res.exit_code == 1 and "kubeconfig" in res.stderr and "Traceback" not in res.output
+    # a namespace the user may not read
+    server.route("GET", f"{INDEX}/namespaces/payments/coredumps", Recorded(403, "status-403-list-coredumps.json"))
+    res = run(server, tmp_path, "list", "-n", "payments")
+    assert res.exit_code == 1 and "needs RBAC verb 'list' on 'coredumps'" in res.stderr
+
+
+def test_get_and_debug_accept_a_coredump_name(server, tmp_path, monkeypatch, container_fs, wrapper_bin):
+    root, cores = container_fs
+    listing = json.loads((RECORDED / "coredumplist-shop.json").read_text())
+    cd = next(i for i in listing["items"] if i["spec"]["pod"] == POD and i["spec"]["kind"] == "crash")
+    cd["spec"]["location"]["path"] = "/" + str(cores["new"].relative_to(root))
+    cd["spec"]["uid"], cd["spec"]["gid"] = 1234, 5678
+    name = cd["metadata"]["name"]
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps/{name}", Recorded(200, cd))
+    server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
+    server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
+    out = tmp_path / "got.core"
+    res = run(server, tmp_path, "get", name, "-n", "shop", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == cores["new"].read_bytes()
+    # debug NAME: the CoreDump's pod, its core, its owner (from the index, no exec needed)
+    server.requests.clear()
+    server.route("GET", f"/api/v1/namespaces/shop/pods/{name}", Recorded(404, "status-404-pod.json"))
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps", Recorded(200, {**listing, "items": [cd]}))
+    server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
+    monkeypatch.setattr(eph, "unique_name", lambda pod, **kw: "coredump-debug-x7k2q")
+    res = run(server, tmp_path, "debug", name, "-n", "shop", "--dry-run")
+    assert res.exit_code == 0, res.output
+    (ec,) = json.loads(res.stdout)["spec"]["ephemeralContainers"]
+    assert ec["command"][4] == cd["spec"]["location"]["path"]
+    assert (ec["securityContext"]["runAsUser"], ec["securityContext"]["runAsGroup"]) == (1234, 5678)
+    assert not [r for r in server.requests if r["path"].endswith("/exec")]  # the index sufficed

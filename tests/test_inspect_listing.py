@@ -65,6 +65,20 @@ def test_grouping_counts_and_orders(tree):
     assert groups[0].last.time == 1700000500 and groups[0].first_seen == 1700000000
 
 
+def test_snapshots_are_never_grouped_with_crashes(tree):
+    """A gcore of a live process in the same function is not one more crash of that bug."""
+    snap = write_core(tree, "data/dump-a/core-snap", namespace="shop", pod="web-1", container="app", t=1700000600,
+                      signal=0, signature=SIG_A, frames=["f", "h", "main"])
+    meta_path = snap.with_name(snap.name + ".json")
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "gcore": True, "snapshot": True}))
+    records, _ = listing.scan_directory(str(tree))
+    groups = listing.group_by_signature(records)
+    assert [(g.signature, g.kind, g.count) for g in groups][:2] == [(SIG_A, "crash", 2), (SIG_B, "crash", 1)]
+    assert (SIG_A, "snapshot", 1) in [(g.signature, g.kind, g.count) for g in groups]
+    assert "(snapshot)" in listing.render(records, group=True)
+    assert {g["kind"] for g in json.loads(listing.render(records, "json", group=True))["groups"]} == {"crash", "snapshot"}
+
+
 def test_render_table_wide_group_json_yaml(tree):
     records, _ = listing.scan_directory(str(tree))
     table = listing.render(records)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -125,50 +124,6 @@ def test_same_bug_twice_same_signature_other_bug_other_signature(programs, core_
     assert a3.backtrace[0].startswith("#0 ") and any(" g at " in line for line in a3.backtrace)
     meta = a3.metadata()
     assert set(meta) == {"signature", "backtrace", "signature_frames"}
-
-
-@pytest.mark.kernel
-def test_saved_mappings_keep_the_core_debuggable_after_the_binary_is_gone(programs, core_dir, tmp_path):
-    which_or_fail("gdb")
-    reference = sig.analyze(str(programs["segv"]), str(_crash(programs["segv"], core_dir)[1]))
-    # A private copy of the program, deleted after the crash (the "image is gone").
-    exe = tmp_path / "app" / "segv"
-    exe.parent.mkdir()
-    shutil.copy2(programs["segv"], exe)
-    saved = tmp_path / "saved"
-    results: list[sig.SavedFile] = []
-    _, core = _crash(exe, core_dir, before_crash=lambda pid: results.extend(sig.save_mappings(pid, str(saved), 64 << 20)))
-    shutil.rmtree(exe.parent)
-    by_path = {r.path: r for r in results}
-    assert by_path[str(exe)].saved_as == str(saved / str(exe).lstrip("/"))
-    assert any("libc" in os.path.basename(p) and r.saved_as for p, r in by_path.items())
-    analysis = sig.analyze(str(saved / str(exe).lstrip("/")), str(core), sysroot=str(saved))
-    assert analysis.signature == reference.signature
-
-
-@pytest.mark.root
-def test_save_mappings_of_a_live_process_under_a_budget(tmp_path):
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        deadline = time.monotonic() + 10
-        while "libc" not in open(f"/proc/{sleeper.pid}/maps").read() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        exe = os.readlink(f"/proc/{sleeper.pid}/exe")
-        full = sig.save_mappings(sleeper.pid, str(tmp_path / "all"), 1 << 30)
-        assert full[0].path == exe  # the executable first
-        for item in full:
-            assert item.saved_as, item
-            with open(item.saved_as, "rb") as a, open(item.path, "rb") as b:
-                assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
-        libs = [i for i in full if i.path != exe]
-        assert libs, "sleep maps at least libc and the loader"
-        small = sig.save_mappings(sleeper.pid, str(tmp_path / "small"), full[0].size + 1)
-        assert small[0].saved_as and all(i.skipped == "budget" for i in small[1:] if i.size > 1)
-        assert sum(i.size for i in small if i.saved_as) <= full[0].size + 1
-        assert sleeper.poll() is None
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
 def test_frames_below_main_never_change_the_signature():

@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "agent": "webhook.agent.commands:agent",
     "list": "webhook.inspect.commands:list_cores",
     "get": "webhook.inspect.commands:get_core",
-    "debug": "webhook.inspect.commands:debug",
+    "debug": "webhook.inspect.debug_command:debug",
     "gcore": "webhook.inspect.commands:gcore",
     "demo": "webhook.demo.command:demo",
     "page": "webhook.inspect.commands:page",

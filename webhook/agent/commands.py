@@ -114,10 +114,13 @@ def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Cal
     from webhook.agent.pending import PendingIdentities
 
     watch = make_pod_watch(settings)
+    index = watch.index if watch is not None else None
     # Crashes of pods the watch does not know (yet): names filled in, Events sent, once it does.
     pending = PendingIdentities(settings.host_dir, settings.node_cores_dir) if watch is not None else None
     processor = CrashProcessor(settings, previous_pattern=previous_pattern or None,
-                               pod_lookup=watch.index.lookup if watch is not None else None, pending=pending)
+                               pod_lookup=index.lookup if index is not None else None, pending=pending,
+                               pod_gone=(lambda uid: index.synced.is_set() and index.lookup(uid) is None)
+                               if index is not None else None)
     consumers = []
     if pending is not None:
         pending.publish = processor.publish

@@ -197,14 +197,15 @@ class CrashProcessor:
                  metrics: metrics_mod.AgentMetrics | None = None,
                  pod_lookup: Callable[[str], meta.PodView | None] | None = None,
                  proc: str = "/proc", signatures: Any = None, journal: Any = None,
-                 pending: Any = None) -> None:
-        """``events``/``notifier``: objects with ``submit(dict)``; None builds them from the
-        settings (``events``, ``notify_url``), False disables them. ``pod_lookup(pod_uid)``
-        is the pod watch's cache (namespace, names, image, labels, owner); it must not block.
-        ``journal``: the in-flight record (inflight.Journal; None builds it in the host dir, False
-        disables it). ``pending`` (``webhook.agent.pending.PendingIdentities``) takes the summaries
-        of crashes the watch did not know yet: their Event and notification wait for the verified
-        names."""
+                 pending: Any = None, index: Any = None, pod_gone: Callable[[str], bool] | None = None) -> None:
+        """``events``/``notifier``/``index``: objects with ``submit(dict)``; None builds them from
+        the settings (``events``, ``notify_url``, ``index``: the CoreDump writer), False disables
+        them. ``pod_lookup(pod_uid)`` is the pod watch's cache (namespace, names, image, labels,
+        owner); it must not block. ``pod_gone(pod_uid)``: the watch knows the pod was deleted (the
+        index marks its emptyDir cores Gone). ``journal``: the in-flight record (inflight.Journal;
+        None builds it in the host dir, False disables it). ``pending``
+        (``webhook.agent.pending.PendingIdentities``) takes the summaries of crashes the watch did
+        not know yet: their Event, notification and CoreDump wait for the verified names."""
         self.settings = settings
         self.previous_pattern = previous_pattern.strip() if previous_pattern else None
         self.clock = clock
@@ -221,8 +222,13 @@ class CrashProcessor:
             from webhook.agent.notify import make_notifier
 
             notifier = make_notifier(settings.notify_url, settings.notify_format)
+        if index is None:
+            from webhook.agent.index import make_index_writer
+
+            index = make_index_writer(settings, pod_lookup, pod_gone)
         self.events = events or None
         self.notifier = notifier or None
+        self.index = index or None
         self.node_pattern = parse(settings.node_core_name)
         self.journal = inflight.Journal(settings.host_dir) if journal is None else (journal or None)
         self._dropped_seen: set[str] = set()
@@ -542,9 +548,9 @@ class CrashProcessor:
             doc["gcore"] = True
             doc["gcore_request"] = request.snapshot_id
         pinned = None if request.spooled else proc  # a spooled core's process is gone: no binaries of it
-        sysroot = self._save_binaries(request, pinned, dirfd, final, doc, target)
+        files, links = self._keep_binaries(request, pinned, dirfd, final, doc, target)
         job = self._signature_job(pinned, dirfd, final, final and final + constants.METADATA_SUFFIX, doc, target,
-                                  sysroot)
+                                  files, links)
 
         # --- the process is let go here (webhook/agent/release.py): the rest can wait ---------
         release_now()
@@ -653,9 +659,9 @@ class CrashProcessor:
         return True
 
     def publish(self, summary: dict) -> None:
-        """The Event and the notification, only under names the pod watch verified; a crash of
+        """The Event, the notification and the CoreDump, only under names the pod watch verified; a crash of
         a pod the watch did not know waits in ``pending`` until it does (or goes unannounced)."""
-        sinks = (self.events, self.notifier)
+        sinks = (self.events, self.notifier, self.index)
         if summary.get("pod_uid") and summary.get("identity") != VERIFIED:
             if self.pending is not None:  # the watch will know the pod: announce it then
                 try:
@@ -687,39 +693,72 @@ class CrashProcessor:
                                timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                                maxsize=s.signature_queue_size,
                                no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"),
-                               memory_bytes=s.signature_memory_bytes)
+                               memory_bytes=s.signature_memory_bytes,
+                               retention=(s.retention_keep_first, s.retention_keep_latest),
+                               max_age=s.pod_retention_max_age_seconds,
+                               on_pruned=self.index.mark_pruned if self.index is not None else None)
 
-    def _save_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
-                       doc: dict, target: _Target) -> str | None:
-        """Still pinned: save the binaries; returns their staging dir (sysroot)."""
-        if not final or proc is None or not self.settings.save_binaries:
-            return None
-        from webhook.agent.analysis import save_binaries
+    def _keep_binaries(self, request: CrashRequest, proc: ProcessInfo | None, dirfd: int, final: str | None,
+                       doc: dict, target: _Target) -> tuple[list, dict]:
+        """Still pinned: keep the binaries by build-id (and ``--save-binaries`` copies); returns
+        the mapped files, still open, for the signature worker, and the root's links."""
+        s = self.settings
+        if not final or proc is None:
+            return [], {}
+        from webhook.agent.binaries import KeepOptions, keep_binaries, root_links
 
+        opts = KeepOptions(symbols=s.symbols, symbols_budget=s.symbols_budget_bytes, save_binaries=s.save_binaries,
+                           save_binaries_budget=s.save_binaries_budget_bytes, uid=target.uid, gid=target.gid,
+                           creds=target.creds, keep_free=s.keep_free_bytes)
+        want_files = self.signatures is not None and target.compression != "zstd"
         try:
-            keys, sysroot = save_binaries(request.global_pid, dirfd, final, self.settings.host_dir,
-                                          self.settings.save_binaries_budget_bytes, uid=target.uid,
-                                          gid=target.gid, proc=self.proc, creds=target.creds)
+            store_fd, store_rel = self._store_location(target, dirfd)
+        except OSError as exc:  # the namespace's directory in the node location: the core's then
+            log.warning("build-id store location unusable", extra={"pid": request.global_pid, "error": str(exc)})
+            store_fd, store_rel = dirfd, ".symbols"
+        try:
+            keys, files = keep_binaries(request.global_pid, proc.exe, dirfd, final, store_fd, store_rel, opts,
+                                        want_files=want_files, proc=self.proc)
         except Exception as exc:  # noqa: BLE001 - the core is written; binaries are a bonus
-            log.warning("could not save the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
-            return None
-        if keys.get("binaries_dir") and doc.get("path"):
-            keys["binaries_dir"] = posixpath.join(posixpath.dirname(doc["path"]), keys["binaries_dir"])
+            log.warning("could not keep the binaries", extra={"pid": request.global_pid, "error": repr(exc)})
+            return [], {}
+        finally:
+            if store_fd != dirfd:
+                os.close(store_fd)
+        base = posixpath.dirname(doc.get("path") or "")
+        for key in ("binaries_dir", "sysroot"):
+            if keys.get(key) and base:
+                keys[key] = posixpath.join(base, keys[key])
+        if keys.get("symbols_store") and base:
+            keys["symbols_store"] = posixpath.normpath(posixpath.join(base, keys["symbols_store"]))
         doc.update(keys)
-        return sysroot
+        return files, (root_links(request.global_pid, self.proc) if files else {})
+
+    def _store_location(self, target: _Target, dirfd: int) -> tuple[int, str]:
+        """The build-id store's parent directory (fd) and its path from the core's directory:
+        the core's directory in a pod volume, the namespace's directory in the node location."""
+        from webhook.agent.symbols import STORE_DIR
+
+        parts = [p for p in target.directory.split("/") if p]
+        if target.pod or len(parts) < 2:
+            return dirfd, STORE_DIR
+        with SafeRoot.open(target.root_path) as root:
+            fd = root.open_dir(parts[0])
+        return fd, "/".join([".."] * (len(parts) - 1) + [STORE_DIR])
 
     def _signature_job(self, proc: ProcessInfo | None, dirfd: int, final: str | None, json_name: str | None,
-                       doc: dict, target: _Target, sysroot: str | None) -> Any:
+                       doc: dict, target: _Target, files: list, links: dict) -> Any:
         """Still pinned: what the signature worker needs later (None: no signature for this core)."""
         if not final or not json_name or self.signatures is None or target.compression == "zstd":
-            if sysroot:
-                shutil.rmtree(sysroot, ignore_errors=True)
+            from webhook.agent.mappings import close_all
+
+            close_all(files)
             return None
         from webhook.agent.analysis import prepare_job
 
         # A spooled or vanished process: its PID may be another process's now, so no exe fd.
         return prepare_job(proc.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
-                           proc.exe if proc else "", sysroot, uid=target.uid, gid=target.gid, proc=self.proc,
+                           proc.exe if proc else "", files, links, uid=target.uid, gid=target.gid, proc=self.proc,
                            creds=target.creds)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import threading
 import time
 from collections import deque
@@ -68,10 +70,22 @@ class RetentionResult:
     kept_bytes: int
 
 
+#: Not cores: the build-id store, a core's sysroot of links and its saved binaries (the last
+#: two go with their core).
+_STORE_DIR = ".symbols"
+_COMPANION_DIRS = (".sysroot", ".d")
+
+
 def _core_groups(root: str) -> list[tuple[float, int, list[str]]]:
-    """Cores under ``root`` with their companions (``.json``), as (mtime, bytes, paths)."""
+    """Cores under ``root`` with their companions (``.json``, ``.sysroot/``, ``.d/``), as
+    (mtime, bytes, paths); the build-id store is not walked (see :func:`_collect_store`)."""
     groups: dict[str, list[str]] = {}
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        companions = [d for d in dirs if d.endswith(_COMPANION_DIRS)]
+        dirs[:] = [d for d in dirs if d != _STORE_DIR and d not in companions]
+        for name in companions:
+            base = name[: -len(".sysroot")] if name.endswith(".sysroot") else name[: -len(".d")]
+            groups.setdefault(os.path.join(dirpath, base), []).append(os.path.join(dirpath, name))
         for name in files:
             path = os.path.join(dirpath, name)
             if name.startswith(TMP_PREFIX):
@@ -84,6 +98,8 @@ def _core_groups(root: str) -> list[tuple[float, int, list[str]]]:
             groups.setdefault(key, []).append(path)
     out = []
     for key, paths in groups.items():
+        if not any(p == key or p == key + ".json" for p in paths):
+            continue  # a companion without its core: left for the store collection below
         total = 0
         mtime = 0.0
         for p in paths:
@@ -92,9 +108,35 @@ def _core_groups(root: str) -> list[tuple[float, int, list[str]]]:
             except FileNotFoundError:
                 continue
             total += st.st_blocks * 512
-            mtime = max(mtime, st.st_mtime)
+            if not stat.S_ISDIR(st.st_mode):
+                mtime = max(mtime, st.st_mtime)
         out.append((mtime, total, paths))
     return out
+
+
+def _collect_store(root: str) -> list[str]:
+    """Build-id store entries (``.symbols/buildid/<id>``) no remaining sysroot links to: removed."""
+    referenced: set[str] = set()
+    stores: list[str] = []
+    for dirpath, dirs, files in os.walk(root):
+        if os.path.basename(dirpath) == _STORE_DIR:
+            stores.append(dirpath)
+            dirs[:] = []
+            continue
+        for name in files + dirs:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                target = os.readlink(path)
+                if "/buildid/" in target:
+                    referenced.add(target.split("/buildid/", 1)[1].split("/", 1)[0])
+    removed = []
+    for store in stores:
+        base = os.path.join(store, "buildid")
+        for bid in os.listdir(base) if os.path.isdir(base) else []:
+            if bid not in referenced:
+                shutil.rmtree(os.path.join(base, bid), ignore_errors=True)
+                removed.append(os.path.join(base, bid))
+    return removed
 
 
 def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
@@ -123,11 +165,16 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
         total -= size
     for path in removed:
         try:
-            os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)  # a companion (sysroot of links, saved binaries): links not followed
+            else:
+                os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("retention could not remove %s: %s", path, exc)
+    if removed:
+        removed.extend(_collect_store(root))
     for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
         if dirpath != root:
             try:

@@ -31,6 +31,10 @@ class PodView:
     container_ids: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     owner: str | None = None  # "ReplicaSet/web-7d9c"
+    #: volume name -> (kind: "emptyDir", "persistentVolumeClaim", "nfs"..., claim name or "")
+    volumes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: container name -> [(mountPath, volume name)]
+    mounts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def signal_name(number: int) -> str | None:

@@ -84,8 +84,18 @@ def pod_record(pod: dict) -> PodRecord | None:
             for cid in (cs.get("containerID"), (cs.get("lastState") or {}).get("terminated", {}).get("containerID")):
                 if cid:
                     ids.setdefault(strip_runtime(cid), name)
+    volumes: dict[str, tuple[str, str]] = {}
+    for v in spec.get("volumes") or []:
+        kind = next((k for k in v if k != "name"), "")
+        if v.get("name"):
+            volumes[v["name"]] = (kind, str((v.get("persistentVolumeClaim") or {}).get("claimName") or ""))
+    mounts: dict[str, list[tuple[str, str]]] = {}
+    for key in ("initContainers", "containers"):
+        for c in spec.get(key) or []:
+            mounts[c.get("name", "")] = [(m.get("mountPath", ""), m.get("name", "")) for m in c.get("volumeMounts") or []]
     view = PodView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=uid, images=images,
-                   container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta))
+                   container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta),
+                   volumes=volumes, mounts=mounts)
     return PodRecord(view=view, node=spec.get("nodeName", "") or "", annotations=dict(meta.get("annotations") or {}),
                      resource_version=meta.get("resourceVersion", ""), phase=status.get("phase", ""),
                      hostname=spec.get("hostname") or meta.get("name", ""))

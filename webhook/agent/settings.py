@@ -93,6 +93,30 @@ class AgentSettings:
     save_binaries: bool = False
     #: Most bytes of executable and libraries saved per core (larger files are skipped).
     save_binaries_budget_bytes: int = 256 * 1024**2
+    #: While the crashing process is pinned, keep its executable and libraries once per ELF
+    #: build-id in the core's storage (``.symbols/buildid/<id>/executable``, debuginfod layout)
+    #: with ``<core>.sysroot/`` linking to them, so gdb finds them after the image is gone.
+    symbols: bool = True
+    #: Most bytes one build-id store (one core directory; per namespace in the node location) holds.
+    symbols_budget_bytes: int = 1024**3
+    #: Write the crash index: one CoreDump (coredump-webhook.io) per core in the pod's namespace,
+    #: off the crash path (queued, batched, rate limited, retried); needs the CRD installed.
+    index: bool = True
+    #: CoreDumps created per signature and workload (per node); further crashes of it only
+    #: update the count on the last one.
+    index_keep_per_signature: int = 5
+    #: Most CoreDump writes per second from this node (a crash storm cannot flood the API server).
+    index_writes_per_second: float = 5.0
+    #: Crashes waiting for their CoreDump at most; beyond, one is dropped (logged, counted).
+    index_queue_size: int = 1024
+    #: Retention per signature in a core directory (pod volumes too): once a core has its
+    #: signature, keep the first N and the latest M cores of that signature there and delete the
+    #: others with their metadata and sysroot (the index keeps counting). 0 and 0 keep everything.
+    retention_keep_first: int = 3
+    retention_keep_latest: int = 5
+    #: Cores in a pod's own directory older than this are deleted too, whatever their signature,
+    #: when the next core there gets its signature (0 = keep; the node location has its own).
+    pod_retention_max_age_seconds: float = 0.0
     #: Run gdb over each core off the crash path and add backtrace and signature to its metadata
     #: (turned off, with a log line, when gdb is not installed).
     signatures: bool = True

@@ -261,9 +261,10 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
     deadline = time.monotonic() + 20
     cores: list[Path] = []
     while time.monotonic() < deadline:
-        cores = sorted(p for p in volume.rglob("*") if p.is_file() and not p.name.endswith(".json")
-                       and ".tmp" not in p.name)
-        if cores and all(Path(str(c) + constants.METADATA_SUFFIX).exists() for c in cores):
+        # a core is a file with its metadata beside it (not the build-id store, not a sysroot link)
+        cores = sorted(Path(str(m)[: -len(constants.METADATA_SUFFIX)]) for m in volume.rglob("*" + constants.METADATA_SUFFIX)
+                       if ".symbols" not in m.parts and Path(str(m)[: -len(constants.METADATA_SUFFIX)]).is_file())
+        if cores:
             break
         time.sleep(0.1)
     if not cores:

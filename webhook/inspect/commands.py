@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -239,12 +238,19 @@ def claim_records(api, namespace: str, claim: str, reader: str) -> tuple[list[Co
 @click.option("--claim", default=None, help="list cores on a PVC (pod gone) through a short-lived reader pod")
 @click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
 @click.option("--reader-uid", envvar=_env("reader_uid"), type=int, default=None, help="runAsUser of the reader pod")
-def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid):
-    """List cores of the pods you can see, newest first."""
+@click.option("--from-pods", is_flag=True, help="read each pod's core directory (exec) instead of the CoreDump index")
+def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid,
+               from_pods):
+    """List cores of the pods you can see, newest first (from the CoreDump index: one API call)."""
     s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image, reader_uid=reader_uid)
     try:
         api = _api(s)
-        if claim:
+        records = None
+        if not claim and not from_pods:
+            records, warnings = _from_index(api, s, pod, namespace, all_ns)
+        if records is not None:
+            pass
+        elif claim:
             ns = _namespace(namespace, s)
             reader, cleanup = _with_reader(api, s, ns, claim)
             try:
@@ -263,19 +269,33 @@ def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, g
     click.echo(render(records, output, group=group))
 
 
+def _from_index(api, s: InspectSettings, pod: str | None, namespace: str | None,
+                all_ns: bool) -> tuple[list[CoreRecord] | None, list[str]]:
+    """The index's records, or (None, []) when it is not installed (then the pods are read)."""
+    from webhook.inspect import index_view, kube
+
+    try:
+        return index_view.read_index(api, None if all_ns else _namespace(namespace, s), pod=pod)
+    except kube.NotFound:
+        _warn("the CoreDump index is not installed (no coredumps.coredump-webhook.io CRD): reading each pod")
+        return None, []
+
+
 # --- get -------------------------------------------------------------------------------------
 
 
 @click.command("get")
 @click.argument("pod")
-@click.argument("core")
+@click.argument("core", required=False)
 @kube_options
 @click.option("-c", "--container", default=None)
 @click.option("-o", "--output-file", "output", default=None, help="where to save (default: the core's name)")
 @click.option("--claim", default=None, help="POD is then a label only: fetch from this PVC through a reader pod")
 @click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
 def get_core(pod, core, namespace, context, kubeconfig, container, output, claim, reader_image):
-    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256."""
+    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256.
+
+    With one argument it is a CoreDump's name (`coredump list -o wide`): its pod and core."""
     from webhook.inspect import download as dl
     from webhook.inspect import kube
 
@@ -284,6 +304,11 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
     try:
         api = _api(s)
         ns = _namespace(namespace, s)
+        if not core:  # a CoreDump's name
+            spec = kube.read_coredump(api, ns, pod).get("spec") or {}
+            pod, core = str(spec.get("pod") or ""), str((spec.get("location") or {}).get("path") or "")
+            if not pod or not core:
+                raise eph.InspectError(f"CoreDump {ns}/{pod} names no pod or core path")
         if claim:
             reader, cleanup = _with_reader(api, s, ns, claim)
             records, _ = claim_records(api, ns, claim, reader)
@@ -313,67 +338,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
     click.echo(f"{res.path}: {res.size} bytes, sha256 {res.sha256} verified ({state})")
 
 
-# --- debug -----------------------------------------------------------------------------------
-
-
-@click.command("debug")
-@click.argument("pod", required=False)
-@kube_options
-@click.option("-c", "--container", default=None, help="the crashed container (default: the first target)")
-@click.option("--image", envvar=_env("debug_image"), default=DEFAULT_DEBUG_IMAGE, show_default=True,
-              help="debug image (needs gdb and a shell)")
-@click.option("--pull-policy", envvar=_env("debug_pull_policy"), default="IfNotPresent", show_default=True)
-@click.option("--dry-run", is_flag=True, help="print the PATCH body and call nothing")
-@click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="read the pod from this file (JSON or YAML) instead of the API")
-@click.option("--timeout", "wait_timeout", envvar=_env("debug_timeout"), type=float, default=120.0, show_default=True)
-def debug(pod, namespace, context, kubeconfig, container, image, pull_policy, dry_run, pod_file, wait_timeout):
-    """Add a debug container (gdb) next to POD's cores and attach to it."""
-    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=image, pull_policy=pull_policy, wait_timeout=wait_timeout)
-    try:
-        if pod_file:
-            with open(pod_file) as f:
-                obj = yaml.safe_load(f)
-            if not isinstance(obj, dict) or obj.get("kind", "Pod") != "Pod":
-                raise eph.InspectError(f"{pod_file} does not hold a Pod")
-            meta = obj.setdefault("metadata", {})
-            if pod and meta.get("name") and pod != meta["name"]:
-                raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
-            ns = namespace or meta.get("namespace") or _namespace(None, s)
-            meta.setdefault("namespace", ns)
-            name = meta.get("name") or pod
-        else:
-            if not pod:
-                raise eph.InspectError("POD is required (or -f POD_FILE)")
-            ns, name, obj = _namespace(namespace, s), pod, None
-        api = None
-        if obj is None:
-            from webhook.inspect import kube
-
-            api = _api(s)
-            obj = kube.read_pod(api, ns, name)
-        cname = eph.unique_name(obj)
-        ec = eph.debug_container(obj, image=s.debug_image, name=cname, container=container, pull_policy=s.pull_policy)
-        body = eph.ephemeral_patch(ec)
-        if dry_run:
-            click.echo(json.dumps(body, indent=2))
-            return
-        from webhook.inspect import kube
-
-        if api is None:
-            api = _api(s)
-        kube.patch_ephemeral(api, ns, name, body)
-        click.echo(f"debug container {cname} added to {ns}/{name}; waiting for it to run...", err=True)
-        kube.wait_ephemeral(api, ns, name, cname, timeout=s.wait_timeout)
-    except eph.InspectError as exc:
-        raise _fail(exc) from exc
-    loc = eph.core_location(obj, container)
-    line = eph.attach_command(ns, name, cname, context=s.context, kubeconfig=s.kubeconfig)
-    click.echo(f"cores are in {loc.directory} (also $COREDUMP_DIR); gdb /path/to/exe CORE", err=True)
-    kubectl = shutil.which("kubectl")
-    if sys.stdout.isatty() and sys.stdin.isatty() and kubectl:
-        os.execvp(kubectl, [kubectl, *line[1:]])
-    click.echo(" ".join(line))
+# --- debug: webhook/inspect/debug_command.py ------------------------------------------------
 
 
 # --- gcore -----------------------------------------------------------------------------------
@@ -503,15 +468,17 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
               type=click.IntRange(min=1), help="threads per worker (each download holds one)")
 @click.option("--log-level", envvar=_env("page_log_level"), default="info", show_default=True, show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level):
+@click.option("--index", "index", is_flag=True, envvar=_env("page_index"), show_envvar=True,
+              help="list the cluster's CoreDump index with each user's own token (in-cluster)")
+def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level, index):
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook.inspect import page_server
     from webhook import logs
     from webhook.server.tls import CertLoadError
 
     settings = page_server.PageSettings(
-        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth,
-        workers=workers, threads=threads, log_level=log_level.lower())
+        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth and not index,
+        workers=workers, threads=threads, log_level=log_level.lower(), index=index)
     try:
         settings.host_port()
     except ValueError as exc:

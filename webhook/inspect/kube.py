@@ -105,6 +105,52 @@ def list_pods(api: client.ApiClient, namespace: str | None) -> list[dict]:
     return list(_json(resp).get("items") or [])
 
 
+#: The crash index (charts/coredump-webhook/crds/): group, version, plural.
+INDEX = ("coredump-webhook.io", "v1alpha1", "coredumps")
+
+
+def _unreachable(api: client.ApiClient, exc: Exception) -> KubeError:
+    reason = getattr(exc, "reason", None) or exc
+    return KubeError(f"cannot reach the API server at {api.configuration.host}: {reason}", 0, "Unreachable")
+
+
+def list_coredumps(api: client.ApiClient, namespace: str | None, label_selector: str | None = None) -> list[dict]:
+    """CoreDumps of one namespace, or of all (``None``): one API call."""
+    import urllib3
+
+    group, version, plural = INDEX
+    objects = client.CustomObjectsApi(api)
+    kw = {"label_selector": label_selector} if label_selector else {}
+    try:
+        if namespace is None:
+            resp = objects.list_cluster_custom_object(group, version, plural, _preload_content=False, **kw)
+        else:
+            resp = objects.list_namespaced_custom_object(group, version, namespace, plural, _preload_content=False, **kw)
+    except ApiException as exc:
+        err = _translate(exc, f"list coredumps in {namespace or 'all namespaces'}", "list", "coredumps", namespace or "*")
+        if isinstance(err, NotFound):
+            err = NotFound("the CoreDump index is not installed in this cluster (no coredumps.coredump-webhook.io CRD)",
+                           404, "NotFound")
+        raise err from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise _unreachable(api, exc) from exc
+    return list(_json(resp).get("items") or [])
+
+
+def read_coredump(api: client.ApiClient, namespace: str, name: str) -> dict:
+    import urllib3
+
+    group, version, plural = INDEX
+    try:
+        resp = client.CustomObjectsApi(api).get_namespaced_custom_object(group, version, namespace, plural, name,
+                                                                         _preload_content=False)
+    except ApiException as exc:
+        raise _translate(exc, f"coredump {namespace}/{name}", "get", "coredumps", namespace) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise _unreachable(api, exc) from exc
+    return _json(resp)
+
+
 def list_namespaces(api: client.ApiClient) -> list[str]:
     try:
         resp = client.CoreV1Api(api).list_namespace(_preload_content=False)

@@ -98,6 +98,12 @@ class CoreRecord:
     location: str = ""
     #: False when the metadata is there but the core file is not (deleted by hand).
     present: bool = True
+    #: "crash", or "snapshot" for a gcore of a live process (never grouped with crashes).
+    kind: str = "crash"
+    #: Crashes this record stands for (a CoreDump whose signature reached its quota counts the rest).
+    count: int = 1
+    #: The CoreDump's name when the record came from the index.
+    coredump: str = ""
     #: The full metadata as read.
     metadata: dict = field(default_factory=dict, repr=False)
 
@@ -182,6 +188,7 @@ def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, na
         compression=str(meta.get("compression") or ""),
         stored_size=_num(meta.get("stored_size"), _num(meta.get("size"))),
         present=present,
+        kind="snapshot" if meta.get("gcore") or meta.get("snapshot") else "crash",
         metadata=meta,
     )
 
@@ -298,14 +305,17 @@ def newest_first(records: list[CoreRecord]) -> list[CoreRecord]:
 
 @dataclass
 class Group:
-    """All cores sharing one signature ("" = not computed yet: each such core is its own group)."""
+    """All cores sharing one signature ("" = not computed yet: each such core is its own group).
+
+    Snapshots (``coredump gcore``) form their own groups: a live process is not a crash."""
 
     signature: str
     records: list[CoreRecord]
+    kind: str = "crash"
 
     @property
     def count(self) -> int:
-        return len(self.records)
+        return sum(max(1, r.count) for r in self.records)
 
     @property
     def last(self) -> CoreRecord:
@@ -328,6 +338,7 @@ class Group:
     def as_dict(self) -> dict:
         return {
             "signature": self.signature,
+            "kind": self.kind,
             "count": self.count,
             "first_seen": self.first_seen,
             "last_seen": self.last.time,
@@ -339,14 +350,14 @@ class Group:
 
 def group_by_signature(records: list[CoreRecord]) -> list[Group]:
     """Groups, the most frequent first, then the most recent; cores newest first in each."""
-    buckets: dict[str, list[CoreRecord]] = {}
+    buckets: dict[tuple[str, str], list[CoreRecord]] = {}
     loose: list[Group] = []
     for rec in newest_first(records):
         if rec.signature:
-            buckets.setdefault(rec.signature, []).append(rec)
+            buckets.setdefault((rec.kind, rec.signature), []).append(rec)
         else:
-            loose.append(Group("", [rec]))
-    groups = [Group(sig, recs) for sig, recs in buckets.items()] + loose
+            loose.append(Group("", [rec], rec.kind))
+    groups = [Group(sig, recs, kind) for (kind, sig), recs in buckets.items()] + loose
     return sorted(groups, key=lambda g: (-g.count, -g.last.time))
 
 
@@ -381,16 +392,19 @@ def render_table(records: list[CoreRecord], *, wide: bool = False) -> str:
     counts: dict[str, int] = {}
     for r in records:
         if r.signature:
-            counts[r.signature] = counts.get(r.signature, 0) + 1
+            counts[r.signature] = counts.get(r.signature, 0) + max(1, r.count)
     headers = ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
+    named = wide and any(r.coredump for r in records)
     if wide:
-        headers += ["COUNT", "NODE", "TOP FRAME"]
+        headers += ["COUNT", "NODE", "TOP FRAME"] + (["COREDUMP"] if named else [])
     rows = []
     for r in records:
         row = [r.namespace, r.pod, r.container, _when(r.time), r.signal_name or "-", _size(r), _short(r.signature), r.path]
         if wide:
             top = Group(r.signature, [r]).top_frames(1)
             row += [str(counts.get(r.signature, 1)), r.node or "-", top[0] if top else "-"]
+            if named:
+                row.append(r.coredump or "-")
         rows.append(row)
     return _table(headers, rows)
 
@@ -401,7 +415,8 @@ def render_groups(groups: list[Group]) -> str:
     for g in groups:
         pods = g.pods
         shown = ", ".join(pods[:2]) + (f" +{len(pods) - 2}" if len(pods) > 2 else "")
-        rows.append([_short(g.signature), str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
+        sig = _short(g.signature) + (" (snapshot)" if g.kind == "snapshot" else "")
+        rows.append([sig, str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
     return _table(headers, rows)
 
 

@@ -53,6 +53,9 @@ class PageSettings:
     keepalive: int = 5
     #: Seconds in-flight requests get on SIGTERM.
     graceful_timeout: int = 10
+    #: List the cluster's CoreDump index with each user's own token (one Deployment for the
+    #: cluster) instead of the cores under ``cores_root`` (the node's page).
+    index: bool = False
     #: Title of the page.
     title: str = "Core dumps"
     #: Log level of the JSON logs (debug, info, warning, error).
@@ -69,7 +72,7 @@ class PageSettings:
 
     def describe(self) -> dict[str, Any]:
         """The effective settings, for the start-up log line."""
-        return {"coresRoot": self.cores_root, "bind": self.bind, "tls": self.cert_dir is not None,
+        return {"coresRoot": self.cores_root, "index": self.index, "bind": self.bind, "tls": self.cert_dir is not None,
                 "certDir": str(self.cert_dir) if self.cert_dir else None, "insecureNoAuth": self.insecure_no_auth,
                 "workers": self.workers, "threads": self.threads, "timeout": self.timeout}
 
@@ -79,6 +82,31 @@ def kube_authorizer() -> Authorizer:
     from webhook.inspect import kube
 
     return kube.make_authorizer(kube.api_client())
+
+
+def token_user(ttl: float = 60.0) -> Callable[[str], str | None]:
+    """Who is behind a token, for the request log: a TokenReview with the page's own account
+    (its only right), remembered for ``ttl`` seconds."""
+    import hashlib
+    import time
+
+    from webhook.inspect import kube
+
+    api = kube.api_client()
+    seen: dict[str, tuple[float, str | None]] = {}
+
+    def whoami(token: str) -> str | None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        hit = seen.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        user = (kube.token_review(api, token) or {}).get("username")
+        if len(seen) > 1024:
+            seen.clear()
+        seen[key] = (time.monotonic() + ttl, user)
+        return user
+
+    return whoami
 
 
 def allow_everyone(token: str, namespace: str) -> bool:
@@ -107,6 +135,11 @@ class PageServer(GthreadServer):
     def load(self) -> Any:
         """The page app, built in each worker (its own API client, after the fork)."""
         from webhook.inspect.page import create_page_app
+
+        if self.settings.index:
+            from webhook.inspect.index_page import create_index_page_app, in_cluster_api_for_token
+
+            return create_index_page_app(in_cluster_api_for_token(), title=self.settings.title, whoami=token_user())
 
         return create_page_app(self.settings.cores_root, authorize=self.make_authorizer(),
                                title=self.settings.title, anonymous=self.settings.insecure_no_auth)

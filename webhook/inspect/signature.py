@@ -6,9 +6,8 @@ addresses, offsets, argument values or line numbers. The frames of the C library
 machinery (``raise``, ``abort``, ``__pthread_kill_*``) are dropped from the top first: they are
 the same for every ``abort()`` and would hide the caller that matters.
 
-Also here: :func:`save_mappings`, which copies the executable and the shared libraries a live
-(pinned) process mapped next to its core, under a size budget, in a sysroot layout that
-``gdb -ex "set sysroot DIR"`` understands, so the core stays debuggable after the image is gone.
+The executable and libraries a pinned process mapped are kept by the agent
+(``webhook/agent/binaries.py``), read only through the kernel's own references.
 """
 
 from __future__ import annotations
@@ -226,91 +225,3 @@ def analyze(
         raise SignatureError(f"gdb printed no frames for {core}")
     digest, picked = signature_of(frames, top)
     return Analysis(digest, [f.text() for f in frames], picked, frames)
-
-
-# --- executable and libraries next to the core -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class SavedFile:
-    """One mapped file considered by :func:`save_mappings`."""
-
-    #: Path as the process saw it (inside its own root).
-    path: str
-    size: int
-    #: Where it was copied (under dest), or None when skipped.
-    saved_as: str | None
-    #: Why it was skipped ("budget", "unreadable: ...", "deleted"), None when saved.
-    skipped: str | None = None
-
-
-def _map_ranges(maps_text: str) -> dict[str, str]:
-    """File paths from /proc/<pid>/maps text, first-mapped first, each once, with the
-    "start-end" of its first mapping (the name of its /proc/<pid>/map_files entry).
-
-    Pseudo mappings ([heap], [vdso], anon) are left out; "(deleted)" files are kept with the
-    marker so the caller can say why they were not saved.
-    """
-    out: dict[str, str] = {}
-    for line in maps_text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            out.setdefault(parts[5].strip(), parts[0])
-    return out
-
-
-def save_mappings(pid: int, dest: str, budget: int, *, proc: str = "/proc") -> list[SavedFile]:
-    """Copy the executable and shared objects of ``pid`` under ``dest`` (sysroot layout).
-
-    The executable comes first, then libraries in mapping order; a file that does not fit in
-    what is left of ``budget`` bytes is skipped (smaller ones after it may still fit). Files
-    are read through ``/proc/<pid>/map_files/<range>`` (the exact inode mapped, even if the
-    path was replaced since) and otherwise through ``/proc/<pid>/root/<path>``, so a
-    container's own libraries are saved, not the host's.
-    """
-    base = os.path.join(proc, str(pid))
-    with open(os.path.join(base, "maps")) as f:
-        maps_text = f.read()
-    ranges = _map_ranges(maps_text)
-    paths = list(ranges)
-    try:
-        exe = os.readlink(os.path.join(base, "exe"))
-    except OSError:
-        exe = None
-    if exe in paths:
-        paths.remove(exe)
-        paths.insert(0, exe)
-
-    results: list[SavedFile] = []
-    left = budget
-    for path in paths:
-        if path.endswith(" (deleted)"):
-            results.append(SavedFile(path, 0, None, "deleted"))
-            continue
-        sources = [os.path.join(base, "map_files", ranges[path]), os.path.join(base, "root", path.lstrip("/"))]
-        src = next((s for s in sources if os.path.exists(s)), None)
-        if src is None:
-            results.append(SavedFile(path, 0, None, "unreadable: not found"))
-            continue
-        try:
-            size = os.stat(src).st_size
-        except OSError as exc:
-            results.append(SavedFile(path, 0, None, f"unreadable: {exc.strerror}"))
-            continue
-        if size > left:
-            results.append(SavedFile(path, size, None, "budget"))
-            continue
-        target = os.path.join(dest, path.lstrip("/"))
-        if os.path.commonpath([os.path.realpath(dest), os.path.realpath(os.path.dirname(target))]) != os.path.realpath(dest):
-            results.append(SavedFile(path, size, None, "unsafe path"))
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            with open(src, "rb") as fin, open(target, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except OSError as exc:
-            results.append(SavedFile(path, size, None, f"unreadable: {exc.strerror}"))
-            continue
-        left -= size
-        results.append(SavedFile(path, size, target))
-    return results

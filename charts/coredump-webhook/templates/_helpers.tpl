@@ -47,12 +47,18 @@
 
 {{/* "true" when the agent calls the Kubernetes API at all (then it gets a token). */}}
 {{- define "coredump-webhook.agentUsesApi" -}}
-{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentReadsDaemonSet" .) }}true{{ end }}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentIndex" .) (include "coredump-webhook.agentReadsDaemonSet" .) }}true{{ end }}
 {{- end }}
 
-{{/* "true" when the agent has a ClusterRole (pod watch or Events). */}}
+{{/* "true" when the agent has a ClusterRole (pod watch, Events or the crash index). */}}
 {{- define "coredump-webhook.agentClusterRole" -}}
-{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) }}true{{ end }}
+{{- if or (include "coredump-webhook.agentEvents" .) (include "coredump-webhook.agentWatchPods" .) (include "coredump-webhook.agentIndex" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the agent writes the crash index (agent.settings.index, the agent's default
+     true), empty otherwise: only then may it create/update CoreDumps. */}}
+{{- define "coredump-webhook.agentIndex" -}}
+{{- if or (not (hasKey .Values.agent.settings "index")) .Values.agent.settings.index }}true{{ end }}
 {{- end }}
 
 {{/* The agent's stop timeout in whole seconds (agent.settings.stop_timeout_seconds, else the

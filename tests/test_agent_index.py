@@ -1,0 +1,264 @@
+"""The crash index: CoreDump objects built from crash summaries, validated against the CRD's schema,
+written through the real kubernetes client to the fake API server (batched, rate limited, retried,
+counted once a signature's quota is reached)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
+from tests.inspect_data import write_core
+from webhook.agent import index as idx
+
+REPO = Path(__file__).resolve().parent.parent
+CRD = REPO / "charts" / "coredump-webhook" / "crds" / "coredumps.coredump-webhook.io.yaml"
+BASE = "/apis/coredump-webhook.io/v1alpha1/namespaces"
+_LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _strict(schema: dict) -> dict:
+    """The CRD schema with unknown fields refused (the API server would silently prune them)."""
+    out = copy.deepcopy(schema)
+    if out.get("type") == "object" and "properties" in out and out is not None:
+        out.setdefault("additionalProperties", False)
+        for key, sub in out["properties"].items():
+            if key != "metadata":
+                out["properties"][key] = _strict(sub)
+    if out.get("type") == "array" and "items" in out:
+        out["items"] = _strict(out["items"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict:
+    return yaml.safe_load(CRD.read_text())
+
+
+@pytest.fixture(scope="module")
+def validate(crd):
+    (version,) = crd["spec"]["versions"]
+    checker = jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]),
+                                         format_checker=jsonschema.FormatChecker())
+
+    def check(obj: dict) -> None:
+        assert obj["apiVersion"] == f"{crd['spec']['group']}/{version['name']}" and obj["kind"] == crd["spec"]["names"]["kind"]
+        checker.validate(obj)
+        meta = obj["metadata"]
+        assert len(meta["name"]) <= 253 and _DNS_SUBDOMAIN.match(meta["name"]), meta["name"]
+        for key, value in meta["labels"].items():
+            assert len(value) <= 63 and _LABEL.match(value), (key, value)
+        assert len(json.dumps(obj)) < 4096  # small: top frames only
+    return check
+
+
+def summary(tmp_path: Path, **over) -> dict:
+    """What the crash processor hands its sinks: the outcome plus the metadata the agent wrote."""
+    core = write_core(tmp_path, "data/dump/core.web.7", namespace="shop", pod="web-7d9c-x2kqp", container="app",
+                      t=1700000000, signature="ab" * 32, frames=["check_order", "main"])
+    doc = json.loads(core.with_name(core.name + ".json").read_text())
+    doc.update({"outcome": "written", "reason": "registered", "destination": "pod", "path": "/data/dump/core.web.7",
+                "owner": "ReplicaSet/web-7d9c", "labels": {"app": "web", "pod-template-hash": "7d9c"},
+                "sysroot": "/data/dump/core.web.7.sysroot", "symbols_store": "/data/dump/.symbols",
+                "build_id": "9d6e209f292f42f42121de7aa93ccf1c46a3c4a6",
+                "backtrace": ["#0 x"] * 200, "identity": "verified"})
+    doc.update(over)
+    return doc
+
+
+def test_coredump_from_a_crash_validates_and_is_small(tmp_path, validate, crd):
+    body = idx.build_coredump(summary(tmp_path), 1700000100)
+    validate(body)
+    spec, labels = body["spec"], body["metadata"]["labels"]
+    assert body["metadata"]["namespace"] == "shop" and spec["pod"] == "web-7d9c-x2kqp"
+    assert spec["topFrames"] == ["check_order", "main"] and spec["frames"] == "check_order < main"
+    assert "backtrace" not in json.dumps(body)  # the core's metadata keeps it
+    assert spec["owner"] == {"kind": "Deployment", "name": "web"}  # the ReplicaSet's Deployment
+    assert labels[idx.LABEL_WORKLOAD] == "deployment.web" and labels[idx.LABEL_SIGNATURE] == "ab" * 8
+    assert spec["location"] == {"kind": "pod", "path": "/data/dump/core.web.7", "sysroot": "/data/dump/core.web.7.sysroot",
+                                "symbolsStore": "/data/dump/.symbols"}
+    assert body["status"] == {"state": "Present", "count": 1, "lastSeen": "2023-11-14T22:15:00Z"}
+    # every printer column points at a field the object has
+    (version,) = crd["spec"]["versions"]
+    for col in version["additionalPrinterColumns"]:
+        node = body
+        for part in col["jsonPath"].strip(".").split("."):
+            node = node[part]
+    # a snapshot is its own kind; a hostile pod name still makes a valid object name
+    snap = idx.build_coredump(summary(tmp_path, gcore=True, pod="Web_POD.." + "x" * 300, signature=None,
+                                      signature_frames=None), 1700000100)
+    validate(snap)
+    assert snap["spec"]["kind"] == "snapshot" and idx.LABEL_SIGNATURE not in snap["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("over", [
+    {"registered": False},  # no verified identity: never filed in a namespace
+    {"identity": "unverified"},  # names the pod watch has not vouched for
+    {"identity": None},
+    {"namespace": None},
+    {"pod_uid": None},
+    {"outcome": "failed", "path": None},
+    {"outcome": "rate_limited"},
+])
+def test_no_coredump_without_a_verified_pod_or_a_written_core(tmp_path, over):
+    assert idx.build_coredump(summary(tmp_path, **over), 1700000100) is None
+
+
+@pytest.fixture
+def server():
+    with FakeApiServer() as s:
+        yield s
+
+
+def _writer(server, **kw) -> idx.IndexWriter:
+    kw.setdefault("writes_per_second", 1000)
+    return idx.IndexWriter(idx.CustomObjectsEdge(server.api()), backoff=0.05, **kw)
+
+
+def _bodies(server, method: str) -> list[dict]:
+    return [json.loads(r["body"]) for r in server.requests if r["method"] == method and "/coredumps" in r["path"]]
+
+
+def test_writer_creates_then_counts_once_the_quota_is_reached(tmp_path, server, validate):
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    w = _writer(server, keep_per_signature=3)
+    for i in range(12):  # a crash loop: one signature, one Deployment, other pods and digests
+        assert w.submit(summary(tmp_path, sha256=f"{i:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i))
+    other = summary(tmp_path, sha256="f" * 64, signature="cd" * 32, signature_frames=["other_bug", "main"])
+    assert w.submit(other)
+    assert w.flush(20)
+    created, updated = _bodies(server, "POST"), _bodies(server, "PUT")
+    assert len(created) == 4  # the quota of 3 for the loop, plus the other bug
+    assert {b["spec"]["signature"] for b in created} == {"ab" * 32, "cd" * 32}
+    assert 1 <= len(updated) <= 9  # counts are batched: never more writes than crashes
+    last = updated[-1]
+    assert last["metadata"]["name"] == created[2]["metadata"]["name"] and last["status"]["count"] == 1 + 9
+    assert last["metadata"]["resourceVersion"]  # an update of what the server answered
+    for body in created + updated:
+        validate(body)
+    assert (w.created, w.updated, w.failed, w.dropped) == (4, len(updated), 0, 0)
+    w.close()
+
+
+def test_writer_retries_transient_failures_and_takes_its_own_earlier_create(tmp_path, server):
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    server.route("POST", f"{BASE}/shop/coredumps", Recorded(503, {**status, "code": 503, "reason": "ServiceUnavailable"}),
+                 Recorded(409, {**status, "code": 409, "reason": "AlreadyExists"}), Echo())
+    w = _writer(server)
+    assert w.submit(summary(tmp_path))
+    assert w.flush(20)
+    posts = _bodies(server, "POST")
+    assert len(posts) == 2 and posts[0] == posts[1]  # the same object again, not a duplicate
+    assert (w.created, w.failed) == (1, 0)
+    # a namespace where the CRD is missing or the agent is refused: given up, the queue goes on
+    server.route("POST", f"{BASE}/payments/coredumps", Recorded(404, {**status, "code": 404, "reason": "NotFound"}))
+    assert w.submit(summary(tmp_path, namespace="payments", sha256="1" * 64))
+    assert w.submit(summary(tmp_path, sha256="2" * 64))
+    assert w.flush(20)
+    assert (w.created, w.failed) == (2, 1)
+    w.close()
+
+
+def test_a_record_deleted_by_a_user_gets_a_successor_with_the_count(tmp_path, server, validate):
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Recorded(404, status), Echo())
+    w = _writer(server, keep_per_signature=1)
+    w.submit(summary(tmp_path, sha256="1" * 64))
+    assert w.flush(20)
+    w.submit(summary(tmp_path, sha256="2" * 64))
+    w.submit(summary(tmp_path, sha256="3" * 64))
+    assert w.flush(20)
+    posts, puts = _bodies(server, "POST"), _bodies(server, "PUT")
+    assert len(posts) == 2 and "resourceVersion" not in posts[1]["metadata"]  # the successor
+    assert posts[1]["metadata"]["name"] == posts[0]["metadata"]["name"]  # the name was free again
+    final = puts[-1] if len(puts) > 1 else posts[1]
+    assert final["status"]["count"] == 2  # both crashes after the quota counted, none lost
+    validate(posts[1])
+    w.close()
+
+
+def test_submit_never_blocks_and_the_overflow_is_counted(tmp_path, server):
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    w = _writer(server, writes_per_second=0.01, maxsize=3)  # one write, then a 100 s wait per write
+    results = [w.submit(summary(tmp_path, sha256=f"{i:064x}", pod=f"p-{i}")) for i in range(40)]
+    assert results.count(False) == w.dropped and w.dropped >= 30
+    w._stop = True
+
+
+def test_rate_limit_is_a_token_bucket_per_node():
+    now = [0.0]
+    w = idx.IndexWriter(object(), writes_per_second=2.0, monotonic=lambda: now[0])
+    w._tokens, w._last = 1.0, 0.0
+    assert w._take_token() == 0.0  # the first write goes at once
+    assert w._take_token() == pytest.approx(0.5)  # then one per half second
+    now[0] = 0.5
+    assert w._take_token() == 0.0
+    now[0] = 100.0  # idle for long: the burst is bounded by one second's worth
+    assert [w._take_token() for _ in range(3)] == [0.0, 0.0, pytest.approx(0.5)]
+    w._stop = True
+
+
+def test_a_count_waits_for_its_record_to_exist(tmp_path, server):
+    """keep=1 and the first create fails once: the count of the second crash is written only after
+    the retried create went through, as an update of what the server answered."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable"}
+    server.route("POST", f"{BASE}/shop/coredumps", Recorded(503, status), Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    w = _writer(server, keep_per_signature=1)
+    w.submit(summary(tmp_path, sha256="1" * 64))
+    w.submit(summary(tmp_path, sha256="2" * 64))
+    assert w.flush(20)
+    methods = [r["method"] for r in server.requests]
+    assert methods == ["POST", "POST", "PUT"], methods
+    (put,) = _bodies(server, "PUT")
+    assert put["metadata"]["resourceVersion"] and put["status"]["count"] == 2
+    assert (w.created, w.updated, w.failed) == (1, 1, 0)
+    w.close()
+
+
+def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod(tmp_path, server, validate):
+    """The pod watch's view (the recorded pod) says which volume holds the core; once the watch
+    knows the pod was deleted, the CoreDump of a core on its emptyDir says Gone."""
+    from tests.inspect_apiserver import RECORDED
+    from webhook.agent.podwatch import pod_record
+
+    pod = json.loads((RECORDED / "pod-web.json").read_text())
+    view = pod_record(pod).view
+    uid = view.uid
+    doc = summary(tmp_path, pod_uid=uid, path="/data/dump-a/core.web.7")
+    body = idx.build_coredump(doc, 1700000100, view)
+    validate(body)
+    assert body["spec"]["location"] == {"kind": "pod", "path": "/data/dump-a/core.web.7", "volume": "coredump-webhook-cores",
+                                        "volumeType": "emptyDir", "sysroot": "/data/dump/core.web.7.sysroot",
+                                        "symbolsStore": "/data/dump/.symbols"}
+    pvc = json.loads(json.dumps(pod))
+    pvc["spec"]["volumes"][0] = {"name": "coredump-webhook-cores", "persistentVolumeClaim": {"claimName": "web-cores"}}
+    located = idx.build_coredump(doc, 1700000100, pod_record(pvc).view)["spec"]["location"]
+    assert (located["volumeType"], located["claim"]) == ("persistentVolumeClaim", "web-cores")
+    assert "volume" not in idx.build_coredump({**doc, "destination": "node"}, 1700000100, view)["spec"]["location"]
+    # the writer: the pod is deleted (the synced watch no longer knows it) -> Gone, once
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    deleted = set()
+    w = _writer(server, pod_lookup=lambda u: view if u not in deleted else None, pod_gone=lambda u: u in deleted,
+                sweep_interval=0.05)
+    assert w.submit(doc)
+    assert w.flush(20)
+    deleted.add(uid)
+    from tests.process_support import wait_for
+
+    wait_for(lambda: _bodies(server, "PUT"), 10)
+    assert w.flush(20)
+    puts = _bodies(server, "PUT")
+    assert [p["status"]["state"] for p in puts] == ["Gone"], puts
+    validate(puts[0])
+    w.close()

@@ -1,0 +1,529 @@
+"""The crash index: one ``CoreDump`` (coredump-webhook.io/v1alpha1) per core, off the crash path.
+
+The object is built by pure functions from the crash summary (what the Event gets, signature
+included); :class:`IndexWriter` is the edge that writes it, from its own thread:
+
+- ``submit()`` never blocks: a bounded queue, the overflow dropped and counted;
+- writes are rate limited per node (a token bucket, ``writes_per_second``) and batched: the
+  count updates waiting for one record become one write;
+- a signature's quota: the first ``keep_per_signature`` crashes of one signature in one workload
+  (per namespace, per node) get their own CoreDump; later ones update ``status.count`` and
+  ``status.lastSeen`` of the last one instead of adding objects;
+- transient failures are retried with backoff (a bounded number of times, never blocking the
+  queue for long); an already existing name (a retried create) is success; a record deleted by a
+  user is created again.
+
+The agent may ``create`` and ``update`` CoreDumps and nothing else: it never reads them back, it
+keeps what it wrote (name, body, resourceVersion) in memory. Objects stay small: the top frames
+only, no backtrace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from webhook.agent.metadata import iso_time
+
+log = logging.getLogger(__name__)
+
+GROUP = "coredump-webhook.io"
+VERSION = "v1alpha1"
+PLURAL = "coredumps"
+KIND = "CoreDump"
+LABEL_SIGNATURE = "coredump-webhook.io/signature"
+LABEL_WORKLOAD = "coredump-webhook.io/workload"
+LABEL_POD = "coredump-webhook.io/pod"
+LABEL_NODE = "coredump-webhook.io/node"
+LABEL_KIND = "coredump-webhook.io/kind"
+#: Frames kept in an object (the rest stays in the core's metadata file).
+TOP_FRAMES = 5
+
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
+_DNS = re.compile(r"[^a-z0-9-]")
+
+
+def verified_namespace(summary: dict) -> str | None:
+    """The namespace a CoreDump may be filed in, or None: the one place that decides.
+
+    Only a crash whose pod identity the agent verified gets one: its namespace and pod come from
+    the pod watch (``identity: verified``, webhook/agent/identity.py), never from the crashing
+    process. An unverified core is never named in a namespace it may not belong to.
+    """
+    if summary.get("identity") != "verified" or not summary.get("registered"):
+        return None
+    ns, pod = summary.get("namespace"), summary.get("pod")
+    if not ns or not pod or not summary.get("pod_uid"):
+        return None
+    return str(ns)
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = _LABEL_VALUE.sub("_", text)[:63]
+    return value.strip("._-")
+
+
+def workload_of(summary: dict) -> tuple[str, str] | None:
+    """(kind, name) of the workload that owns the pod: a ReplicaSet with the pod-template-hash
+    suffix is its Deployment's; else the controller owner as the pod watch saw it."""
+    owner = summary.get("owner") or ""
+    kind, _, name = str(owner).partition("/")
+    if not kind or not name:
+        return None
+    labels = summary.get("labels") or {}
+    pth = labels.get("pod-template-hash") if isinstance(labels, dict) else None
+    if kind == "ReplicaSet" and pth and name.endswith("-" + pth):
+        return "Deployment", name[: -len(pth) - 1]
+    return kind, name
+
+
+def coredump_name(summary: dict) -> str:
+    """Deterministic (a retried create finds its own object): the pod and the core's digest."""
+    pod = re.sub(r"-+", "-", _DNS.sub("-", str(summary.get("pod") or "pod").lower())).strip("-") or "pod"
+    digest = summary.get("sha256") or hashlib.sha256(
+        f"{summary.get('pod_uid')}/{summary.get('global_pid')}/{summary.get('time')}/{summary.get('path')}".encode()
+    ).hexdigest()
+    return f"{pod[:200]}-{str(digest)[:12]}"
+
+
+#: The CRD's maxLength of the string fields (the object must never be refused for a long value).
+_MAX = {"podUID": 64, "containerID": 128, "image": 1024, "exe": 4096, "comm": 64, "signalName": 16,
+        "truncatedReason": 256, "sha256": 64, "signature": 64, "buildID": 128}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def volume_of(path: str, container: str | None, view: Any) -> dict:
+    """The pod volume holding ``path`` (as the container sees it): the mount of ``container``
+    with the longest mountPath above it; {"volume", "volumeType", "claim"} or {}."""
+    if view is None or not path or not container:
+        return {}
+    best = ("", "")
+    for mount_path, volume in (getattr(view, "mounts", {}) or {}).get(container, []):
+        root = mount_path.rstrip("/") or "/"
+        if (path == root or path.startswith(root.rstrip("/") + "/")) and len(root) > len(best[0]):
+            best = (root, volume)
+    if not best[1]:
+        return {}
+    kind, claim = (getattr(view, "volumes", {}) or {}).get(best[1], ("", ""))
+    return {k: v for k, v in {"volume": best[1], "volumeType": kind, "claim": claim}.items() if v}
+
+
+def build_coredump(summary: dict, now: float, view: Any = None) -> dict | None:
+    """The CoreDump for a crash summary, or None when it gets none (unverified, nothing written).
+
+    ``view``: the pod watch's view of the pod (its volumes say where a pod-volume core lives)."""
+    ns = verified_namespace(summary)
+    if ns is None or summary.get("outcome") not in ("written", "partial") or not summary.get("path"):
+        return None
+    kind = "snapshot" if summary.get("gcore") else "crash"
+    frames = [str(f)[:256] for f in (summary.get("signature_frames") or [])[:TOP_FRAMES]]
+    labels = {LABEL_POD: label_value(str(summary["pod"])), LABEL_KIND: kind}
+    if summary.get("node"):
+        labels[LABEL_NODE] = label_value(str(summary["node"]))
+    if summary.get("signature"):
+        labels[LABEL_SIGNATURE] = str(summary["signature"])[:16]
+    workload = workload_of(summary)
+    if workload:
+        labels[LABEL_WORKLOAD] = label_value(f"{workload[0].lower()}.{workload[1]}")
+    when = summary.get("time") or now
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "pod": str(summary["pod"])[:253],
+        "time": iso_time(float(when)),
+        "location": {k: v for k, v in {
+            "kind": "pod" if summary.get("destination") == "pod" else "node",
+            "path": str(summary.get("path") or "")[:4096],
+            "sysroot": str(summary.get("sysroot") or "")[:4096],
+            "symbolsStore": str(summary.get("symbols_store") or "")[:4096],
+        }.items() if v},
+    }
+    if spec["location"]["kind"] == "pod":
+        spec["location"].update(volume_of(str(summary.get("path") or ""), summary.get("container"), view))
+    optional = {
+        "podUID": summary.get("pod_uid"), "container": summary.get("container"),
+        "containerID": summary.get("container_id"), "node": summary.get("node"), "image": summary.get("image"),
+        "exe": summary.get("exe"), "comm": summary.get("comm"), "signalName": summary.get("signal_name"),
+        "compression": summary.get("compression"), "truncatedReason": summary.get("truncated_reason"),
+        "sha256": summary.get("sha256"), "signature": summary.get("signature"), "buildID": summary.get("build_id"),
+    }
+    spec.update({k: str(v)[:_MAX.get(k, 253)] for k, v in optional.items() if v})
+    for key, src in (("pid", "pid"), ("uid", "uid"), ("gid", "gid"), ("signal", "signal"), ("size", "size"),
+                     ("storedSize", "stored_size")):
+        value = _int(summary.get(src))
+        if value is not None and value >= 0:
+            spec[key] = value
+    if "truncated" in summary:
+        spec["truncated"] = bool(summary.get("truncated"))
+    if frames:
+        spec["topFrames"] = frames
+        spec["frames"] = " < ".join(frames[:3])[:512]
+    if workload:
+        spec["owner"] = {"kind": workload[0][:63], "name": workload[1][:253]}
+    if spec.get("compression") not in (None, "none", "zstd"):
+        spec.pop("compression")
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": coredump_name(summary), "namespace": ns, "labels": labels},
+        "spec": spec,
+        "status": {"state": "Present", "count": 1, "lastSeen": iso_time(now)},
+    }
+
+
+def quota_key(body: dict) -> tuple[str, str, str, str]:
+    """Crashes counted together: namespace, kind, signature and workload (else pod)."""
+    labels = body["metadata"]["labels"]
+    return (body["metadata"]["namespace"], labels[LABEL_KIND], labels.get(LABEL_SIGNATURE, ""),
+            labels.get(LABEL_WORKLOAD) or labels[LABEL_POD])
+
+
+# --- the API edge ------------------------------------------------------------------------------
+class ApiFailure(Exception):
+    """A write failed: ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class CustomObjectsEdge:
+    """create/replace through the kubernetes client (the only I/O of the index)."""
+
+    def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.timeout = timeout
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(GROUP, VERSION, *args, _request_timeout=self.timeout)
+        except ApiException as exc:
+            raise ApiFailure(exc.status or 0, str(exc.reason)) from None
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeout, TLS...
+            raise ApiFailure(0, str(exc)) from None
+
+    def create(self, namespace: str, body: dict) -> dict:
+        return self._call(self.api.create_namespaced_custom_object, namespace, PLURAL, body)
+
+    def replace(self, namespace: str, name: str, body: dict) -> dict:
+        return self._call(self.api.replace_namespaced_custom_object, namespace, PLURAL, name, body)
+
+
+@dataclass
+class _Record:
+    """What the writer remembers of the last CoreDump of a quota key."""
+
+    body: dict
+    created: int = 1  # CoreDumps created for this key so far
+    pending: int = 0  # crashes to add to its count at the next write
+
+
+@dataclass
+class _Job:
+    kind: str  # "create", "count" or "state"
+    key: tuple
+    body: dict | None = None
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+class IndexWriter:
+    """Writes CoreDumps from one daemon thread; ``submit`` never blocks (see the module doc)."""
+
+    def __init__(self, edge: Any, *, keep_per_signature: int = 5, writes_per_second: float = 5.0,
+                 maxsize: int = 1024, max_attempts: int = 5, backoff: float = 1.0,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 pod_lookup: Callable[[str], Any] | None = None, pod_gone: Callable[[str], bool] | None = None,
+                 sweep_interval: float = 30.0) -> None:
+        """``pod_lookup(uid)``: the pod watch's view (volumes); ``pod_gone(uid)``: True once the
+        watch (synced) knows the pod was deleted: its emptyDir cores are then marked Gone."""
+        self.edge = edge
+        self.pod_lookup = pod_lookup
+        self.pod_gone = pod_gone
+        self.sweep_interval = sweep_interval
+        self._next_sweep = monotonic() + sweep_interval
+        self.keep = max(1, keep_per_signature)
+        self.rate = max(0.01, writes_per_second)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.clock = clock
+        self.monotonic = monotonic
+        self.created = self.updated = self.failed = self.dropped = self.skipped = 0
+        self.writes: list[tuple[str, str, str]] = []  # (verb, namespace, name): tests, debugging
+        self._records: dict[tuple, _Record] = {}
+        #: (namespace, name) -> the last body written, as the server answered it (bounded).
+        self._written: dict[tuple[str, str], dict] = {}
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._ready: list[_Job] = []
+        self._tokens = 1.0
+        self._last = monotonic()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="agent-index", daemon=True)
+        self._thread.start()
+
+    # --- from the crash path's sinks (never blocks) ---------------------------------------
+    def submit(self, summary: dict) -> bool:
+        view = None
+        if self.pod_lookup is not None and summary.get("pod_uid"):
+            try:
+                view = self.pod_lookup(str(summary["pod_uid"]))
+            except Exception:  # noqa: BLE001 - a cache, never fatal
+                view = None
+        body = build_coredump(summary, self.clock(), view)
+        if body is None:
+            self.skipped += 1
+            return False
+        return self._put(("crash", body), summary)
+
+    def mark_pruned(self, doc: dict) -> bool:
+        """A core was deleted by retention: its CoreDump (if this agent wrote it) says ``Pruned``."""
+        if verified_namespace(doc) is None:
+            return False
+        return self._put(("pruned", (str(doc["namespace"]), coredump_name(doc))), doc)
+
+    def _put(self, item: tuple, summary: dict) -> bool:
+        try:
+            self._idle.clear()
+            self._inbox.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.warning("index queue full: a CoreDump write dropped", extra={"pod": summary.get("pod")})
+            return False
+
+    # --- the thread ------------------------------------------------------------------------
+    def _plan(self, item: tuple) -> None:
+        """A new crash: a create while the key's quota lasts, else one more on the last record.
+        A pruned core: its record's state, when this agent wrote it (it never reads records)."""
+        what, body = item
+        if what == "pruned":
+            known = self._written.get(body)
+            if known is not None:
+                self._ready.append(_Job("state", body, _with_state(known, "Pruned", self.clock())))
+            return
+        key = quota_key(body)
+        with self._lock:
+            rec = self._records.get(key)
+            if rec is not None and rec.created >= self.keep:
+                rec.pending += 1
+                if not any(j.kind == "count" and j.key == key for j in self._ready):  # batched
+                    self._ready.append(_Job("count", key))
+                return
+            if rec is None:
+                self._records[key] = _Record(body)
+            else:
+                rec.created += 1
+                rec.body = body
+                rec.pending = 0
+            self._ready.append(_Job("create", key, body))
+
+    def _take_token(self) -> float:
+        """0 when a write may go now, else the seconds to wait (the per-node rate limit)."""
+        now = self.monotonic()
+        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                timeout = 0.05 if self._ready else 0.5
+                body = self._inbox.get(timeout=timeout)
+                self._plan(body)
+                while True:  # drain what is there: several count updates become one write
+                    self._plan(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            now = self.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.sweep_interval
+                self._sweep()
+            due = [j for j in self._ready if j.not_before <= now]
+            if not due:
+                if not self._ready and self._inbox.empty():
+                    self._idle.set()
+                continue
+            wait = self._take_token()
+            if wait > 0:
+                time.sleep(min(wait, 0.5))
+                continue
+            job = due[0]
+            self._ready.remove(job)
+            try:
+                self._write(job)
+            except ApiFailure as exc:
+                self._retry(job, exc)
+            except Exception as exc:  # noqa: BLE001 - the thread must go on
+                self.failed += 1
+                log.exception("CoreDump write failed", extra={"error": str(exc)})
+
+    def _retry(self, job: _Job, exc: ApiFailure) -> None:
+        job.attempts += 1
+        transient = exc.status in (0, 429) or exc.status >= 500
+        if transient and job.attempts < self.max_attempts:
+            job.not_before = self.monotonic() + self.backoff * 2 ** (job.attempts - 1)
+            self._ready.append(job)
+            return
+        self.failed += 1
+        log.warning("CoreDump not written", extra={"error": str(exc), "attempts": job.attempts})
+
+    def _sweep(self) -> None:
+        """emptyDir cores whose pod was deleted cannot be reached any more: their records say Gone."""
+        if self.pod_gone is None:
+            return
+        for key, body in list(self._written.items()):
+            spec, status = body.get("spec") or {}, body.get("status") or {}
+            if (spec.get("location") or {}).get("volumeType") != "emptyDir" or status.get("state") != "Present":
+                continue
+            try:
+                gone = self.pod_gone(str(spec.get("podUID") or ""))
+            except Exception:  # noqa: BLE001
+                gone = False
+            if gone:
+                marked = _with_state(body, "Gone", self.clock())
+                self._written[key] = marked  # not twice, even before the answer
+                self._ready.append(_Job("state", key, marked))
+
+    def _remember(self, body: dict | None) -> None:
+        if body is None:
+            return
+        meta = body["metadata"]
+        self._written[(meta.get("namespace", ""), meta.get("name", ""))] = body
+        while len(self._written) > 4096:
+            self._written.pop(next(iter(self._written)))
+
+    def _write(self, job: _Job) -> None:
+        if job.kind == "state":
+            assert job.body is not None
+            meta = job.body["metadata"]
+            try:
+                answer = self.edge.replace(meta["namespace"], meta["name"], job.body)
+            except ApiFailure as exc:
+                if exc.status in (404, 409):  # deleted or changed meanwhile: nothing to say
+                    return
+                raise
+            self.writes.append(("update", meta["namespace"], meta["name"]))
+            self.updated += 1
+            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
+            for rec in self._records.values():  # the quota's last record: keep its version current
+                if rec.body["metadata"].get("name") == meta["name"] and isinstance(answer, dict):
+                    rec.body = answer
+            return
+        if job.kind == "create":
+            assert job.body is not None
+            meta = job.body["metadata"]
+            try:
+                answer = self.edge.create(meta["namespace"], job.body)
+            except ApiFailure as exc:
+                if exc.status != 409:  # 409: a retried create that had gone through
+                    raise
+                answer = None
+            self.writes.append(("create", meta["namespace"], meta["name"]))
+            self.created += 1
+            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
+            with self._lock:
+                rec = self._records.get(job.key)
+                if rec is not None and rec.body is job.body and answer:
+                    rec.body = answer  # carries its resourceVersion for the next update
+            return
+        with self._lock:
+            rec = self._records[job.key]
+            if not rec.body["metadata"].get("resourceVersion"):  # its create has not gone through yet
+                job.attempts += 1
+                if job.attempts > 240:  # two minutes: the create failed for good
+                    self.failed += 1
+                    return
+                job.not_before = self.monotonic() + 0.5
+                self._ready.append(job)
+                return
+            pending, rec.pending = rec.pending, 0
+            body = _counted(rec.body, pending, self.clock())
+        if pending == 0:
+            return
+        meta = body["metadata"]
+        try:
+            answer = self.edge.replace(meta["namespace"], meta["name"], body)
+        except ApiFailure as exc:
+            if exc.status not in (404, 409):
+                with self._lock:
+                    rec.pending += pending  # not counted yet: the retry writes it
+                raise
+            # Deleted by a user (404), or changed by someone else (409: the agent has no right
+            # to read it back): a successor record carries these crashes.
+            fresh = _without_version(body)
+            if exc.status == 409:
+                fresh["metadata"]["name"] = f"{meta['name'][:240]}-{int(self.clock()) % 100000}"
+            fresh["status"] = {"state": "Present", "count": pending, "lastSeen": iso_time(self.clock())}
+            with self._lock:
+                rec.body = fresh
+            self._ready.append(_Job("create", job.key, fresh))
+            return
+        self.writes.append(("update", meta["namespace"], meta["name"]))
+        self.updated += 1
+        self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
+        with self._lock:
+            rec.body = answer if isinstance(answer, dict) and answer.get("metadata") else body
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted was written or given up (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle.wait(0.05) and self._inbox.empty() and not self._ready:
+                return True
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self._stop = True
+        self._thread.join(timeout)
+
+
+def _without_version(body: dict) -> dict:
+    out = {**body, "metadata": {k: v for k, v in body["metadata"].items()
+                                if k in ("name", "namespace", "labels", "annotations")}}
+    return out
+
+
+def _with_state(body: dict, state: str, now: float) -> dict:
+    return {**body, "status": {**(body.get("status") or {}), "state": state, "lastSeen": iso_time(now)}}
+
+
+def _counted(body: dict, more: int, now: float) -> dict:
+    status = dict(body.get("status") or {})
+    status["count"] = int(status.get("count") or 1) + more
+    status["lastSeen"] = iso_time(now)
+    return {**body, "status": status}
+
+
+def make_index_writer(settings: Any, pod_lookup: Callable[[str], Any] | None = None,
+                      pod_gone: Callable[[str], bool] | None = None) -> IndexWriter | None:
+    """In-cluster config, else the local kubeconfig; None when disabled or neither works."""
+    if not settings.index:
+        return None
+    from webhook.kubeclient import api_client_or_none
+
+    api = api_client_or_none("crash index")
+    if api is None:
+        return None
+    return IndexWriter(CustomObjectsEdge(api), keep_per_signature=settings.index_keep_per_signature,
+                       writes_per_second=settings.index_writes_per_second, maxsize=settings.index_queue_size,
+                       pod_lookup=pod_lookup, pod_gone=pod_gone)

@@ -1,0 +1,217 @@
+"""``coredump debug POD [CORE]`` and ``coredump debug --claim CLAIM [CORE]``: gdb on the core.
+
+The ephemeral container (or, for a deleted pod, a short-lived pod on the claim) runs as the
+core's owner, mounts the core volume at the crashed container's path, and starts gdb on the core
+with its binaries found by build-id (:mod:`webhook.inspect.debugging`). Which core and whose:
+``CORE`` (a name, path or sha256 prefix) or the newest, looked up in the pod's listing when the
+container runs; in a crash-looping pod (nothing to exec into) the debug container picks the
+newest core itself and the owner comes from the pod's securityContext (``--uid``/``--gid``
+override both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import click
+import yaml
+
+from webhook.inspect import debugging as dbg
+from webhook.inspect import ephemeral as eph
+from webhook.inspect.commands import (
+    DEFAULT_DEBUG_IMAGE,
+    InspectSettings,
+    _api,
+    _env,
+    _fail,
+    _namespace,
+    _settings,
+    _warn,
+    cores_of_pod,
+    kube_options,
+)
+from webhook.inspect.listing import CoreRecord, find_record, newest_first
+
+
+def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: InspectSettings) -> tuple[str, str, dict]:
+    with open(pod_file) as f:
+        obj = yaml.safe_load(f)
+    if not isinstance(obj, dict) or obj.get("kind", "Pod") != "Pod":
+        raise eph.InspectError(f"{pod_file} does not hold a Pod")
+    meta = obj.setdefault("metadata", {})
+    if pod and meta.get("name") and pod != meta["name"]:
+        raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
+    ns = namespace or meta.get("namespace") or _namespace(None, s)
+    meta.setdefault("namespace", ns)
+    return ns, meta.get("name") or pod or "", obj
+
+
+def choose_core(records: list[CoreRecord], core: str | None) -> CoreRecord | None:
+    """The record for ``core`` (name, path or sha256 prefix), else the newest present one."""
+    if core:
+        return next((r for r in records if r.coredump == core), None) or find_record(records, core)
+    present = [r for r in newest_first(records) if r.present]
+    return present[0] if present else None
+
+
+def owner(record: CoreRecord | None, pod: dict, container: str, uid: int | None,
+          gid: int | None) -> tuple[int | None, int | None]:
+    """Whose the core is: the flags, else the core's metadata, else the container's securityContext."""
+    if record is not None:
+        meta = record.metadata
+        uid = uid if uid is not None else (meta.get("uid") if isinstance(meta.get("uid"), int) else None)
+        gid = gid if gid is not None else (meta.get("gid") if isinstance(meta.get("gid"), int) else None)
+    if uid is None or gid is None:
+        puid, pgid = dbg.owner_from_pod(pod, container)
+        uid = puid if uid is None else uid
+        gid = pgid if gid is None else gid
+    return uid, gid
+
+
+def _pod_or_coredump(api, ns: str, name: str, core: str | None) -> tuple[str, str | None, dict]:
+    """NAME is a pod, else a CoreDump (then its pod and its core); the pod itself is read."""
+    from webhook.inspect import kube
+
+    try:
+        return name, core, kube.read_pod(api, ns, name)
+    except kube.NotFound:
+        if core:
+            raise
+        try:
+            cd = kube.read_coredump(api, ns, name)
+        except kube.KubeError:
+            raise kube.NotFound(f"pod {ns}/{name} not found (nor a CoreDump of that name)", 404, "NotFound") from None
+    spec = cd.get("spec") or {}
+    pod, path = str(spec.get("pod") or ""), str((spec.get("location") or {}).get("path") or "")
+    try:
+        return pod, path or None, kube.read_pod(api, ns, pod)
+    except kube.NotFound:
+        raise eph.InspectError(f"CoreDump {ns}/{name}: its pod {pod} is gone; if its cores are on a claim, use "
+                               f"`coredump debug --claim CLAIM {path.rsplit('/', 1)[-1]}`") from None
+
+
+def _records(api, pod: dict, ns: str, name: str, container: str) -> tuple[list[CoreRecord], list[str]]:
+    """The pod's cores: from the CoreDump index (one call, also in a crash loop), else by exec."""
+    from webhook.inspect import index_view, kube
+
+    try:
+        records, warnings = index_view.read_index(api, ns, pod=name)
+        if records:
+            return records, warnings
+    except kube.KubeError:
+        pass  # no index (or no right to read it): the pod itself
+    try:
+        return cores_of_pod(api, pod, container)
+    except kube.KubeError as exc:  # e.g. nothing to exec into: the container picks
+        return [], [str(exc)]
+
+
+def _attach(line: list[str]) -> None:
+    kubectl = shutil.which("kubectl")
+    if sys.stdout.isatty() and sys.stdin.isatty() and kubectl:
+        os.execvp(kubectl, [kubectl, *line[1:]])
+    click.echo(" ".join(line))
+
+
+@click.command("debug")
+@click.argument("pod", required=False)
+@click.argument("core", required=False)
+@kube_options
+@click.option("-c", "--container", default=None, help="the crashed container (default: the first target)")
+@click.option("--image", envvar=_env("debug_image"), default=DEFAULT_DEBUG_IMAGE, show_default=True,
+              help="debug image (needs gdb with debuginfod support and a shell)")
+@click.option("--pull-policy", envvar=_env("debug_pull_policy"), default="IfNotPresent", show_default=True)
+@click.option("--claim", default=None, help="the pod is gone: run gdb in a short-lived pod that mounts this PVC")
+@click.option("--uid", type=int, default=None, help="run as this uid (default: the core's owner)")
+@click.option("--gid", type=int, default=None, help="run as this gid (default: the core's group)")
+@click.option("--shell", is_flag=True, help="a shell next to the cores instead of gdb")
+@click.option("--dry-run", is_flag=True, help="print the request body and call nothing")
+@click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="read the pod from this file (JSON or YAML) instead of the API")
+@click.option("--timeout", "wait_timeout", envvar=_env("debug_timeout"), type=float, default=120.0, show_default=True)
+def debug(pod, core, namespace, context, kubeconfig, container, image, pull_policy, claim, uid, gid, shell, dry_run,
+          pod_file, wait_timeout):
+    """Open gdb on POD's newest core (or CORE), binaries found by build-id, as the core's owner."""
+    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=image, pull_policy=pull_policy,
+                  wait_timeout=wait_timeout)
+    if claim:
+        return _debug_claim(s, claim, namespace, core or pod, uid, gid, dry_run)
+    from webhook.inspect import kube
+
+    try:
+        if pod_file:
+            ns, name, obj = _read_pod_file(pod_file, pod, namespace, s)
+            api = None
+        else:
+            if not pod:
+                raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
+            ns, name = _namespace(namespace, s), pod
+            api = _api(s)
+            name, core, obj = _pod_or_coredump(api, ns, name, core)
+        loc = eph.core_location(obj, container)
+        record = None
+        if api is not None and not shell:
+            records, warnings = _records(api, obj, ns, name, loc.container)
+            record = choose_core(records, core)
+            if record is None and core and records:
+                raise eph.InspectError(f"no core {core!r} in {ns}/{name} (see `coredump list {name}`)")
+            if record is None and not core:
+                for w in warnings:
+                    _warn(w)
+                _warn("the newest core is picked inside the debug container")
+        run_uid, run_gid = owner(record, obj, loc.container, uid, gid)
+        if run_uid is None:
+            _warn("the core's owner is unknown (no metadata, no runAsUser): the image's user runs gdb; "
+                  "pass --uid/--gid if it cannot read the core")
+        target = record.path if record is not None else (core or "")
+        command = None if shell else dbg.gdb_command(target)
+        ec = eph.debug_container(obj, image=s.debug_image, name=eph.unique_name(obj), container=loc.container,
+                                 pull_policy=s.pull_policy, command=command)
+        ec["securityContext"] = dbg.security_context(run_uid, run_gid)
+        body = eph.ephemeral_patch(ec)
+        if dry_run:
+            click.echo(json.dumps(body, indent=2))
+            return
+        if api is None:
+            api = _api(s)
+        kube.patch_ephemeral(api, ns, name, body)
+        what = f"gdb on {target or 'the newest core'}" if not shell else "a shell"
+        click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
+        kube.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout)
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))
+
+
+def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: str | None, uid: int | None,
+                 gid: int | None, dry_run: bool) -> None:
+    from webhook.inspect import kube
+
+    ns = _namespace(namespace, s)
+    name = eph.unique_name({}, prefix="coredump-debug-")
+    target = core or ""
+    if target and not target.startswith("/"):
+        target = f"{dbg.DEBUG_POD_MOUNT}/{target}"
+    pod = dbg.debug_pod(ns, claim, image=s.debug_image, name=name, uid=uid, gid=gid, core=target,
+                        pull_policy=s.pull_policy)
+    if dry_run:
+        click.echo(json.dumps(pod, indent=2))
+        return
+    if uid is None:
+        _warn("pass --uid/--gid (the app's) so the pod can read 0600 cores and passes Pod Security 'restricted'")
+    try:
+        api = _api(s)
+        kube.create_pod(api, pod)
+        click.echo(f"pod {ns}/{name} mounts claim {claim}; waiting for it to run...", err=True)
+        try:
+            kube.wait_pod_running(api, ns, name, timeout=s.wait_timeout)
+        except Exception:
+            kube.delete_pod(api, ns, name)
+            raise
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    click.echo(f"it ends with gdb (or after an hour); remove it with: kubectl delete pod -n {ns} {name}", err=True)
+    _attach(eph.attach_command(ns, name, "debug", context=s.context, kubeconfig=s.kubeconfig))
