@@ -31,6 +31,10 @@ class PodView:
     container_ids: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     owner: str | None = None  # "ReplicaSet/web-7d9c"
+    #: container name -> its mounts (podvolumes.Mount): the storage a core directory lies on
+    mounts: dict[str, tuple] = field(default_factory=dict)
+    #: the webhook's coredump-webhook.io/unwritable annotation (a read-only mount at admission)
+    unwritable: str = ""
 
 
 def signal_name(number: int) -> str | None:

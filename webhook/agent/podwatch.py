@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from webhook import constants
 from webhook.agent.metadata import PodView
+from webhook.agent.podvolumes import volume_mounts
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,9 @@ def pod_record(pod: dict) -> PodRecord | None:
                 if cid:
                     ids.setdefault(strip_runtime(cid), name)
     view = PodView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=uid, images=images,
-                   container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta))
+                   container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta),
+                   mounts=volume_mounts(pod),
+                   unwritable=str((meta.get("annotations") or {}).get(constants.ANN_UNWRITABLE) or ""))
     return PodRecord(view=view, node=spec.get("nodeName", "") or "", annotations=dict(meta.get("annotations") or {}),
                      resource_version=meta.get("resourceVersion", ""), phase=status.get("phase", ""),
                      hostname=spec.get("hostname") or meta.get("name", ""))
@@ -123,6 +127,11 @@ class PodIndex:
     def record(self, uid: str) -> PodRecord | None:
         with self._lock:
             return self._pods.get(uid)
+
+    def records(self) -> list[PodRecord]:
+        """Every pod of this node (a copy: recovery looks for pods sharing a claim)."""
+        with self._lock:
+            return list(self._pods.values())
 
     def lookup(self, uid: str) -> PodView | None:
         """The crash path's ``pod_lookup``."""
