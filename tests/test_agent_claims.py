@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.process_support import wait_for
 from tests.test_agent_crash import k8s_cgroup, start_namespace_app, webhook_env  # noqa: F401 - fixture
+from tests.test_e2e import NODE_NAME, running_agent
 from webhook import constants as C
 from webhook.agent import inflight
 from webhook.agent.events import build_event
@@ -117,6 +121,34 @@ def test_leftover_of_a_gone_container_becomes_partial_through_another_pod_on_the
     (summary,) = events.seen
     assert summary["outcome"] == "partial" and "agent_restarted" in build_event(summary, 0)["message"]
     assert registry.get_sample_value("coredump_agent_inflight_recovered_total", {"result": "partial"}) == 1
+
+
+@pytest.mark.kernel
+def test_restarted_agent_recovers_through_the_pod_its_watch_lists(tmp_path, peer, kernel, bin_dir, pod_api):
+    """The real ``coredump agent run``: its recovery waits for the pod watch's list and finds the
+    other pod on the claim there (commands.recover_inflight)."""
+    crashed = _crashed_pod()
+    reader = _pod("reader-1", peer.uid, "shop", "worker", peer.cid, CLAIM,
+                  {"mountPath": "/pod/data/dump", "subPath": "crash"})
+    index = PodIndex()
+    index.replace([crashed, reader])
+    entry = _entry(index)  # what the killed agent recorded
+    for pod in (crashed, reader):
+        pod["spec"]["nodeName"] = NODE_NAME
+        pod_api.set_pod(pod)
+    data = b"\x7fELF" + os.urandom(9000)
+    (peer.storage / "crash" / "dir" / entry["tmp_name"]).write_bytes(data)
+    host = Path(tempfile.mkdtemp(prefix="cde-"))
+    inflight.Journal(str(host), instance="killed-agent").begin(entry)
+    kept = peer.storage / "crash" / "dir" / "core.6.partial"
+    with running_agent(bin_dir, pod_api, "--no-events", host=host) as agent:
+        wait_for(lambda: (kept.parent / "core.6.partial.json").exists(), 30, "the leftover recovered")
+        wait_for(lambda: not list((host / inflight.JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
+        (line,) = [r for r in agent.records() if r.get("message", "").startswith("core of a dump cut")]
+        assert line["via"] == "shop/reader-1/worker" and line["pod"] == "web-0", line
+        assert agent.stop() == 0
+    assert kept.read_bytes() == data
+    assert json.loads((kept.parent / "core.6.partial.json").read_text())["truncated_reason"] == "agent_restarted"
 
 
 @pytest.mark.root
