@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.process_support import wait_for
-from tests.test_e2e import NAMESPACE, node_factory, pod_api, running_agent  # noqa: F401
+from tests.test_e2e import NAMESPACE, node_factory, running_agent  # noqa: F401
 from tests.test_identity_e2e import forging_pod, start_pod
 from webhook import constants as C
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
-from tests.test_e2e import (NAMESPACE, Agent, deployment_pod, mutated, node_factory, pod_api,  # noqa: F401
+from tests.test_e2e import (NAMESPACE, Agent, deployment_pod, mutated, node_factory,  # noqa: F401
                             running_agent)
 from webhook import constants as C
 from webhook.inspect.page import UNVERIFIED_HEADING, create_page_app
