@@ -20,10 +20,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, start_namespace_app, webhook_env  # noqa: F401 - fixture
+from tests.test_agent_crash import (handle_bytes, k8s_cgroup, make_settings, request_for,  # noqa: F401 - fixture
+                                    start_namespace_app, webhook_env)
+from tests.test_agent_stream import synthetic_core
 from tests.test_e2e import NODE_NAME, running_agent
 from webhook import constants as C
 from webhook.agent import inflight
+from webhook.agent.crash import CrashProcessor
+from webhook.agent.metrics import AgentMetrics
 from webhook.agent.events import build_event
 from webhook.agent.identity import apply_view, Resolved
 from webhook.agent.podvolumes import Mount, claim_of, translate, unwritable_for, volume_mounts
@@ -121,6 +125,41 @@ def test_leftover_of_a_gone_container_becomes_partial_through_another_pod_on_the
     (summary,) = events.seen
     assert summary["outcome"] == "partial" and "agent_restarted" in build_event(summary, 0)["message"]
     assert registry.get_sample_value("coredump_agent_inflight_recovered_total", {"result": "partial"}) == 1
+
+
+class RecordingJournal(inflight.Journal):
+    def __init__(self, host_dir: str) -> None:
+        super().__init__(host_dir)
+        self.begun: list[dict] = []
+
+    def begin(self, entry: dict):
+        self.begun.append(entry)
+        return super().begin(entry)
+
+
+@pytest.mark.root
+def test_the_crash_path_records_the_storage_of_the_core_directory(tmp_path, k8s_cgroup):  # noqa: F811
+    """A real crash of a registered namespace process: its journal entry names the claim and the
+    directory's path inside it (from the pod watch's copy of the spec), before anything is written."""
+    pod_uid, cid, cgroup = k8s_cgroup
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    unshare, pid = start_namespace_app(tmp_path, vol, webhook_env("/pod/data/dump/core.%p", pod_uid), cgroup)
+    try:
+        index = PodIndex()
+        index.replace([_pod("web-7d9c-abcde", pod_uid, "shop", "app", cid, CLAIM, {"mountPath": "/pod/data"})])
+        settings = make_settings(tmp_path)
+        journal = RecordingJournal(settings.host_dir)
+        processor = CrashProcessor(settings, None, events=False, notifier=False, signatures=False,
+                                   metrics=AgentMetrics(CollectorRegistry()), pod_lookup=index.lookup, journal=journal)
+        out = handle_bytes(processor, request_for(pid), synthetic_core(1)[:300_000])
+    finally:
+        unshare.kill()
+        unshare.wait()
+    assert out.outcome == "written" and out.destination == "pod", out
+    (entry,) = journal.begun
+    assert entry["volume"] == {"source": "pvc:shop/crash-store", "path": "/dump"}
+    assert entry["container_id"] == cid and not list(Path(journal.dir).glob("*.json"))  # ended
 
 
 @pytest.mark.kernel
