@@ -192,6 +192,8 @@ class DockerNode(Node):
                 raise AssertionError(f"docker run {name}: no container ID")
             time.sleep(0.02)
         container_id = cidfile.read_text().strip()
+        if self.on_start is not None:  # the kubelet's status, as soon as the runtime names the container
+            self.on_start(pod, name, container_id)
         cgroups_path = self.container_cgroup(pod, container_id)
         cfg["linux"]["cgroupsPath"] = cgroups_path  # where the runtime put it
         ctr = Container(name, container_id, bundle, cgroups_path, proc, out, err, cfg)

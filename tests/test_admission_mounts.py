@@ -46,6 +46,16 @@ def test_read_only_mount_on_a_bare_pod_is_admitted_with_the_reason_recorded() ->
     assert not any("read-only" in w for w in result.warnings)
 
 
+def test_every_read_only_container_is_named_in_the_recorded_reason() -> None:
+    """One reason per container: the agent reads the crashed container's (podvolumes.unwritable_for)."""
+    a = container("web", command=["/web"], volumeMounts=[{"name": "cores", "mountPath": "/data", "readOnly": True}])
+    b = container("side", command=["/side"], volumeMounts=[{"name": "cores", "mountPath": "/data/dump-a",
+                                                             "readOnly": True}])
+    after, _ = mutate_apply(make_pod([a, b], pattern="/data/dump-a/core.%p", volumes=[PVC]))
+    assert after["metadata"]["annotations"][C.ANN_UNWRITABLE] == (
+        "container web: volume cores is read-only at /data; container side: volume cores is read-only at /data/dump-a")
+
+
 @pytest.mark.parametrize("pattern", ["/data/./dump-a/core-%p", "/data//dump-a/core-%p", "/data/dump-a/./core-%p"])
 def test_non_normal_pattern_finds_the_users_volume(pattern: str) -> None:
     """/data/./dump-a is /data/dump-a: the PVC there gets the cores, no emptyDir shadows it."""

@@ -420,10 +420,12 @@ def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, n
     check_cgroups_gone(run, "cgroupfs")
 
 
-def test_read_only_core_mount_on_a_bare_pod_is_admitted_and_its_core_kept_on_the_node(agent, kernel, node_factory, tmp_path):
+def test_read_only_core_mount_on_a_bare_pod_is_admitted_and_its_core_kept_on_the_node(kernel, bin_dir, pod_api,
+                                                                                       node_factory, tmp_path):
     """Issue 12, 3: a read-only volume holds the pattern's directory. The pod is admitted with a
-    warning and the reason recorded on it; the crash's core cannot go in the pod, so the agent
-    keeps it in the node location and says why."""
+    warning and the reason recorded on it; the agent reads that reason from its pod watch and
+    keeps the core in the node location without trying the pod (no failed attempt), and the
+    metadata, its log line and the CoreDumped Event say why."""
     pod = deployment_pod({C.ANN_PATTERN: "/data/dump-a/core.%p"}, out_dir="/out",
                          volumes=[{"name": "data", "emptyDir": {}}, {"name": "out", "emptyDir": {}}],
                          app_mounts=[{"name": "data", "mountPath": "/data", "readOnly": True},
@@ -431,16 +433,31 @@ def test_read_only_core_mount_on_a_bare_pod_is_admitted_and_its_core_kept_on_the
     result = mutate_pod(pod, ADMISSION, namespace=NAMESPACE, deadline=time.monotonic() + 3)
     assert result.allowed and any("read-only at /data: no core can be written" in w for w in result.warnings)
     pod = apply(pod, result.patch)
-    assert pod["metadata"]["annotations"][C.ANN_UNWRITABLE] == "container app: volume data is read-only at /data"
-    node = node_factory("cgroupfs")
-    run = run_pod(node, pod)
-    assert not any(run.volume_dirs["data"].rglob("core*"))
-    (line,) = [r for r in agent.crashes() if r.get("pod") == run.pod["metadata"]["name"]]
-    assert line["outcome"] == "written" and line["destination"] == "node", line
-    assert Path(line["path"]).is_relative_to(agent.host / "cores" / NAMESPACE / run.pod["metadata"]["name"] / "app")
-    why = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
-    assert why and "Read-only file system" in why[-1]["detail"], why
-    stop_and_check(agent, kernel, node, tmp_path)
+    why = "container app: volume data is read-only at /data"
+    assert pod["metadata"]["annotations"][C.ANN_UNWRITABLE] == why
+    pod_api.route_events(NAMESPACE)
+    with running_agent(bin_dir, pod_api) as agent:  # Events on
+        node = node_factory("cgroupfs")
+        run = run_pod(node, pod)
+        assert not any(run.volume_dirs["data"].rglob("core*"))
+        (line,) = [r for r in agent.crashes() if r.get("pod") == run.pod["metadata"]["name"]]
+        assert line["outcome"] == "written" and line["destination"] == "node", line
+        assert line["reason"] == "pod_volume_read_only", line
+        core = Path(line["path"])
+        assert core.is_relative_to(agent.host / "cores" / NAMESPACE / run.pod["metadata"]["name"] / "app")
+        fell_back = [r for r in agent.records() if r.get("message") == "pod destination unusable, using the node location"]
+        assert [(r["reason"], r["detail"], r["pod"], r["container"]) for r in fell_back] == [
+            ("pod_volume_read_only", why, run.pod["metadata"]["name"], "app")], fell_back
+        assert "Read-only file system" not in agent.log.read_text()  # the pod was never tried
+        meta = json.loads(Path(str(core) + C.METADATA_SUFFIX).read_text())
+        assert (meta["destination"], meta["registered"], meta["identification"]) == ("node", True, "pod_volume_read_only")
+        assert (meta["fallback_reason"], meta["fallback_detail"]) == ("pod_volume_read_only", why)
+        wait_for(pod_api.posted_events, 15, "the CoreDumped Event")
+        (event,) = pod_api.posted_events()
+        assert event["reason"] == C.EVENT_REASON and event["involvedObject"]["name"] == run.pod["metadata"]["name"]
+        assert f"kept in the node location, not the pod: pod_volume_read_only ({why})" in event["message"], event
+        assert str(core) in event["message"]
+        stop_and_check(agent, kernel, node, tmp_path)
     check_cgroups_gone(run, "cgroupfs")
 
 

@@ -457,7 +457,9 @@ class _Mutation:
         is admitted with a warning and the reason recorded on it, for ``coredump list``.
         """
         where = normalize_path(mount["mountPath"])
-        self.unwritable = f"container {t.name}: volume {mount['name']} is read-only at {where}"
+        reason = f"container {t.name}: volume {mount['name']} is read-only at {where}"
+        # one reason per container ("; "): the agent reads the crashed container's (podvolumes.py)
+        self.unwritable = f"{self.unwritable}; {reason}" if self.unwritable else reason
         self.warn(f"container {t.name}: {mount['name']} is read-only at {where}: no core can be written")
         if self.workload_refusal is None:
             self.workload_refusal = (

@@ -28,6 +28,8 @@ log = logging.getLogger("webhook.agent")
 ENV_PREFIX = "COREDUMP_AGENT_"
 #: How often the node fallback location is trimmed (retention by age and total size).
 RETENTION_INTERVAL_SECONDS = 600.0
+#: How long recovery waits for the pod watch's first list before looking for other pods on a claim.
+RECOVERY_WATCH_WAIT_SECONDS = 30.0
 
 
 # --- structured logs ---------------------------------------------------------------------------
@@ -171,13 +173,19 @@ def start_kernel_log(settings: AgentSettings, registry: Any, handled: Any, watch
         return None
 
 
-def recover_inflight(settings: AgentSettings, registry: Any, events: Any) -> None:
-    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported."""
+def recover_inflight(settings: AgentSettings, registry: Any, events: Any, watch: Any = None) -> None:
+    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported.
+    With the pod watch, a leftover whose container is gone is reached through another container
+    of this node on the same storage (same claim, NFS export, hostPath or pod volume)."""
     from webhook.agent import inflight
 
+    peers = None
+    if watch is not None:
+        index = watch.index
+        peers = inflight.peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
     try:
         inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
-                         node=settings.node_name, events=events, registry=registry)
+                         node=settings.node_name, events=events, registry=registry, peers=peers)
     except Exception:  # noqa: BLE001 - recovery never stops the agent
         log.exception("in-flight recovery failed")
 
@@ -260,7 +268,7 @@ def run_agent(
             watch.start()
         kmsg = start_kernel_log(settings, registry, handled, watch, events)
         # after the bind: no other agent serves this host dir, so every other entry is a leftover
-        threading.Thread(target=recover_inflight, args=(settings, registry, events), name="agent-recovery",
+        threading.Thread(target=recover_inflight, args=(settings, registry, events, watch), name="agent-recovery",
                          daemon=True).start()
         applied = install.activate(settings)
         log.info(

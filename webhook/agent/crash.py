@@ -279,12 +279,15 @@ class CrashProcessor:
             if not request.snapshot_id and not self.rate.allow(key):  # a gcore was asked for
                 return self._rate_limited(who, key), None, None
             try:
+                if who.unwritable:  # a read-only mount the webhook recorded: no attempt that must fail
+                    raise _NoPodTarget("pod_volume_read_only", who.unwritable)
                 return self._write(request, core, proc, ident, who, self._pod_target(request, proc, ident), start)
             except _NoPodTarget as exc:  # nothing read yet: the node location gets it
                 log.warning("pod destination unusable, using the node location",
-                            extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail})
+                            extra={"pid": request.global_pid, "reason": exc.reason, "detail": exc.detail,
+                                   "namespace": who.namespace, "pod": who.pod, "container": who.container})
                 return self._write(request, core, proc, ident, who, self._node_target(request, proc, who, True),
-                                   start, fallback_reason=exc.reason)
+                                   start, fallback_reason=exc.reason, fallback_detail=exc.detail)
 
         mode = self.settings.unregistered
         if mode == "auto":
@@ -418,7 +421,7 @@ class CrashProcessor:
     # --- writing --------------------------------------------------------------------------------
     def _write(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                who: _Who, target: _Target, start: float,
-               fallback_reason: str | None = None) -> _Handled:
+               fallback_reason: str | None = None, fallback_detail: str = "") -> _Handled:
         if not target.pod:
             os.makedirs(self.settings.node_cores_dir, mode=0o700, exist_ok=True)
         try:
@@ -444,7 +447,7 @@ class CrashProcessor:
             try:
                 # Creation proved the permission: streaming, fsync and the rename run as the agent.
                 return self._stream(request, core, proc, ident, who, target, dirfd, out, start, fallback_reason,
-                                    meta_out)
+                                    meta_out, fallback_detail=fallback_detail)
             finally:
                 meta_out.discard()  # a no-op once the metadata is committed
                 os.close(dirfd)
@@ -499,7 +502,7 @@ class CrashProcessor:
 
     def _stream(self, request: CrashRequest, core: int | BinaryIO, proc: ProcessInfo | None, ident: Identity,
                 who: _Who, target: _Target, dirfd: int, out: OutputFile, start: float,
-                fallback_reason: str | None, meta_out: ReservedMetadata) -> _Handled:
+                fallback_reason: str | None, meta_out: ReservedMetadata, fallback_detail: str = "") -> _Handled:
         s = self.settings
         limits = StreamLimits(max_bytes=target.max_bytes, max_reason=target.max_reason,
                               keep_free_bytes=s.keep_free_bytes, deadline=start + s.dump_timeout_seconds,
@@ -542,6 +545,8 @@ class CrashProcessor:
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
         doc["identity"] = who.state
+        if fallback_reason:  # why a registered pod's core is in the node location
+            doc["fallback_reason"], doc["fallback_detail"] = fallback_reason, fallback_detail or None
         if who.mismatches:
             doc["identity_mismatches"] = sorted(who.mismatches)  # the fields only, never the claims
         if request.snapshot_id:

@@ -32,6 +32,9 @@ def build_event(info: dict[str, Any], now: float) -> dict[str, Any] | None:
                 f"({info.get('size')} bytes)")
     else:
         what = f"core not saved ({outcome}: {info.get('reason')})"
+    if info.get("fallback_reason") and outcome in ("written", "partial"):  # a pod's core kept on the node
+        detail = f" ({info['fallback_detail']})" if info.get("fallback_detail") else ""
+        what += f"; kept in the node location, not the pod: {info['fallback_reason']}{detail}"
     if info.get("gcore"):  # `coredump gcore`: the CLI finds its answer by the request id
         if outcome in ("written", "partial"):
             what = f"core written to {info.get('path')} ({info.get('size')} bytes)"

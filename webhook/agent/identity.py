@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from webhook.agent.metadata import PodView
+from webhook.agent.podvolumes import unwritable_for
 from webhook.agent.procinfo import CgroupIdentity, Registration
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class Resolved:
     image: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
+    #: The container's mounts (podvolumes.Mount), from the watch: the journal records the storage.
+    mounts: tuple = ()
+    #: The webhook's reason why no core can be written in this container (a read-only mount).
+    unwritable: str | None = None
     #: Registration fields that disagreed with the watch: field -> (claimed, true).
     mismatches: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -92,6 +97,9 @@ def apply_view(resolved: Resolved, view: PodView | None) -> Resolved:
         resolved.image = view.images.get(resolved.container)
     resolved.labels = dict(view.labels)
     resolved.owner = view.owner
+    if resolved.container:
+        resolved.mounts = tuple(view.mounts.get(resolved.container, ()))
+    resolved.unwritable = unwritable_for(view.unwritable, resolved.container)
     return resolved
 
 

@@ -108,7 +108,7 @@ def volume_of(path: str, container: str | None, view: Any) -> dict:
     if view is None or not path or not container:
         return {}
     best = ("", "")
-    for mount_path, volume in (getattr(view, "mounts", {}) or {}).get(container, []):
+    for mount_path, volume in (getattr(view, "mount_names", {}) or {}).get(container, []):
         root = mount_path.rstrip("/") or "/"
         if (path == root or path.startswith(root.rstrip("/") + "/")) and len(root) > len(best[0]):
             best = (root, volume)

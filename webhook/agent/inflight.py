@@ -8,11 +8,14 @@ entry behind, and its successor's :func:`recover` handles each one:
 
 - it reaches the temporary file again: the node location directly; a pod's volume through a live
   process of the same container (by container ID, from ``/proc/<pid>/cgroup``: the kernel's
-  word), the temporary file being looked up inside that process's root with ``openat2``;
+  word), else through a live process of any container on this node that mounts the same storage
+  (the entry's ``volume``: same PVC in the same namespace, same NFS export, same hostPath, or the
+  same pod's volume; webhook/agent/podvolumes.py) at a path under which the directory lies, the
+  temporary file being looked up inside that process's root with ``openat2``;
 - something was written: the file becomes ``<name>.partial`` (never replacing a name) with its
   metadata, ``truncated_reason: agent_restarted``, and the crash's Event says so;
 - nothing was written: the temporary files are removed;
-- it cannot be reached (the container is gone): the loss and the leftover's path are logged,
+- it cannot be reached (the container is gone, no other live container mounts its storage): the loss and the leftover's path are logged,
   counted and posted as an Event on the pod.
 
 The entry is written without fsync: it must survive the agent's death, which the page cache
@@ -30,7 +33,7 @@ import os
 import posixpath
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 from webhook import constants
 from webhook.agent import metadata as meta
 from webhook.agent.metafile import reserved_tmp_name
+from webhook.agent.podvolumes import claim_of, translate
 from webhook.agent.procinfo import parse_cgroup
 from webhook.agent.writer import MAX_SUFFIX, RESOLVE_NAME, TMP_PREFIX, SafeRoot, openat2, rename_noreplace, \
     write_small_file
@@ -146,11 +150,22 @@ class Recovered:
     leftover: str | None = None  # the temporary file, as the container sees it
     size: int = 0
     detail: str = ""
+    #: Whose root it was reached through when not the crashed container's ("<ns>/<pod>/<container>").
+    via: str = ""
+
+
+#: Another container's view of an entry's storage: (root path, directory inside it, "<ns>/<pod>/<container>").
+Peer = tuple[str, str, str]
 
 
 def _same_container_pids(container_id: str, proc: str, prefer: int | None) -> list[int]:
     """Live processes whose cgroup names ``container_id`` (the original PID first)."""
-    pids = []
+    return _container_pids({container_id}, proc, prefer).get(container_id, [])
+
+
+def _container_pids(container_ids: set[str], proc: str, prefer: int | None = None) -> dict[str, list[int]]:
+    """Live processes of these containers (by the container ID their cgroup names), one /proc scan."""
+    pids: dict[str, list[int]] = {}
     try:
         names = [n for n in os.listdir(proc) if n.isdigit()]
     except OSError:
@@ -161,23 +176,59 @@ def _same_container_pids(container_id: str, proc: str, prefer: int | None) -> li
         try:
             with open(f"{proc}/{name}/cgroup") as f:
                 ident = parse_cgroup(f.read())
+            if ident.container_id not in container_ids:
+                continue
             with open(f"{proc}/{name}/stat") as f:
                 state = f.read().rpartition(")")[2].split()[0]
         except (OSError, IndexError):
             continue
-        if ident.container_id == container_id and state != "Z":
-            pids.append(int(name))
+        if state != "Z":
+            pids.setdefault(ident.container_id, []).append(int(name))
     return pids
 
 
-def _roots(entry: dict[str, Any], node_cores_dir: str, proc: str) -> list[str]:
-    """Where the entry's directory may be reached from, in order."""
+def peers_on_node(records: Callable[[], list[Any]], proc: str = "/proc",
+                  ready: Callable[[], bool] | None = None) -> Callable[[dict[str, Any]], list[Peer]]:
+    """``peers(entry)`` for :func:`recover`: live containers of this node's pods (the pod watch's
+    ``PodIndex.records``) that mount the entry's storage; ``ready()`` waits for the watch's list."""
+
+    def peers(entry: dict[str, Any]) -> list[Peer]:
+        claim = entry.get("volume")
+        if not isinstance(claim, dict) or not claim.get("source"):
+            return []
+        if ready is not None and not ready():
+            log.warning("the pod watch has not listed the pods: no other pod on the claim can be found",
+                        extra={"pod": entry.get("pod"), "namespace": entry.get("namespace")})
+        wanted: list[tuple[str, str, str]] = []  # (container ID, directory, who)
+        for record in records():
+            view = record.view
+            for cid, name in view.container_ids.items():
+                if cid == entry.get("container_id"):
+                    continue  # tried first, by recover_entry
+                for directory in translate(claim, view.mounts.get(name, ())):
+                    wanted.append((cid, directory, f"{view.namespace}/{view.name}/{name}"))
+        if not wanted:
+            return []
+        live = _container_pids({cid for cid, _, _ in wanted}, proc)
+        return [(f"{proc}/{pid}/root", directory, who) for cid, directory, who in wanted
+                for pid in live.get(cid, [])]
+
+    return peers
+
+
+def _roots(entry: dict[str, Any], node_cores_dir: str, proc: str,
+           peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> Iterator[Peer]:
+    """Where the entry's directory may be reached from, in order: (root, directory, via)."""
+    directory = entry.get("directory") or "/"
     if entry.get("destination") == "node":
-        return [node_cores_dir]
+        yield node_cores_dir, directory, ""
+        return
     cid = entry.get("container_id")
-    if not cid:
-        return []
-    return [f"{proc}/{pid}/root" for pid in _same_container_pids(cid, proc, entry.get("global_pid"))]
+    if cid:
+        for pid in _same_container_pids(cid, proc, entry.get("global_pid")):
+            yield f"{proc}/{pid}/root", directory, ""
+    if peers is not None:
+        yield from peers(entry)
 
 
 def _exists(dirfd: int, name: str) -> os.stat_result | None:
@@ -237,7 +288,8 @@ def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int,
     return doc
 
 
-def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "", proc: str = "/proc") -> Recovered:
+def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "", proc: str = "/proc",
+                  peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> Recovered:
     """Turn one leftover into a ``.partial`` with metadata, remove it, or say it is unreachable."""
     directory = entry.get("directory") or "/"
     tmp, meta_tmp, name = entry.get("tmp_name", ""), entry.get("meta_tmp_name", ""), entry.get("name", "")
@@ -247,34 +299,39 @@ def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "",
     if not tmp.startswith(TMP_PREFIX) or "/" in tmp or (meta_tmp and "/" in meta_tmp) or not name or "/" in name:
         return Recovered("gone", entry, leftover=leftover, detail="malformed journal entry")
     reached_any = False
-    for root_path in _roots(entry, node_cores_dir, proc):
+    for root_path, inside, via in _roots(entry, node_cores_dir, proc, peers):
         try:
             root = SafeRoot.open(root_path)
         except OSError:
             continue
         try:
             try:
-                dirfd = root.open_dir(directory, create=False)
+                dirfd = root.open_dir(inside, create=False)
             except OSError:
                 continue
             try:
                 reached_any = True
                 st = _exists(dirfd, tmp)
                 if st is None:
-                    continue  # another process of the container may see another mount here
-                return _finish(entry, dirfd, st, tmp, meta_tmp, name, view_dir, leftover, node)
+                    continue  # another process may see another mount here
+                rec = _finish(entry, dirfd, st, tmp, meta_tmp, name, view_dir, leftover, node, via)
+                rec.via = via
+                return rec
             finally:
                 os.close(dirfd)
         finally:
             root.close()
     if reached_any:
         return Recovered("gone", entry, leftover=leftover, detail="the temporary file is no longer there")
-    return Recovered("unreachable", entry, leftover=leftover,
-                     detail="no live process of the container to reach its volume through")
+    claim = entry.get("volume") if isinstance(entry.get("volume"), dict) else None
+    detail = "no live process of the container to reach its volume through"
+    if claim:
+        detail += f", nor of another container on this node mounting {claim.get('source')}"
+    return Recovered("unreachable", entry, leftover=leftover, detail=detail)
 
 
 def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, meta_tmp: str, name: str,
-            view_dir: str, leftover: str, node: str) -> Recovered:
+            view_dir: str, leftover: str, node: str, via: str = "") -> Recovered:
     if st.st_size == 0:
         for n in (tmp, meta_tmp):
             if n:
@@ -287,6 +344,8 @@ def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, met
     final = _commit_existing(dirfd, tmp, name + ext + constants.PARTIAL_SUFFIX)
     path = posixpath.join(view_dir, final)
     doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, _sha256(dirfd, final), node)
+    if via:  # the crashed container was gone: reached through another container on its storage
+        doc["recovered_through"] = via
     data = meta.dumps(doc)
     uid, gid = entry.get("uid_owner"), entry.get("gid_owner")
     written = False
@@ -315,13 +374,15 @@ def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, met
 
 def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: Any = None,
             registry: CollectorRegistry | None = None, proc: str = "/proc",
-            on_result: Callable[[Recovered], None] | None = None) -> list[Recovered]:
-    """Handle every leftover of earlier agents (see the module doc); never raises."""
+            on_result: Callable[[Recovered], None] | None = None,
+            peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> list[Recovered]:
+    """Handle every leftover of earlier agents (see the module doc); never raises. ``peers``
+    (:func:`peers_on_node`): other containers on an entry's storage, tried when its own are gone."""
     metrics = RecoveryMetrics(registry) if registry is not None else None
     results = []
     for path, entry in journal.leftovers():
         try:
-            rec = recover_entry(entry, node_cores_dir=node_cores_dir, node=node, proc=proc)
+            rec = recover_entry(entry, node_cores_dir=node_cores_dir, node=node, proc=proc, peers=peers)
         except Exception as exc:  # noqa: BLE001 - one bad leftover never stops the others
             log.exception("in-flight recovery failed", extra={"entry": path})
             rec = Recovered("unreachable", entry, detail=f"recovery failed: {exc}")
@@ -338,7 +399,7 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None) -> Non
     line = {"result": rec.result, "namespace": e.get("namespace"), "pod": e.get("pod"),
             "container": e.get("container"), "pid": e.get("pid"), "global_pid": e.get("global_pid"),
             "comm": e.get("comm"), "path": rec.path, "leftover": rec.leftover, "size": rec.size,
-            "detail": rec.detail}
+            "detail": rec.detail, "via": rec.via or None}
     if rec.result == "partial":
         log.warning("core of a dump cut by the agent's restart kept as partial", extra=line)
     elif rec.result == "removed_empty":
@@ -377,4 +438,7 @@ def entry_for(request: Any, who: Any, target: Any, names: tuple[str, str], *, no
         "uid": request.uid, "gid": request.gid, "signal": request.signal, "comm": request.comm,
         "hostname": request.hostname, "time": request.time, "rlimit_core": request.rlimit_core,
         "dump_mode": request.dump_mode, "spool_reason": request.spool_reason, "exe": exe,
+        # the storage the directory lies on (podvolumes.py): another pod on it can reach the leftover
+        "volume": claim_of(getattr(who, "mounts", ()) or (), target.directory) if target.destination == "pod"
+        else None,
     }

@@ -33,8 +33,12 @@ class PodView:
     owner: str | None = None  # "ReplicaSet/web-7d9c"
     #: volume name -> (kind: "emptyDir", "persistentVolumeClaim", "nfs"..., claim name or "")
     volumes: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: container name -> [(mountPath, volume name)]
-    mounts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: container name -> [(mountPath, volume name)] (the crash index names a core's volume)
+    mount_names: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: container name -> its mounts (podvolumes.Mount): the storage a core directory lies on
+    mounts: dict[str, tuple] = field(default_factory=dict)
+    #: the webhook's coredump-webhook.io/unwritable annotation (a read-only mount at admission)
+    unwritable: str = ""
 
 
 def signal_name(number: int) -> str | None:

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from webhook import constants
 from webhook.agent.metadata import PodView
+from webhook.agent.podvolumes import volume_mounts
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +91,14 @@ def pod_record(pod: dict) -> PodRecord | None:
         kind = next((k for k in v if k != "name"), "")
         if v.get("name"):
             volumes[v["name"]] = (kind, str((v.get("persistentVolumeClaim") or {}).get("claimName") or ""))
-    mounts: dict[str, list[tuple[str, str]]] = {}
+    mount_names: dict[str, list[tuple[str, str]]] = {}
     for key in ("initContainers", "containers"):
         for c in spec.get(key) or []:
-            mounts[c.get("name", "")] = [(m.get("mountPath", ""), m.get("name", "")) for m in c.get("volumeMounts") or []]
+            mount_names[c.get("name", "")] = [(m.get("mountPath", ""), m.get("name", "")) for m in c.get("volumeMounts") or []]
     view = PodView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=uid, images=images,
                    container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta),
-                   volumes=volumes, mounts=mounts)
+                   volumes=volumes, mount_names=mount_names, mounts=volume_mounts(pod),
+                   unwritable=str((meta.get("annotations") or {}).get(constants.ANN_UNWRITABLE) or ""))
     return PodRecord(view=view, node=spec.get("nodeName", "") or "", annotations=dict(meta.get("annotations") or {}),
                      resource_version=meta.get("resourceVersion", ""), phase=status.get("phase", ""),
                      hostname=spec.get("hostname") or meta.get("name", ""))
@@ -133,6 +136,11 @@ class PodIndex:
     def record(self, uid: str) -> PodRecord | None:
         with self._lock:
             return self._pods.get(uid)
+
+    def records(self) -> list[PodRecord]:
+        """Every pod of this node (a copy: recovery looks for pods sharing a claim)."""
+        with self._lock:
+            return list(self._pods.values())
 
     def lookup(self, uid: str) -> PodView | None:
         """The crash path's ``pod_lookup``."""
