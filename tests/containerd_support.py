@@ -144,6 +144,8 @@ class ContainerdNode(Node):
         bundle, cfg = self._bundle(pod, c, container_id)
         cfg["root"]["path"] = str(bundle / "rootfs")  # the shim's bundle is elsewhere: absolute
         (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
+        if self.on_start is not None:  # the ID is ours (ctr run takes it): reported before it runs
+            self.on_start(pod, name, container_id)
         out, err = bundle / "stdout.log", bundle / "stderr.log"
         cmd = self.daemon.ctr_command("run", "--config", str(bundle / "config.json"),
                                       "--cgroup", cfg["linux"]["cgroupsPath"], container_id)
