@@ -143,9 +143,9 @@ class ContainerdNode(Node):
         container_id = secrets.token_hex(32)
         bundle, cfg = self._bundle(pod, c, container_id)
         cfg["root"]["path"] = str(bundle / "rootfs")  # the shim's bundle is elsewhere: absolute
-        if self.on_start is not None:  # the kubelet's status: the agent's pod watch learns the container
-            self.on_start(pod, name, container_id)
         (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
+        if self.on_start is not None:  # the ID is ours (ctr run takes it): reported before it runs
+            self.on_start(pod, name, container_id)
         out, err = bundle / "stdout.log", bundle / "stderr.log"
         cmd = self.daemon.ctr_command("run", "--config", str(bundle / "config.json"),
                                       "--cgroup", cfg["linux"]["cgroupsPath"], container_id)

@@ -179,21 +179,16 @@ class DockerNode(Node):
         c = next(x for x in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]
                  if x["name"] == name)
         bundle, cfg = self._bundle(pod, c, "pending-" + os.urandom(8).hex())
-        cidfile = bundle / "cid"
         out, err = bundle / "stdout.log", bundle / "stderr.log"
-        cmd = self.daemon.command("run", "--cidfile", str(cidfile), *self.docker_args(pod, c, cfg))
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
-        deadline = time.monotonic() + 30
-        while not (cidfile.exists() and cidfile.read_text().strip()):
-            if proc.poll() is not None and not cidfile.exists():
-                raise AssertionError(f"docker run {name}: {err.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"docker run {name}: no container ID")
-            time.sleep(0.02)
-        container_id = cidfile.read_text().strip()
-        if self.on_start is not None:  # the kubelet's status, as soon as the runtime names the container
+        # create, report the ID the runtime chose (what the kubelet puts in the pod's status),
+        # then start: the agent's pod watch lists the container before its process runs
+        created = self.daemon.docker("create", *self.docker_args(pod, c, cfg))
+        container_id = created.stdout.strip().splitlines()[-1]
+        if self.on_start is not None:
             self.on_start(pod, name, container_id)
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            proc = subprocess.Popen(self.daemon.command("start", "--attach", container_id),
+                                    stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
         cgroups_path = self.container_cgroup(pod, container_id)
         cfg["linux"]["cgroupsPath"] = cgroups_path  # where the runtime put it
         ctr = Container(name, container_id, bundle, cgroups_path, proc, out, err, cfg)

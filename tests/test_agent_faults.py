@@ -118,11 +118,15 @@ class Container:
         line = [x for x in Path(f"/proc/{self.app}/status").read_text().splitlines() if x.startswith("NSpid:")][0]
         return int(line.split()[-1])
 
+    def pod(self) -> dict:
+        """The pod as the API server lists it."""
+        return {"metadata": {"name": "web-7d9c-abcde", "namespace": "shop", "uid": self.pod_uid},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "busybox"}]},
+                "status": {"containerStatuses": [{"name": "app", "containerID": f"containerd://{self.cid}"}]}}
+
     def index(self) -> PodIndex:
         index = PodIndex()
-        index.replace([{"metadata": {"name": "web-7d9c-abcde", "namespace": "shop", "uid": self.pod_uid},
-                        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "busybox"}]},
-                        "status": {"containerStatuses": [{"name": "app", "containerID": f"containerd://{self.cid}"}]}}])
+        index.replace([self.pod()])
         return index
 
     def crash(self) -> None:
@@ -186,28 +190,46 @@ def test_a_full_volume_keeps_the_reason_with_the_cut_core(agent_env, tmp_path): 
     assert "core cut short (no_space)" in build_event(summary, 0)["message"]
 
 
-def _agent(host: Path, helper: Path, log: Path) -> subprocess.Popen:
+def _agent(host: Path, helper: Path, log: Path, kubeconfig: Path | None = None) -> subprocess.Popen:
+    """``coredump agent run``; with ``kubeconfig``, its pod watch on that API server."""
     cli = Path(sys.executable).with_name("coredump")
     cmd = [str(cli), "agent", "run", "--host-dir", str(host), "--helper-binary", str(helper), "--metrics-bind", "",
-           "--node-name", "node-1", "--no-watch-pods", "--no-events", "--keep-free-bytes", "0", "--no-signatures",
+           "--node-name", "node-1", "--no-events", "--keep-free-bytes", "0", "--no-signatures",
            "--no-kernel-log", "--rate-limit-count", "10"]
-    return subprocess.Popen(cmd, stderr=open(log, "ab"), start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
+    if kubeconfig is None:
+        cmd.append("--no-watch-pods")
+    else:
+        env["KUBECONFIG"] = str(kubeconfig)
+    return subprocess.Popen(cmd, stderr=open(log, "ab"), start_new_session=True, env=env)
 
 
 def _serving(host: Path) -> bool:
     return (host / "agent.sock").exists() and is_our_pattern(Sysctl().read(CORE_PATTERN))
 
 
-def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_path, bin_dir):  # noqa: F811
+def _listed(log: Path, n: int) -> bool:
+    return log.read_text(errors="replace").count('"pods listed"') >= n
+
+
+@pytest.mark.parametrize("known", ["known_at_the_crash", "listed_after_the_kill"])
+def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_path, bin_dir, pod_api,  # noqa: F811
+                                                              known):
+    """The pod watch on: a pod it knew at the crash keeps its verified names in the recovered
+    metadata; one it learns of only after the kill is recovered unverified (no names) and
+    filled in through the pending store once the successor's watch lists it."""
     host, settings, _serve = agent_env
     vol = tmp_path / "vol"
     _tmpfs(vol, "1g")
     log = tmp_path / "agent.log"
+    kubeconfig = pod_api.server.kubeconfig(tmp_path / "kubeconfig")
     box = agent = None
     try:
         box = Container(tmp_path, vol, 256)
-        agent = _agent(host, bin_dir / "coredump-helper", log)
-        wait_for(lambda: _serving(host), 30, "the agent serving")
+        if known == "known_at_the_crash":
+            pod_api.set_pod(box.pod())
+        agent = _agent(host, bin_dir / "coredump-helper", log, kubeconfig)
+        wait_for(lambda: _serving(host) and _listed(log, 1), 30, "the agent serving, its pods listed")
         nspid = box.nspid
         box.crash()
 
@@ -225,8 +247,22 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
         recorded = json.loads(entry.read_text())
         assert recorded["tmp_name"] == leftover.name and recorded["container_id"] == box.cid
         assert leftover.exists() and leftover.stat().st_size < 256 << 20
-        agent = _agent(host, bin_dir / "coredump-helper", log)  # the successor recovers it
-        wait_for(lambda: (vol / f"core.{nspid}.partial.json").exists(), 60, "the leftover recovered")
+        if known == "known_at_the_crash":
+            assert recorded["identity"] == "verified" and (recorded["namespace"], recorded["pod"]) == (
+                "shop", "web-7d9c-abcde")
+        else:
+            assert recorded["identity"] == "unverified" and recorded["namespace"] is None and recorded["pod"] is None
+            pod_api.set_pod(box.pod())  # the API server answers again, or the pod was just created
+        agent = _agent(host, bin_dir / "coredump-helper", log, kubeconfig)  # the successor recovers it
+
+        def recovered() -> dict | None:
+            try:
+                doc = json.loads((vol / f"core.{nspid}.partial.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return doc if doc.get("identity") == "verified" else None
+
+        wait_for(recovered, 60, "the leftover recovered under verified names")
         wait_for(lambda: not list((host / inflight.JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
     finally:
         if agent is not None:
@@ -243,4 +279,6 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
     assert meta["size"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
     assert (meta["pod_uid"], meta["container_id"], meta["pid"], meta["path"]) == (
         box.pod_uid, box.cid, nspid, f"/pod/data/dump/core.{nspid}.partial")
+    assert meta["identity"] == "verified"
+    assert (meta["namespace"], meta["pod"], meta["container"]) == ("shop", "web-7d9c-abcde", "app")
     assert "kept as partial" in log.read_text()  # the successor's log line

@@ -244,3 +244,54 @@ def test_candidates_are_processes_the_kernel_marked_as_dumping():
     finally:
         dumped.wait()
         plain.wait()
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_coredump_agent_run_reports_what_the_kernel_dropped(kernel, bin_dir, pod_api):
+    """The kernel log reader as ``coredump agent run`` wires it (kernel log on, the default): the
+    agent is stalled (SIGSTOP: a slow agent) while 24 processes crash against its pipe limit of
+    16; the kernel drops the ones over it, and once the agent runs again its log has each drop
+    with its reason and its metrics endpoint counts them."""
+    import signal
+    import urllib.request
+
+    from tests.process_support import free_port
+    from tests.test_e2e import running_agent
+
+    port = free_port()
+    ready_at = time.monotonic() + 5.5  # the kernel rate-limits these lines: 10 per 5 s (printk_ratelimited)
+    with running_agent(bin_dir, pod_api, "--core-pipe-limit", "16", "--metrics-bind", f"127.0.0.1:{port}") as agent:
+        assert Path("/proc/sys/kernel/core_pipe_limit").read_text().strip() == "16"
+        procs = start_sleepers(24)
+        ours = {p.pid for p in procs}
+        time.sleep(max(0.0, ready_at - time.monotonic()))  # a burst of another test's drops is over
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            segv(procs)
+            time.sleep(1.0)  # 16 helpers hold their processes pinned; the kernel skips the rest
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+
+        def drops() -> list[dict]:
+            return [r for r in agent.records()
+                    if r.get("message") == "core dropped by the kernel" and r.get("pid") in ours]
+
+        reap(procs, timeout=60)
+
+        def handled() -> set[int]:
+            return {r.get("global_pid") for r in agent.crashes()} & ours
+
+        wait_for(lambda: len(drops()) + len(handled()) == len(ours), 30,
+                 "every crash: a core the agent handled or a drop record in its log")
+        dropped = drops()
+        assert len(dropped) >= 8, dropped  # 24 crashes, 16 pinned at most
+        assert {r["reason"] for r in dropped} == {"over_core_pipe_limit"}, dropped
+        assert all("over core_pipe_limit" in r["kernel_message"] for r in dropped)
+        assert not handled() & {r["pid"] for r in dropped}, "a drop record for a core the agent got"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        samples = [line for line in body.splitlines()
+                   if line.startswith("coredump_agent_kernel_dropped_cores_total{")
+                   and 'reason="over_core_pipe_limit"' in line]
+        assert samples and sum(float(line.rsplit(" ", 1)[1]) for line in samples) >= len(dropped), samples
+        assert agent.stop() == 0

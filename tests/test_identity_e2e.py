@@ -302,3 +302,74 @@ def test_spooled_core_lands_in_the_pod_volume_while_the_container_lives(kernel, 
         (vol / "done").touch()
         assert app.wait(30) == 0, app.output()
         assert agent.stop() == 0
+
+
+def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_dir, node_factory,  # noqa: F811
+                                                                  pod_api, tmp_path):
+    """A pod's crash waits for a dump slot when the agent is stopped (a rollout): the stopping
+    agent spools it, recording the pinned process's cgroup and registration as the helper
+    does, and the next agent delivers it into the pod's own volume under its verified names."""
+    import tempfile
+    import threading
+
+    from tests.crash_support import check_elf_core, reap, segv
+    from tests.test_agent_lifecycle import Agent as InProcessAgent, Gate, agent_settings, start_sleepers
+
+    host = Path(tempfile.mkdtemp(prefix="cdq-"))
+    node = node_factory("cgroupfs")
+    script = ("while [ ! -e /pod/data/dump/go ]; do sleep 0.05; done; "
+              "sleep 30 & p=$!; echo $p > /pod/data/dump/child.pid; sleep 0.2; kill -SEGV $p; wait $p; "
+              "touch /pod/data/dump/crashed; while [ ! -e /pod/data/dump/done ]; do sleep 0.1; done; exit 0")
+    pod, volumes, app = start_pod(node, forging_pod(script))
+    (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/pod/data/dump"]
+    vol = volumes[mount["name"]]
+    s = agent_settings(host, bin_dir, max_concurrent_dumps=1, restore_on_stop="never", stop_timeout_seconds=30)
+    gate = Gate()
+    first = InProcessAgent(s, gate.factory)
+    try:
+        (sleeper,) = start_sleepers(1)
+        segv([sleeper])  # holds the one slot until the gate opens
+        assert gate.entered.wait(10)
+        (vol / "go").touch()
+        wait_for(lambda: first.registry.get_sample_value("coredump_agent_dumps_queued") == 1, 20,
+                 "the pod's core queued")
+        stopper = threading.Thread(target=first.stop)
+        stopper.start()
+        (entry,) = wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 15,
+                            "the stopping agent's spool entry")
+        wait_for(lambda: (vol / "crashed").exists(), 15, "the pod's crash released")
+        gate.release.set()
+        stopper.join(60)
+        assert not stopper.is_alive()
+        reap([sleeper], timeout=10)
+    finally:
+        gate.release.set()
+    # the agent's record, in the helper's layout, taken while the process was pinned
+    assert "agent stopped before this core's turn" in (entry / "reason").read_text()
+    assert f"pod{pod['metadata']['uid']}" in (entry / "cgroup").read_text()
+    env = (entry / "environ").read_bytes().split(b"\0")
+    assert b"COREDUMP_PATTERN=/pod/data/dump/core-eci" in env and all(e.startswith(b"COREDUMP_") for e in env if e)
+    assert (entry / "exe").read_text().endswith("/bin/busybox")
+    assert (entry / "root").read_text()  # its root as /proc shows it (the helper records the same)
+    with running_agent(bin_dir, pod_api, host=host) as agent:  # drains the spool at start
+        nspid = int((vol / "child.pid").read_text())
+        core = vol / f"core-eci.{nspid}"
+
+        def verified() -> dict | None:
+            try:
+                meta = json.loads(Path(str(core) + C.METADATA_SUFFIX).read_text())
+            except (OSError, ValueError):
+                return None
+            return meta if meta.get("identity") == "verified" else None
+
+        meta = wait_for(verified, 30, "the core spooled at stop in the pod's volume, its names verified")
+        check_elf_core(core.read_bytes())
+        assert (meta["namespace"], meta["pod"], meta["container"], meta["destination"]) == (
+            NAMESPACE, pod["metadata"]["name"], "app", "pod")
+        assert meta["exe"] == "/bin/busybox" and meta["pid"] == nspid
+        assert "agent stopped before this core's turn" in meta["spool_reason"]
+        assert not (agent.host / "cores" / "unknown").exists()
+        assert not list((host / "spool").iterdir())
+        (vol / "done").touch()
+        assert app.wait(30) == 0, app.output()
+        assert agent.stop() == 0

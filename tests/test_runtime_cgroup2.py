@@ -38,11 +38,11 @@ from webhook import constants as C
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 
-def test_pure_cgroup_v2_pod_is_identified_from_the_v2_line_alone(agent, kernel, bin_dir, tmp_path, pod_api):  # noqa: F811
+def test_pure_cgroup_v2_pod_is_identified_from_the_v2_line_alone(agent, kernel, pod_api, bin_dir, tmp_path):  # noqa: F811
     images = {ADMISSION.image: single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH),
               APP_IMAGE: busybox_rootfs, SIDECAR_IMAGE: busybox_rootfs}
     node = Node(tmp_path / "node", cgroup2_runc(tmp_path), images, node_name=NODE_NAME, flavour="systemd",
-                on_start=pod_api.container_started)
+        on_start=pod_api.container_started)
     try:
         pattern = "/data/dump-a/core-%e-%p"
         pod = mutated(deployment_pod({C.ANN_PATTERN: pattern}, out_dir="/data/dump-a"))

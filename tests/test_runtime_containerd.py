@@ -55,10 +55,10 @@ def imported(containerd, bin_dir, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("flavour", CGROUP_FLAVOURS)
-def test_containerd_pod_core_lands_in_its_volume(agent, kernel, imported, tmp_path, flavour, pod_api):  # noqa: F811
+def test_containerd_pod_core_lands_in_its_volume(agent, kernel, pod_api, imported, tmp_path, flavour):  # noqa: F811
     daemon = imported
     node = ContainerdNode(tmp_path / "node", daemon, {}, node_name=NODE_NAME, flavour=flavour,
-                          on_start=pod_api.container_started)
+        on_start=pod_api.container_started)
     node.images = {ref: node.image_rootfs(ref) for ref in (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)}
     try:
         pattern = "/data/dump-a/core-%e-%p-%t"

@@ -57,10 +57,10 @@ def _ppid(pid: int) -> int:
 
 
 @pytest.mark.parametrize("flavour", CGROUP_FLAVOURS)
-def test_docker_pod_core_lands_in_its_volume(agent, kernel, loaded, tmp_path, flavour, pod_api):  # noqa: F811
+def test_docker_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp_path, flavour):  # noqa: F811
     daemon = loaded
     node = DockerNode(tmp_path / "node", daemon, list(IMAGES), node_name=NODE_NAME, flavour=flavour,
-                      on_start=pod_api.container_started)
+        on_start=pod_api.container_started)
     try:
         pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
         (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]

@@ -50,9 +50,9 @@ def loaded(podman, bin_dir, tmp_path_factory):  # noqa: F811
     return podman
 
 
-def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, loaded, tmp_path, pod_api):  # noqa: F811
+def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp_path):  # noqa: F811
     node = PodmanNode(tmp_path / "node", loaded, list(IMAGES), node_name=NODE_NAME, flavour="cgroupfs",
-                      on_start=pod_api.container_started)
+        on_start=pod_api.container_started)
     try:
         pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
         (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]

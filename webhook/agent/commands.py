@@ -173,8 +173,10 @@ def start_kernel_log(settings: AgentSettings, registry: Any, handled: Any, watch
         return None
 
 
-def recover_inflight(settings: AgentSettings, registry: Any, events: Any, watch: Any = None) -> None:
-    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported.
+def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pending: Any = None,
+                     watch: Any = None) -> None:
+    """Dumps a killed predecessor left in flight (inflight.py): partial, removed or reported
+    (those of pods the watch did not know at the crash through ``pending``, as a live crash's).
     With the pod watch, a leftover whose container is gone is reached through another container
     of this node on the same storage (same claim, NFS export, hostPath or pod volume)."""
     from webhook.agent import inflight
@@ -185,7 +187,8 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, watch:
         peers = inflight.peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
     try:
         inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
-                         node=settings.node_name, events=events, registry=registry, peers=peers)
+                         node=settings.node_name, events=events, registry=registry, peers=peers,
+                         pending=pending, pod_record=watch.index.record if watch is not None else None)
     except Exception:  # noqa: BLE001 - recovery never stops the agent
         log.exception("in-flight recovery failed")
 
@@ -252,6 +255,7 @@ def run_agent(
         handler = handler_factory(settings, previous)
     # the crash processor's Event poster, when the handler is one (the kernel log reuses it)
     events = getattr(getattr(handler, "__self__", None), "events", None)
+    pending = getattr(getattr(handler, "__self__", None), "pending", None)
     handled = RecentPids()
     server = AgentServer(settings, handler, registry=registry, request_factory=remembering_requests(handled))
     # Binding fails when another agent serves this host dir: then nothing here is ours to
@@ -268,8 +272,8 @@ def run_agent(
             watch.start()
         kmsg = start_kernel_log(settings, registry, handled, watch, events)
         # after the bind: no other agent serves this host dir, so every other entry is a leftover
-        threading.Thread(target=recover_inflight, args=(settings, registry, events, watch), name="agent-recovery",
-                         daemon=True).start()
+        threading.Thread(target=recover_inflight, args=(settings, registry, events, pending, watch),
+                         name="agent-recovery", daemon=True).start()
         applied = install.activate(settings)
         log.info(
             "agent serving",

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from webhook import constants
 from webhook.agent import metadata as meta
+from webhook.agent.identity import HOST, UNVERIFIED, VERIFIED
 from webhook.agent.metafile import reserved_tmp_name
 from webhook.agent.podvolumes import claim_of, translate
 from webhook.agent.procinfo import parse_cgroup
@@ -152,6 +153,9 @@ class Recovered:
     detail: str = ""
     #: Whose root it was reached through when not the crashed container's ("<ns>/<pod>/<container>").
     via: str = ""
+    #: (st_dev, st_ino) of the .partial: proves it is the same file when its names are filled in
+    #: later (webhook/agent/pending.py).
+    file_id: tuple[int, int] | None = None
 
 
 #: Another container's view of an entry's storage: (root path, directory inside it, "<ns>/<pod>/<container>").
@@ -269,11 +273,31 @@ def _sha256(dirfd: int, name: str) -> str:
     return h.hexdigest()
 
 
+def identity_of(entry: dict[str, Any]) -> str:
+    """The entry's identity state (webhook/agent/identity.py). An entry without one (written
+    before it was recorded) had its names from the watch only: the rule of ``Resolved.state``."""
+    state = entry.get("identity")
+    if state in (VERIFIED, UNVERIFIED, HOST):
+        return state
+    if entry.get("namespace") and entry.get("pod"):
+        return VERIFIED
+    return UNVERIFIED if entry.get("pod_uid") else HOST
+
+
+def _verified_names(entry: dict[str, Any]) -> dict[str, Any]:
+    """namespace, pod, container, image, labels, owner: the watch's, or nothing when unverified."""
+    if identity_of(entry) != VERIFIED:
+        return {"namespace": None, "pod": None, "container": None, "image": None, "labels": {}, "owner": None}
+    return {k: entry.get(k) for k in ("namespace", "pod", "container", "image", "owner")} | {
+        "labels": entry.get("labels") or {}}
+
+
 def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, sha: str, node: str) -> dict:
+    names = _verified_names(entry)
     doc = meta.build(
-        node=node or entry.get("node", ""), namespace=entry.get("namespace"), pod=entry.get("pod"),
-        pod_uid=entry.get("pod_uid"), container=entry.get("container"), container_id=entry.get("container_id"),
-        image=entry.get("image"), labels=entry.get("labels") or {}, owner=entry.get("owner"),
+        node=node or entry.get("node", ""), namespace=names["namespace"], pod=names["pod"],
+        pod_uid=entry.get("pod_uid"), container=names["container"], container_id=entry.get("container_id"),
+        image=names["image"], labels=names["labels"], owner=names["owner"],
         runtime=entry.get("runtime"), registered=bool(entry.get("registered")),
         identification=entry.get("identification", ""), destination=entry.get("destination", ""),
         pid=int(entry.get("pid", 0)), global_pid=int(entry.get("global_pid", 0)), tid=int(entry.get("tid", 0)),
@@ -284,6 +308,7 @@ def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int,
         sha256=sha, compression=entry.get("compression", "none"), truncated=True, reason=REASON,
         pattern=entry.get("pattern", ""), rlimit_core=int(entry.get("rlimit_core", 0)),
         dump_mode=int(entry.get("dump_mode", 0)), spool_reason=entry.get("spool_reason", ""))
+    doc["identity"] = identity_of(entry)
     doc["agent_restarted_at"] = meta.iso_time(time.time())
     return doc
 
@@ -369,15 +394,20 @@ def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, met
                 os.unlink(meta_tmp, dir_fd=dirfd)
             except OSError:
                 pass
-    return Recovered("partial", entry, path=path, leftover=leftover, size=st.st_size)
+    return Recovered("partial", entry, path=path, leftover=leftover, size=st.st_size, file_id=(st.st_dev, st.st_ino))
 
 
 def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: Any = None,
             registry: CollectorRegistry | None = None, proc: str = "/proc",
             on_result: Callable[[Recovered], None] | None = None,
-            peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> list[Recovered]:
+            peers: Callable[[dict[str, Any]], list[Peer]] | None = None, pending: Any = None,
+            pod_record: Callable[[str], Any] | None = None) -> list[Recovered]:
     """Handle every leftover of earlier agents (see the module doc); never raises. ``peers``
-    (:func:`peers_on_node`): other containers on an entry's storage, tried when its own are gone."""
+    (:func:`peers_on_node`): other containers on an entry's storage, tried when its own are gone.
+    ``pending`` (webhook.agent.pending.PendingIdentities) takes the recovered cores of pods the
+    watch did not know at the crash, as for a live unverified crash: their names are filled in,
+    and their Event posted, once it does; ``pod_record`` (the watch's ``PodIndex.record``) tells
+    whether it already does (its list may have come before the recovery)."""
     metrics = RecoveryMetrics(registry) if registry is not None else None
     results = []
     for path, entry in journal.leftovers():
@@ -386,7 +416,7 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
         except Exception as exc:  # noqa: BLE001 - one bad leftover never stops the others
             log.exception("in-flight recovery failed", extra={"entry": path})
             rec = Recovered("unreachable", entry, detail=f"recovery failed: {exc}")
-        _report(rec, events, metrics)
+        _report(rec, events, metrics, pending, pod_record)
         if on_result is not None:
             on_result(rec)
         results.append(rec)
@@ -394,10 +424,13 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
     return results
 
 
-def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None) -> None:
-    e = rec.entry
+def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None, pending: Any = None,
+            pod_record: Callable[[str], Any] | None = None) -> None:
+    e = dict(rec.entry, **_verified_names(rec.entry))
+    state = identity_of(e)
     line = {"result": rec.result, "namespace": e.get("namespace"), "pod": e.get("pod"),
-            "container": e.get("container"), "pid": e.get("pid"), "global_pid": e.get("global_pid"),
+            "container": e.get("container"), "pod_uid": e.get("pod_uid"), "container_id": e.get("container_id"),
+            "identity": state, "pid": e.get("pid"), "global_pid": e.get("global_pid"),
             "comm": e.get("comm"), "path": rec.path, "leftover": rec.leftover, "size": rec.size,
             "detail": rec.detail, "via": rec.via or None}
     if rec.result == "partial":
@@ -408,16 +441,32 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None) -> Non
         log.error("core lost: the agent was restarted mid-dump and its leftover cannot be recovered", extra=line)
     if metrics is not None:
         metrics.recovered.labels(rec.result).inc()
-    if events is None or rec.result == "removed_empty" or not e.get("namespace") or not e.get("pod"):
+    if rec.result == "removed_empty":
         return
     summary = {k: e.get(k) for k in ("namespace", "pod", "pod_uid", "container", "container_id", "pid",
-                                     "global_pid", "signal", "comm", "image", "node")}
+                                     "global_pid", "signal", "comm", "image", "node", "destination")}
+    summary["identity"] = state
     summary["signal_name"] = meta.signal_name(int(e.get("signal") or 0))
     if rec.result == "partial":
         summary.update(outcome="partial", path=rec.path, size=rec.size, truncated_reason=REASON, reason=REASON)
     else:
         summary.update(outcome="failed", path=None, size=0,
                        reason=f"{REASON}: dump cut by the agent's restart; leftover {rec.leftover} ({rec.detail})")
+    if state == UNVERIFIED and pending is not None:  # named (and announced) once the watch knows the pod
+        if rec.result == "partial":
+            summary["file_id"] = list(rec.file_id) if rec.file_id else None
+            if e.get("destination") == "node":
+                summary["host_path"] = rec.path
+        try:
+            pending.add(summary)
+            known = pod_record(summary["pod_uid"]) if pod_record is not None else None
+            if known is not None:  # listed before it was added: fill it in now
+                pending.on_pod(known)
+        except Exception:  # noqa: BLE001
+            log.exception("could not keep an unverified recovered crash for later")
+        return
+    if events is None or state != VERIFIED:
+        return
     try:
         events.submit(summary)
     except Exception:  # noqa: BLE001
@@ -426,14 +475,19 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None) -> Non
 
 def entry_for(request: Any, who: Any, target: Any, names: tuple[str, str], *, node: str, exe: str,
               registered: bool, identification: str) -> dict[str, Any]:
-    """The journal entry of one dump (plain JSON types)."""
+    """The journal entry of one dump (plain JSON types). The names are kept only when the pod
+    watch verified them (``identity``: who.state)."""
+    verified = who.state == VERIFIED
     return {
         "destination": target.destination, "directory": target.directory, "name": target.name,
         "tmp_name": names[0], "meta_tmp_name": names[1], "compression": target.compression,
         "uid_owner": target.uid, "gid_owner": target.gid, "pattern": target.pattern, "node": node,
-        "namespace": who.namespace, "pod": who.pod, "pod_uid": who.pod_uid, "container": who.container,
-        "container_id": who.container_id, "image": who.image, "labels": dict(who.labels or {}),
-        "owner": who.owner, "runtime": who.runtime, "registered": registered, "identification": identification,
+        "identity": who.state, "namespace": who.namespace if verified else None,
+        "pod": who.pod if verified else None, "pod_uid": who.pod_uid,
+        "container": who.container if verified else None, "container_id": who.container_id,
+        "image": who.image if verified else None, "labels": dict(who.labels or {}) if verified else {},
+        "owner": who.owner if verified else None, "runtime": who.runtime, "registered": registered,
+        "identification": identification,
         "pid": request.pid, "global_pid": request.global_pid, "tid": request.tid, "global_tid": request.global_tid,
         "uid": request.uid, "gid": request.gid, "signal": request.signal, "comm": request.comm,
         "hostname": request.hostname, "time": request.time, "rlimit_core": request.rlimit_core,

@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 #: The reason a spooled core without a usable record is filed under (as before the record).
 SPOOLED = "spooled"
 
+# The record's files in a spool entry (the static helper's names, coredump-helper.c record_process;
+# the agent's own entries, webhook/agent/handback.py, use the same).
+#: ``/proc/<pid>/cgroup`` as read.
+RECORD_CGROUP = "cgroup"
+#: ``/proc/<pid>/environ``'s ``COREDUMP_*`` items, each NUL-terminated.
+RECORD_ENVIRON = "environ"
+#: The target of ``/proc/<pid>/exe``.
+RECORD_EXE = "exe"
+#: The target of ``/proc/<pid>/root``.
+RECORD_ROOT = "root"
+#: The environment items kept in ``environ``: the registration, nothing else of the process's.
+RECORD_ENVIRON_PREFIX = b"COREDUMP_"
+
 
 def _read(entry: str, name: str, limit: int = 1 << 16) -> bytes | None:
     try:
@@ -41,11 +54,11 @@ def spooled_identity(entry: str, proc: str = "/proc") -> tuple[Identity, Process
     Without a record (an older helper, or /proc unreadable at the crash) the core is filed as
     before: unregistered, ``spooled``, at the node location.
     """
-    raw_cgroup = _read(entry, "cgroup") if entry else None
+    raw_cgroup = _read(entry, RECORD_CGROUP) if entry else None
     if raw_cgroup is None:
         return Identity(None, CgroupIdentity(), SPOOLED), None
     cgroup = parse_cgroup(raw_cgroup.decode("utf-8", "replace"))
-    env = parse_environ(_read(entry, "environ", MAX_ENVIRON_BYTES) or b"")
+    env = parse_environ(_read(entry, RECORD_ENVIRON, MAX_ENVIRON_BYTES) or b"")
     ident = identify(env, cgroup)
     if ident.registration is not None:
         ident = Identity(ident.registration, cgroup, SPOOLED)
@@ -56,8 +69,8 @@ def spooled_identity(entry: str, proc: str = "/proc") -> tuple[Identity, Process
         except (LookupError, ProcessGone, OSError):
             live = None
     if live is not None:
-        exe_raw = (_read(entry, "exe") or b"").decode("utf-8", "replace")
-        root_raw = (_read(entry, "root") or b"").decode("utf-8", "replace") or "/"
+        exe_raw = (_read(entry, RECORD_EXE) or b"").decode("utf-8", "replace")
+        root_raw = (_read(entry, RECORD_ROOT) or b"").decode("utf-8", "replace") or "/"
         exe = (strip_root(exe_raw, root_raw) or "") if exe_raw else ""
         live = dataclasses.replace(live, exe=exe)
     log.info("spooled core: identity from the helper's record",
