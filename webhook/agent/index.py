@@ -13,8 +13,10 @@ included); :class:`IndexWriter` is the edge that writes it, from its own thread:
   queue for long); an already existing name (a retried create) is success; a record deleted by a
   user is created again.
 
-The agent may ``create`` and ``update`` CoreDumps and nothing else: it never reads them back, it
-keeps what it wrote (name, body, resourceVersion) in memory. Objects stay small: the top frames
+The agent may ``create``, ``update`` and ``delete`` CoreDumps and nothing else: it never reads
+them back, it keeps what it wrote (name, body, resourceVersion) in memory. It deletes only a record
+it wrote whose core retention deleted (the core and its record go together); where the delete is
+refused (RBAC of an older install) the record says ``status.state: Pruned`` instead. Objects stay small: the top frames
 only, no backtrace.
 """
 
@@ -221,6 +223,10 @@ class CustomObjectsEdge:
     def replace(self, namespace: str, name: str, body: dict) -> dict:
         return self._call(self.api.replace_namespaced_custom_object, namespace, PLURAL, name, body)
 
+    def delete(self, namespace: str, name: str) -> dict:
+        """Only for a record this agent wrote whose core retention deleted (agent-rbac.yaml)."""
+        return self._call(self.api.delete_namespaced_custom_object, namespace, PLURAL, name)
+
 
 @dataclass
 class _Record:
@@ -233,7 +239,7 @@ class _Record:
 
 @dataclass
 class _Job:
-    kind: str  # "create", "count" or "state"
+    kind: str  # "create", "count", "state" or "delete"
     key: tuple
     body: dict | None = None
     attempts: int = 0
@@ -261,7 +267,7 @@ class IndexWriter:
         self.backoff = backoff
         self.clock = clock
         self.monotonic = monotonic
-        self.created = self.updated = self.failed = self.dropped = self.skipped = 0
+        self.created = self.updated = self.deleted = self.failed = self.dropped = self.skipped = 0
         self.writes: list[tuple[str, str, str]] = []  # (verb, namespace, name): tests, debugging
         self._records: dict[tuple, _Record] = {}
         #: (namespace, name) -> the last body written, as the server answered it (bounded).
@@ -292,7 +298,9 @@ class IndexWriter:
         return self._put(("crash", body), summary)
 
     def mark_pruned(self, doc: dict) -> bool:
-        """A core was deleted by retention: its CoreDump (if this agent wrote it) says ``Pruned``."""
+        """A core was deleted by retention: its CoreDump goes with it, when this agent wrote it
+        (never anyone else's); where the delete is refused (an older install's RBAC) it says
+        ``Pruned`` instead."""
         if verified_namespace(doc) is None:
             return False
         return self._put(("pruned", (str(doc["namespace"]), coredump_name(doc))), doc)
@@ -310,12 +318,12 @@ class IndexWriter:
     # --- the thread ------------------------------------------------------------------------
     def _plan(self, item: tuple) -> None:
         """A new crash: a create while the key's quota lasts, else one more on the last record.
-        A pruned core: its record's state, when this agent wrote it (it never reads records)."""
+        A pruned core: its record is deleted, when this agent wrote it (it never reads records)."""
         what, body = item
         if what == "pruned":
             known = self._written.get(body)
             if known is not None:
-                self._ready.append(_Job("state", body, _with_state(known, "Pruned", self.clock())))
+                self._ready.append(_Job("delete", body, known))
             return
         key = quota_key(body)
         with self._lock:
@@ -411,7 +419,27 @@ class IndexWriter:
         while len(self._written) > 4096:
             self._written.pop(next(iter(self._written)))
 
+    def _delete(self, job: _Job) -> None:
+        """The record of a pruned core: deleted; refused (403: RBAC from before the agent had
+        ``delete``) -> marked Pruned; already gone (404) -> nothing."""
+        assert job.body is not None
+        namespace, name = job.key
+        try:
+            self.edge.delete(namespace, name)
+        except ApiFailure as exc:
+            if exc.status == 403:
+                self._ready.append(_Job("state", job.key, _with_state(job.body, "Pruned", self.clock())))
+            elif exc.status != 404:
+                raise
+            return
+        self.writes.append(("delete", namespace, name))
+        self.deleted += 1
+        self._written.pop((namespace, name), None)
+
     def _write(self, job: _Job) -> None:
+        if job.kind == "delete":
+            self._delete(job)
+            return
         if job.kind == "state":
             assert job.body is not None
             meta = job.body["metadata"]
