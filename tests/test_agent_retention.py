@@ -204,3 +204,46 @@ def test_a_forged_metadata_file_cannot_get_another_namespace_s_record_deleted(tm
         assert writer.flush(20)
         assert [r for r in server.requests if r["method"] == "DELETE"] == []
         writer.close()
+
+
+def test_records_follow_the_files_first_and_latest_and_the_count_goes_on(tmp_path):
+    """A crash loop in one pod's directory with retention (1 first, 2 latest) and the index on the
+    same rule, crash by crash as the agent runs them (retention, then the CoreDump): the records
+    left are exactly those of the files left, and their counts add up to every crash."""
+    d = tmp_path / "cores"
+    d.mkdir()
+    base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
+    with FakeApiServer() as server:
+        server.route("POST", base, Echo())
+        server.route("PUT", base + "/*", Echo())
+        server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), keep_first=1, keep_latest=2,
+                                 writes_per_second=1000, backoff=0.05)
+        worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
+        from webhook.agent.analysis import SignatureJob
+
+        names = {}
+        for i in range(8):
+            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+            doc = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written"}
+            names[f"core.{i}"] = idx.coredump_name(doc)
+            job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), f"core.{i}", f"core.{i}.json", doc)
+            worker._retain(job, {"signature": SIG_A})
+            job.close()
+            assert writer.submit(doc)
+            assert writer.flush(20)
+        worker.close()
+        files = sorted(p.name for p in d.iterdir() if p.name.startswith("core.") and "." not in p.name[5:])
+        assert files == ["core.0", "core.6", "core.7"]
+        live: dict[str, dict] = {}
+        for r in server.requests:
+            if r["method"] in ("POST", "PUT"):
+                body = json.loads(r["body"])
+                live[body["metadata"]["name"]] = body
+            elif r["method"] == "DELETE":
+                del live[r["path"].rsplit("/", 1)[1]]
+        assert sorted(live) == sorted(names[f] for f in files)
+        assert sum(b["status"]["count"] for b in live.values()) == 8
+        assert live[names["core.0"]]["status"]["count"] == 1  # the first is the first
+        assert writer.failed == 0
+        writer.close()
