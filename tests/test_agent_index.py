@@ -401,3 +401,56 @@ def test_the_index_quota_is_the_retention_rule_of_the_files():
     # retention off (every file kept): index_keep_per_signature records, the last one rolled
     assert idx.index_quota(AgentSettings(retention_keep_first=0, retention_keep_latest=0,
                                          index_keep_per_signature=5)) == (4, 1)
+
+
+def _row(crd: dict, body: dict, wide: bool = False) -> dict[str, object]:
+    """What `kubectl get coredumps` prints for ``body``: the CRD's printer columns evaluated
+    (simple `.a.b` paths, as all of ours are); a column whose field is missing prints empty."""
+    (version,) = crd["spec"]["versions"]
+    row: dict[str, object] = {"Name": body["metadata"]["name"]}
+    for col in version["additionalPrinterColumns"]:
+        if col.get("priority", 0) and not wide:
+            continue
+        node: object = body
+        for part in col["jsonPath"].strip(".").split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        row[col["name"]] = node
+    return row
+
+
+def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, server, validate, crd):
+    """Every body the writer sends (first records, rolled latest ones, a successor, a Pruned mark)
+    validates against the CRD and gives a full `kubectl get coredumps` row: the pod, container and
+    signal of the core it describes now, its frames, a count >= 1 and the core's age."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo(), Recorded(404, {**status, "code": 404, "reason": "NotFound"}), Echo())
+    server.route("DELETE", f"{BASE}/shop/coredumps/*", Recorded(403, {**status, "code": 403, "reason": "Forbidden"}))
+    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(tmp_path / idx.STATE_FILE))
+    crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + 60 * i,
+                       signal=6, signal_name="SIGABRT") for i in range(5)]
+    for doc in crashes:
+        w.submit(doc)
+        assert w.flush(20)
+    w.mark_pruned(crashes[0])  # the RBAC refuses the delete: a Pruned mark instead
+    assert w.flush(20)
+    w.close()
+    sent = [(r["method"], json.loads(r["body"])) for r in server.requests if r["method"] in ("POST", "PUT")]
+    assert [m for m, _ in sent] == ["POST", "POST", "PUT", "PUT", "POST", "PUT", "PUT"]
+    for method, body in sent:
+        validate(body)
+        row = _row(crd, body)
+        assert row["Pod"] == body["spec"]["pod"] and row["Container"] == "app" and row["Signal"] == "SIGABRT"
+        assert row["Frames"] == "check_order < main" and isinstance(row["Count"], int) and row["Count"] >= 1
+        assert row["Age"] == body["spec"]["time"]
+        wide = _row(crd, body, wide=True)
+        assert wide["State"] in ("Present", "Pruned") and wide["Signature"] == "ab" * 32 and wide["Node"]
+    rolled = [b for m, b in sent if m == "PUT" and b["status"]["state"] == "Present"]
+    # a rolled record shows the newest core it describes (pod, age) and the crashes it counts
+    assert [(_row(crd, b)["Pod"], _row(crd, b)["Count"]) for b in rolled] == [
+        ("web-7d9c-00002", 2), ("web-7d9c-00003", 3), ("web-7d9c-00004", 4)]  # the second one answered 404
+    assert _row(crd, rolled[-1])["Age"] == "2023-11-14T22:17:20Z"
+    successor = sent[4][1]  # the rolled record was deleted by a user: its successor keeps the count
+    assert _row(crd, successor)["Count"] == 3 and _row(crd, successor)["Name"] == idx.coredump_name(crashes[3])
+    pruned = sent[-1][1]
+    assert _row(crd, pruned, wide=True)["State"] == "Pruned" and _row(crd, pruned)["Name"] == idx.coredump_name(crashes[0])
