@@ -247,3 +247,33 @@ def test_records_follow_the_files_first_and_latest_and_the_count_goes_on(tmp_pat
         assert live[names["core.0"]]["status"]["count"] == 1  # the first is the first
         assert writer.failed == 0
         writer.close()
+
+
+def test_node_location_retention_deletes_the_records_of_the_cores_it_removes(tmp_path):
+    """The node location's age limit removes a core: its CoreDump goes with it (the agent's
+    retention loop passes the index), the record of the core kept stays."""
+    root = tmp_path / "cores"
+    d = root / "shop" / "web-0" / "app"
+    d.mkdir(parents=True)
+    base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
+    with FakeApiServer() as server:
+        server.route("POST", base, Echo())
+        server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+        now = time.time()
+        names = {}
+        for name, t in (("core.old", now - 7200), ("core.new", now)):
+            _core(d, name, int(t), SIG_A)
+            for p in (d / name, d / (name + ".json")):
+                os.utime(p, (t, t))
+            doc = {**json.loads((d / (name + ".json")).read_text()), "outcome": "written", "destination": "node"}
+            names[name] = idx.coredump_name(doc)
+            assert writer.submit(doc)
+        assert writer.flush(20)
+        result = apply_retention(str(root), max_age_seconds=3600, max_total_bytes=0, now=now,
+                                 on_removed=writer.mark_pruned)
+        assert any(p.endswith("core.old") for p in result.removed) and (d / "core.new").exists()
+        assert writer.flush(20)
+        deletes = [r["path"].rsplit("/", 1)[1] for r in server.requests if r["method"] == "DELETE"]
+        assert deletes == [names["core.old"]]
+        writer.close()
