@@ -126,25 +126,59 @@ def _bodies(server, method: str) -> list[dict]:
     return [json.loads(r["body"]) for r in server.requests if r["method"] == method and "/coredumps" in r["path"]]
 
 
-def test_writer_creates_then_counts_once_the_quota_is_reached(tmp_path, server, validate):
+def _final(server) -> dict[str, dict]:
+    """name -> the last body written to it (create or update), without the deleted ones."""
+    out: dict[str, dict] = {}
+    for r in server.requests:
+        if "/coredumps" not in r["path"]:
+            continue
+        if r["method"] in ("POST", "PUT"):
+            body = json.loads(r["body"])
+            out[body["metadata"]["name"]] = body
+        elif r["method"] == "DELETE":
+            out.pop(r["path"].rsplit("/", 1)[1], None)
+    return out
+
+
+def test_writer_keeps_the_first_and_the_latest_and_counts_the_rest(tmp_path, server, validate):
+    """A crash loop of one signature in one Deployment (a storm: all queued at once): the first
+    crash keeps its record, the latest two have one each, the rest are counted on them; the sum
+    of the counts is the number of crashes."""
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
-    w = _writer(server, keep_per_signature=3)
-    for i in range(12):  # a crash loop: one signature, one Deployment, other pods and digests
-        assert w.submit(summary(tmp_path, sha256=f"{i:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i))
+    w = _writer(server, keep_first=1, keep_latest=2)
+    loop = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(12)]
+    for doc in loop:
+        assert w.submit(doc)
     other = summary(tmp_path, sha256="f" * 64, signature="cd" * 32, signature_frames=["other_bug", "main"])
     assert w.submit(other)
     assert w.flush(20)
     created, updated = _bodies(server, "POST"), _bodies(server, "PUT")
-    assert len(created) == 4  # the quota of 3 for the loop, plus the other bug
-    assert {b["spec"]["signature"] for b in created} == {"ab" * 32, "cd" * 32}
-    assert 1 <= len(updated) <= 9  # counts are batched: never more writes than crashes
-    last = updated[-1]
-    assert last["metadata"]["name"] == created[2]["metadata"]["name"] and last["status"]["count"] == 1 + 9
-    assert last["metadata"]["resourceVersion"]  # an update of what the server answered
+    assert len(created) == 4  # first 1 + latest 2 for the loop, plus the other bug
+    assert len(created) + len(updated) <= 13  # never more writes than crashes
+    final = _final(server)
+    mine = {n: b for n, b in final.items() if b["spec"]["signature"] == "ab" * 32}
+    assert len(mine) == 3 and sum(b["status"]["count"] for b in mine.values()) == 12
+    first = idx.build_coredump(loop[0], 0)["metadata"]["name"]
+    assert mine[first]["spec"]["pod"] == "web-7d9c-00000" and mine[first]["status"]["count"] == 1
+    assert first not in {b["metadata"]["name"] for b in updated}  # the first is never rolled
+    assert "web-7d9c-00011" in {b["spec"]["pod"] for b in mine.values()}  # the newest has a record
+    for body in updated:
+        assert body["metadata"]["resourceVersion"]  # an update of what the server answered
     for body in created + updated:
         validate(body)
     assert (w.created, w.updated, w.failed, w.dropped) == (4, len(updated), 0, 0)
+    # crash by crash (each written before the next): the oldest latest record rolls forward
+    for i in range(12, 16):
+        assert w.submit(summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i))
+        assert w.flush(20)
+        put = _bodies(server, "PUT")[-1]
+        assert put["spec"]["pod"] == f"web-7d9c-{i:05d}" and put["metadata"]["name"] != first
+        validate(put)
+    assert len(_bodies(server, "POST")) == 4  # still no new object
+    mine = {n: b for n, b in _final(server).items() if b["spec"]["signature"] == "ab" * 32}
+    assert len(mine) == 3 and sum(b["status"]["count"] for b in mine.values()) == 16
+    assert sorted(b["spec"]["pod"] for b in mine.values()) == ["web-7d9c-00000", "web-7d9c-00014", "web-7d9c-00015"]
     w.close()
 
 
@@ -171,17 +205,19 @@ def test_a_record_deleted_by_a_user_gets_a_successor_with_the_count(tmp_path, se
     status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Recorded(404, status), Echo())
-    w = _writer(server, keep_per_signature=1)
+    w = _writer(server, keep_first=0, keep_latest=1)
     w.submit(summary(tmp_path, sha256="1" * 64))
     assert w.flush(20)
-    w.submit(summary(tmp_path, sha256="2" * 64))
+    second = summary(tmp_path, sha256="2" * 64)
+    w.submit(second)
+    assert w.flush(20)
     w.submit(summary(tmp_path, sha256="3" * 64))
     assert w.flush(20)
     posts, puts = _bodies(server, "POST"), _bodies(server, "PUT")
     assert len(posts) == 2 and "resourceVersion" not in posts[1]["metadata"]  # the successor
-    assert posts[1]["metadata"]["name"] == posts[0]["metadata"]["name"]  # the name was free again
-    final = puts[-1] if len(puts) > 1 else posts[1]
-    assert final["status"]["count"] == 2  # both crashes after the quota counted, none lost
+    assert posts[1]["metadata"]["name"] == idx.coredump_name(second)  # under its own core's name
+    assert puts[-1]["metadata"]["name"] == posts[1]["metadata"]["name"]
+    assert puts[-1]["status"]["count"] == 3  # every crash counted, none lost
     validate(posts[1])
     w.close()
 
@@ -207,21 +243,22 @@ def test_rate_limit_is_a_token_bucket_per_node():
     w._stop = True
 
 
-def test_a_count_waits_for_its_record_to_exist(tmp_path, server):
-    """keep=1 and the first create fails once: the count of the second crash is written only after
-    the retried create went through, as an update of what the server answered."""
+def test_a_crash_during_a_retried_create_takes_its_place(tmp_path, server):
+    """One latest record and its create fails once: the next crash, arriving meanwhile, becomes
+    that record (its name, count 2): one object, no update of a record that does not exist."""
     status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable"}
     server.route("POST", f"{BASE}/shop/coredumps", Recorded(503, status), Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
-    w = _writer(server, keep_per_signature=1)
+    w = _writer(server, keep_first=0, keep_latest=1)
     w.submit(summary(tmp_path, sha256="1" * 64))
-    w.submit(summary(tmp_path, sha256="2" * 64))
+    second = summary(tmp_path, sha256="2" * 64)
+    w.submit(second)
     assert w.flush(20)
     methods = [r["method"] for r in server.requests]
-    assert methods == ["POST", "POST", "PUT"], methods
-    (put,) = _bodies(server, "PUT")
-    assert put["metadata"]["resourceVersion"] and put["status"]["count"] == 2
-    assert (w.created, w.updated, w.failed) == (1, 1, 0)
+    assert methods == ["POST", "POST"], methods
+    post = _bodies(server, "POST")[-1]
+    assert post["metadata"]["name"] == idx.coredump_name(second) and post["status"]["count"] == 2
+    assert (w.created, w.updated, w.failed) == (1, 0, 0)
     w.close()
 
 
@@ -262,3 +299,158 @@ def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod
     assert [p["status"]["state"] for p in puts] == ["Gone"], puts
     validate(puts[0])
     w.close()
+
+
+def test_quota_state_first_and_latest_rule():
+    """Pure: keep 2 first and 2 latest of one key; every crash after is a roll of the oldest
+    latest record (the writes answered in between), the counts summing to the crashes."""
+    from webhook.agent.index_state import QuotaState
+
+    q = QuotaState(None, 2, 2)
+    key = ("shop", "crash", "ab", "deployment.web")
+    seen = []
+    for i in range(9):
+        action, slot = q.place(key, f"c{i}", {"metadata": {"name": f"c{i}"}})
+        seen.append((action, slot.name))
+        slot.pending, slot.created, slot.rv = "", True, str(i)
+    assert seen == [("create", "c0"), ("create", "c1"), ("create", "c2"), ("create", "c3"),
+                    ("roll", "c2"), ("roll", "c3"), ("roll", "c2"), ("roll", "c3"), ("roll", "c2")]
+    ks = q.keys[key]
+    assert [(s.name, s.core, s.count) for s in ks.first] == [("c0", "c0", 1), ("c1", "c1", 1)]
+    assert [(s.name, s.core, s.count) for s in ks.latest] == [("c3", "c7", 3), ("c2", "c8", 4)]
+    assert sum(s.count for s in ks.slots()) == ks.total == 9
+    # a pruned record hands its count on to the next record written; the first stays taken
+    assert q.find("shop", "c1") == (key, ks.first[1]) and q.find("other", "c1") is None
+    q.forget(key, ks.first[1])
+    assert q.find("shop", "c1") is None and ks.carry == 1
+    action, slot = q.place(key, "c9", {"metadata": {"name": "c9"}})
+    assert (action, slot.name, slot.count) == ("roll", "c3", 5)  # 3 + this crash + the carried one
+    assert sum(s.count for s in ks.slots()) == ks.total + 0 == 10
+
+
+def test_quota_survives_a_restart_and_a_damaged_state_file_is_not_fatal(tmp_path, server, validate):
+    """The agent cannot list CoreDumps: what it wrote (names, versions, counts) is in a state file
+    in its host directory, so a restarted agent rolls the same records forward instead of adding
+    objects, keeps counting, and can still delete a pruned core's record."""
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    server.route("DELETE", f"{BASE}/shop/coredumps/*",
+                 Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+    state = tmp_path / "host" / idx.STATE_FILE
+    state.parent.mkdir()
+    crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(6)]
+    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(state))
+    for doc in crashes[:3]:
+        w.submit(doc)
+        assert w.flush(20)
+    w.close()
+    assert [r["method"] for r in server.requests] == ["POST", "POST", "PUT"]
+    assert oct(state.stat().st_mode & 0o777) == "0o600" and not state.with_name(state.name + ".tmp").exists()
+    last_rv = json.loads(server.requests[-1]["body"])["metadata"].get("resourceVersion")
+    # restarted: the next crash rolls the same latest record (its version, the count going on)
+    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(state))
+    w.submit(crashes[3])
+    assert w.flush(20)
+    put = _bodies(server, "PUT")[-1]
+    assert [r["method"] for r in server.requests] == ["POST", "POST", "PUT", "PUT"]
+    assert put["metadata"]["name"] == idx.coredump_name(crashes[1]) and put["spec"]["pod"] == "web-7d9c-00003"
+    assert put["status"]["count"] == 3 and put["metadata"]["resourceVersion"] != last_rv
+    validate(put)
+    # ... and deletes the first crash's record when retention prunes its core
+    assert w.mark_pruned(crashes[0])
+    assert w.flush(20)
+    assert server.requests[-1]["method"] == "DELETE" and server.requests[-1]["path"].endswith(idx.coredump_name(crashes[0]))
+    w.close()
+    # a damaged file (a torn write by hand, garbage): logged, the agent starts without it
+    for junk in (b"{\"format\": 1, \"keys\": [", b"\x00" * 100, b"[]", json.dumps(
+            {"format": 1, "keys": [{"key": ["shop"], "first": []}, {"key": ["a", "b", "c", "d"], "latest": [{"name": 5}]}]}).encode()):
+        state.write_bytes(junk)
+        w = _writer(server, keep_first=1, keep_latest=1, state_path=str(state))
+        assert w.state.keys == {}
+        w.submit(crashes[4])
+        assert w.flush(20)
+        assert server.requests[-1]["method"] == "POST"  # a fresh start: a new first record
+        w.close()
+        assert json.loads(state.read_text())["format"] == 1  # rewritten whole
+
+
+def test_quota_state_file_is_bounded(tmp_path):
+    """Many workloads crash: the file stays under its byte bound (least recently used keys go)."""
+    from webhook.agent.index_state import QuotaState
+
+    path = tmp_path / "state.json"
+    q = QuotaState(str(path), 3, 5, max_keys=10_000, max_bytes=20_000)
+    for i in range(2000):
+        _, slot = q.place(("ns", "crash", f"{i:016x}", f"deployment.app-{i}"), f"pod-{i}-{i:012x}", {})
+        slot.created, slot.pending = True, ""
+    assert q.save()
+    assert path.stat().st_size <= 20_000
+    kept = QuotaState(str(path), 3, 5)
+    assert 0 < len(kept.keys) < 2000 and ("ns", "crash", f"{1999:016x}", "deployment.app-1999") in kept.keys
+    q2 = QuotaState(None, 1, 1, max_keys=5)
+    for i in range(50):
+        q2.place(("ns", "crash", str(i), "w"), f"c{i}", {})
+    assert len(q2.keys) == 5
+
+
+def test_the_index_quota_is_the_retention_rule_of_the_files():
+    from webhook.agent.settings import AgentSettings
+
+    assert idx.index_quota(AgentSettings()) == (3, 5)  # the defaults of retention
+    assert idx.index_quota(AgentSettings(retention_keep_first=2, retention_keep_latest=0)) == (2, 1)
+    # retention off (every file kept): index_keep_per_signature records, the last one rolled
+    assert idx.index_quota(AgentSettings(retention_keep_first=0, retention_keep_latest=0,
+                                         index_keep_per_signature=5)) == (4, 1)
+
+
+def _row(crd: dict, body: dict, wide: bool = False) -> dict[str, object]:
+    """What `kubectl get coredumps` prints for ``body``: the CRD's printer columns evaluated
+    (simple `.a.b` paths, as all of ours are); a column whose field is missing prints empty."""
+    (version,) = crd["spec"]["versions"]
+    row: dict[str, object] = {"Name": body["metadata"]["name"]}
+    for col in version["additionalPrinterColumns"]:
+        if col.get("priority", 0) and not wide:
+            continue
+        node: object = body
+        for part in col["jsonPath"].strip(".").split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        row[col["name"]] = node
+    return row
+
+
+def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, server, validate, crd):
+    """Every body the writer sends (first records, rolled latest ones, a successor, a Pruned mark)
+    validates against the CRD and gives a full `kubectl get coredumps` row: the pod, container and
+    signal of the core it describes now, its frames, a count >= 1 and the core's age."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo(), Recorded(404, {**status, "code": 404, "reason": "NotFound"}), Echo())
+    server.route("DELETE", f"{BASE}/shop/coredumps/*", Recorded(403, {**status, "code": 403, "reason": "Forbidden"}))
+    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(tmp_path / idx.STATE_FILE))
+    crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + 60 * i,
+                       signal=6, signal_name="SIGABRT") for i in range(5)]
+    for doc in crashes:
+        w.submit(doc)
+        assert w.flush(20)
+    w.mark_pruned(crashes[0])  # the RBAC refuses the delete: a Pruned mark instead
+    assert w.flush(20)
+    w.close()
+    sent = [(r["method"], json.loads(r["body"])) for r in server.requests if r["method"] in ("POST", "PUT")]
+    assert [m for m, _ in sent] == ["POST", "POST", "PUT", "PUT", "POST", "PUT", "PUT"]
+    for method, body in sent:
+        validate(body)
+        row = _row(crd, body)
+        assert row["Pod"] == body["spec"]["pod"] and row["Container"] == "app" and row["Signal"] == "SIGABRT"
+        assert row["Frames"] == "check_order < main" and isinstance(row["Count"], int) and row["Count"] >= 1
+        assert row["Age"] == body["spec"]["time"]
+        wide = _row(crd, body, wide=True)
+        assert wide["State"] in ("Present", "Pruned") and wide["Signature"] == "ab" * 32 and wide["Node"]
+    rolled = [b for m, b in sent if m == "PUT" and b["status"]["state"] == "Present"]
+    # a rolled record shows the newest core it describes (pod, age) and the crashes it counts
+    assert [(_row(crd, b)["Pod"], _row(crd, b)["Count"]) for b in rolled] == [
+        ("web-7d9c-00002", 2), ("web-7d9c-00003", 3), ("web-7d9c-00004", 4)]  # the second one answered 404
+    assert _row(crd, rolled[-1])["Age"] == "2023-11-14T22:17:20Z"
+    successor = sent[4][1]  # the rolled record was deleted by a user: its successor keeps the count
+    assert _row(crd, successor)["Count"] == 3 and _row(crd, successor)["Name"] == idx.coredump_name(crashes[3])
+    pruned = sent[-1][1]
+    assert _row(crd, pruned, wide=True)["State"] == "Pruned" and _row(crd, pruned)["Name"] == idx.coredump_name(crashes[0])

@@ -4,12 +4,13 @@ store entries no core links to any more go too; pruned cores' CoreDumps say so."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from tests.inspect_apiserver import Echo, FakeApiServer
+from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 from webhook.agent import retention
 from webhook.agent.analysis import SignatureWorker
@@ -21,7 +22,7 @@ SIG_A, SIG_B = "a" * 64, "b" * 64
 def _core(d: Path, name: str, t: int, signature: str, **extra) -> None:
     (d / name).write_bytes(b"\x7fELF core " + name.encode())
     doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
-           "pod": "web-0", "pod_uid": "u-1", "registered": True, "sha256": f"{t:064x}", **extra}
+           "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified", "sha256": hashlib.sha256(name.encode()).hexdigest(), **extra}
     (d / (name + ".json")).write_text(json.dumps(doc))
     sysroot = d / (name + ".sysroot") / "usr" / "lib"
     sysroot.mkdir(parents=True)
@@ -58,33 +59,76 @@ def test_prune_in_a_directory_never_follows_links(tmp_path):
     assert (outside / "precious").read_text() == "keep me"
 
 
-def test_signature_worker_applies_retention_and_the_index_marks_pruned(tmp_path):
-    """The worker prunes after a signature lands; the CoreDump this agent wrote says Pruned."""
+def _pruned_with_index(d: Path, server: FakeApiServer) -> tuple[idx.IndexWriter, list[str]]:
+    """Four cores of one signature indexed, then the worker's retention (1 first, 2 latest) with
+    the index told of what it deleted: the names of the CoreDumps created, in crash order."""
+    base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
+    server.route("POST", base, Echo())
+    server.route("PUT", base + "/*", Echo())
+    writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+    for i in range(4):
+        _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+        summary = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written", "identity": "verified"}
+        assert writer.submit(summary)
+    assert writer.flush(20)
+    names = [json.loads(r["body"])["metadata"]["name"] for r in server.requests if r["method"] == "POST"]
+    worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
+    job_doc = json.loads((d / "core.3.json").read_text())
+    from webhook.agent.analysis import SignatureJob
+
+    job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), "core.3", "core.3.json", job_doc)
+    worker._retain(job, {"signature": SIG_A})
+    job.close()
+    worker.close()
+    assert not (d / "core.1").exists() and (d / "core.0").exists() and (d / "core.2").exists()
+    assert writer.flush(20)
+    return writer, names
+
+
+def test_retention_deletes_the_core_file_and_its_coredump_together(tmp_path):
+    """The worker prunes after a signature lands; the CoreDump this agent wrote for the pruned
+    core is deleted with it (the only delete the agent makes), the others stay."""
     d = tmp_path / "cores"
     d.mkdir()
     with FakeApiServer() as server:
-        server.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
-        server.route("PUT", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps/*", Echo())
-        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000)
-        for i in range(4):
-            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
-            summary = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written"}
-            writer.submit(summary)
+        server.route("DELETE", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps/*",
+                     Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        writer, names = _pruned_with_index(d, server)
+        deletes = [r["path"].rsplit("/", 1)[1] for r in server.requests if r["method"] == "DELETE"]
+        assert deletes == [names[1]]  # core.1's record, nothing else
+        assert not [r for r in server.requests if r["method"] == "PUT"]
+        assert (writer.deleted, writer.failed) == (1, 0)
+        # a core this agent never indexed (another agent's, or from before it ran): no call at all
+        writer.mark_pruned({"namespace": "shop", "pod": "web-0", "pod_uid": "u-1", "registered": True,
+                            "identity": "verified", "sha256": "9" * 64})
         assert writer.flush(20)
-        worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
-        job_doc = json.loads((d / "core.3.json").read_text())
-        found = {"signature": SIG_A}
-        from webhook.agent.analysis import SignatureJob
+        assert len([r for r in server.requests if r["method"] == "DELETE"]) == 1
+        writer.close()
 
-        job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), "core.3", "core.3.json", job_doc)
-        worker._retain(job, found)
-        job.close()
-        assert not (d / "core.1").exists() and (d / "core.0").exists() and (d / "core.2").exists()
-        assert writer.flush(20)
+
+def test_a_refused_delete_marks_the_record_pruned_and_a_missing_one_is_left_alone(tmp_path):
+    """An older install's RBAC has no `delete` (403): the record then says Pruned; a record a user
+    already deleted (404) gets nothing more."""
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    d = tmp_path / "cores"
+    d.mkdir()
+    with FakeApiServer() as server:
+        server.route("DELETE", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps/*",
+                     Recorded(403, {**status, "code": 403, "reason": "Forbidden"}))
+        writer, names = _pruned_with_index(d, server)
         puts = [json.loads(r["body"]) for r in server.requests if r["method"] == "PUT"]
-        assert [p["status"]["state"] for p in puts] == ["Pruned"]
-        assert puts[0]["metadata"]["name"] == idx.coredump_name(json.loads(json.dumps({**job_doc, "sha256": f"{1700000001:064x}"})))
-        worker.close()
+        assert [(p["metadata"]["name"], p["status"]["state"]) for p in puts] == [(names[1], "Pruned")]
+        assert puts[0]["metadata"]["resourceVersion"]  # an update of what the server answered
+        assert (writer.deleted, writer.updated, writer.failed) == (0, 1, 0)
+        writer.close()
+    d2 = tmp_path / "cores2"
+    d2.mkdir()
+    with FakeApiServer() as server:
+        server.route("DELETE", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps/*",
+                     Recorded(404, {**status, "code": 404, "reason": "NotFound"}))
+        writer, names = _pruned_with_index(d2, server)
+        assert [r["method"] for r in server.requests if r["method"] != "POST"] == ["DELETE"]
+        assert (writer.deleted, writer.updated, writer.failed) == (0, 0, 0)
         writer.close()
 
 
@@ -126,3 +170,110 @@ def test_age_limit_in_a_pod_directory_takes_every_signature(tmp_path):
         os.close(fd)
     assert sorted(g["file"] for g in gone) == ["core.old-a", "core.old-b"]
     assert sorted(p.name for p in d.iterdir()) == ["core.new-b", "core.new-b.json", "core.new-b.sysroot", "notes.json"]
+
+
+def test_a_forged_metadata_file_cannot_get_another_namespace_s_record_deleted(tmp_path):
+    """The metadata beside a core is in the tenant's volume: rewritten to name a record this agent
+    wrote in another namespace, retention still deletes only the file, never that record."""
+    d = tmp_path / "cores"
+    d.mkdir()
+    with FakeApiServer() as server:
+        for ns in ("shop", "payments"):
+            server.route("DELETE", f"/apis/coredump-webhook.io/v1alpha1/namespaces/{ns}/coredumps/*",
+                         Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        server.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/payments/coredumps", Echo())
+        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+        victim = {"namespace": "payments", "pod": "pay-0", "pod_uid": "u-9", "registered": True, "identity": "verified",
+                  "sha256": "7" * 64, "outcome": "written", "path": "/cores/core.pay", "time": 1700000000}
+        assert writer.submit(victim)
+        assert writer.flush(20)
+        for i in range(4):
+            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+        forged = {**json.loads((d / "core.1.json").read_text()), "namespace": "payments", "pod": "pay-0",
+                  "pod_uid": "u-9", "sha256": "7" * 64}
+        (d / "core.1.json").write_text(json.dumps(forged))
+        from webhook.agent.analysis import SignatureJob
+
+        worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
+        job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), "core.3", "core.3.json",
+                           json.loads((d / "core.3.json").read_text()))
+        worker._retain(job, {"signature": SIG_A})
+        job.close()
+        worker.close()
+        assert not (d / "core.1").exists()  # the file went
+        assert writer.flush(20)
+        assert [r for r in server.requests if r["method"] == "DELETE"] == []
+        writer.close()
+
+
+def test_records_follow_the_files_first_and_latest_and_the_count_goes_on(tmp_path):
+    """A crash loop in one pod's directory with retention (1 first, 2 latest) and the index on the
+    same rule, crash by crash as the agent runs them (retention, then the CoreDump): the records
+    left are exactly those of the files left, and their counts add up to every crash."""
+    d = tmp_path / "cores"
+    d.mkdir()
+    base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
+    with FakeApiServer() as server:
+        server.route("POST", base, Echo())
+        server.route("PUT", base + "/*", Echo())
+        server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), keep_first=1, keep_latest=2,
+                                 writes_per_second=1000, backoff=0.05)
+        worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
+        from webhook.agent.analysis import SignatureJob
+
+        names = {}
+        for i in range(8):
+            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+            doc = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written"}
+            names[f"core.{i}"] = idx.coredump_name(doc)
+            job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), f"core.{i}", f"core.{i}.json", doc)
+            worker._retain(job, {"signature": SIG_A})
+            job.close()
+            assert writer.submit(doc)
+            assert writer.flush(20)
+        worker.close()
+        files = sorted(p.name for p in d.iterdir() if p.name.startswith("core.") and "." not in p.name[5:])
+        assert files == ["core.0", "core.6", "core.7"]
+        live: dict[str, dict] = {}
+        for r in server.requests:
+            if r["method"] in ("POST", "PUT"):
+                body = json.loads(r["body"])
+                live[body["metadata"]["name"]] = body
+            elif r["method"] == "DELETE":
+                del live[r["path"].rsplit("/", 1)[1]]
+        assert sorted(live) == sorted(names[f] for f in files)
+        assert sum(b["status"]["count"] for b in live.values()) == 8
+        assert live[names["core.0"]]["status"]["count"] == 1  # the first is the first
+        assert writer.failed == 0
+        writer.close()
+
+
+def test_node_location_retention_deletes_the_records_of_the_cores_it_removes(tmp_path):
+    """The node location's age limit removes a core: its CoreDump goes with it (the agent's
+    retention loop passes the index), the record of the core kept stays."""
+    root = tmp_path / "cores"
+    d = root / "shop" / "web-0" / "app"
+    d.mkdir(parents=True)
+    base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
+    with FakeApiServer() as server:
+        server.route("POST", base, Echo())
+        server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+        now = time.time()
+        names = {}
+        for name, t in (("core.old", now - 7200), ("core.new", now)):
+            _core(d, name, int(t), SIG_A)
+            for p in (d / name, d / (name + ".json")):
+                os.utime(p, (t, t))
+            doc = {**json.loads((d / (name + ".json")).read_text()), "outcome": "written", "destination": "node"}
+            names[name] = idx.coredump_name(doc)
+            assert writer.submit(doc)
+        assert writer.flush(20)
+        result = apply_retention(str(root), max_age_seconds=3600, max_total_bytes=0, now=now,
+                                 on_removed=writer.mark_pruned)
+        assert any(p.endswith("core.old") for p in result.removed) and (d / "core.new").exists()
+        assert writer.flush(20)
+        deletes = [r["path"].rsplit("/", 1)[1] for r in server.requests if r["method"] == "DELETE"]
+        assert deletes == [names["core.old"]]
+        writer.close()

@@ -532,7 +532,7 @@ def test_rbac_is_exactly_minimal(rendered: dict[str, list[dict[str, Any]]]) -> N
     # CoreDumped Events; nothing else (see test_agent_rbac_is_what_the_agent_calls).
     assert _rules(objs, "ClusterRole", f"{RELEASE}-agent") == {
         ("", "pods", (), ("list", "watch")), ("", "events", (), ("create",)),
-        ("coredump-webhook.io", "coredumps", (), ("create", "update"))}
+        ("coredump-webhook.io", "coredumps", (), ("create", "delete", "update"))}
     assert "spec.nodeName" in (CHART / "templates" / "agent-rbac.yaml").read_text()
     # Certificates: create the Secret (RBAC cannot name what does not exist yet), then only that
     # Secret and that webhook configuration by name.
@@ -649,6 +649,9 @@ def test_agent_rbac_is_what_the_agent_calls(rendered: dict[str, list[dict[str, A
     # Each API-using feature off drops its rule; all off: no ClusterRole, and with restoreOnStop
     # other than "removed" no Role and no token either.
     assert ("coredump-webhook.io", "coredumps", "create") in calls  # the crash index
+    # records of pruned cores go with them; still never read back (issue 13 section 1)
+    assert ("coredump-webhook.io", "coredumps", "delete") in calls
+    assert not {("coredump-webhook.io", "coredumps", v) for v in ("get", "list", "watch", "patch")} & calls
     for settings, dropped in ((["events=false"], {"events"}), (["watch_pods=false"], {"pods"}),
                               (["index=false"], {"coredumps"}),
                               (["events=false", "watch_pods=false", "index=false"], {"events", "pods", "coredumps"})):

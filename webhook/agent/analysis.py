@@ -289,6 +289,12 @@ class SignatureWorker(QueueWorker):
             log.warning("retention failed", extra={"core": job.core_name, "error": str(exc)})
             return
         for doc in gone:
+            # The metadata files are in the tenant's volume: a record is only ever named in the
+            # namespace of the verified crash whose directory this is (a PVC is namespaced).
+            if doc.get("namespace") != job.doc.get("namespace"):
+                log.warning("pruned core's metadata names another namespace: its record left alone",
+                            extra={"core": doc.get("file"), "pod": job.doc.get("pod")})
+                continue
             if self.on_pruned is not None:
                 try:
                     self.on_pruned(doc)

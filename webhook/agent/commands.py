@@ -193,8 +193,10 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pendin
         log.exception("in-flight recovery failed")
 
 
-def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS) -> None:
-    """Trim the node fallback location now and every ``interval`` seconds until ``stop``."""
+def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS,
+                   on_removed: Callable[[dict], Any] | None = None) -> None:
+    """Trim the node fallback location now and every ``interval`` seconds until ``stop``;
+    ``on_removed``: the crash index (its CoreDump goes with the core)."""
     from webhook.agent.limits import apply_retention
 
     while not stop.is_set():
@@ -203,6 +205,7 @@ def retention_loop(settings: AgentSettings, stop: threading.Event, interval: flo
                 settings.node_cores_dir,
                 max_age_seconds=settings.retention_max_age_seconds,
                 max_total_bytes=settings.retention_max_total_bytes,
+                on_removed=on_removed,
             )
             if result.removed:
                 log.info(
@@ -267,7 +270,10 @@ def run_agent(
         if settings.metrics_bind:
             http = HealthServer(settings.metrics_bind, lambda: server.healthy, registry)
             http.start()
-        threading.Thread(target=retention_loop, args=(settings, stop), name="agent-retention", daemon=True).start()
+        index = getattr(getattr(handler, "__self__", None), "index", None)  # the crash index, if any
+        threading.Thread(target=retention_loop, args=(settings, stop),
+                         kwargs={"on_removed": index.mark_pruned if index is not None else None},
+                         name="agent-retention", daemon=True).start()
         if watch is not None:
             watch.start()
         kmsg = start_kernel_log(settings, registry, handled, watch, events)

@@ -6,15 +6,19 @@ included); :class:`IndexWriter` is the edge that writes it, from its own thread:
 - ``submit()`` never blocks: a bounded queue, the overflow dropped and counted;
 - writes are rate limited per node (a token bucket, ``writes_per_second``) and batched: the
   count updates waiting for one record become one write;
-- a signature's quota: the first ``keep_per_signature`` crashes of one signature in one workload
-  (per namespace, per node) get their own CoreDump; later ones update ``status.count`` and
-  ``status.lastSeen`` of the last one instead of adding objects;
+- a signature's quota, the retention rule of the files (webhook/agent/index_state.py): the first
+  N crashes of one signature in one workload (per namespace, per node) keep their own CoreDump,
+  the latest M have one each, and past N + M the oldest of the latest M is rolled forward to the
+  newest core, its ``status.count`` grown by one instead of adding objects; the quota survives a
+  restart (a small state file in the agent's host directory);
 - transient failures are retried with backoff (a bounded number of times, never blocking the
   queue for long); an already existing name (a retried create) is success; a record deleted by a
   user is created again.
 
-The agent may ``create`` and ``update`` CoreDumps and nothing else: it never reads them back, it
-keeps what it wrote (name, body, resourceVersion) in memory. Objects stay small: the top frames
+The agent may ``create``, ``update`` and ``delete`` CoreDumps and nothing else: it never reads
+them back, it keeps what it wrote (name, body, resourceVersion) in memory. It deletes only a record
+it wrote whose core retention deleted (the core and its record go together); where the delete is
+refused (RBAC of an older install) the record says ``status.state: Pruned`` instead. Objects stay small: the top frames
 only, no backtrace.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import re
 import threading
@@ -29,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from webhook.agent.index_state import QuotaState, Slot
 from webhook.agent.metadata import iso_time
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ LABEL_WORKLOAD = "coredump-webhook.io/workload"
 LABEL_POD = "coredump-webhook.io/pod"
 LABEL_NODE = "coredump-webhook.io/node"
 LABEL_KIND = "coredump-webhook.io/kind"
+#: The quota state's file in the agent's host directory (index_state.py).
+STATE_FILE = "index-state.json"
 #: Frames kept in an object (the rest stays in the core's metadata file).
 TOP_FRAMES = 5
 
@@ -221,49 +229,50 @@ class CustomObjectsEdge:
     def replace(self, namespace: str, name: str, body: dict) -> dict:
         return self._call(self.api.replace_namespaced_custom_object, namespace, PLURAL, name, body)
 
-
-@dataclass
-class _Record:
-    """What the writer remembers of the last CoreDump of a quota key."""
-
-    body: dict
-    created: int = 1  # CoreDumps created for this key so far
-    pending: int = 0  # crashes to add to its count at the next write
+    def delete(self, namespace: str, name: str) -> dict:
+        """Only for a record this agent wrote whose core retention deleted (agent-rbac.yaml)."""
+        return self._call(self.api.delete_namespaced_custom_object, namespace, PLURAL, name)
 
 
 @dataclass
 class _Job:
-    kind: str  # "create", "count" or "state"
+    kind: str  # "slot" (create or roll a quota record), "state" or "delete"
     key: tuple
     body: dict | None = None
     attempts: int = 0
     not_before: float = 0.0
+    slot: Slot | None = None
 
 
 class IndexWriter:
     """Writes CoreDumps from one daemon thread; ``submit`` never blocks (see the module doc)."""
 
-    def __init__(self, edge: Any, *, keep_per_signature: int = 5, writes_per_second: float = 5.0,
+    def __init__(self, edge: Any, *, keep_first: int = 3, keep_latest: int = 5, state_path: str | None = None,
+                 writes_per_second: float = 5.0,
                  maxsize: int = 1024, max_attempts: int = 5, backoff: float = 1.0,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  pod_lookup: Callable[[str], Any] | None = None, pod_gone: Callable[[str], bool] | None = None,
                  sweep_interval: float = 30.0) -> None:
-        """``pod_lookup(uid)``: the pod watch's view (volumes); ``pod_gone(uid)``: True once the
-        watch (synced) knows the pod was deleted: its emptyDir cores are then marked Gone."""
+        """``keep_first``/``keep_latest``: records per quota key (index_state.py: first N, latest M
+        rolled forward, the rest counted); ``state_path``: the file that keeps them across
+        restarts (None: memory only). ``pod_lookup(uid)``: the pod watch's view (volumes);
+        ``pod_gone(uid)``: True once the watch (synced) knows the pod was deleted: its emptyDir
+        cores are then marked Gone."""
         self.edge = edge
         self.pod_lookup = pod_lookup
         self.pod_gone = pod_gone
         self.sweep_interval = sweep_interval
         self._next_sweep = monotonic() + sweep_interval
-        self.keep = max(1, keep_per_signature)
+        self.state = QuotaState(state_path, keep_first, keep_latest)
+        self.save_interval = 1.0
+        self._next_save = monotonic()
         self.rate = max(0.01, writes_per_second)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.clock = clock
         self.monotonic = monotonic
-        self.created = self.updated = self.failed = self.dropped = self.skipped = 0
+        self.created = self.updated = self.deleted = self.failed = self.dropped = self.skipped = 0
         self.writes: list[tuple[str, str, str]] = []  # (verb, namespace, name): tests, debugging
-        self._records: dict[tuple, _Record] = {}
         #: (namespace, name) -> the last body written, as the server answered it (bounded).
         self._written: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
@@ -292,7 +301,9 @@ class IndexWriter:
         return self._put(("crash", body), summary)
 
     def mark_pruned(self, doc: dict) -> bool:
-        """A core was deleted by retention: its CoreDump (if this agent wrote it) says ``Pruned``."""
+        """A core was deleted by retention: its CoreDump goes with it, when this agent wrote it
+        (never anyone else's); where the delete is refused (an older install's RBAC) it says
+        ``Pruned`` instead."""
         if verified_namespace(doc) is None:
             return False
         return self._put(("pruned", (str(doc["namespace"]), coredump_name(doc))), doc)
@@ -309,29 +320,25 @@ class IndexWriter:
 
     # --- the thread ------------------------------------------------------------------------
     def _plan(self, item: tuple) -> None:
-        """A new crash: a create while the key's quota lasts, else one more on the last record.
-        A pruned core: its record's state, when this agent wrote it (it never reads records)."""
+        """A new crash: a create while the key's first N and latest M are not all there, else
+        the oldest latest record rolled forward to it (index_state.py). A pruned core: its record
+        is deleted, when this agent wrote it (it never reads records)."""
         what, body = item
         if what == "pruned":
-            known = self._written.get(body)
-            if known is not None:
-                self._ready.append(_Job("state", body, _with_state(known, "Pruned", self.clock())))
+            namespace, core = body
+            found = self.state.find(namespace, core)
+            if found is None:
+                return
+            key, slot = found
+            self._ready = [j for j in self._ready if j.slot is not slot]  # nothing more to write to it
+            self.state.forget(key, slot)
+            self._ready.append(_Job("delete", (namespace, slot.name), self._written.get((namespace, slot.name))))
             return
         key = quota_key(body)
         with self._lock:
-            rec = self._records.get(key)
-            if rec is not None and rec.created >= self.keep:
-                rec.pending += 1
-                if not any(j.kind == "count" and j.key == key for j in self._ready):  # batched
-                    self._ready.append(_Job("count", key))
-                return
-            if rec is None:
-                self._records[key] = _Record(body)
-            else:
-                rec.created += 1
-                rec.body = body
-                rec.pending = 0
-            self._ready.append(_Job("create", key, body))
+            action, slot = self.state.place(key, body["metadata"]["name"], body)
+            if action != "fold":  # a folded crash rides on the roll already queued
+                self._ready.append(_Job("slot", key, slot=slot))
 
     def _take_token(self) -> float:
         """0 when a write may go now, else the seconds to wait (the per-node rate limit)."""
@@ -357,9 +364,12 @@ class IndexWriter:
             if now >= self._next_sweep:
                 self._next_sweep = now + self.sweep_interval
                 self._sweep()
+            if self.state.dirty and (now >= self._next_save or not self._ready):
+                self._next_save = now + self.save_interval  # at most once a second in a storm
+                self.state.save()
             due = [j for j in self._ready if j.not_before <= now]
             if not due:
-                if not self._ready and self._inbox.empty():
+                if not self._ready and self._inbox.empty() and not self.state.dirty:
                     self._idle.set()
                 continue
             wait = self._take_token()
@@ -385,6 +395,18 @@ class IndexWriter:
             return
         self.failed += 1
         log.warning("CoreDump not written", extra={"error": str(exc), "attempts": job.attempts})
+        self._given_up(job)
+
+    def _given_up(self, job: _Job) -> None:
+        """A quota record's write failed for good: a record never created frees its place (its
+        count goes on with the next one); a roll leaves the record as it was."""
+        slot = job.slot
+        if slot is None:
+            return
+        with self._lock:
+            if not slot.created:
+                self.state.forget(job.key, slot)  # type: ignore[arg-type]
+            slot.pending, slot.body = "", None
 
     def _sweep(self) -> None:
         """emptyDir cores whose pod was deleted cannot be reached any more: their records say Gone."""
@@ -411,77 +433,94 @@ class IndexWriter:
         while len(self._written) > 4096:
             self._written.pop(next(iter(self._written)))
 
-    def _write(self, job: _Job) -> None:
-        if job.kind == "state":
-            assert job.body is not None
-            meta = job.body["metadata"]
-            try:
-                answer = self.edge.replace(meta["namespace"], meta["name"], job.body)
-            except ApiFailure as exc:
-                if exc.status in (404, 409):  # deleted or changed meanwhile: nothing to say
-                    return
-                raise
-            self.writes.append(("update", meta["namespace"], meta["name"]))
-            self.updated += 1
-            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
-            for rec in self._records.values():  # the quota's last record: keep its version current
-                if rec.body["metadata"].get("name") == meta["name"] and isinstance(answer, dict):
-                    rec.body = answer
-            return
-        if job.kind == "create":
-            assert job.body is not None
-            meta = job.body["metadata"]
-            try:
-                answer = self.edge.create(meta["namespace"], job.body)
-            except ApiFailure as exc:
-                if exc.status != 409:  # 409: a retried create that had gone through
-                    raise
-                answer = None
-            self.writes.append(("create", meta["namespace"], meta["name"]))
-            self.created += 1
-            self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
-            with self._lock:
-                rec = self._records.get(job.key)
-                if rec is not None and rec.body is job.body and answer:
-                    rec.body = answer  # carries its resourceVersion for the next update
-            return
-        with self._lock:
-            rec = self._records[job.key]
-            if not rec.body["metadata"].get("resourceVersion"):  # its create has not gone through yet
-                job.attempts += 1
-                if job.attempts > 240:  # two minutes: the create failed for good
-                    self.failed += 1
-                    return
-                job.not_before = self.monotonic() + 0.5
-                self._ready.append(job)
-                return
-            pending, rec.pending = rec.pending, 0
-            body = _counted(rec.body, pending, self.clock())
-        if pending == 0:
-            return
-        meta = body["metadata"]
+    def _delete(self, job: _Job) -> None:
+        """The record of a pruned core: deleted; refused (403: RBAC from before the agent had
+        ``delete``) -> marked Pruned when its body is known; already gone (404) -> nothing."""
+        namespace, name = job.key
         try:
-            answer = self.edge.replace(meta["namespace"], meta["name"], body)
+            self.edge.delete(namespace, name)
         except ApiFailure as exc:
-            if exc.status not in (404, 409):
-                with self._lock:
-                    rec.pending += pending  # not counted yet: the retry writes it
+            if exc.status == 403:
+                if job.body is not None:
+                    self._ready.append(_Job("state", job.key, _with_state(job.body, "Pruned", self.clock())))
+            elif exc.status != 404:
                 raise
-            # Deleted by a user (404), or changed by someone else (409: the agent has no right
-            # to read it back): a successor record carries these crashes.
-            fresh = _without_version(body)
-            if exc.status == 409:
-                fresh["metadata"]["name"] = f"{meta['name'][:240]}-{int(self.clock()) % 100000}"
-            fresh["status"] = {"state": "Present", "count": pending, "lastSeen": iso_time(self.clock())}
-            with self._lock:
-                rec.body = fresh
-            self._ready.append(_Job("create", job.key, fresh))
             return
-        self.writes.append(("update", meta["namespace"], meta["name"]))
-        self.updated += 1
-        self._remember(answer if isinstance(answer, dict) and answer.get("metadata") else None)
+        self.writes.append(("delete", namespace, name))
+        self.deleted += 1
+        self._written.pop((namespace, name), None)
+
+    def _answered(self, verb: str, meta: dict, answer: Any) -> dict | None:
+        self.writes.append((verb, meta["namespace"], meta["name"]))
+        if verb == "create":
+            self.created += 1
+        else:
+            self.updated += 1
+        if not (isinstance(answer, dict) and isinstance(answer.get("metadata"), dict)):
+            return None
+        self._remember(answer)
         with self._lock:
-            rec.body = answer if isinstance(answer, dict) and answer.get("metadata") else body
+            self.state.answered(meta["namespace"], meta["name"], str(answer["metadata"].get("resourceVersion") or ""))
+        return answer
+
+    def _write(self, job: _Job) -> None:
+        if job.kind == "delete":
+            self._delete(job)
+            return
+        if job.kind == "slot":
+            self._write_slot(job)
+            return
+        assert job.body is not None  # "state": Gone or Pruned on a record this agent wrote
+        meta = job.body["metadata"]
+        try:
+            answer = self.edge.replace(meta["namespace"], meta["name"], job.body)
+        except ApiFailure as exc:
+            if exc.status in (404, 409):  # deleted or changed meanwhile: nothing to say
+                return
+            raise
+        self._answered("update", meta, answer)
+
+    def _write_slot(self, job: _Job) -> None:
+        """Create a quota record, or roll one forward to the newest core: the whole object,
+        its count absolute (a retried write never counts twice)."""
+        slot = job.slot
+        assert slot is not None
+        with self._lock:
+            if slot.pending == "" or slot.body is None:
+                return  # forgotten meanwhile (its core pruned)
+            body = _slot_body(slot)
+            verb = slot.pending
+        if verb == "roll" and not slot.rv:
+            verb = "fresh"  # created (409) but its version never seen: a new record for this core
+        meta = body["metadata"]
+        if verb == "roll":
+            try:
+                answer = self.edge.replace(meta["namespace"], meta["name"], body)
+            except ApiFailure as exc:
+                if exc.status not in (404, 409):
+                    raise
+                verb = "fresh"  # deleted by a user (404) or changed by someone (409): a successor
+            else:
+                with self._lock:
+                    slot.pending, slot.body = "", None
+                self._answered("update", meta, answer)
+                return
+        if verb == "fresh":
+            with self._lock:  # under the core's own name, the count carried over
+                slot.name, slot.rv, slot.created, slot.pending = slot.core, "", False, "create"
+                self.state.dirty = True
+                body = _slot_body(slot)
+            meta = body["metadata"]
+        try:
+            answer = self.edge.create(meta["namespace"], body)
+        except ApiFailure as exc:
+            if exc.status != 409:  # 409: a retried create that had gone through
+                raise
+            answer = None
+        with self._lock:
+            slot.created, slot.pending, slot.body = True, "", None
+            self.state.dirty = True
+        self._answered("create", meta, answer)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything submitted was written or given up (tests, shutdown)."""
@@ -495,23 +534,34 @@ class IndexWriter:
         self.flush(timeout)
         self._stop = True
         self._thread.join(timeout)
-
-
-def _without_version(body: dict) -> dict:
-    out = {**body, "metadata": {k: v for k, v in body["metadata"].items()
-                                if k in ("name", "namespace", "labels", "annotations")}}
-    return out
+        if not self._thread.is_alive():
+            self.state.save()
 
 
 def _with_state(body: dict, state: str, now: float) -> dict:
     return {**body, "status": {**(body.get("status") or {}), "state": state, "lastSeen": iso_time(now)}}
 
 
-def _counted(body: dict, more: int, now: float) -> dict:
-    status = dict(body.get("status") or {})
-    status["count"] = int(status.get("count") or 1) + more
-    status["lastSeen"] = iso_time(now)
-    return {**body, "status": status}
+def _slot_body(slot: Slot) -> dict:
+    """The object a quota record is written as: the newest core it describes, under the
+    record's name and version, with the crashes it counts."""
+    assert slot.body is not None
+    meta = {k: v for k, v in slot.body["metadata"].items() if k in ("namespace", "labels", "annotations")}
+    meta["name"] = slot.name
+    if slot.rv:
+        meta["resourceVersion"] = slot.rv
+    status = {**(slot.body.get("status") or {}), "count": slot.count}  # lastSeen: when that crash came
+    return {**slot.body, "metadata": meta, "status": status}
+
+
+def index_quota(settings: Any) -> tuple[int, int]:
+    """(first N, latest M) CoreDumps per quota key: the retention rule of the files when it is on,
+    so records and cores go together; with retention off (0 and 0: every file kept),
+    ``index_keep_per_signature`` records, the last of them rolled forward to the newest crash."""
+    first, latest = max(0, settings.retention_keep_first), max(0, settings.retention_keep_latest)
+    if first + latest > 0:
+        return first, max(1, latest)
+    return max(0, settings.index_keep_per_signature - 1), 1
 
 
 def make_index_writer(settings: Any, pod_lookup: Callable[[str], Any] | None = None,
@@ -524,6 +574,8 @@ def make_index_writer(settings: Any, pod_lookup: Callable[[str], Any] | None = N
     api = api_client_or_none("crash index")
     if api is None:
         return None
-    return IndexWriter(CustomObjectsEdge(api), keep_per_signature=settings.index_keep_per_signature,
+    first, latest = index_quota(settings)
+    return IndexWriter(CustomObjectsEdge(api), keep_first=first, keep_latest=latest,
+                       state_path=os.path.join(settings.host_dir, STATE_FILE),
                        writes_per_second=settings.index_writes_per_second, maxsize=settings.index_queue_size,
                        pod_lookup=pod_lookup, pod_gone=pod_gone)

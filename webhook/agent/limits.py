@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -10,7 +11,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from webhook.agent.writer import TMP_PREFIX
 
@@ -139,11 +140,30 @@ def _collect_store(root: str) -> list[str]:
     return removed
 
 
+def _metadata_of(paths: list[str]) -> dict[str, dict]:
+    """core path -> its metadata, for the ``.json`` files among ``paths`` (small, the agent's)."""
+    out = {}
+    for path in paths:
+        if not path.endswith(".json"):
+            continue
+        try:
+            with open(path, "rb") as f:
+                doc = json.loads(f.read(1 << 20))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            out[path[: -len(".json")]] = doc
+    return out
+
+
 def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
-                    now: float | None = None) -> RetentionResult:
+                    now: float | None = None, on_removed: Callable[[dict], Any] | None = None) -> RetentionResult:
     """Delete cores (and their metadata) older than ``max_age_seconds``, then the oldest until
     the total on disk is under ``max_total_bytes``. 0 disables either rule. Empty directories
-    left behind are removed (never ``root`` itself). Run it periodically from the agent."""
+    left behind are removed (never ``root`` itself). Run it periodically from the agent.
+
+    ``on_removed(doc)`` hears of each core removed, with its metadata (the agent wrote it, in its
+    own directory): the crash index deletes the core's CoreDump with it."""
     if not os.path.isdir(root):
         return RetentionResult((), 0, 0)
     now = time.time() if now is None else now
@@ -163,6 +183,7 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
         removed.extend(paths)
         freed += size
         total -= size
+    docs = _metadata_of(removed) if on_removed is not None else {}
     for path in removed:
         try:
             if os.path.isdir(path) and not os.path.islink(path):
@@ -173,6 +194,12 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
             pass
         except OSError as exc:
             log.warning("retention could not remove %s: %s", path, exc)
+    for core, doc in docs.items():
+        if not os.path.lexists(core):
+            try:
+                on_removed(doc)  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - the index is told best-effort
+                log.exception("could not report a removed core")
     if removed:
         removed.extend(_collect_store(root))
     for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):

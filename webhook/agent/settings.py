@@ -102,8 +102,9 @@ class AgentSettings:
     #: Write the crash index: one CoreDump (coredump-webhook.io) per core in the pod's namespace,
     #: off the crash path (queued, batched, rate limited, retried); needs the CRD installed.
     index: bool = True
-    #: CoreDumps created per signature and workload (per node); further crashes of it only
-    #: update the count on the last one.
+    #: CoreDumps per signature and workload (per node) while retention is off (0 and 0); then the
+    #: last of them is rolled forward to the newest crash and counts the rest. With retention on,
+    #: the records follow its rule: the first N and the latest M, the rest counted.
     index_keep_per_signature: int = 5
     #: Most CoreDump writes per second from this node (a crash storm cannot flood the API server).
     index_writes_per_second: float = 5.0
