@@ -21,7 +21,7 @@ SIG_A, SIG_B = "a" * 64, "b" * 64
 def _core(d: Path, name: str, t: int, signature: str, **extra) -> None:
     (d / name).write_bytes(b"\x7fELF core " + name.encode())
     doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
-           "pod": "web-0", "pod_uid": "u-1", "registered": True, "sha256": f"{t:064x}", **extra}
+           "pod": "web-0", "pod_uid": "u-1", "identity": "verified", "registered": True, "sha256": f"{t:064x}", **extra}
     (d / (name + ".json")).write_text(json.dumps(doc))
     sysroot = d / (name + ".sysroot") / "usr" / "lib"
     sysroot.mkdir(parents=True)
