@@ -17,7 +17,7 @@ from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
 from tests.process_support import wait_for
 from tests.inspect_apiserver import Echo, FakeApiServer
-from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
+from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
 from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from tests.test_agent_symbols import APP_GID, APP_UID, _app_dir, crash_as_app, shared_dir  # noqa: F401
@@ -146,7 +146,7 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     agent writes for them (to the fake API server) validate against the CRD."""
     gdb = which_or_fail("gdb")
     host, settings, serve = agent_env
-    pod_uid, _cid, cgroup = k8s_cgroup
+    pod_uid, cid, cgroup = k8s_cgroup
     built = build_programs(_app_dir(shared_dir / "bin"), {"checker": ASSERT_C, "sampler": NULL_C})
     for exe in built.values():
         exe.chmod(0o755)
@@ -156,8 +156,9 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     api.__enter__()
     api.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
     writer = idx.IndexWriter(idx.CustomObjectsEdge(api.api()))
+    # the pod watch knows the pod: only cores of verified pods are filed in the index
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False, index=writer,
-                               metrics=AgentMetrics(CollectorRegistry()))
+                               metrics=AgentMetrics(CollectorRegistry()), pod_lookup=known_pod(pod_uid, cid))
     serve(s, processor.handle)
     install.install(s)
     pids = {name: [crash_as_app(exe, [], cgroup, pod_uid, f"{dump}/core.%e.%p") for _ in range(2)]
