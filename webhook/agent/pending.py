@@ -6,8 +6,9 @@ pod the watch has not seen is written, labelled by pod UID and container ID only
 without any Event or notification. When the watch lists or sees that pod UID (at the latest at
 the agent's next start), the names are filled in from the API server's answer:
 
-- node location: the core (and its metadata and saved binaries) moves from
-  ``cores/_unverified/pod-<uid>/<container id>/`` to ``cores/<namespace>/<pod>/<container>/``;
+- node location: the core (and its metadata, saved binaries and sysroot) moves from
+  ``cores/_unverified/pod-<uid>/<container id>/`` to ``cores/<namespace>/<pod>/<container>/``,
+  the sysroot's links re-pointed from the ``_unverified`` build-id store to the namespace's;
 - pod volume: the metadata next to the core is rewritten through a live process of the same
   container, after checking (st_dev, st_ino) that it is still the very file written;
 
