@@ -251,7 +251,8 @@ def test_api_back_the_names_are_filled_in_and_the_core_moved(api_down_at_the_cra
     meta = json.loads((kept / (str(node_core.relative_to(s["cores"])) + C.METADATA_SUFFIX)).read_text())
     # the core's sysroot moved with it, its links now into the namespace's store
     sysroot = kept / (str(node_core.relative_to(s["cores"])) + ".sysroot")
-    assert meta["sysroot"] == str(node_core) + ".sysroot" and meta["symbols_store"] == str(s["cores"] / NAMESPACE / ".symbols")
+    assert meta["sysroot"] == str(node_core) + ".sysroot"
+    assert meta["symbols_store"] == str(s["cores"] / NAMESPACE / ".symbols")
     links = [p for p in sysroot.rglob("*") if p.is_symlink() and "/buildid/" in os.readlink(p)]
     assert links and all(p.resolve().is_relative_to(kept / NAMESPACE / ".symbols") and p.resolve().is_file()
                          for p in links), [(p, os.readlink(p)) for p in links]
