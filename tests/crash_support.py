@@ -12,6 +12,25 @@ from pathlib import Path
 
 from tests.conftest import which_or_fail
 from tests.process_support import wait_for
+from webhook import constants
+from webhook.agent.symbols import STORE_DIR, SYSROOT_SUFFIX
+
+#: A core's directory of saved binaries (``--save-binaries``): it goes with its core, like the sysroot.
+BINARIES_SUFFIX = ".d"
+
+
+def core_files(directory: Path | str, *, recursive: bool = False, metadata: bool = False) -> list[Path]:
+    """The files in ``directory`` (and under it with ``recursive``) that are cores or other files put
+    there, sorted: never the build-id store (``.symbols/``), a core's sysroot (``<core>.sysroot/``)
+    or its saved binaries (``<core>.d/``), and metadata (``.json``) only with ``metadata``. The
+    agent keeps binaries by build-id by default, so every core directory holds those too."""
+    found: list[Path] = []
+    for dirpath, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d != STORE_DIR and not d.endswith((SYSROOT_SUFFIX, BINARIES_SUFFIX))
+                         ) if recursive else []
+        found += [Path(dirpath, n) for n in files if metadata or not n.endswith(constants.METADATA_SUFFIX)]
+    return sorted(found)
+
 
 ET_CORE = 4
 PT_LOAD = 1

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import which_or_fail
+from tests.crash_support import core_files
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.test_agent_crash import (k8s_cgroup, make_settings, read_meta, start_namespace_app,  # noqa: F401
                                     webhook_env)
@@ -129,7 +130,7 @@ def test_gcore_request_through_the_pod_watch_lands_in_the_pod_volume(tmp_path, k
         assert "no process with PID 999" in service.results[2]["reason"]
         failed = build_event(events.items[-1][1], time.time())
         assert failed["type"] == "Warning" and "gcore gc-3 " in failed["message"] and ": failed: " in failed["message"]
-        assert sorted(p.name for p in vol.iterdir() if not p.name.endswith(".sysroot") and p.name != ".symbols") == [
+        assert [p.name for p in core_files(vol, metadata=True)] == [
             "core.sleep.1.0", "core.sleep.1.0.1", "core.sleep.1.0.1.json", "core.sleep.1.0.json"]
     finally:
         unshare.kill()
@@ -249,7 +250,7 @@ def test_a_restarted_agent_does_not_take_a_pending_request_again(tmp_path, k8s_c
             service.on_pod(record_for(pod_uid, cid, request))
             assert service.flush(120)
         assert snapshots == [pid], "one request, one snapshot"
-        assert len([p for p in vol.iterdir() if p.suffix != ".json"]) == 1
+        assert len(core_files(vol)) == 1
         assert (Path(settings.host_dir) / "gcore-taken").read_text() == "gc-restart-1\n"
     finally:
         unshare.kill()

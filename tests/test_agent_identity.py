@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -94,3 +95,41 @@ def test_pending_survives_a_restart_and_forgets_pods_never_seen(tmp_path):
     again.close()
     now[0] += 8 * 24 * 3600  # a week later the other pod was never seen: forgotten at start
     assert len(PendingIdentities(str(tmp_path), str(tmp_path / "cores"), clock=lambda: now[0])) == 0
+
+
+def test_a_node_core_moved_to_its_verified_directory_keeps_its_sysroot_working(tmp_path):
+    """The core's sysroot goes with it, and its links (relative, into ``_unverified/.symbols``)
+    point into the namespace's build-id store, where each stored file is then hard-linked."""
+    cores = tmp_path / "cores"
+    d = cores / "_unverified" / f"pod-{WEB_UID}" / WEB_CID[:12]
+    (d / "core.7.sysroot" / "usr" / "bin").mkdir(parents=True)
+    (d / "core.7.sysroot" / "usr" / "lib").mkdir()
+    (d / "core.7").write_bytes(b"\x7fELF core")
+    stored = cores / "_unverified" / ".symbols" / "buildid" / "ab12" / "executable"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"\x7fELF app")
+    (d / "core.7.sysroot" / "usr" / "bin" / "app").symlink_to("../../../../../.symbols/buildid/ab12/executable")
+    (d / "core.7.sysroot" / "lib").symlink_to("usr/lib")  # a root link: stays as it is
+    summary = {"pod_uid": WEB_UID, "container_id": WEB_CID, "outcome": "written", "destination": "node",
+               "path": str(d / "core.7"), "host_path": str(d / "core.7"), "identity": UNVERIFIED, "global_pid": 7,
+               "sysroot": str(d / "core.7.sysroot"), "symbols_store": str(cores / "_unverified" / ".symbols")}
+    (d / "core.7.json").write_text(json.dumps({"schema": 1, **summary}))
+    published: list[dict] = []
+    pending = PendingIdentities(str(tmp_path), str(cores), publish=published.append, proc=str(tmp_path / "no-proc"))
+    pending.add(summary)
+    pending.on_pod(index().record(WEB_UID))
+    assert pending.flush(10)
+    pending.close()
+    new = cores / "shop" / "web-7d9f8c6b5-x2kqp" / "app"
+    assert sorted(p.name for p in new.iterdir()) == ["core.7", "core.7.json", "core.7.sysroot"]
+    assert not d.exists() and not (d.parent).exists()
+    app = new / "core.7.sysroot" / "usr" / "bin" / "app"
+    assert os.readlink(app) == "../../../../../.symbols/buildid/ab12/executable"
+    assert app.resolve() == cores / "shop" / ".symbols" / "buildid" / "ab12" / "executable"
+    assert app.read_bytes() == b"\x7fELF app" and app.stat().st_ino == stored.stat().st_ino
+    assert os.readlink(new / "core.7.sysroot" / "lib") == "usr/lib"
+    doc = json.loads((new / "core.7.json").read_text())
+    (done,) = published
+    for record in (doc, done):
+        assert record["sysroot"] == str(new / "core.7.sysroot") and record["identity"] == VERIFIED
+        assert record["symbols_store"] == str(cores / "shop" / ".symbols")

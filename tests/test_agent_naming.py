@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash_support import check_elf_core
+from tests.crash_support import check_elf_core, core_files
 from tests.process_support import wait_for
 from tests.test_agent_crash import k8s_cgroup, webhook_env  # noqa: F401 - a fixture
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
@@ -66,7 +66,7 @@ def test_agent_names_like_the_kernel_for_dropped_specifiers(agent_env, k8s_cgrou
     os.kill(second.pid, signal.SIGSEGV)
     assert second.wait(30) == -signal.SIGSEGV
     wait_for(lambda: [n for n in os.listdir(dump) if n.endswith(".json")], 15, "the agent's core")
-    names = sorted(n for n in os.listdir(dump) if not n.endswith(".json"))
+    names = [p.name for p in core_files(dump)]
     # the same expansion as the kernel's, for this process's PID: nothing sent elsewhere
     assert names == [kernel_name.replace(str(first.pid), str(second.pid))]
     check_elf_core((dump / names[0]).read_bytes())

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
+from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from webhook import constants
 from webhook.agent import install
@@ -230,14 +230,15 @@ def test_node_location_keeps_one_store_per_namespace(agent_env, k8s_cgroup, shar
     """A pod whose own directory refuses the core: the node location gets it, and the binaries go
     to the namespace's store (cores/<ns>/.symbols), linked from the core's sysroot."""
     host, settings, serve = agent_env
-    pod_uid, _cid, cgroup = k8s_cgroup
+    pod_uid, cid, cgroup = k8s_cgroup
     exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
     os.chmod(exe, 0o755)
     locked = shared_dir / "locked"
     locked.mkdir(mode=0o755)  # root's: uid 1000 may not create its core here
     s = settings(node_name="node-1", keep_free_bytes=0, signatures=False)
+    # the pod watch knows the pod: the node location files the core under its verified namespace
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
-                               metrics=AgentMetrics(CollectorRegistry()))
+                               metrics=AgentMetrics(CollectorRegistry()), pod_lookup=known_pod(pod_uid, cid))
     serve(s, processor.handle)
     install.install(s)
     pid = crash_as_app(exe, [], cgroup, pod_uid, f"{locked}/core.%p")
@@ -245,7 +246,7 @@ def test_node_location_keeps_one_store_per_namespace(agent_env, k8s_cgroup, shar
     wait_for(lambda: list(ns_dir.rglob("*.json")), 30)
     (meta_path,) = ns_dir.rglob("*.json")
     doc = json.loads(meta_path.read_text())
-    assert doc["destination"] == "node" and doc["global_pid"] == pid
+    assert doc["destination"] == "node" and doc["global_pid"] == pid and doc["identity"] == "verified"
     assert doc["symbols_store"] == str(ns_dir / ".symbols")
     stored = ns_dir / ".symbols" / "buildid" / doc["build_id"] / "executable"
     assert stored.read_bytes() == exe.read_bytes()

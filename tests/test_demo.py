@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.crash_support import core_files
+
 COREDUMP = str(Path(sys.executable).with_name("coredump"))
 
 
@@ -30,7 +32,7 @@ def test_demo_end_to_end(kernel, bin_dir, tmp_path):
     assert "REFUSED" in out  # the hostile pattern scenario
     assert "core landed at /data/dump-a/" in out
     vol = work / "volumes/dump-a"
-    cores = [p for p in vol.iterdir() if p.is_file() and not p.name.endswith(".json")]
+    cores = core_files(vol)
     assert len(cores) == 1
     # the binaries, kept once by build-id beside it, and its sysroot of links into them
     assert list((vol / ".symbols" / "buildid").glob("*/executable")) and (vol / (cores[0].name + ".sysroot")).is_dir()

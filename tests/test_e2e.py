@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import KERNEL_SETTINGS, which_or_fail
-from tests.crash_support import check_elf_core
+from tests.crash_support import check_elf_core, core_files
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
 from tests.runc_support import (
@@ -379,8 +379,7 @@ def test_acs_pattern_core_lands_in_the_injected_volume(agent, kernel, node_facto
     assert "CAP_SYS_RESOURCE" not in granted
     vol = run.volume_dirs[core_mount["name"]]
     nspid = int((vol / "child.pid").read_text())
-    cores = [p for p in vol.iterdir()
-             if p.name.startswith("core-") and not p.name.endswith((".json", ".sysroot"))]
+    cores = [p for p in core_files(vol) if p.name.startswith("core-")]
     assert len(cores) == 1, sorted(os.listdir(vol))
     m = re.fullmatch(r"core-!bin!busybox-(\d+)-(\d+)", cores[0].name)
     assert m, cores[0].name  # %E: the exe path with '/' as '!'; %p in the pod's pid namespace; %t
@@ -407,7 +406,7 @@ def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, n
     assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["0", "0"]  # not raised
     (core_mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
     vol = run.volume_dirs[core_mount["name"]]
-    cores = [p for p in vol.iterdir() if p.name.startswith("core.") and not p.name.endswith(".json")]
+    cores = [p for p in core_files(vol) if p.name.startswith("core.")]
     assert len(cores) == 1, sorted(os.listdir(vol))
     meta_path = Path(str(cores[0]) + C.METADATA_SUFFIX)
     wait_for(meta_path.exists, 10, f"{meta_path}")
@@ -497,7 +496,7 @@ def test_user_nas_volume_at_a_parent_receives_the_core(agent, kernel, node_facto
     nspid = int((nas / "child.pid").read_text())
     dump = nas / "dump-a"  # made by the agent inside the pod's view, owned by the pod's user
     assert dump.is_dir() and (os.stat(dump).st_uid, os.stat(dump).st_gid) == (RUN_UID, RUN_GID)
-    (core,) = [p for p in dump.iterdir() if not p.name.endswith((".json", ".sysroot")) and p.name != ".symbols"]
+    (core,) = core_files(dump)
     meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
     assert core.name == f"core-!bin!busybox-{nspid}-{meta['time']}"
     assert (nas / "README").read_text() == "shared\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import which_or_fail
+from tests.crash_support import core_files
 from tests.process_support import wait_for
 from tests.test_e2e import NAMESPACE, node_factory, running_agent  # noqa: F401
 from tests.test_identity_e2e import forging_pod, start_pod
@@ -41,7 +42,7 @@ def test_a_pending_gcore_request_is_taken_once_across_an_agent_restart(kernel, b
     host = Path(tempfile.mkdtemp(prefix="cdg-"))
 
     def snapshots() -> list[Path]:
-        return [p for p in vol.iterdir() if p.name.startswith("core-eci") and not p.name.endswith(".json")]
+        return [p for p in core_files(vol) if p.name.startswith("core-eci")]
 
     def snapshot_events() -> list[dict]:
         return [e for e in pod_api.posted_events() if e.get("reason") == C.EVENT_REASON_SNAPSHOT]

@@ -13,6 +13,7 @@ unusable pattern (so the core goes to the node location) and a fresh container n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.crash_support import core_files
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
 from tests.test_e2e import (NAMESPACE, Agent, deployment_pod, mutated, node_factory,  # noqa: F401
@@ -31,6 +33,8 @@ from webhook.inspect.listing import scan_directory
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 FORGED_NS, FORGED_POD = "payments", "billing-5c8d7f6b9-zzt4q"
+#: Where the agent files a verified crash's CoreDump (the crash index) for the true namespace.
+INDEX_PATH = f"/apis/coredump-webhook.io/v1alpha1/namespaces/{NAMESPACE}/coredumps"
 #: token -> namespaces its user may exec into ("" = every namespace: a cluster-wide reader)
 GRANTS = {"payments-dev": {"payments"}, "shop-dev": {"shop"}, "admin": {"shop", "payments", ""}}
 
@@ -88,7 +92,7 @@ def test_forged_namespace_is_ignored_everywhere(events_agent, node_factory, pod_
     # filed under the true namespace and pod, found through the cgroup and the pod watch
     cores = agent.host / "cores"
     assert not (cores / FORGED_NS).exists(), sorted(p.as_posix() for p in cores.rglob("*"))
-    (core,) = [p for p in (cores / NAMESPACE / true_name / "app").iterdir() if not p.name.endswith(".json")]
+    (core,) = core_files(cores / NAMESPACE / true_name / "app")
     assert (first["outcome"], first["destination"], first["path"]) == ("written", "node", str(core))
     assert (first["namespace"], first["pod"], first["container"]) == (NAMESPACE, true_name, "app")
     meta = json.loads(Path(str(core) + C.METADATA_SUFFIX).read_text())
@@ -99,12 +103,14 @@ def test_forged_namespace_is_ignored_everywhere(events_agent, node_factory, pod_
     assert {r["field"] for r in warned} >= {"namespace", "pod", "container"}
     # a fresh container name changed nothing: the rate limit holds the container ID
     assert second["outcome"] == "rate_limited" and second["namespace"] == NAMESPACE, second
-    assert len([p for p in cores.rglob("core*") if not p.name.endswith(".json")]) == 1
+    assert len(core_files(cores, recursive=True)) == 1
     # the Event goes to the true pod only; nothing was ever posted into payments
     wait_for(lambda: pod_api.posted_events(), 15, "the CoreDumped Event")
+    wait_for(lambda: any(r["path"] == INDEX_PATH for r in pod_api.server.requests), 15, "the CoreDump")
     time.sleep(0.5)
     posts = [r["path"] for r in pod_api.server.requests if r["method"] == "POST"]
-    assert posts == [f"/api/v1/namespaces/{NAMESPACE}/events"], posts
+    # one Event and one CoreDump (the crash index), both in the true namespace only
+    assert sorted(posts) == sorted([f"/api/v1/namespaces/{NAMESPACE}/events", INDEX_PATH]), posts
     (event,) = pod_api.posted_events()
     assert event["involvedObject"]["name"] == true_name and event["involvedObject"]["uid"] == uid
     # the page: shop's users see it, payments' users do not (not even by downloading it)
@@ -130,8 +136,8 @@ DOWN_SCRIPT = ("sleep 30 & p=$!; sleep 0.3; kill -SEGV $p; wait $p; "
 
 def _unverified_state(agent: Agent, vol: Path) -> dict[str, Any]:
     cores = agent.host / "cores"
-    (node_core,) = [p for p in cores.rglob("*") if p.is_file() and not p.name.endswith(".json")]
-    (pod_core,) = [p for p in vol.iterdir() if p.name.startswith("core-eci") and not p.name.endswith(".json")]
+    (node_core,) = core_files(cores, recursive=True)
+    (pod_core,) = [p for p in core_files(vol) if p.name.startswith("core-eci")]
     return {
         "node_core": node_core,
         "node_meta": json.loads(Path(str(node_core) + C.METADATA_SUFFIX).read_text()),
@@ -177,8 +183,10 @@ def api_down_at_the_crash(tmp_path_factory, bin_dir):
                 api.down = False  # the API server is back: the watch lists the pod
                 wait_for(lambda: any(r.get("message") == "pods listed" for r in agent.records()), 60, "a list")
                 wait_for(lambda: len(api.posted_events()) == 2, 30, "the Events, once verified")
+                wait_for(lambda: any(r["method"] == "POST" and r["path"] == INDEX_PATH for r in server.requests),
+                         30, "the CoreDumps, once verified")
                 pod_meta = json.loads(Path(str(down["pod_core"]) + C.METADATA_SUFFIX).read_text())
-                moved = [p for p in (agent.host / "cores").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+                moved = core_files(agent.host / "cores", recursive=True)
                 up = {"pod_meta": pod_meta, "node_cores": moved, "events": api.posted_events(),
                       "posts": [r["path"] for r in server.requests if r["method"] == "POST"],
                       "page": {token: page_view(agent.host / "cores", token)[0] for token in GRANTS},
@@ -238,15 +246,24 @@ def test_api_back_the_names_are_filled_in_and_the_core_moved(api_down_at_the_cra
     kept = s["kept"]  # the node location as the agent left it
     assert node_core.name == s["down"]["node_core"].name
     assert not (kept / s["down"]["node_core"].relative_to(s["cores"])).exists()
-    assert not list((kept / "_unverified").iterdir())  # the pod's directories went with it
+    # the pod's directories went with it; the unverified build-id store stays for retention
+    assert [p.name for p in (kept / "_unverified").iterdir()] == [".symbols"]
     meta = json.loads((kept / (str(node_core.relative_to(s["cores"])) + C.METADATA_SUFFIX)).read_text())
+    # the core's sysroot moved with it, its links now into the namespace's store
+    sysroot = kept / (str(node_core.relative_to(s["cores"])) + ".sysroot")
+    assert meta["sysroot"] == str(node_core) + ".sysroot"
+    assert meta["symbols_store"] == str(s["cores"] / NAMESPACE / ".symbols")
+    links = [p for p in sysroot.rglob("*") if p.is_symlink() and "/buildid/" in os.readlink(p)]
+    assert links and all(p.resolve().is_relative_to(kept / NAMESPACE / ".symbols") and p.resolve().is_file()
+                         for p in links), [(p, os.readlink(p)) for p in links]
     assert (meta["identity"], meta["namespace"], meta["pod"], meta["container"]) == ("verified", NAMESPACE, name, "app")
     assert meta["path"] == str(node_core) and meta["sha256"] == s["down"]["node_meta"]["sha256"]
     pod_meta = s["up"]["pod_meta"]  # rewritten through the container's live process
     assert (pod_meta["identity"], pod_meta["namespace"], pod_meta["pod"], pod_meta["container"]) == (
         "verified", NAMESPACE, name, "app")
     assert {e["involvedObject"]["name"] for e in s["up"]["events"]} == {name}
-    assert set(s["up"]["posts"]) == {f"/api/v1/namespaces/{NAMESPACE}/events"}
+    # the Events and the crash index's CoreDumps, once verified, in the true namespace only
+    assert set(s["up"]["posts"]) == {f"/api/v1/namespaces/{NAMESPACE}/events", INDEX_PATH}
     assert name in s["up"]["page"]["shop-dev"] and 'id="empty"' in s["up"]["page"]["payments-dev"]
     assert s["up"]["left"] == []  # nothing pending any more
     assert meta["pod_uid"] == uid

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from tests.crash_support import core_files
 from tests.podman_support import PodmanNode, podman  # noqa: F401 - fixture
 from tests.process_support import wait_for
 from tests.runc_support import busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
@@ -59,7 +60,7 @@ def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded
         run = run_pod(node, pod)
         vol = run.volume_dirs[mount["name"]]
         nspid = int((vol / "child.pid").read_text())
-        (core,) = [p for p in vol.iterdir() if p.name.startswith("core-") and not p.name.endswith(".json")]
+        (core,) = [p for p in core_files(vol) if p.name.startswith("core-")]
         assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
         meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
         check_limits_raised(run)

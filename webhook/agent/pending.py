@@ -6,8 +6,9 @@ pod the watch has not seen is written, labelled by pod UID and container ID only
 without any Event or notification. When the watch lists or sees that pod UID (at the latest at
 the agent's next start), the names are filled in from the API server's answer:
 
-- node location: the core (and its metadata and saved binaries) moves from
-  ``cores/_unverified/pod-<uid>/<container id>/`` to ``cores/<namespace>/<pod>/<container>/``;
+- node location: the core (and its metadata, saved binaries and sysroot) moves from
+  ``cores/_unverified/pod-<uid>/<container id>/`` to ``cores/<namespace>/<pod>/<container>/``,
+  the sysroot's links re-pointed from the ``_unverified`` build-id store to the namespace's;
 - pod volume: the metadata next to the core is rewritten through a live process of the same
   container, after checking (st_dev, st_ino) that it is still the very file written;
 
@@ -33,6 +34,7 @@ from webhook.agent.background import QueueWorker
 from webhook.agent.identity import VERIFIED, Resolved, apply_view
 from webhook.agent.metadata import PodView
 from webhook.agent.procinfo import container_process
+from webhook.agent.symbols import STORE_DIR, SYSROOT_SUFFIX
 from webhook.agent.writer import SafeRoot, replace_small_file
 from webhook.constants import METADATA_SUFFIX
 
@@ -47,6 +49,50 @@ def _names(summary: dict, view: PodView) -> dict[str, Any]:
     r = apply_view(Resolved(pod_uid=summary.get("pod_uid"), container_id=summary.get("container_id")), view)
     return {"namespace": r.namespace, "pod": r.pod, "container": r.container, "image": r.image,
             "labels": r.labels, "owner": r.owner, "identity": VERIFIED}
+
+
+def _store_of(rel_dir: str) -> str:
+    """The build-id store of a node-location core directory (``<first part>/.symbols``), as
+    webhook/agent/crash.py places it: one store per namespace (and one for ``_unverified``)."""
+    return posixpath.join(rel_dir.split("/")[0], STORE_DIR)
+
+
+def _sysroot_name(summary: dict, name: str) -> str:
+    """The core's sysroot directory name (``<core>.sysroot``, or the numbered one the crash made)."""
+    recorded = posixpath.basename(str(summary.get("sysroot") or ""))
+    return recorded if recorded.startswith(name + SYSROOT_SUFFIX) else name + SYSROOT_SUFFIX
+
+
+def relink_sysroot(root: str, old_dir: str, new_dir: str, sysroot: str) -> int:
+    """A sysroot moved from ``old_dir`` to ``new_dir`` (both relative to the node location
+    ``root``): its links into the old directory's build-id store now point into the new one's,
+    each stored file hard-linked there first (the same file, no copy). The old store's entries
+    stay for the cores still linking them; retention removes those no link uses any more.
+    Returns how many links were re-pointed."""
+    old_store, new_store = _store_of(old_dir), _store_of(new_dir)
+    top = os.path.join(root, new_dir, sysroot)
+    moved = 0
+    for dirpath, dirs, files in os.walk(top):
+        inside = os.path.relpath(dirpath, top)
+        for entry in dirs + files:
+            link = os.path.join(dirpath, entry)
+            if not os.path.islink(link):
+                continue
+            target = os.readlink(link)
+            was = posixpath.normpath(posixpath.join(old_dir, sysroot, inside, target))
+            if not was.startswith(old_store + "/buildid/"):
+                continue  # a root link (lib -> usr/lib) or a path inside the sysroot: unchanged
+            now = new_store + was[len(old_store):]
+            try:
+                if not os.path.lexists(os.path.join(root, now)):
+                    os.makedirs(os.path.dirname(os.path.join(root, now)), mode=0o755, exist_ok=True)
+                    os.link(os.path.join(root, was), os.path.join(root, now), follow_symlinks=False)
+                os.unlink(link)
+                os.symlink(posixpath.relpath(now, posixpath.normpath(posixpath.join(new_dir, sysroot, inside))), link)
+                moved += 1
+            except OSError as exc:
+                log.warning("a moved core's sysroot link could not follow it", extra={"path": link, "error": str(exc)})
+    return moved
 
 
 class PendingIdentities(QueueWorker):
@@ -191,13 +237,18 @@ class PendingIdentities(QueueWorker):
                 try:
                     if os.path.lexists(os.path.join(root, rel, name)):
                         return None  # never overwrite: stays where it is, names still published
-                    for suffix in ("", ".d"):
+                    sysroot = _sysroot_name(summary, name)
+                    for moving in (name, name + ".d", sysroot):
                         try:
-                            os.rename(name + suffix, name + suffix, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                            os.rename(moving, moving, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
                         except FileNotFoundError:
                             pass
+                    old_rel = os.path.relpath(os.path.dirname(src), root)
+                    relink_sysroot(root, old_rel, rel, sysroot)
                     new_path = posixpath.join(root, rel, name)
-                    self._rewrite_metadata(src_fd, dst_fd, name, names, new_path, summary)
+                    self._rewrite_metadata(src_fd, dst_fd, name, names, new_path, summary,
+                                           sysroot=posixpath.join(root, rel, sysroot),
+                                           store=posixpath.join(root, _store_of(rel)))
                 finally:
                     os.close(src_fd)
             finally:
@@ -210,7 +261,7 @@ class PendingIdentities(QueueWorker):
         return new_path
 
     def _rewrite_metadata(self, src_fd: int, dst_fd: int, name: str, names: dict, new_path: str,
-                          summary: dict) -> None:
+                          summary: dict, *, sysroot: str, store: str) -> None:
         try:
             fd = os.open(name + METADATA_SUFFIX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
         except FileNotFoundError:
@@ -220,6 +271,9 @@ class PendingIdentities(QueueWorker):
         doc.update(names)
         if doc.get("binaries_dir"):
             doc["binaries_dir"] = new_path + ".d"
+        for key, value in (("sysroot", sysroot), ("symbols_store", store)):
+            if doc.get(key):
+                doc[key] = summary[key] = value
         doc["path"] = new_path
         replace_small_file(dst_fd, name + METADATA_SUFFIX, meta.dumps(doc), mode=0o644)
         os.unlink(name + METADATA_SUFFIX, dir_fd=src_fd)
