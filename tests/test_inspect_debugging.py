@@ -156,7 +156,6 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     api.__enter__()
     api.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
     writer = idx.IndexWriter(idx.CustomObjectsEdge(api.api()))
-    from tests.test_agent_crash import known_pod
 
     # the pod watch knows the pod: only a verified crash gets a CoreDump (index.verified_namespace)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False, index=writer,
