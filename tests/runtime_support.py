@@ -70,6 +70,16 @@ def pod_image_rootfs(bin_dir: Path, base: Path, wrapper_ref: str, busybox_refs: 
     return images
 
 
+def docker_loaded(daemon, bin_dir: Path, base: Path, wrapper_ref: str, busybox_refs: tuple[str, ...]):
+    """``daemon`` (a dockerd or podman, driven by the docker CLI's verbs) with the pod's images
+    loaded (:func:`pod_image_rootfs`) and listed by ``images``."""
+    for ref, rootfs in pod_image_rootfs(bin_dir, base, wrapper_ref, busybox_refs).items():
+        daemon.load_image(rootfs, ref)
+    listed = daemon.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert {wrapper_ref, *busybox_refs} <= set(listed), listed
+    return daemon
+
+
 # --- images, built here -------------------------------------------------------------------------
 def image_tar(rootfs: Path, ref: str, out: Path, *, cmd: list[str] | None = None) -> Path:
     """A one-layer image of ``rootfs`` as ``docker save`` writes it (the docker.v1.2 tar that

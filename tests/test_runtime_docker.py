@@ -18,7 +18,7 @@ import pytest
 from tests.docker_support import DockerNode, dockerd  # noqa: F401 - fixture
 from tests.process_support import wait_for
 from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
-from tests.runtime_support import cgroup_lines, parent_exe, parent_pid, pod_image_rootfs
+from tests.runtime_support import cgroup_lines, docker_loaded, parent_exe, parent_pid
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
     APP_IMAGE,
@@ -36,12 +36,7 @@ IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
 
 @pytest.fixture(scope="module")
 def loaded(dockerd, bin_dir, tmp_path_factory):  # noqa: F811
-    base = tmp_path_factory.mktemp("images")
-    for ref, rootfs in pod_image_rootfs(bin_dir, base, ADMISSION.image, (APP_IMAGE, SIDECAR_IMAGE)).items():
-        dockerd.load_image(rootfs, ref)
-    listed = dockerd.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    assert set(IMAGES) <= set(listed), listed
-    return dockerd
+    return docker_loaded(dockerd, bin_dir, tmp_path_factory.mktemp("images"), IMAGES[0], IMAGES[1:])
 
 
 @pytest.mark.parametrize("flavour", CGROUP_FLAVOURS)

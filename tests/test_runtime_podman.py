@@ -16,7 +16,7 @@ import pytest
 from tests.podman_support import PodmanNode, podman  # noqa: F401 - fixture
 from tests.process_support import wait_for
 from tests.runc_support import kill_all, processes_rooted_under
-from tests.runtime_support import cgroup_lines, parent_exe, pod_image_rootfs
+from tests.runtime_support import cgroup_lines, docker_loaded, parent_exe
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
     APP_IMAGE,
@@ -34,12 +34,7 @@ IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
 
 @pytest.fixture(scope="module")
 def loaded(podman, bin_dir, tmp_path_factory):  # noqa: F811
-    base = tmp_path_factory.mktemp("images")
-    for ref, rootfs in pod_image_rootfs(bin_dir, base, ADMISSION.image, (APP_IMAGE, SIDECAR_IMAGE)).items():
-        podman.load_image(rootfs, ref)
-    listed = podman.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    assert set(IMAGES) <= set(listed), listed
-    return podman
+    return docker_loaded(podman, bin_dir, tmp_path_factory.mktemp("images"), IMAGES[0], IMAGES[1:])
 
 
 def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp_path):  # noqa: F811
