@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.runc_support import Container, Node, remove_cgroup_dirs
-from tests.runtime_support import HostLeftovers, image_tar, pids_with_cmdline, unmount_all
+from tests.runtime_support import HostLeftovers, image_tar, kill_stragglers, pids_with_cmdline, terminate, unmount_all
 
 NAMESPACE = "k8s.io"
 SHIM = "containerd-shim-runc-v2"
@@ -81,21 +80,8 @@ class Containerd:
 
     def stop(self) -> list[str]:
         """SIGTERM the daemon, end its shims (by PID), unmount and remove everything."""
-        problems = []
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                problems.append("containerd had to be killed")
-        for pid in self.shims():
-            problems.append(f"shim {pid} still running")
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        problems = terminate(self.proc, 15, "containerd")
+        problems += kill_stragglers(self.shims(), "shim {pid} still running")
         unmount_all(self.workdir)
         return problems
 

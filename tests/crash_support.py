@@ -92,3 +92,15 @@ def spooled_crash(host: Path) -> tuple[subprocess.Popen, Path]:
     wait_for(lambda: [p for p in (host / "spool").iterdir() if not p.name.endswith(".tmp")], 10)
     (entry,) = list((host / "spool").iterdir())
     return proc, entry
+
+
+class RecordedEvents:
+    """The agent's Kubernetes Events sink (``submit(info) -> accepted``), keeping what it was given
+    in ``seen``: the crash and recovery tests read the summaries the agent would have posted."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def submit(self, info: dict) -> bool:
+        self.seen.append(info)
+        return True

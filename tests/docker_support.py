@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.runc_support import Container, Node, remove_cgroup_dirs
-from tests.runtime_support import HostLeftovers, image_tar, pids_with_cmdline, unmount_all
+from tests.runtime_support import HostLeftovers, image_tar, kill_stragglers, pids_with_cmdline, terminate, unmount_all
 
 #: Debian's docker.io CLI (another `docker` earlier on PATH may not be a Docker CLI at all).
 DEBIAN_DOCKER = "/usr/bin/docker"
@@ -85,22 +84,9 @@ class Dockerd:
         return [p for p in pids_with_cmdline(f"-address {self.exec_root}/") if p != os.getpid()]
 
     def stop(self) -> list[str]:
-        problems = []
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                problems.append("dockerd had to be killed")
-        for pid in pids_with_cmdline(f"{self.exec_root}/containerd/"):
-            if pid != os.getpid():
-                problems.append(f"process {pid} of this dockerd still running")
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        problems = terminate(self.proc, 30, "dockerd")
+        problems += kill_stragglers([p for p in pids_with_cmdline(f"{self.exec_root}/containerd/") if p != os.getpid()],
+                                    "process {pid} of this dockerd still running")
         unmount_all(self.workdir)
         return problems
 

@@ -48,10 +48,36 @@ def cgroup_lines(pid: int) -> dict[str, str]:
     return out
 
 
+def parent_pid(pid: int) -> int:
+    """``pid``'s parent process (field 4 of /proc/<pid>/stat, after the command's parenthesis)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def parent_exe(pid: int) -> str:
     """The executable of ``pid``'s parent process."""
-    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return os.readlink(f"/proc/{ppid}/exe")
+    return os.readlink(f"/proc/{parent_pid(pid)}/exe")
+
+
+def pod_image_rootfs(bin_dir: Path, base: Path, wrapper_ref: str, busybox_refs: tuple[str, ...]) -> dict[str, Path]:
+    """The root filesystems of a mutated pod's images, by reference: the static wrapper's image
+    (``wrapper_ref``) and busybox-static for every one of ``busybox_refs`` (built once)."""
+    from tests.runc_support import busybox_rootfs, single_binary_rootfs
+    from webhook import constants as C
+
+    images = {wrapper_ref: single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w")}
+    bb = busybox_rootfs(base / "bb")
+    images.update((ref, bb) for ref in busybox_refs)
+    return images
+
+
+def docker_loaded(daemon, bin_dir: Path, base: Path, wrapper_ref: str, busybox_refs: tuple[str, ...]):
+    """``daemon`` (a dockerd or podman, driven by the docker CLI's verbs) with the pod's images
+    loaded (:func:`pod_image_rootfs`) and listed by ``images``."""
+    for ref, rootfs in pod_image_rootfs(bin_dir, base, wrapper_ref, busybox_refs).items():
+        daemon.load_image(rootfs, ref)
+    listed = daemon.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert {wrapper_ref, *busybox_refs} <= set(listed), listed
+    return daemon
 
 
 # --- images, built here -------------------------------------------------------------------------
@@ -114,6 +140,37 @@ def mounts_under(prefix: Path) -> list[str]:
         if point == str(prefix) or point.startswith(str(prefix).rstrip("/") + "/"):
             out.append(point)
     return sorted(out, key=len, reverse=True)
+
+
+def terminate(proc: "subprocess.Popen | None", seconds: float, name: str) -> list[str]:
+    """SIGTERM a daemon and wait ``seconds``, then SIGKILL it; the problems to report."""
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return [f"{name} had to be killed"]
+    return []
+
+
+def kill_stragglers(pids: list[int], describe: str) -> list[str]:
+    """SIGKILL processes a daemon left behind; ``describe`` (``{pid}`` in it) names each problem."""
+    import signal
+
+    problems = []
+    for pid in pids:
+        problems.append(describe.format(pid=pid))
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return problems
 
 
 def unmount_all(prefix: Path) -> list[str]:

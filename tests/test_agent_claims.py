@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.crash_support import RecordedEvents
 from tests.process_support import wait_for
 from tests.test_agent_crash import (handle_bytes, k8s_cgroup, make_settings, request_for,  # noqa: F401 - fixture
                                     start_namespace_app, webhook_env)
@@ -67,18 +68,9 @@ def _entry(index: PodIndex) -> dict:
                               registered=True, identification="registered")
 
 
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[dict] = []
-
-    def submit(self, info: dict) -> bool:
-        self.seen.append(info)
-        return True
-
-
 def _recover(tmp_path, index: PodIndex, entry: dict):
     inflight.Journal(str(tmp_path / "host"), instance="dead-agent").begin(entry)
-    events, registry = Events(), CollectorRegistry()
+    events, registry = RecordedEvents(), CollectorRegistry()
     (rec,) = inflight.recover(inflight.Journal(str(tmp_path / "host")), node_cores_dir=str(tmp_path / "cores"),
                               node="node-1", events=events, registry=registry,
                               peers=inflight.peers_on_node(index.records))

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.crash_support import RecordedEvents
 from tests.process_support import stop_group, wait_for
 from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
 from tests.test_agent_crash import kill_cgroup, webhook_env
@@ -49,15 +50,6 @@ int main(int argc, char **argv) {
     for (;;) pause();
 }
 """
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[dict] = []
-
-    def submit(self, info: dict) -> bool:
-        self.seen.append(info)
-        return True
 
 
 def _bigmem(tmp_path: Path) -> Path:
@@ -165,7 +157,7 @@ def test_a_full_volume_keeps_the_reason_with_the_cut_core(agent_env, tmp_path): 
     try:
         box = Container(tmp_path, vol, 32)
         s = settings(node_name="node-1", keep_free_bytes=0, signatures=False)
-        events = Events()
+        events = RecordedEvents()
         processor = CrashProcessor(s, previous_pattern="core", events=events, notifier=False,
                                    metrics=AgentMetrics(CollectorRegistry()), pod_lookup=box.index().lookup)
         serve(s, processor.handle)

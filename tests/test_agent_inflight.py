@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.crash_support import RecordedEvents
 from webhook.agent import inflight
 from webhook.agent import metadata as meta
 from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.events import build_event
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[dict] = []
-
-    def submit(self, info: dict) -> bool:
-        self.seen.append(info)
-        return True
 
 
 def _entry(**kw) -> dict:
@@ -73,7 +65,7 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
     journal.begin(empty)
     registry = CollectorRegistry()
     results = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(cores), node="n1",
-                               registry=registry, events=Events())
+                               registry=registry, events=RecordedEvents())
     assert sorted(r.result for r in results) == ["partial", "removed_empty"]
     kept = cores / "host" / "core.sleep.42.1700000000.1.partial"
     assert kept.read_bytes() == data
@@ -92,7 +84,7 @@ def test_unreachable_pod_leftover_is_reported_with_its_path(tmp_path):
     entry = _entry(destination="pod", directory="/pod/data/dump", name="core.6", namespace="shop", pod="web-0",
                    pod_uid="u-1", container="app", container_id="f" * 64, global_pid=999999999)
     journal.begin(entry)
-    events, registry = Events(), CollectorRegistry()
+    events, registry = RecordedEvents(), CollectorRegistry()
     (rec,) = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(tmp_path / "cores"),
                               events=events, registry=registry)
     assert rec.result == "unreachable" and rec.leftover == f"/pod/data/dump/{entry['tmp_name']}"

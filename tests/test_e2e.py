@@ -332,6 +332,22 @@ def check_limits_raised(run: Run) -> None:
     assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["unlimited", "unlimited"]
 
 
+def crash_into_dump_volume(node: Node, agent: Agent) -> tuple[Run, dict[str, Any]]:
+    """The runtimes' common first act: a mutated pod with the pattern ``/data/dump-a/core-%e-%p-%t``
+    runs on ``node`` until its app crashes; its one core (named for the crashed ``sleep``) is
+    checked (:func:`check_core`, :func:`check_limits_raised`). Returns the run and the metadata."""
+    pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
+    (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
+    run = run_pod(node, pod)
+    vol = run.volume_dirs[mount["name"]]
+    nspid = int((vol / "child.pid").read_text())
+    (core,) = [p for p in core_files(vol) if p.name.startswith("core-")]
+    assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
+    meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
+    check_limits_raised(run)
+    return run, meta
+
+
 def stop_and_check(agent: Agent, kernel: dict[str, str], node: Node, tmp_path: Path) -> None:
     """SIGTERM the agent: kernel settings restored; containers deleted; cgroups and processes gone."""
     assert agent.stop() == 0, agent.log.read_text()

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pytest
 
 from tests.containerd_support import SHIM, ContainerdNode, containerd  # noqa: F401 - fixture
-from tests.crash_support import core_files
 from tests.process_support import wait_for
-from tests.runc_support import CGROUP_FLAVOURS, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
-from tests.runtime_support import cgroup_lines, parent_exe
+from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
+from tests.runtime_support import cgroup_lines, parent_exe, parent_pid, pod_image_rootfs
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
     APP_IMAGE,
@@ -29,11 +27,7 @@ from tests.test_e2e import (  # noqa: F401 - fixtures
     SIDECAR_IMAGE,
     agent,
     check_cgroups_gone,
-    check_core,
-    check_limits_raised,
-    deployment_pod,
-    mutated,
-    run_pod,
+    crash_into_dump_volume,
     stop_and_check,
 )
 from webhook import constants as C
@@ -45,11 +39,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 def imported(containerd, bin_dir, tmp_path_factory):  # noqa: F811
     """The three images the pod uses, imported once into the module's containerd."""
     base = tmp_path_factory.mktemp("images")
-    containerd.import_image(single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w"),
-                            ADMISSION.image)
-    bb = busybox_rootfs(base / "bb")
-    for ref in (APP_IMAGE, SIDECAR_IMAGE):
-        containerd.import_image(bb, ref)
+    for ref, rootfs in pod_image_rootfs(bin_dir, base, ADMISSION.image, (APP_IMAGE, SIDECAR_IMAGE)).items():
+        containerd.import_image(rootfs, ref)
     listed = containerd.ctr("images", "ls", "-q").stdout.split()
     assert {ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE} <= set(listed), listed
     return containerd
@@ -62,16 +53,7 @@ def test_containerd_pod_core_lands_in_its_volume(agent, kernel, pod_api, importe
         on_start=pod_api.container_started)
     node.images = {ref: node.image_rootfs(ref) for ref in (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)}
     try:
-        pattern = "/data/dump-a/core-%e-%p-%t"
-        pod = mutated(deployment_pod({C.ANN_PATTERN: pattern}, out_dir="/data/dump-a"))
-        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
-        run = run_pod(node, pod)
-        vol = run.volume_dirs[mount["name"]]
-        nspid = int((vol / "child.pid").read_text())
-        (core,) = [p for p in core_files(vol) if p.name.startswith("core-")]
-        assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
-        meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
-        check_limits_raised(run)
+        run, meta = crash_into_dump_volume(node, agent)
         assert meta["runtime"] == ("containerd" if flavour == "systemd" else None)
         # containerd's own record of the container the agent named
         info = json.loads(daemon.ctr("containers", "info", meta["container_id"]).stdout)
@@ -84,7 +66,7 @@ def test_containerd_pod_core_lands_in_its_volume(agent, kernel, pod_api, importe
         sidecar = node.start(run.pod, "log-shipper")
         pid = wait_for(lambda: node.pid_of(sidecar), 10, "the sidecar's task")
         assert os.path.basename(parent_exe(pid)) == SHIM
-        shim_cmd = open(f"/proc/{_ppid(pid)}/cmdline", "rb").read().split(b"\0")
+        shim_cmd = open(f"/proc/{parent_pid(pid)}/cmdline", "rb").read().split(b"\0")
         assert sidecar.container_id.encode() in shim_cmd and str(daemon.socket).encode() in shim_cmd
         assert cgroup_lines(pid)["0:"] == sidecar.cgroups_path
         stop_and_check(agent, kernel, node, tmp_path)
@@ -93,7 +75,3 @@ def test_containerd_pod_core_lands_in_its_volume(agent, kernel, pod_api, importe
     finally:
         node.cleanup()
         kill_all(processes_rooted_under(tmp_path))
-
-
-def _ppid(pid: int) -> int:
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])

@@ -12,26 +12,20 @@ systemd as PID 1, absent on these machines: its names are covered by the parser'
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
-from tests.crash_support import core_files
 from tests.docker_support import DockerNode, dockerd  # noqa: F401 - fixture
 from tests.process_support import wait_for
-from tests.runc_support import CGROUP_FLAVOURS, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
-from tests.runtime_support import cgroup_lines, parent_exe
+from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
+from tests.runtime_support import cgroup_lines, docker_loaded, parent_exe, parent_pid
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
     APP_IMAGE,
     NODE_NAME,
     SIDECAR_IMAGE,
     agent,
-    check_core,
-    check_limits_raised,
-    deployment_pod,
-    mutated,
-    run_pod,
+    crash_into_dump_volume,
     stop_and_check,
 )
 from webhook import constants as C
@@ -42,19 +36,7 @@ IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
 
 @pytest.fixture(scope="module")
 def loaded(dockerd, bin_dir, tmp_path_factory):  # noqa: F811
-    base = tmp_path_factory.mktemp("images")
-    dockerd.load_image(single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w"),
-                       ADMISSION.image)
-    bb = busybox_rootfs(base / "bb")
-    for ref in (APP_IMAGE, SIDECAR_IMAGE):
-        dockerd.load_image(bb, ref)
-    listed = dockerd.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    assert set(IMAGES) <= set(listed), listed
-    return dockerd
-
-
-def _ppid(pid: int) -> int:
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    return docker_loaded(dockerd, bin_dir, tmp_path_factory.mktemp("images"), IMAGES[0], IMAGES[1:])
 
 
 @pytest.mark.parametrize("flavour", CGROUP_FLAVOURS)
@@ -63,15 +45,7 @@ def test_docker_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp
     node = DockerNode(tmp_path / "node", daemon, list(IMAGES), node_name=NODE_NAME, flavour=flavour,
         on_start=pod_api.container_started)
     try:
-        pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
-        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
-        run = run_pod(node, pod)
-        vol = run.volume_dirs[mount["name"]]
-        nspid = int((vol / "child.pid").read_text())
-        (core,) = [p for p in core_files(vol) if p.name.startswith("core-")]
-        assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
-        meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
-        check_limits_raised(run)
+        run, meta = crash_into_dump_volume(node, agent)
         # docker's own record of the container the agent named
         info = node.inspect(meta["container_id"])
         assert info["Id"] == meta["container_id"] == run.app.container_id
@@ -83,7 +57,7 @@ def test_docker_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp
         sidecar = node.start(run.pod, "log-shipper")
         pid = wait_for(lambda: node.pid_of(sidecar), 20, "the sidecar's pid")
         assert os.path.basename(parent_exe(pid)) == "containerd-shim-runc-v2"
-        shim_cmd = open(f"/proc/{_ppid(pid)}/cmdline", "rb").read().split(b"\0")
+        shim_cmd = open(f"/proc/{parent_pid(pid)}/cmdline", "rb").read().split(b"\0")
         assert b"moby" in shim_cmd and sidecar.container_id.encode() in shim_cmd
         assert cgroup_lines(pid)["0:"] == f"{node.pod_cgroup(run.pod)}/{sidecar.container_id}"
         stop_and_check(agent, kernel, node, tmp_path)

@@ -10,26 +10,20 @@ names the container ``libpod-<id>`` under it, which the agent must read from the
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
-from tests.crash_support import core_files
 from tests.podman_support import PodmanNode, podman  # noqa: F401 - fixture
 from tests.process_support import wait_for
-from tests.runc_support import busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
-from tests.runtime_support import cgroup_lines, parent_exe
+from tests.runc_support import kill_all, processes_rooted_under
+from tests.runtime_support import cgroup_lines, docker_loaded, parent_exe
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
     APP_IMAGE,
     NODE_NAME,
     SIDECAR_IMAGE,
     agent,
-    check_core,
-    check_limits_raised,
-    deployment_pod,
-    mutated,
-    run_pod,
+    crash_into_dump_volume,
     stop_and_check,
 )
 from webhook import constants as C
@@ -40,30 +34,14 @@ IMAGES = (ADMISSION.image, APP_IMAGE, SIDECAR_IMAGE)
 
 @pytest.fixture(scope="module")
 def loaded(podman, bin_dir, tmp_path_factory):  # noqa: F811
-    base = tmp_path_factory.mktemp("images")
-    podman.load_image(single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH)(base / "w"),
-                      ADMISSION.image)
-    bb = busybox_rootfs(base / "bb")
-    for ref in (APP_IMAGE, SIDECAR_IMAGE):
-        podman.load_image(bb, ref)
-    listed = podman.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    assert set(IMAGES) <= set(listed), listed
-    return podman
+    return docker_loaded(podman, bin_dir, tmp_path_factory.mktemp("images"), IMAGES[0], IMAGES[1:])
 
 
 def test_podman_crun_pod_core_lands_in_its_volume(agent, kernel, pod_api, loaded, tmp_path):  # noqa: F811
     node = PodmanNode(tmp_path / "node", loaded, list(IMAGES), node_name=NODE_NAME, flavour="cgroupfs",
         on_start=pod_api.container_started)
     try:
-        pod = mutated(deployment_pod({C.ANN_PATTERN: "/data/dump-a/core-%e-%p-%t"}, out_dir="/data/dump-a"))
-        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
-        run = run_pod(node, pod)
-        vol = run.volume_dirs[mount["name"]]
-        nspid = int((vol / "child.pid").read_text())
-        (core,) = [p for p in core_files(vol) if p.name.startswith("core-")]
-        assert re.fullmatch(rf"core-sleep-{nspid}-\d+", core.name), core.name
-        meta = check_core(run, agent, core, f"/data/dump-a/{core.name}")
-        check_limits_raised(run)
+        run, meta = crash_into_dump_volume(node, agent)
         assert meta["runtime"] == "podman"  # libpod-<id>
         info = node.inspect(meta["container_id"])
         assert info["Id"] == meta["container_id"] == run.app.container_id

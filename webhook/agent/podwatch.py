@@ -7,34 +7,25 @@ name -> image, container ID -> name, annotations). The crash path only reads tha
 nothing but the extra metadata. The HTTP edge is the kubernetes client with raw JSON
 (``_preload_content=False``); everything else here is pure and tested on recorded responses.
 
-Watch semantics followed: start the watch from the list's ``resourceVersion``, move it forward
-with every event (and BOOKMARKs), restart from the last one when the server ends the stream,
-relist on ``410 Gone`` (an ``ERROR`` event with an ``Expired`` Status, or an HTTP 410), back off
-exponentially on any other error.
+The list+watch loop (resourceVersion, BOOKMARKs, relist on ``410 Gone``, back-off) is
+:class:`webhook.kubewatch.ListWatcher`, shared with the webhook's namespace cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from webhook import constants
 from webhook.agent.metadata import PodView
 from webhook.agent.podvolumes import volume_mounts
+from webhook.kubewatch import (BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, WATCH_TIMEOUT_SECONDS,  # noqa: F401
+                               Expired, ListWatcher, iter_lines, parse_event)
 
 log = logging.getLogger(__name__)
-
-#: How long the API server holds one watch open (it ends it after that; we restart it).
-WATCH_TIMEOUT_SECONDS = 300
-#: First and largest pause after a failed list/watch.
-BACKOFF_START_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 60.0
-
 
 def strip_runtime(container_id: str) -> str:
     """``containerd://<id>`` -> ``<id>`` (the form the cgroup path carries)."""
@@ -152,40 +143,14 @@ class PodIndex:
             return len(self._pods)
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Newline-delimited records from a byte stream cut anywhere."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if pending.strip():
-        yield pending
-
-
-class Expired(Exception):
-    """The resourceVersion is too old (410 Gone): list again."""
-
-
-def parse_event(line: bytes) -> tuple[str, dict]:
-    """One watch line -> (type, object); an ERROR with code 410 raises :class:`Expired`."""
-    event = json.loads(line)
-    kind, obj = event.get("type", ""), event.get("object") or {}
-    if kind == "ERROR":
-        if obj.get("code") == 410 or obj.get("reason") in ("Expired", "Gone"):
-            raise Expired(obj.get("message", "resource version expired"))
-        raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('message')}")
-    return kind, obj
-
-
-class PodWatcher:
+class PodWatcher(ListWatcher):
     """Lists and watches this node's pods into a :class:`PodIndex`, in a daemon thread.
 
     ``on_pod(record)`` (optional) is called from the watch thread for every pod listed, added or
     modified: it must return quickly (the gcore requests queue work elsewhere).
     """
+
+    thread_name = "agent-podwatch"
 
     def __init__(self, api_client: Any, node_name: str, index: PodIndex | None = None, *,
                  on_pod: Callable[[PodRecord], None] | None = None,
@@ -193,21 +158,13 @@ class PodWatcher:
                  backoff_start: float = BACKOFF_START_SECONDS, backoff_max: float = BACKOFF_MAX_SECONDS) -> None:
         if not node_name:
             raise ValueError("the pod watch needs the node name (--node-name, downward API spec.nodeName)")
-        self.api_client = api_client
+        super().__init__(api_client, watch_timeout=watch_timeout, request_timeout=request_timeout,
+                         backoff_start=backoff_start, backoff_max=backoff_max)
         self.node_name = node_name
         self.index = index or PodIndex()
         self.on_pod = on_pod
-        self.watch_timeout = watch_timeout
-        self.request_timeout = request_timeout
-        self.backoff_start = backoff_start
-        self.backoff_max = backoff_max
-        self.stop_event = threading.Event()
-        self.resource_version = ""
         self.lists = 0
         self.watches = 0
-        self.errors = 0
-        self._thread: threading.Thread | None = None
-        self._response: Any = None
 
     @property
     def field_selector(self) -> str:
@@ -235,30 +192,14 @@ class PodWatcher:
         resp = self._core().list_pod_for_all_namespaces(
             field_selector=self.field_selector, watch=True, resource_version=self.resource_version,
             allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout, _preload_content=False,
-            _request_timeout=(self.request_timeout, self.watch_timeout + self.request_timeout))
+            _request_timeout=self.request_timeouts())
         self.watches += 1
-        self._response = resp
-        count = 0
-        try:
-            for line in iter_lines(resp.stream(65536, decode_content=True)):
-                if self.stop_event.is_set():
-                    break
-                kind, obj = parse_event(line)
-                count += 1
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    record = self.index.apply(kind, obj)
-                    if record is not None and kind != "DELETED":
-                        self._notify([record])
-                if rv:
-                    self.resource_version = rv
-        finally:
-            self._response = None
-            try:
-                resp.release_conn()
-            except Exception:  # noqa: BLE001
-                pass
-        return count
+        return self.follow(resp, self._apply)
+
+    def _apply(self, kind: str, obj: dict) -> None:
+        record = self.index.apply(kind, obj)
+        if record is not None and kind != "DELETED":
+            self._notify([record])
 
     def _notify(self, records: list[PodRecord]) -> None:
         if self.on_pod is None:
@@ -269,53 +210,12 @@ class PodWatcher:
             except Exception:  # noqa: BLE001 - a consumer's bug must not stop the watch
                 log.exception("pod watch consumer failed", extra={"pod_uid": record.view.uid})
 
-    # --- the loop ------------------------------------------------------------------------------
-    def run(self) -> None:
-        """List, watch, relist on 410, back off on errors; until :meth:`stop`."""
-        from kubernetes.client.exceptions import ApiException
+    # --- the loop's logging ----------------------------------------------------------------------
+    def expired(self, exc: Expired) -> None:
+        log.info("pod watch expired, listing again", extra={"detail": str(exc)})
 
-        backoff = self.backoff_start
-        need_list = True
-        while not self.stop_event.is_set():
-            started = time.monotonic()
-            try:
-                if need_list:
-                    self.list_once()
-                    need_list = False
-                events = self.watch_once()
-                backoff = self.backoff_start
-                if events == 0 and time.monotonic() - started < 1.0:
-                    self.stop_event.wait(1.0)  # a server that ends watches at once: no hot loop
-                continue
-            except Expired as exc:
-                log.info("pod watch expired, listing again", extra={"detail": str(exc)})
-                need_list = True
-                continue
-            except ApiException as exc:
-                if exc.status == 410:
-                    need_list = True
-                    continue
-                self.errors += 1
-                log.warning("pod watch failed", extra={"status": exc.status, "detail": str(exc.reason)})
-            except Exception as exc:  # noqa: BLE001 - unreachable API, bad JSON: retry later
-                self.errors += 1
-                log.warning("pod watch failed", extra={"detail": repr(exc)})
-            self.stop_event.wait(backoff * (0.5 + random.random() / 2))
-            backoff = min(self.backoff_max, backoff * 2)
-
-    def start(self) -> "PodWatcher":
-        self._thread = threading.Thread(target=self.run, name="agent-podwatch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
-        resp = self._response
-        if resp is not None:
-            try:
-                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
-            except Exception:  # noqa: BLE001
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-
+    def failed(self, exc: Exception, status: int | None) -> None:
+        if status is not None:
+            log.warning("pod watch failed", extra={"status": status, "detail": str(getattr(exc, "reason", ""))})
+        else:
+            log.warning("pod watch failed", extra={"detail": repr(exc)})

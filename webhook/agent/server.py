@@ -150,27 +150,26 @@ class _CoreFd:
             return False
         return (st.st_dev, st.st_ino) in (self._identity, self._placeholder)
 
-    def cut(self, placeholder: int, reason: str) -> bool:
-        """Drop our reference to the core; the handler's next read fails (EISDIR)."""
+    def _swap(self, placeholder: int, reason: str | None) -> bool:
+        """Put ``placeholder`` where the core's fd was, once, and only while the fd is still ours."""
         with self._lock:
             if self._closed or self._placeholder is not None or not self._still_ours():
                 return False
             ph = os.fstat(placeholder)
             os.dup2(placeholder, self.fd, inheritable=False)
             self._placeholder = (ph.st_dev, ph.st_ino)
-            self.cut_reason = reason
+            if reason is not None:
+                self.cut_reason = reason
             return True
+
+    def cut(self, placeholder: int, reason: str) -> bool:
+        """Drop our reference to the core; the handler's next read fails (EISDIR)."""
+        return self._swap(placeholder, reason)
 
     def let_go(self, placeholder: int) -> bool:
         """The handler has the whole core: drop the pipe now (the kernel reaps the process)
         while the handler finishes (hash, metadata). Same swap as :meth:`cut`, no reason."""
-        with self._lock:
-            if self._closed or self._placeholder is not None or not self._still_ours():
-                return False
-            ph = os.fstat(placeholder)
-            os.dup2(placeholder, self.fd, inheritable=False)
-            self._placeholder = (ph.st_dev, ph.st_ino)
-            return True
+        return self._swap(placeholder, None)
 
     def release(self) -> None:
         """One holder is done with the fd; the last one closes it."""

@@ -18,6 +18,8 @@ Pure builders (plain dicts shaped like the Kubernetes API's JSON, tested with go
 
 from __future__ import annotations
 
+from webhook.inspect.claim_pods import claim_pod
+
 #: Where a debug pod mounts the claim.
 DEBUG_POD_MOUNT = "/cores"
 #: Label of the debug pods (find and clean them up).
@@ -108,36 +110,18 @@ def debug_pod(namespace: str, claim: str, *, image: str, name: str, uid: int | N
     Attach to it (stdin, tty); it ends when gdb does (``restartPolicy: Never``) or after
     ``deadline_seconds``. No service account token, nothing writable but its own /tmp.
     """
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": DEBUG_POD_LABEL_VALUE, "app.kubernetes.io/managed-by": "coredump-webhook"},
-            "annotations": {"coredump-webhook.io/claim": claim},
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": deadline_seconds,
-            "terminationGracePeriodSeconds": 0,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "containers": [
-                {
-                    "name": "debug",
-                    "image": image,
-                    "imagePullPolicy": pull_policy,
-                    "command": gdb_command(core),
-                    "stdin": True,
-                    "tty": True,
-                    "workingDir": DEBUG_POD_MOUNT,
-                    "env": [{"name": "COREDUMP_DIR", "value": DEBUG_POD_MOUNT}],
-                    "volumeMounts": [{"name": "cores", "mountPath": DEBUG_POD_MOUNT, "readOnly": True}],
-                    "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}},
-                    "securityContext": security_context(uid, gid),
-                }
-            ],
-            "volumes": [{"name": "cores", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
-        },
+    container = {
+        "name": "debug",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": gdb_command(core),
+        "stdin": True,
+        "tty": True,
+        "workingDir": DEBUG_POD_MOUNT,
+        "env": [{"name": "COREDUMP_DIR", "value": DEBUG_POD_MOUNT}],
+        "volumeMounts": [{"name": "cores", "mountPath": DEBUG_POD_MOUNT, "readOnly": True}],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": security_context(uid, gid),
     }
+    return claim_pod(namespace, name, claim, labels={"app.kubernetes.io/name": DEBUG_POD_LABEL_VALUE},
+                     container=container, deadline_seconds=deadline_seconds)

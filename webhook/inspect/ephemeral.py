@@ -21,6 +21,7 @@ import string
 from dataclasses import dataclass
 
 from webhook import constants
+from webhook.inspect.claim_pods import claim_pod
 from webhook.pattern import PatternError, parse
 
 #: Prefix of the debug containers we add.
@@ -275,35 +276,17 @@ def reader_pod(
     if run_as_user is not None:
         security.update({"runAsNonRoot": run_as_user != 0, "runAsUser": run_as_user, "capabilities": {"drop": ["ALL"]}})
         pod_security = {"seccompProfile": {"type": "RuntimeDefault"}}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {READER_LABEL: READER_LABEL_VALUE, "app.kubernetes.io/managed-by": "coredump-webhook"},
-            "annotations": {"coredump-webhook.io/claim": claim},
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": deadline_seconds,
-            "terminationGracePeriodSeconds": 0,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "containers": [
-                {
-                    "name": "reader",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sleep", str(deadline_seconds)],
-                    "volumeMounts": [{"name": "cores", "mountPath": READER_MOUNT, "readOnly": True}],
-                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-                    "securityContext": security,
-                }
-            ],
-            "volumes": [{"name": "cores", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
-        },
+    container = {
+        "name": "reader",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sleep", str(deadline_seconds)],
+        "volumeMounts": [{"name": "cores", "mountPath": READER_MOUNT, "readOnly": True}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": security,
     }
+    pod = claim_pod(namespace, name, claim, labels={READER_LABEL: READER_LABEL_VALUE}, container=container,
+                    deadline_seconds=deadline_seconds)
     if pod_security:
         pod["spec"]["securityContext"] = pod_security
     return pod

@@ -16,15 +16,15 @@ import logging
 import time
 from typing import Any, Callable
 
-from flask import Flask, Response, g, redirect, render_template_string, request
+from flask import Flask, Response, g, render_template_string, request
 
 from webhook import constants
 from webhook.inspect.download import human_size
+from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
 from webhook.inspect.listing import CoreRecord, group_by_signature
 
 log = logging.getLogger("coredump.page")
 
-TOKEN_COOKIE = "coredump_token"
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -68,13 +68,6 @@ CoreDumps your own RBAC lets you list.</p>
 </body></html>"""
 
 
-def _token() -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.cookies.get(TOKEN_COOKIE, "")
-
-
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
 
@@ -100,7 +93,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
 
     @app.after_request
     def logged(resp: Response) -> Response:
-        token = _token()
+        token = request_token()
         user = None
         if token and whoami is not None:
             try:
@@ -117,14 +110,11 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
 
     @app.post("/login")
     def sign_in():
-        token = (request.form.get("token") or "").strip()
-        resp = redirect("./", code=303)
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
-        return resp
+        return sign_in_response()
 
     @app.get("/")
     def index():
-        token = _token()
+        token = request_token()
         if not token:
             return login()
         try:
@@ -145,7 +135,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
     def download(namespace: str, name: str):
         from webhook.inspect import ephemeral as eph
 
-        token = _token()
+        token = request_token()
         if not token:
             return login()
         api = api_for_token(token)

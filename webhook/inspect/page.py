@@ -18,14 +18,14 @@ import os
 import time
 from typing import Callable
 
-from flask import Flask, Response, abort, redirect, render_template_string, request, send_file
+from flask import Flask, Response, abort, render_template_string, send_file
 
 from webhook.inspect.download import human_size
+from webhook.inspect.page_auth import request_token, sign_in_response
 from webhook.constants import METADATA_SUFFIX
 from webhook.inspect.listing import (CoreRecord, group_by_signature, is_verified, newest_first, read_metadata_file,
                                      scan_directory)
 
-TOKEN_COOKIE = "coredump_token"
 #: The heading of cores whose pod the agent could not verify (no namespace is named for them:
 #: only users allowed in every namespace see them).
 UNVERIFIED_HEADING = "(unverified)"
@@ -69,13 +69,6 @@ _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{
 Only namespaces where it may <code>create pods/exec</code> are shown.</p>
 <form method="post" action="login"><input type="password" name="token" autocomplete="off"><button>Sign in</button></form>
 </body></html>"""
-
-
-def _token() -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.cookies.get(TOKEN_COOKIE, "")
 
 
 def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, title: str = "Core dumps",
@@ -124,7 +117,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
 
     @app.get("/")
     def index():
-        token = _token()
+        token = request_token()
         if not token and not anonymous:
             return render_template_string(_LOGIN, title=title), 401
         records = newest_first(allowed_records(token))
@@ -139,14 +132,11 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
 
     @app.post("/login")
     def login():
-        token = (request.form.get("token") or "").strip()
-        resp = redirect("./", code=303)
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
-        return resp
+        return sign_in_response()
 
     @app.get("/download/<path:rel>")
     def download(rel: str):
-        token = _token()
+        token = request_token()
         if not token and not anonymous:
             abort(401)
         full = os.path.realpath(os.path.join(root, rel))
