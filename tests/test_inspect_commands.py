@@ -293,7 +293,7 @@ def test_list_reads_the_index_with_one_call(server, tmp_path):
     assert res.exit_code == 0, res.output
     assert [(r["method"], r["path"]) for r in server.requests] == [("GET", f"{INDEX}/namespaces/shop/coredumps")]
     rows = [line for line in res.stdout.splitlines() if line.startswith("shop")]
-    assert len(rows) == 4 and "1700000900" in rows[0] or "2023-11-14" in rows[0]
+    assert len(rows) == 4 and ("1700000900" in rows[0] or "2023-11-14" in rows[0]), rows
     grouped = run(server, tmp_path, "list", "-n", "shop", "--group").stdout.splitlines()
     # 1 + 7 crashes of one signature (the record at its quota counts the rest); the snapshot apart
     assert grouped[1].split()[:2] == ["aaaaaaaaaaaa", "8"], grouped
