@@ -111,6 +111,10 @@ def test_gdb_command_picks_the_newest_core_and_its_symbols_in_real_shells(tmp_pa
     out = subprocess.run([*shell, *dbg.gdb_command("core.c.3")[1:]], env=env, capture_output=True, text=True)
     assert "URLS=\n" in out.stdout and f"ARG={d}/core.c.3" in out.stdout
     assert f"ARG=set sysroot {d}/core.c.3.sysroot" in out.stdout
+    # the path the crashed container saw (a claim mounted elsewhere): that name under $COREDUMP_DIR
+    out = subprocess.run([*shell, *dbg.gdb_command("/data/dump-a/core.b.2")[1:]], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert f"ARG={d}/sub/core.b.2" in out.stdout and f"URLS=file://{d}/sub/.symbols" in out.stdout, out.stderr
 
 
 ASSERT_C = r"""
