@@ -250,6 +250,11 @@ def test_symbols_budget_stores_what_fits_and_says_budget_for_the_rest(agent_env,
     files = list((dump / ".symbols").glob("buildid/*/executable"))
     assert [f.parent.name for f in files] == [doc["build_id"]]
     assert sum(f.stat().st_size for f in files) <= budget
+    # the crash path remembers the pod-volume directory for the retention loop (pod_retention.py)
+    from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
+
+    (entry,) = PodDirs(str(host / POD_DIRS_FILE)).entries.values()
+    assert (entry["pod_uid"], entry["directory"], entry["container_id"]) == (pod_uid, str(dump), _cid)
 
 
 @pytest.mark.kernel
