@@ -116,3 +116,33 @@ def test_a_directory_no_live_process_mounts_is_left_alone(tmp_path):
 
     gone = prune_pod_dirs(PodDirs(str(host / POD_DIRS_FILE)), keep=(1, 1), max_age=1.0)
     assert gone == [] and len(list(vol.glob("core.a?"))) == 4
+
+
+@pytest.mark.root
+def test_another_container_of_the_pod_reaches_the_directory_only_if_it_holds_the_pod_s_cores(tmp_path, k8s_cgroup):
+    """The crashed container restarted (a new container ID): a process of the same pod reaches the
+    directory, but only one whose view of that path holds this pod's cores is pruned."""
+    pod_uid, cid, cgroup = k8s_cgroup
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    for i in range(4):
+        _core(vol, f"core.a{i}", 1700000000 + i, SIG_A, pod_uid="another-pod")
+    host = tmp_path / "host"
+    host.mkdir()
+    dirs_path = str(host / POD_DIRS_FILE)
+    PodDirs(dirs_path).remember({
+        "destination": "pod", "outcome": "written", "path": "/pod/data/dump/core.a3", "pod_uid": pod_uid,
+        "container_id": "e" * 64, "namespace": "shop", "identity": "verified"})  # that container is gone
+    from webhook.agent.pod_retention import prune_pod_dirs
+
+    proc, pid = start_namespace_app(tmp_path, vol, {"COREDUMP_PATTERN": "/pod/data/dump/core.%p"}, cgroup)
+    try:
+        assert prune_pod_dirs(PodDirs(dirs_path), keep=(1, 1), max_age=0) == []
+        assert len(list(vol.glob("core.a?"))) == 4
+        for i in range(4):  # now they are this pod's cores
+            _core(vol, f"core.b{i}", 1700000100 + i, SIG_B, pod_uid=pod_uid)
+        gone = prune_pod_dirs(PodDirs(dirs_path), keep=(1, 1), max_age=0)
+        assert sorted(d["file"] for d in gone) == ["core.a1", "core.a2", "core.b1", "core.b2"]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(10)

@@ -104,7 +104,8 @@ class PodDirs:
 
 
 def live_pids(entry: dict, proc: str = "/proc") -> list[int]:
-    """Live processes of the entry's container first, then of any container of its pod."""
+    """Live processes of the entry's container first, then of any container of its pod (negated:
+    another container may mount something else at that path, see :func:`prune_pod_dirs`)."""
     same, pod = [], []
     try:
         names = [n for n in os.listdir(proc) if n.isdigit()]
@@ -124,7 +125,7 @@ def live_pids(entry: dict, proc: str = "/proc") -> list[int]:
             same.append(int(name))
         elif ident.pod_uid == entry["pod_uid"]:
             pod.append(int(name))
-    return same + pod
+    return same + [-p for p in pod]
 
 
 def _referenced(dirfd: int, depth: int = 0) -> set[str]:
@@ -197,7 +198,8 @@ def prune_pod_dirs(dirs: PodDirs, *, keep: tuple[int, int], max_age: float, proc
     if sum(keep) <= 0 and max_age <= 0:
         return removed
     for entry in list(dirs.entries.values()):
-        for pid in live_pids(entry, proc):
+        for signed in live_pids(entry, proc):
+            pid, other = abs(signed), signed < 0
             try:
                 with open(f"{proc}/{pid}/status") as f:
                     creds = parse_credentials(f.read())
@@ -209,6 +211,8 @@ def prune_pod_dirs(dirs: PodDirs, *, keep: tuple[int, int], max_age: float, proc
                     dirfd = openat2(root, entry["directory"].lstrip("/") or ".", os.O_RDONLY | os.O_DIRECTORY,
                                     resolve=RESOLVE_CONTAINER)
                     try:
+                        if other and not any(c.doc.get("pod_uid") == entry["pod_uid"] for c in cores_in(dirfd)):
+                            continue  # another container's view of that path holds none of the pod's cores
                         gone, dropped = prune_directory(dirfd, keep, max_age, now)
                     finally:
                         os.close(dirfd)
