@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 
 import jsonschema
@@ -301,6 +302,49 @@ def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod
     w.close()
 
 
+def test_an_emptydir_core_is_gone_with_its_pod_after_an_agent_restart(tmp_path, server, validate):
+    """The record of an emptyDir core is kept in the state file: an agent restarted before the
+    pod is deleted still marks it Gone (and a record marked Gone is not marked again)."""
+    from tests.inspect_apiserver import RECORDED
+    from tests.process_support import wait_for
+    from webhook.agent.podwatch import pod_record
+
+    view = pod_record(json.loads((RECORDED / "pod-web.json").read_text())).view
+    doc = summary(tmp_path, pod_uid=view.uid, path="/data/dump-a/core.web.7")
+    server.route("POST", f"{BASE}/shop/coredumps", Echo())
+    server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
+    state = tmp_path / "host" / idx.STATE_FILE
+    state.parent.mkdir()
+    w = _writer(server, state_path=str(state), pod_lookup=lambda u: view, pod_gone=lambda u: False)
+    assert w.submit(doc)
+    assert w.flush(20)
+    w.close()
+    (created,) = _bodies(server, "POST")
+    saved = json.loads(state.read_text())["emptyDir"]
+    assert [(b["metadata"]["name"], b["spec"]["podUID"]) for b in saved] == [(created["metadata"]["name"], view.uid)]
+    # restarted, with no crash since: the pod is deleted -> Gone, from the state file alone
+    w = _writer(server, state_path=str(state), pod_lookup=lambda u: None, pod_gone=lambda u: u == view.uid,
+                sweep_interval=0.05)
+    wait_for(lambda: _bodies(server, "PUT"), 10)
+    assert w.flush(20)
+    w.close()
+    (put,) = _bodies(server, "PUT")
+    validate(put)
+    assert put["metadata"]["name"] == created["metadata"]["name"] and put["status"]["state"] == "Gone"
+    assert json.loads(state.read_text())["emptyDir"] == []
+    # a third start has nothing left to mark
+    w = _writer(server, state_path=str(state), pod_gone=lambda u: True, sweep_interval=0.05)
+    time.sleep(0.3)
+    assert w.flush(20)
+    w.close()
+    assert len(_bodies(server, "PUT")) == 1
+    # a damaged entry is skipped, never fatal
+    state.write_text(json.dumps({"format": 1, "keys": [], "emptyDir": [{"metadata": 5}, "x"]}))
+    w = _writer(server, state_path=str(state), pod_gone=lambda u: True)
+    assert w.state.emptydir == {}
+    w.close()
+
+
 def test_quota_state_first_and_latest_rule():
     """Pure: keep 2 first and 2 latest of one key; every crash after is a roll of the oldest
     latest record (the writes answered in between), the counts summing to the crashes."""
@@ -443,8 +487,11 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
         assert row["Pod"] == body["spec"]["pod"] and row["Container"] == "app" and row["Signal"] == "SIGABRT"
         assert row["Frames"] == "check_order < main" and isinstance(row["Count"], int) and row["Count"] >= 1
         assert row["Age"] == body["spec"]["time"]
+        # the issue's columns (pod, container, signal, signature, size, age) without -o wide
+        assert row["Signature"] == "ab" * 32 and row["Size"] == body["spec"]["size"] > 0
+        assert "Node" not in row and "State" not in row
         wide = _row(crd, body, wide=True)
-        assert wide["State"] in ("Present", "Pruned") and wide["Signature"] == "ab" * 32 and wide["Node"]
+        assert wide["State"] in ("Present", "Pruned") and wide["Node"]
     rolled = [b for m, b in sent if m == "PUT" and b["status"]["state"] == "Present"]
     # a rolled record shows the newest core it describes (pod, age) and the crashes it counts
     assert [(_row(crd, b)["Pod"], _row(crd, b)["Count"]) for b in rolled] == [

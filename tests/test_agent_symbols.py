@@ -226,6 +226,38 @@ def test_build_id_store_keeps_each_binary_once_as_the_process(agent_env, k8s_cgr
 
 
 @pytest.mark.kernel
+def test_symbols_budget_stores_what_fits_and_says_budget_for_the_rest(agent_env, k8s_cgroup, shared_dir):
+    """``symbols_budget_bytes`` room for the executable only: it is stored, libc and ld.so are
+    not, and the metadata's build_ids say ``budget`` for them."""
+    host, settings, serve = agent_env
+    pod_uid, _cid, cgroup = k8s_cgroup
+    exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
+    os.chmod(exe, 0o755)
+    dump = _app_dir(shared_dir / "dump")
+    budget = exe.stat().st_size + 4096
+    s = settings(node_name="node-1", keep_free_bytes=0, signatures=False, symbols_budget_bytes=budget)
+    processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
+                               metrics=AgentMetrics(CollectorRegistry()))
+    serve(s, processor.handle)
+    install.install(s)
+    pid = crash_as_app(exe, [], cgroup, pod_uid, f"{dump}/core.%p")
+    wait_for((dump / f"core.{pid}.json").exists, 30)
+    doc = json.loads((dump / f"core.{pid}.json").read_text())
+    stored = {e["path"]: e["stored"] for e in doc["build_ids"] if "build_id" in e}
+    assert stored[str(exe)] == "stored", doc["build_ids"]
+    libs = {p: v for p, v in stored.items() if "libc.so" in p or "/ld-linux" in p}
+    assert len(libs) == 2 and set(libs.values()) == {"budget"}, doc["build_ids"]
+    files = list((dump / ".symbols").glob("buildid/*/executable"))
+    assert [f.parent.name for f in files] == [doc["build_id"]]
+    assert sum(f.stat().st_size for f in files) <= budget
+    # the crash path remembers the pod-volume directory for the retention loop (pod_retention.py)
+    from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
+
+    (entry,) = PodDirs(str(host / POD_DIRS_FILE)).entries.values()
+    assert (entry["pod_uid"], entry["directory"], entry["container_id"]) == (pod_uid, str(dump), _cid)
+
+
+@pytest.mark.kernel
 def test_node_location_keeps_one_store_per_namespace(agent_env, k8s_cgroup, shared_dir):
     """A pod whose own directory refuses the core: the node location gets it, and the binaries go
     to the namespace's store (cores/<ns>/.symbols), linked from the core's sysroot."""

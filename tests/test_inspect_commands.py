@@ -9,8 +9,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from tests.inspect_apiserver import DISTROLESS, RECORDED, Exec, FakeApiServer, Recorded
+from tests.inspect_apiserver import DISTROLESS, RECORDED, Echo, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.pod_security import restricted
 from webhook import constants
 from webhook.cli import main
 from webhook.inspect import ephemeral as eph
@@ -117,6 +118,41 @@ def test_debug_claim_dry_run_is_a_restricted_pod_on_the_claim(server, tmp_path):
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "cores-pvc", "readOnly": True}
     assert c["command"][4] == "/cores/core.web.7" and c["securityContext"]["runAsNonRoot"] is True
     assert server.requests == []
+
+
+def test_debug_claim_takes_the_newest_core_and_its_owner_from_the_index(server, tmp_path):
+    """No --uid/--gid: one list of the namespace's CoreDumps; the newest present core on this
+    claim (not one on another claim, not a Gone one) and its owner make the pod."""
+    items = json.loads((RECORDED / "coredumplist-shop.json").read_text())
+    by_time = sorted(items["items"], key=lambda o: o["spec"]["time"])
+    claims = ["cores-pvc", "cores-pvc", "other-pvc", "cores-pvc"]  # the newest is on another claim
+    for obj, claim, uid in zip(by_time, claims, (1000, 1234, 999, 1500)):
+        obj["spec"]["location"].update({"claim": claim, "volumeType": "persistentVolumeClaim"})
+        obj["spec"]["uid"], obj["spec"]["gid"] = uid, uid + 1
+    by_time[3]["spec"]["location"]["claim"] = "other-pvc"
+    by_time[1]["status"]["state"] = "Gone"  # not reachable: never picked
+    server.route("GET", f"{INDEX}/namespaces/shop/coredumps", Recorded(200, items))
+    server.route("POST", "/api/v1/namespaces/shop/pods", Echo())
+    server.route("GET", "/api/v1/namespaces/shop/pods/*", Recorded(200, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", "namespace": "shop"}, "status": {"phase": "Running"}}))
+    res = run(server, tmp_path, "debug", "--claim", "cores-pvc", "-n", "shop")
+    assert res.exit_code == 0, res.output
+    lists = [r for r in server.requests if r["path"].endswith("/coredumps")]
+    assert len(lists) == 1
+    (created,) = [json.loads(r["body"]) for r in server.requests if r["method"] == "POST"]
+    (c,) = created["spec"]["containers"]
+    assert c["command"][4] == by_time[0]["spec"]["location"]["path"]  # the newest left on cores-pvc
+    assert (c["securityContext"]["runAsUser"], c["securityContext"]["runAsGroup"]) == (1000, 1001)
+    assert restricted(created) == []
+    assert created["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cores-pvc"
+    assert "pass --uid" not in res.stderr
+    # a named core on the claim: its own owner
+    server.requests.clear()
+    name = by_time[1]["spec"]["location"]["path"].rsplit("/", 1)[-1]
+    res = run(server, tmp_path, "debug", "--claim", "cores-pvc", "-n", "shop", name)
+    (created,) = [json.loads(r["body"]) for r in server.requests if r["method"] == "POST"]
+    ctx = created["spec"]["containers"][0]["securityContext"]
+    assert (ctx["runAsUser"], ctx["runAsGroup"]) == (1234, 1235) and created["spec"]["containers"][0]["command"][4] == f"/cores/{name}"
 
 
 @pytest.mark.parametrize("route,status,file,message", [
@@ -293,7 +329,7 @@ def test_list_reads_the_index_with_one_call(server, tmp_path):
     assert res.exit_code == 0, res.output
     assert [(r["method"], r["path"]) for r in server.requests] == [("GET", f"{INDEX}/namespaces/shop/coredumps")]
     rows = [line for line in res.stdout.splitlines() if line.startswith("shop")]
-    assert len(rows) == 4 and "1700000900" in rows[0] or "2023-11-14" in rows[0]
+    assert len(rows) == 4 and ("1700000900" in rows[0] or "2023-11-14" in rows[0]), rows
     grouped = run(server, tmp_path, "list", "-n", "shop", "--group").stdout.splitlines()
     # 1 + 7 crashes of one signature (the record at its quota counts the rest); the snapshot apart
     assert grouped[1].split()[:2] == ["aaaaaaaaaaaa", "8"], grouped

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -195,9 +196,11 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pendin
 
 def retention_loop(settings: AgentSettings, stop: threading.Event, interval: float = RETENTION_INTERVAL_SECONDS,
                    on_removed: Callable[[dict], Any] | None = None) -> None:
-    """Trim the node fallback location now and every ``interval`` seconds until ``stop``;
-    ``on_removed``: the crash index (its CoreDump goes with the core)."""
+    """Trim the node fallback location and the pod-volume directories cores were written to
+    (pod_retention.py) now and every ``interval`` seconds until ``stop``; ``on_removed``: the
+    crash index (its CoreDump goes with the core)."""
     from webhook.agent.limits import apply_retention
+    from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs, prune_pod_dirs
 
     while not stop.is_set():
         try:
@@ -214,6 +217,12 @@ def retention_loop(settings: AgentSettings, stop: threading.Event, interval: flo
                 )
         except Exception:
             log.exception("retention failed")
+        try:
+            prune_pod_dirs(PodDirs(os.path.join(settings.host_dir, POD_DIRS_FILE)),
+                           keep=(settings.retention_keep_first, settings.retention_keep_latest),
+                           max_age=settings.pod_retention_max_age_seconds, on_pruned=on_removed)
+        except Exception:
+            log.exception("pod volume retention failed")
         stop.wait(interval)
 
 

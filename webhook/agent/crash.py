@@ -31,6 +31,7 @@ from webhook.agent.identity import UNVERIFIED_DIR, VERIFIED, Resolved, report_mi
 from webhook.agent.limits import RateLimiter
 from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
+from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
 from webhook.agent.settings import AgentSettings
 from webhook.agent.finish import finish_core
 from webhook.agent.release import release_now
@@ -231,6 +232,8 @@ class CrashProcessor:
         self.index = index or None
         self.node_pattern = parse(settings.node_core_name)
         self.journal = inflight.Journal(settings.host_dir) if journal is None else (journal or None)
+        # pod-volume directories written to: the retention loop prunes them (pod_retention.py)
+        self.pod_dirs = PodDirs(os.path.join(settings.host_dir, POD_DIRS_FILE))
         self._dropped_seen: set[str] = set()
         self._dropped_lock = threading.Lock()
         # Crash signatures (webhook/agent/analysis.py): None builds the worker from the
@@ -649,6 +652,10 @@ class CrashProcessor:
         summary = outcome.as_dict()
         summary.update(doc or {})
         summary["path"] = outcome.path
+        try:
+            self.pod_dirs.remember(summary)
+        except Exception:  # noqa: BLE001 - retention's memory, never the crash's business
+            log.exception("could not remember the core's directory")
         if job is not None and outcome.outcome in ("written", "partial", "failed"):
             job.summary = summary  # the Event waits for the signature (bounded): see analysis.py
             self.signatures.submit(job)

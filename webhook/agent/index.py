@@ -274,7 +274,7 @@ class IndexWriter:
         self.created = self.updated = self.deleted = self.failed = self.dropped = self.skipped = 0
         self.writes: list[tuple[str, str, str]] = []  # (verb, namespace, name): tests, debugging
         #: (namespace, name) -> the last body written, as the server answered it (bounded).
-        self._written: dict[tuple[str, str], dict] = {}
+        self._written: dict[tuple[str, str], dict] = dict(self.state.emptydir)  # kept across restarts
         self._lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue(maxsize=maxsize)
         self._ready: list[_Job] = []
@@ -432,6 +432,8 @@ class IndexWriter:
         self._written[(meta.get("namespace", ""), meta.get("name", ""))] = body
         while len(self._written) > 4096:
             self._written.pop(next(iter(self._written)))
+        with self._lock:
+            self.state.watch_emptydir(body)
 
     def _delete(self, job: _Job) -> None:
         """The record of a pruned core: deleted; refused (403: RBAC from before the agent had
@@ -449,6 +451,8 @@ class IndexWriter:
         self.writes.append(("delete", namespace, name))
         self.deleted += 1
         self._written.pop((namespace, name), None)
+        with self._lock:
+            self.state.drop_emptydir(namespace, name)
 
     def _answered(self, verb: str, meta: dict, answer: Any) -> dict | None:
         self.writes.append((verb, meta["namespace"], meta["name"]))
@@ -476,6 +480,8 @@ class IndexWriter:
             answer = self.edge.replace(meta["namespace"], meta["name"], job.body)
         except ApiFailure as exc:
             if exc.status in (404, 409):  # deleted or changed meanwhile: nothing to say
+                with self._lock:
+                    self.state.drop_emptydir(meta["namespace"], meta["name"])
                 return
             raise
         self._answered("update", meta, answer)

@@ -78,6 +78,10 @@ class QuotaState:
         self.max_keys = max(1, max_keys)
         self.max_bytes = max_bytes
         self.keys: OrderedDict[Key, KeyState] = OrderedDict()
+        #: (namespace, name) -> the last body of a Present record of an emptyDir core, as the
+        #: server answered it: a restarted agent still marks it Gone when its pod is deleted.
+        self.emptydir: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        self.max_emptydir = 512
         self.dirty = False
         if path:
             self.load()
@@ -151,12 +155,32 @@ class QuotaState:
                         slot.rv, slot.created = rv, True
                         self.dirty = True
 
+    def watch_emptydir(self, body: dict) -> None:
+        """Remember ``body`` (an answered record) while it is a Present emptyDir core's; forget it
+        otherwise (marked Gone or Pruned, rolled to a core elsewhere)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if _is_present_emptydir(body):
+            small = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+            self.emptydir[key] = small
+            self.emptydir.move_to_end(key)
+            while len(self.emptydir) > self.max_emptydir:
+                self.emptydir.popitem(last=False)
+            self.dirty = True
+        elif self.emptydir.pop(key, None) is not None:
+            self.dirty = True
+
+    def drop_emptydir(self, namespace: str, name: str) -> None:
+        if self.emptydir.pop((namespace, name), None) is not None:
+            self.dirty = True
+
     # --- the file --------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"format": FORMAT, "keepFirst": self.keep_first, "keepLatest": self.keep_latest,
                 "keys": [{"key": list(k), "first": [s.to_json() for s in ks.first],
                           "latest": [s.to_json() for s in ks.latest], "carry": ks.carry, "total": ks.total}
-                         for k, ks in self.keys.items()]}
+                         for k, ks in self.keys.items()],
+                "emptyDir": list(self.emptydir.values())}
 
     def load(self) -> None:
         """Read the file; what cannot be read is logged and left out (an empty state at worst)."""
@@ -197,6 +221,13 @@ class QuotaState:
             while len(latest) > self.keep_latest:
                 carry += latest.pop(0).count
             self.keys[key] = KeyState(first, latest, max(0, carry), max(0, total))
+        emptydir = doc.get("emptyDir")
+        for body in (emptydir if isinstance(emptydir, list) else [])[-self.max_emptydir:]:
+            if isinstance(body, dict) and _is_present_emptydir(body):
+                meta = body["metadata"]
+                self.emptydir[(meta["namespace"], meta["name"])] = body
+            else:
+                skipped += 1
         if skipped:
             log.warning("index state: damaged entries skipped", extra={"path": self.path, "skipped": skipped})
 
@@ -207,9 +238,10 @@ class QuotaState:
             self.dirty = False
             return True
         data = json.dumps(self.to_json(), separators=(",", ":")).encode()
-        while len(data) > self.max_bytes and self.keys:
-            for _ in range(max(1, len(self.keys) // 8)):
-                self.keys.popitem(last=False)
+        while len(data) > self.max_bytes and (self.keys or self.emptydir):
+            for pool in (self.emptydir, self.keys):
+                for _ in range(min(len(pool), max(1, len(pool) // 8))):
+                    pool.popitem(last=False)
             data = json.dumps(self.to_json(), separators=(",", ":")).encode()
         tmp = f"{self.path}.tmp"
         try:
@@ -227,3 +259,16 @@ class QuotaState:
             return False
         self.dirty = False
         return True
+
+
+def _is_present_emptydir(body: dict) -> bool:
+    """A record the sweep may still mark Gone: named, of a pod (UID), on an emptyDir, Present."""
+    meta, spec, status = body.get("metadata"), body.get("spec"), body.get("status")
+    if not (isinstance(meta, dict) and isinstance(spec, dict) and isinstance(status, dict)):
+        return False
+    location = spec.get("location")
+    return (isinstance(meta.get("namespace"), str) and bool(meta.get("namespace"))
+            and isinstance(meta.get("name"), str) and bool(meta.get("name"))
+            and isinstance(spec.get("podUID"), str) and bool(spec.get("podUID"))
+            and isinstance(location, dict) and location.get("volumeType") == "emptyDir"
+            and status.get("state") == "Present")

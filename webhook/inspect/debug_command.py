@@ -186,6 +186,29 @@ def debug(pod, core, namespace, context, kubeconfig, container, image, pull_poli
     _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))
 
 
+def claim_core(api, ns: str, claim: str, core: str | None) -> CoreRecord | None:
+    """The CoreDump of ``core`` (or the newest present core) on ``claim``: one list call; None
+    when the index has none (not installed, no right to read it, or no core of that claim)."""
+    from webhook.inspect import index_view, kube
+
+    try:
+        items = kube.list_coredumps(api, ns)
+    except kube.KubeError as exc:
+        _warn(f"the CoreDump index cannot tell whose the cores of claim {claim} are: {exc}")
+        return None
+    on_claim = [o for o in items if isinstance(o, dict) and isinstance(o.get("spec"), dict)
+                and ((o["spec"].get("location") or {}).get("claim") == claim)]
+    records = index_view.records_from_coredumps(on_claim)
+    if core:
+        name = core.rsplit("/", 1)[-1]
+        found = choose_core(records, core) or next((r for r in records if r.path.rsplit("/", 1)[-1] == name), None)
+    else:
+        found = choose_core([r for r in records if r.metadata.get("state") in (None, "Present")], None)
+    if found is None:
+        _warn(f"no CoreDump of claim {claim} in {ns}{' for ' + core if core else ''}: pass --uid/--gid if needed")
+    return found
+
+
 def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: str | None, uid: int | None,
                  gid: int | None, dry_run: bool) -> None:
     from webhook.inspect import kube
@@ -193,6 +216,16 @@ def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: st
     ns = _namespace(namespace, s)
     name = eph.unique_name({}, prefix="coredump-debug-")
     target = core or ""
+    if not dry_run and (uid is None or gid is None or not target):
+        try:
+            record = claim_core(_api(s), ns, claim, core)
+        except eph.InspectError as exc:
+            raise _fail(exc) from exc
+        if record is not None:
+            # the path the crashed container saw: the script finds that name on the claim
+            target = target or record.path
+            uid = uid if uid is not None else record.metadata.get("uid")
+            gid = gid if gid is not None else record.metadata.get("gid")
     if target and not target.startswith("/"):
         target = f"{dbg.DEBUG_POD_MOUNT}/{target}"
     pod = dbg.debug_pod(ns, claim, image=s.debug_image, name=name, uid=uid, gid=gid, core=target,

@@ -40,6 +40,11 @@ if [ -z "$core" ]; then
   unset IFS
 elif [ ! -e "$core" ] && [ -e "$dir/$core" ]; then
   core="$dir/$core"
+elif [ ! -e "$core" ]; then
+  # a path as the crashed container saw it (a claim mounted elsewhere): that name under $dir
+  found=$(find "$dir" -maxdepth 6 -type f -name "$(basename "$core")" ! -path '*/.symbols/*' ! -path '*.sysroot/*' \
+    2>/dev/null | head -n 1)
+  [ -n "$found" ] && core="$found"
 fi
 if [ -z "$core" ] || [ ! -f "$core" ]; then
   echo "coredump debug: no core ${core:+$core }found under $dir; a shell instead" >&2
