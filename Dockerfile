@@ -41,6 +41,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY webhook/ webhook/
+# certs/ is installed as the webhook.certs package (pyproject.toml package-dir).
 COPY certs/ certs/
 # constraints.txt (scripts/update-constraints.py) pins every runtime dependency: each build of
 # this image resolves the same versions.

@@ -366,7 +366,9 @@ def test_pip_install_builds_a_complete_wheel(build_context: Path, tmp_path: Path
         entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
         metadata = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
         licenses = [zf.read(n).decode() for n in names if re.search(r"\.dist-info/(licenses/)?LICENSE$", n)]
-    expected = {str(p.relative_to(build_context)) for pkg in ("webhook", "certs")
+    # The certs/ folder is installed as webhook.certs (pyproject.toml's package-dir).
+    installed_as = {"webhook": "webhook", "certs": "webhook/certs"}
+    expected = {f"{installed_as[pkg]}/{p.relative_to(build_context / pkg)}" for pkg in installed_as
                 for p in (build_context / pkg).rglob("*.py")}
     expected |= {str(p.relative_to(build_context)) for p in (build_context / "webhook/native").glob("*.c")}
     expected.add("webhook/native/build.sh")
@@ -379,9 +381,15 @@ def test_pip_install_builds_a_complete_wheel(build_context: Path, tmp_path: Path
     missing = expected - names
     assert missing == set(), f"missing from the wheel: {sorted(missing)}"
     # The context copy held every module of the repository (nothing lost to .dockerignore).
-    repo_modules = {str(p.relative_to(REPO)) for pkg in ("webhook", "certs") for p in (REPO / pkg).rglob("*.py")
-                    if "__pycache__" not in p.parts}
+    repo_modules = {f"{installed_as[pkg]}/{p.relative_to(REPO / pkg)}" for pkg in installed_as
+                    for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts}
     assert repo_modules <= names
+    # One top-level name: nothing the wheel installs can collide with another distribution's
+    # `certs` (or any other) package.
+    top_level = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert top_level == {"webhook"}
+    assert "webhook/certs/__init__.py" in names and "webhook/certs/generate.py" in names
+    assert {"webhook/native/build.sh", "webhook/native/coredump-wrapper.c", "webhook/native/coredump-helper.c"} <= names
     assert re.search(r"^coredump\s*=\s*webhook\.cli:main$", entry_points, re.M)
     # Packaging metadata: typed, licensed, classified, the version from webhook/__init__.py.
     assert "webhook/py.typed" in names
@@ -451,3 +459,22 @@ def test_constraints_resolve_to_exactly_the_pins(build_context: Path, tmp_path: 
                 for i in json.loads(report.read_text())["install"]}
     assert resolved.pop("coredump-webhook") == webhook.__version__
     assert resolved == _pins((build_context / "constraints.txt").read_text())
+
+
+def test_nothing_imports_a_top_level_certs_package() -> None:
+    """The certificate code is installed only as webhook.certs: an import of the bare ``certs``
+    name would work from the repository root yet fail (or pick another distribution's ``certs``)
+    where the package is installed."""
+    import ast
+
+    offenders = []
+    files = [p for folder in ("webhook", "certs", "tests", "benchmarks", "scripts") for p in (REPO / folder).rglob("*.py")]
+    assert len(files) > 50
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "certs"]
+    cli = (REPO / "webhook/cli.py").read_text()
+    assert '"webhook.certs.commands:certs"' in cli
+    assert offenders == []
