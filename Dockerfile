@@ -7,7 +7,7 @@
 #                             the init container the webhook injects into annotated pods
 #
 # The steps below are the same ones the test suite runs outside Docker (tests/test_dockerfile.py):
-# the static helpers come from webhook/native/build.sh, the Python part from `pip install .`.
+# the static helpers come from webhook/native/build.sh, the Python part from `pip install -c constraints.txt .`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -39,10 +39,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY webhook/ webhook/
+# certs/ is installed as the webhook.certs package (pyproject.toml package-dir).
 COPY certs/ certs/
-RUN /opt/venv/bin/pip install . \
+# constraints.txt (scripts/update-constraints.py) pins every runtime dependency: each build of
+# this image resolves the same versions.
+RUN /opt/venv/bin/pip install -c constraints.txt . \
  && /opt/venv/bin/coredump --help >/dev/null
 
 # --- 3. the final image: the venv, the static binaries and gdb ------------------------------

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 
 
 def _log(event: str, **fields: object) -> None:
@@ -64,7 +64,7 @@ def bootstrap(namespace: str, service: str, secret: str, webhook_config: str,
               validating_webhook_config: str | None, days: int,
               renew_before: int, kubeconfig: str | None, secret_only: bool, request_timeout: float) -> None:
     """Create, reuse or rotate the serving Secret, then patch every webhook's caBundle."""
-    from certs import kube
+    from webhook.certs import kube
     from webhook.kubeclient import ApiConfigError, api_client
 
     if renew_before >= days:
@@ -97,8 +97,8 @@ def bootstrap(namespace: str, service: str, secret: str, webhook_config: str,
 def remove(namespace: str, webhook_config: str, secret: str | None, kubeconfig: str | None,
            request_timeout: float) -> None:
     """Delete the webhook configuration, then the TLS Secret (the chart's pre-delete hook)."""
-    from certs import teardown
-    from certs.kube import KubeError
+    from webhook.certs import teardown
+    from webhook.certs.kube import KubeError
     from webhook.kubeclient import ApiConfigError, api_client
 
     try:

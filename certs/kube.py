@@ -18,7 +18,7 @@ from typing import Any, Callable
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 
 log = logging.getLogger("coredump.certs")
 

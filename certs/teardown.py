@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from certs.kube import KubeError, _fail
+from webhook.certs.kube import KubeError, _fail
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
 COREDUMP = REPO / ".venv" / "bin" / "coredump"

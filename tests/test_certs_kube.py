@@ -19,8 +19,8 @@ import jsonpatch
 import pytest
 from kubernetes import client as k8s
 
-from certs import generate as gen
-from certs import kube
+from webhook.certs import generate as gen
+from webhook.certs import kube
 from tests.certs_apiserver import FakeAPI, recorded
 
 REPO = Path(__file__).resolve().parent.parent

@@ -754,7 +754,7 @@ def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def test_certificate_bootstrap_hooks(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    from certs.commands import bootstrap
+    from webhook.certs.commands import bootstrap
 
     objs = rendered["default"]
     jobs = {j["metadata"]["name"].rsplit("-", 1)[0]: j for j in find(objs, "Job")}
@@ -1305,7 +1305,7 @@ def test_match_conditions_validate_and_skip_list_can_be_emptied(helm: Path, helm
 def test_uninstall_removes_the_webhook_configuration_first(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """A pre-delete hook Job runs `coredump certs remove` for exactly the release's webhook
     configuration and TLS Secret, with its own hook RBAC; deploy/ has none of it."""
-    from certs.commands import certs
+    from webhook.certs.commands import certs
 
     objs = rendered["default"]
     job = one(objs, "Job", f"{RELEASE}-uninstall")

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+import webhook
 from webhook import constants as C
 
 REPO = Path(__file__).resolve().parent.parent
@@ -229,7 +230,8 @@ def test_oci_labels_and_versions(parsed: tuple[dict[str, str], list[Stage]]) -> 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     chart = yaml.safe_load((REPO / "charts/coredump-webhook/Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "charts/coredump-webhook/values.yaml").read_text())
-    assert version == pyproject["version"] == chart["appVersion"]
+    # pyproject.toml takes its version from webhook.__version__ (tests/test_versions.py).
+    assert version == webhook.__version__ == chart["appVersion"]
     assert labels["org.opencontainers.image.licenses"] == pyproject["license"]["text"]
     # The image the webhook injects by default is the one the chart deploys.
     assert AdmissionSettings().image == f"{values['image']['repository']}:{chart['appVersion']}"
@@ -362,7 +364,11 @@ def test_pip_install_builds_a_complete_wheel(build_context: Path, tmp_path: Path
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    expected = {str(p.relative_to(build_context)) for pkg in ("webhook", "certs")
+        metadata = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        licenses = [zf.read(n).decode() for n in names if re.search(r"\.dist-info/(licenses/)?LICENSE$", n)]
+    # The certs/ folder is installed as webhook.certs (pyproject.toml's package-dir).
+    installed_as = {"webhook": "webhook", "certs": "webhook/certs"}
+    expected = {f"{installed_as[pkg]}/{p.relative_to(build_context / pkg)}" for pkg in installed_as
                 for p in (build_context / pkg).rglob("*.py")}
     expected |= {str(p.relative_to(build_context)) for p in (build_context / "webhook/native").glob("*.c")}
     expected.add("webhook/native/build.sh")
@@ -375,8 +381,100 @@ def test_pip_install_builds_a_complete_wheel(build_context: Path, tmp_path: Path
     missing = expected - names
     assert missing == set(), f"missing from the wheel: {sorted(missing)}"
     # The context copy held every module of the repository (nothing lost to .dockerignore).
-    repo_modules = {str(p.relative_to(REPO)) for pkg in ("webhook", "certs") for p in (REPO / pkg).rglob("*.py")
-                    if "__pycache__" not in p.parts}
+    repo_modules = {f"{installed_as[pkg]}/{p.relative_to(REPO / pkg)}" for pkg in installed_as
+                    for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts}
     assert repo_modules <= names
+    # One top-level name: nothing the wheel installs can collide with another distribution's
+    # `certs` (or any other) package.
+    top_level = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert top_level == {"webhook"}
+    assert "webhook/certs/__init__.py" in names and "webhook/certs/generate.py" in names
+    assert {"webhook/native/build.sh", "webhook/native/coredump-wrapper.c", "webhook/native/coredump-helper.c"} <= names
     assert re.search(r"^coredump\s*=\s*webhook\.cli:main$", entry_points, re.M)
+    # Packaging metadata: typed, licensed, classified, the version from webhook/__init__.py.
+    assert "webhook/py.typed" in names
+    assert len(licenses) == 1 and "Apache License" in licenses[0] and "Version 2.0" in licenses[0]
+    assert re.search(rf"^Version: {re.escape(webhook.__version__)}$", metadata, re.M)
+    for line in ("Classifier: License :: OSI Approved :: Apache Software License", "Classifier: Typing :: Typed",
+                 "Project-URL: Source, https://github.com/coredump-webhook/coredump-webhook"):
+        assert line in metadata.splitlines(), line
     assert not any(n.startswith(("tests/", "charts/", "deploy/")) for n in names)
+
+
+# --- constraints.txt: every image build resolves the same dependencies -----------------------
+
+
+def _pins(text: str) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_image_build_installs_with_the_constraints(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    _, stages = parsed
+    venv = stages[1]
+    copied = {src for c in venv.all("COPY") for src in copy_parts(c)[1]}
+    assert "constraints.txt" in copied
+    (install,) = [i for i in venv.all("RUN") if "pip install" in i.args]
+    assert re.search(r"/opt/venv/bin/pip install -c constraints\.txt \.(\s|$)", install.args), install.args
+    pins = _pins((REPO / "constraints.txt").read_text())
+    # Every runtime dependency pyproject.toml declares is pinned, at a version its range allows.
+    runtime = [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    assert len(runtime) >= 10
+    for req in runtime:
+        key = canonicalize_name(req.name)
+        assert key in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[key], prereleases=True), f"{key}=={pins[key]} outside {req.specifier}"
+    # ... and so is everything they depend on, and nothing else (no test extras, not the project):
+    # the same walk scripts/update-constraints.py makes over this venv's installed metadata.
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), str(REPO / "scripts/update-constraints.py"), "--print"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert set(_pins(proc.stdout)) == set(pins)
+    assert "pytest" not in pins and "coredump-webhook" not in pins
+
+
+def test_constraints_resolve_to_exactly_the_pins(build_context: Path, tmp_path: Path) -> None:
+    """pip resolves the venv stage's install in the build context copy (a dry run with a report):
+    it installs exactly the pinned versions, nothing more, nothing less."""
+    import json
+
+    from packaging.utils import canonicalize_name
+
+    report = tmp_path / "report.json"
+    proc = subprocess.run([str(VENV_PIP), "install", "--dry-run", "--ignore-installed", "--disable-pip-version-check",
+                           "-q", "-c", "constraints.txt", ".", "--report", str(report)],
+                          cwd=build_context, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+                for i in json.loads(report.read_text())["install"]}
+    assert resolved.pop("coredump-webhook") == webhook.__version__
+    assert resolved == _pins((build_context / "constraints.txt").read_text())
+
+
+def test_nothing_imports_a_top_level_certs_package() -> None:
+    """The certificate code is installed only as webhook.certs: an import of the bare ``certs``
+    name would work from the repository root yet fail (or pick another distribution's ``certs``)
+    where the package is installed."""
+    import ast
+
+    offenders = []
+    files = [p for folder in ("webhook", "certs", "tests", "benchmarks", "scripts") for p in (REPO / folder).rglob("*.py")]
+    assert len(files) > 50
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == "certs"]
+    cli = (REPO / "webhook/cli.py").read_text()
+    assert '"webhook.certs.commands:certs"' in cli
+    assert offenders == []

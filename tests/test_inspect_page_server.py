@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.inspect_data import write_core
 from tests.process_support import free_port, stop_group

@@ -27,7 +27,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 from tests.process_support import free_port, stop_group
 from webhook import constants as C
 

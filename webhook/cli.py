@@ -14,7 +14,7 @@ from webhook import __version__
 
 #: command name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
-    "certs": "certs.commands:certs",
+    "certs": "webhook.certs.commands:certs",
     "serve": "webhook.server.commands:serve",
     "review": "webhook.admission.commands:review",
     "agent": "webhook.agent.commands:agent",

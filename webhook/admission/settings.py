@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from webhook import DEFAULT_IMAGE
+
 #: Kubernetes resource quantity (the subset that makes sense for an emptyDir size limit).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 #: RFC 1123 DNS subdomain: PVC names.
@@ -65,7 +67,7 @@ class AdmissionSettings:
     """What the mutation injects and the limits it works within (see the README's mutation part)."""
 
     #: The project's image: the installer init container copies the static wrapper out of it.
-    image: str = "ghcr.io/coredump-webhook/coredump-webhook:0.1.0"
+    image: str = DEFAULT_IMAGE
     #: imagePullPolicy of the installer init container.
     image_pull_policy: str = "IfNotPresent"
     #: Volume created at the pattern's directory when no user volume covers it:

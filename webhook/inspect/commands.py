@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import click
 import yaml
 
-from webhook import constants
+from webhook import DEFAULT_IMAGE, constants
 from webhook.inspect import ephemeral as eph
 from webhook.inspect.listing import (
     CoreRecord,
@@ -29,7 +29,7 @@ from webhook.inspect.listing import (
     wrapper_listing_command,
 )
 
-DEFAULT_DEBUG_IMAGE = "ghcr.io/coredump-webhook/coredump-webhook:0.1.0"
+DEFAULT_DEBUG_IMAGE = DEFAULT_IMAGE
 DEFAULT_READER_IMAGE = "docker.io/library/busybox:1.36"
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from certs import generate as gen
+from webhook.certs import generate as gen
 
 log = logging.getLogger("coredump.webhook.tls")
 
