@@ -144,7 +144,8 @@ def _doc(path: Path, key: str) -> dict:
 
 
 @pytest.mark.kernel
-def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env, k8s_cgroup, shared_dir, validate):
+def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env, k8s_cgroup, shared_dir, validate,
+                                                                       tmp_path):
     """Default settings: an assert and a null dereference, each twice; then gdb, run the way the
     debug container runs it, as the core's owner, after the programs are gone. The CoreDumps the
     agent writes for them (to the fake API server) validate against the CRD."""
@@ -186,6 +187,13 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
         validate(body)
     assert {tuple(w["spec"]["topFrames"][:2]) for w in written} == {("check_order", "main"),
                                                                     ("store_reading", "handle_sample")}
+    # the cluster page over exactly these CoreDumps, in headless Chromium, for a user who may read
+    # shop (alice) and one who may not (bob): each bug is one group of its two crashes
+    alice, bob = _page_over_the_index(written, tmp_path)
+    assert "check_order &lt; main" in alice and "store_reading &lt; handle_sample" in alice, alice
+    assert alice.count('<td class="count">2</td>') == 2, alice
+    assert "check_order" not in bob and "store_reading" not in bob
+    assert "namespace shop: no access to its coredumps, skipped" in bob
     # binaries stored once: one file per build-id, the second crash of each found them there
     store = dump / ".symbols" / "buildid"
     stored = list(store.glob("*/executable"))
@@ -225,3 +233,32 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
         if name == "checker":  # the libc frames are named too: the container's libc came from the store
             assert any("abort" in n for n in names), out.stdout
         assert "Could not load shared library symbols" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def _page_over_the_index(items: list[dict], tmp_path: Path) -> tuple[str, str]:
+    """The index page's DOM (and a screenshot each) for alice, who may list shop's CoreDumps,
+    and bob, who may list payments' only, with ``items`` as shop's index."""
+    from tests.inspect_apiserver import ByToken, Recorded
+    from tests.test_inspect_index_page import INDEX, _api_for, _screenshot
+    from tests.test_inspect_page import Served, auth_proxy, chromium_dom
+    from webhook.inspect.index_page import create_index_page_app
+
+    listing = {"apiVersion": "coredump-webhook.io/v1alpha1", "kind": "CoreDumpList",
+               "metadata": {"resourceVersion": "1"}, "items": items}
+    forbidden = Recorded(403, "status-403-list-coredumps.json")
+    namespaces = Recorded(200, "namespacelist.json")
+    doms = []
+    with FakeApiServer() as api:
+        api.route("GET", f"{INDEX}/coredumps", ByToken({"alice-token": forbidden, "bob-token": forbidden}))
+        api.route("GET", "/api/v1/namespaces", ByToken({"alice-token": namespaces, "bob-token": namespaces}))
+        api.route("GET", f"{INDEX}/namespaces/shop/coredumps",
+                  ByToken({"alice-token": Recorded(200, listing), "bob-token": forbidden}))
+        api.route("GET", f"{INDEX}/namespaces/payments/coredumps",
+                  ByToken({"alice-token": forbidden, "bob-token": Recorded(200, {**listing, "items": []})}))
+        with Served(create_index_page_app(_api_for(api), whoami=lambda t: t.split("-")[0])) as page:
+            for user in ("alice", "bob"):
+                with Served(auth_proxy(page.url, f"{user}-token")) as proxy:
+                    doms.append(chromium_dom(proxy.url, tmp_path))
+                    _screenshot(proxy.url, tmp_path / f"real-crashes-{user}.png", tmp_path)
+    print(f"screenshots: {tmp_path}/real-crashes-alice.png {tmp_path}/real-crashes-bob.png")
+    return doms[0], doms[1]
