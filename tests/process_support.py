@@ -7,8 +7,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -42,3 +44,10 @@ def stop_group(proc: subprocess.Popen, timeout: float = 15) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
     return proc.returncode
+
+
+def coredump_command() -> list[str]:
+    """The `coredump` CLI of the interpreter running the tests (its console script beside it,
+    else ``python -m webhook.cli``): never a hard-coded virtualenv path."""
+    script = Path(sys.executable).with_name("coredump")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook.cli"]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
-COREDUMP = REPO / ".venv" / "bin" / "coredump"
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -115,7 +115,7 @@ def test_merge_ca_bundle_keeps_valid_previous_cas_once() -> None:
 def test_cli_generate_contract(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [str(COREDUMP), "certs", "generate", "--out", str(out), "--service", "svc", "--namespace", "ns", "--days", "5"],
+        [*coredump_command(), "certs", "generate", "--out", str(out), "--service", "svc", "--namespace", "ns", "--days", "5"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
@@ -127,7 +127,7 @@ def test_cli_generate_contract(tmp_path: Path) -> None:
     verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "tls.crt")],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    bad = subprocess.run([str(COREDUMP), "certs", "generate", "--out", str(out), "--days", "0"],
+    bad = subprocess.run([*coredump_command(), "certs", "generate", "--out", str(out), "--days", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--days" in bad.stderr
 

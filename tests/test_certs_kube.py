@@ -19,12 +19,12 @@ import jsonpatch
 import pytest
 from kubernetes import client as k8s
 
+from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 from webhook.certs import kube
 from tests.certs_apiserver import FakeAPI, recorded
 
 REPO = Path(__file__).resolve().parent.parent
-COREDUMP = REPO / ".venv" / "bin" / "coredump"
 
 NS, SVC, SECRET, MWC = "coredump-webhook", "coredump-webhook", "coredump-webhook-tls", "coredump-webhook"
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/{SECRET}"
@@ -258,7 +258,7 @@ def test_cli_bootstrap_with_kubeconfig(api: FakeAPI, tmp_path: Path) -> None:
     api.route("GET", MWC_PATH, (200, recorded("mwc-get-200.json")))
     api.route("PATCH", MWC_PATH, (200, recorded("mwc-patch-200.json")))
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    args = [str(COREDUMP), "certs", "bootstrap", "--namespace", NS, "--service", SVC, "--secret", SECRET,
+    args = [*coredump_command(), "certs", "bootstrap", "--namespace", NS, "--service", SVC, "--secret", SECRET,
             "--webhook-config", MWC, "--days", "90", "--renew-before", "30", "--kubeconfig", str(kubeconfig)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

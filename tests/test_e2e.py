@@ -34,7 +34,7 @@ import pytest
 from tests.conftest import KERNEL_SETTINGS, which_or_fail
 from tests.crash_support import check_elf_core, core_files
 from tests.pod_api import PodApi
-from tests.process_support import wait_for
+from tests.process_support import coredump_command, wait_for
 from tests.runc_support import (
     CGROUP_FLAVOURS,
     Node,
@@ -144,11 +144,6 @@ def mutated(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the agent, as the DaemonSet runs it -----------------------------------------------------------
-def coredump_command() -> list[str]:
-    script = Path(sys.executable).with_name("coredump")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook.cli"]
-
-
 def read_kernel() -> dict[str, str]:
     return {p: Path(p).read_text() for p in KERNEL_SETTINGS}
 

@@ -22,13 +22,13 @@ from typing import Iterator
 import pytest
 import requests
 
+from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.inspect_data import write_core
 from tests.process_support import free_port, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
-COREDUMP = REPO / ".venv" / "bin" / "coredump"
 SIG = hashlib.sha256(b"crash\nmain").hexdigest()
 
 
@@ -64,7 +64,7 @@ def running_page(tmp: Path, *args: str, env: dict[str, str] | None = None, schem
     full_env = {**os.environ, "HOME": str(tmp), "COREDUMP_PAGE_BIND": f"127.0.0.1:{port}", **(env or {})}
     full_env.pop("KUBERNETES_SERVICE_HOST", None)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*prefix, str(COREDUMP), "page", *args], env=full_env, stdout=log,
+        proc = subprocess.Popen([*prefix, *coredump_command(), "page", *args], env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     page = Page(proc, f"{scheme}://{host}:{port}/", log_path)
     try:
@@ -167,11 +167,11 @@ def test_rbac_through_token_review_and_subject_access_review(tmp_path: Path, cor
 def test_without_api_access_it_refuses_to_start(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    proc = subprocess.run([str(COREDUMP), "page", "--cores-root", str(tmp_path), "--bind", f"127.0.0.1:{free_port()}"],
+    proc = subprocess.run([*coredump_command(), "page", "--cores-root", str(tmp_path), "--bind", f"127.0.0.1:{free_port()}"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "TokenReview" in proc.stderr and "--insecure-no-auth" in proc.stderr
-    bad = subprocess.run([str(COREDUMP), "page", "--insecure-no-auth", "--bind", "nowhere"], env=env,
+    bad = subprocess.run([*coredump_command(), "page", "--insecure-no-auth", "--bind", "nowhere"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
 

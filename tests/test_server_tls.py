@@ -27,12 +27,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 from tests.process_support import free_port, stop_group
 from webhook import constants as C
 
 REPO = Path(__file__).resolve().parent.parent
-COREDUMP = REPO / ".venv" / "bin" / "coredump"
 BODY_LIMIT = 64 * 1024
 
 
@@ -106,7 +106,7 @@ def running_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> 
                 "COREDUMP_WEBHOOK_BIND": f"127.0.0.1:{port}", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(COREDUMP), "serve", "--cert-reload-interval", "0.2", "--max-body-bytes", str(BODY_LIMIT),
+            [*coredump_command(), "serve", "--cert-reload-interval", "0.2", "--max-body-bytes", str(BODY_LIMIT),
              "--workers", "2", "--threads", "4", "--no-resolve-entrypoints", *args],
             stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
         )
@@ -413,13 +413,13 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
 def test_missing_certificates_fail_fast(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([str(COREDUMP), "serve", "--cert-dir", str(empty), "--bind", f"127.0.0.1:{free_port()}"],
+    proc = subprocess.run([*coredump_command(), "serve", "--cert-dir", str(empty), "--bind", f"127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "tls.crt" in proc.stderr
-    proc = subprocess.run([str(COREDUMP), "serve", "--cert-dir", str(tmp_path / "nope")],
+    proc = subprocess.run([*coredump_command(), "serve", "--cert-dir", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--cert-dir" in proc.stderr
-    proc = subprocess.run([str(COREDUMP), "serve", "--cert-dir", str(empty), "--bind", "nonsense"],
+    proc = subprocess.run([*coredump_command(), "serve", "--cert-dir", str(empty), "--bind", "nonsense"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--bind" in proc.stderr
 
