@@ -33,7 +33,7 @@ from webhook.agent.events import build_event
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.snapshots import GcoreRefused, GcoreService, find_host_pid, parse_request
 from webhook.cli import main
-from webhook.inspect.gcore import ET_CORE, elf_type
+from webhook.diagnose.gcore import ET_CORE, elf_type
 
 AGENT = Path(__file__).resolve().parent / "recorded" / "agent"
 POD = "web-7d9f8c6b5-x2kqp"
@@ -226,7 +226,7 @@ def test_cli_times_out_when_no_agent_answers(server, tmp_path, monkeypatch):
 @pytest.mark.root
 def test_a_restarted_agent_does_not_take_a_pending_request_again(tmp_path, k8s_cgroup):
     """The annotation stays on the pod: the new agent's first list shows it again (issue 15 s5)."""
-    from webhook.inspect import gcore
+    from webhook.diagnose import gcore
 
     which_or_fail("gcore")
     pod_uid, cid, cgroup = k8s_cgroup

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import which_or_fail
-from webhook.inspect import gcore
+from webhook.diagnose import gcore
 
 
 def _counter(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
-from webhook.inspect import signature as sig
+from webhook.diagnose import signature as sig
 
 SEGV_C = r"""
 #include <stdio.h>
@@ -127,7 +127,7 @@ def test_same_bug_twice_same_signature_other_bug_other_signature(programs, core_
 
 
 def test_frames_below_main_never_change_the_signature():
-    from webhook.inspect.signature import Frame, signature_of
+    from webhook.diagnose.signature import Frame, signature_of
 
     def frames(*names):
         return [Frame(i, n, hex(0x1000 + i), None, None) for i, n in enumerate(names)]

@@ -20,7 +20,7 @@ from webhook import constants as C
 from webhook.admission.settings import AdmissionSettings
 from webhook.server.app import INTERNAL_ERROR_WARNING, create_app
 from webhook.server.settings import ServerSettings
-from webhook.server.tls import StaticReadiness
+from webhook.serving.tls import StaticReadiness
 
 LIMIT = 256 * 1024
 

@@ -438,7 +438,7 @@ class Clock:
 
 
 def test_reloader_follows_the_files_at_its_interval(tmp_path: Path) -> None:
-    from webhook.server.tls import CertLoadError, CertReloader
+    from webhook.serving.tls import CertLoadError, CertReloader
 
     clock = Clock()
     reloader = CertReloader(tmp_path / "tls.crt", tmp_path / "tls.key", interval=1.0, clock=clock)
@@ -468,7 +468,7 @@ def test_reloader_follows_the_files_at_its_interval(tmp_path: Path) -> None:
 def test_reloader_reports_an_expired_certificate_as_not_ready(tmp_path: Path) -> None:
     import datetime as dt
 
-    from webhook.server.tls import CertReloader
+    from webhook.serving.tls import CertReloader
 
     old = gen.generate(days=1, now=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
     gen.write_bundle(old, tmp_path)

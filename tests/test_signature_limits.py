@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
 from webhook.agent.settings import AgentSettings
-from webhook.inspect.signature import SignatureError, analyze
+from webhook.diagnose.signature import SignatureError, analyze
 
 BIG = r"""
 #include <signal.h>

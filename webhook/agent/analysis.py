@@ -137,7 +137,7 @@ def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, 
     0700 staging directory): as gdb's sysroot it makes libraries unresolved rather than the
     node's own.
     """
-    from webhook.inspect.signature import SignatureError, analyze
+    from webhook.diagnose.signature import SignatureError, analyze
 
     core_fd = openat2(job.dirfd, job.core_name, os.O_RDONLY, resolve=RESOLVE_NAME)
     try:

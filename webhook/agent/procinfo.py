@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from webhook import constants
+from webhook.diagnose.procstatus import Status, parse_status  # noqa: F401 - re-exported
 from webhook.agent.creds import Credentials, parse_credentials
 
 #: A pod UID in a cgroup path: dashes (cgroupfs) or underscores (systemd slice names).
@@ -127,37 +128,6 @@ def parse_environ(raw: bytes) -> dict[str, str]:
         key, _, value = item.partition(b"=")
         env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
     return env
-
-
-@dataclass(frozen=True)
-class Status:
-    """The fields of ``/proc/<pid>/status`` the agent uses."""
-
-    name: str = ""
-    uid: int | None = None  # real
-    gid: int | None = None  # real
-    nspid: tuple[int, ...] = ()  # outermost first; the last one is the PID in its own namespace
-
-
-def parse_status(text: str) -> Status:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            values[key] = value.strip()
-
-    def first_int(key: str) -> int | None:
-        try:
-            return int(values[key].split()[0])
-        except (KeyError, IndexError, ValueError):
-            return None
-
-    nspid: tuple[int, ...] = ()
-    try:
-        nspid = tuple(int(v) for v in values.get("NSpid", "").split())
-    except ValueError:
-        nspid = ()
-    return Status(name=values.get("Name", ""), uid=first_int("Uid"), gid=first_int("Gid"), nspid=nspid)
 
 
 @dataclass(frozen=True)

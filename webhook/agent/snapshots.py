@@ -123,7 +123,7 @@ class GcoreService(QueueWorker):
     def __init__(self, processor: Any, *, host_dir: str, node_name: str, events: Any = None,
                  max_age: float = 600.0, timeout: float = 300.0, proc: str = "/proc",
                  clock: Callable[[], float] = time.time, snapshot: Callable[..., Any] | None = None) -> None:
-        from webhook.inspect import gcore
+        from webhook.diagnose import gcore
 
         self.processor = processor
         self.host_dir = host_dir
@@ -183,7 +183,7 @@ class GcoreService(QueueWorker):
 
     def take(self, record: PodRecord, req: GcoreRequest) -> dict:
         """Serve one request (synchronously); returns the reported summary."""
-        from webhook.inspect.gcore import GcoreError, deliver
+        from webhook.diagnose.gcore import GcoreError, deliver
 
         container = req.container or default_container(record)
         try:

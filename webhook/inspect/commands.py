@@ -345,7 +345,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
 
 
 def gcore_request(pod: dict, container: str | None, pid: int | None) -> dict:
-    """What the CLI asks the agent on the pod's node (see webhook/inspect/gcore.py)."""
+    """What the CLI asks the agent on the pod's node (see webhook/diagnose/gcore.py)."""
     name = eph.pick_container(pod, container)
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     cid = next((c.get("containerID", "") for c in status.get("containerStatuses") or [] if c.get("name") == name), "")
@@ -474,7 +474,7 @@ def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_lev
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook.inspect import page_server
     from webhook import logs
-    from webhook.server.tls import CertLoadError
+    from webhook.serving.tls import CertLoadError
 
     settings = page_server.PageSettings(
         cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth and not index,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from webhook import constants
-from webhook.server.gunicorn_base import GthreadServer
-from webhook.server.tls import CertReloader
+from webhook.serving.gunicorn_base import GthreadServer
+from webhook.serving.tls import CertReloader
 
 log = logging.getLogger("coredump.page")
 

@@ -48,7 +48,7 @@ def serve(**params: Any) -> None:
     """Serve the admission webhook over TLS: POST /mutate (and /validate), GET /healthz,
     /readyz, /metrics."""
     from webhook import logs
-    from webhook.server.tls import CertLoadError
+    from webhook.serving.tls import CertLoadError
 
     admission = settings_from_params(params)
     try:

@@ -14,9 +14,9 @@ import tempfile
 from typing import Any
 
 from webhook.server.app import create_app
-from webhook.server.gunicorn_base import GthreadServer
+from webhook.serving.gunicorn_base import GthreadServer
 from webhook.server.settings import ServerSettings
-from webhook.server.tls import CertReloader
+from webhook.serving.tls import CertReloader
 
 
 def _enable_multiprocess_metrics(directory: str) -> None:

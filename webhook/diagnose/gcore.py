@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, BinaryIO
 
-from webhook.agent.procinfo import parse_status
+from webhook.diagnose.procstatus import parse_status
 
 #: ELF e_type of a core file.
 ET_CORE = 4

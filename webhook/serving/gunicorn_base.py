@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from gunicorn.app.base import BaseApplication
 
 from webhook.logs import gunicorn_logconfig
-from webhook.server.tls import CertReloader
+from webhook.serving.tls import CertReloader
 
 
 class GthreadSettings(Protocol):
