@@ -218,7 +218,7 @@ def test_one_structured_log_line_per_review(client, caplog: pytest.LogCaptureFix
     from webhook.logs import JsonFormatter
 
     line = json.loads(JsonFormatter().format(r))
-    assert line["uid"] == r.uid and line["msg"] == "admission"
+    assert line["uid"] == r.uid and line["message"] == "admission"
 
 
 def test_internal_error_fails_open_without_500(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -16,25 +16,22 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 PROJECT_LOGGERS = ("coredump", "webhook", "certs")
 
 
+#: The keys every line has, for every command (webhook, agent, page, certificates); whatever a
+#: call passes with ``extra=`` (pod, container, pid on crash lines) follows as more keys.
+SCHEMA = ("time", "level", "logger", "message")
+
+
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object: time, level, logger, message, and the ``extra`` fields.
-
-    The webhook's lines say ``msg`` and a lower-case level, the agent's ``message`` and an
-    upper-case level (each schema is what its log pipelines already read).
-    """
-
-    def __init__(self, message_key: str = "msg", upper_level: bool = False) -> None:
-        super().__init__()
-        self.message_key = message_key
-        self.upper_level = upper_level
+    """Formats a record as one JSON object: ``time`` (UTC, ms), ``level`` (lower case),
+    ``logger``, ``message``, then the ``extra`` fields and ``exception`` when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname if self.upper_level else record.levelname.lower(),
+            "level": record.levelname.lower(),
             "logger": record.name,
-            self.message_key: record.getMessage(),
+            "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
@@ -44,11 +41,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure(level: str = "info", *, root: bool = False, message_key: str = "msg",
-              upper_level: bool = False) -> None:
+def configure(level: str = "info", *, root: bool = False) -> None:
     """Send the project's loggers (or, with ``root``, every logger) to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(message_key, upper_level))
+    handler.setFormatter(JsonFormatter())
     for name in ("",) if root else PROJECT_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

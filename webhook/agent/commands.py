@@ -35,7 +35,7 @@ RECOVERY_WATCH_WAIT_SECONDS = 30.0
 
 # --- structured logs ---------------------------------------------------------------------------
 def configure_logging(level: str) -> None:
-    logs.configure(level, root=True, message_key="message", upper_level=True)
+    logs.configure(level, root=True)
 
 
 # --- options from the settings dataclass -------------------------------------------------------
