@@ -225,6 +225,22 @@ def server_side(log_path: Path) -> dict[str, list[float]]:
     return out
 
 
+def wait_serving(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen, log_path: Path,
+                 timeout: float = 30.0) -> bool:
+    """Until `coredump serve` accepts TLS connections; False (its log on stderr) if it died or
+    took longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connect(port, ctx).close()
+            return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(log_path.read_text(), file=sys.stderr)
+                return False
+            time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests of each kind (sequential part)")
@@ -249,17 +265,8 @@ def main() -> int:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    conn = connect(port, ctx)
-                    conn.close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        print(log_path.read_text(), file=sys.stderr)
-                        return 1
-                    time.sleep(0.1)
+            if not wait_serving(port, ctx, proc, log_path):
+                return 1
             # check the mutation really happens (and that no-op really is one)
             check = connect(port, ctx)
             check.request("POST", "/mutate", body=bodies["mutate"], headers={"Content-Type": "application/json"})

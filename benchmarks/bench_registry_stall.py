@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_mutate import connect, free_port, pct, post, realistic_pod, review  # noqa: E402
+from bench_mutate import connect, free_port, pct, post, realistic_pod, review, wait_serving  # noqa: E402
 from webhook.certs import generate as gen  # noqa: E402
 
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
@@ -167,16 +167,8 @@ def main() -> int:
                 env={**os.environ, "KUBECONFIG": str(Path(tmp, "none"))})
         try:
             ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    connect(port, ctx).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        print(log_path.read_text(), file=sys.stderr)
-                        return 1
-                    time.sleep(0.1)
+            if not wait_serving(port, ctx, proc, log_path):
+                return 1
             for _ in range(args.rounds):
                 record("unloaded", 0, probe(port, ctx, args.probes), 0)
                 for n in counts_of:

@@ -277,7 +277,6 @@ def test_spooled_core_lands_in_the_pod_volume_while_the_container_lives(kernel, 
     container, under the names the pod watch verified."""
     import tempfile
 
-    from tests.crash_support import check_elf_core
     from webhook.agent import install
     from webhook.agent.settings import AgentSettings
 
@@ -297,28 +296,9 @@ def test_spooled_core_lands_in_the_pod_volume_while_the_container_lives(kernel, 
     assert b"COREDUMP_PATTERN=/pod/data/dump/core-eci" in env and all(e.startswith(b"COREDUMP_") for e in env if e)
     assert (entry / "exe").read_text().endswith("/bin/busybox")
     assert not [p for p in vol.iterdir() if p.name.startswith("core-eci")]
-    with running_agent(bin_dir, pod_api, host=host) as agent:  # drains the spool at start
-        nspid = int((vol / "child.pid").read_text())
-        core = vol / f"core-eci.{nspid}"
-
-        def verified() -> dict | None:
-            try:
-                meta = json.loads(Path(str(core) + C.METADATA_SUFFIX).read_text())
-            except (OSError, ValueError):
-                return None
-            return meta if meta.get("identity") == "verified" else None
-
-        meta = wait_for(verified, 30, "the spooled core in the pod's volume, its names verified")
-        check_elf_core(core.read_bytes())
-        name = pod["metadata"]["name"]
-        assert (meta["namespace"], meta["pod"], meta["container"], meta["destination"]) == (NAMESPACE, name, "app", "pod")
-        assert meta["path"] == f"/pod/data/dump/core-eci.{nspid}" and meta["exe"] == "/bin/busybox"
-        assert "agent unreachable" in meta["spool_reason"] and meta["pid"] == nspid
-        assert not (agent.host / "cores" / "unknown").exists()
-        assert not list((host / "spool").iterdir())
-        (vol / "done").touch()
-        assert app.wait(30) == 0, app.output()
-        assert agent.stop() == 0
+    meta, nspid = _next_agent_delivers_the_spooled_core(bin_dir, pod_api, host, pod, vol, app)
+    assert meta["path"] == f"/pod/data/dump/core-eci.{nspid}"
+    assert "agent unreachable" in meta["spool_reason"]
 
 
 def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_dir, node_factory,  # noqa: F811
@@ -329,7 +309,6 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
     import tempfile
     import threading
 
-    from tests.crash_support import check_elf_core, reap, segv
     from tests.test_agent_lifecycle import Agent as InProcessAgent, Gate, agent_settings, start_sleepers
 
     host = Path(tempfile.mkdtemp(prefix="cdq-"))
@@ -368,7 +347,18 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
     assert b"COREDUMP_PATTERN=/pod/data/dump/core-eci" in env and all(e.startswith(b"COREDUMP_") for e in env if e)
     assert (entry / "exe").read_text().endswith("/bin/busybox")
     assert (entry / "root").read_text()  # its root as /proc shows it (the helper records the same)
-    with running_agent(bin_dir, pod_api, host=host) as agent:  # drains the spool at start
+    meta, _ = _next_agent_delivers_the_spooled_core(bin_dir, pod_api, host, pod, vol, app)
+    assert "agent stopped before this core's turn" in meta["spool_reason"]
+
+
+def _next_agent_delivers_the_spooled_core(bin_dir, pod_api, host: Path, pod: dict, vol: Path,
+                                          app) -> tuple[dict, int]:
+    """A new agent on ``host`` drains the spool at start: the core lands in the pod's volume
+    under its verified names, nothing goes to cores/unknown and the spool is empty; then the
+    pod finishes and the agent stops cleanly. Returns the core's metadata and the crashed PID."""
+    from tests.crash_support import check_elf_core
+
+    with running_agent(bin_dir, pod_api, host=host) as agent:
         nspid = int((vol / "child.pid").read_text())
         core = vol / f"core-eci.{nspid}"
 
@@ -379,14 +369,14 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
                 return None
             return meta if meta.get("identity") == "verified" else None
 
-        meta = wait_for(verified, 30, "the core spooled at stop in the pod's volume, its names verified")
+        meta = wait_for(verified, 30, "the spooled core in the pod's volume, its names verified")
         check_elf_core(core.read_bytes())
         assert (meta["namespace"], meta["pod"], meta["container"], meta["destination"]) == (
             NAMESPACE, pod["metadata"]["name"], "app", "pod")
         assert meta["exe"] == "/bin/busybox" and meta["pid"] == nspid
-        assert "agent stopped before this core's turn" in meta["spool_reason"]
         assert not (agent.host / "cores" / "unknown").exists()
         assert not list((host / "spool").iterdir())
         (vol / "done").touch()
         assert app.wait(30) == 0, app.output()
         assert agent.stop() == 0
+    return meta, nspid
