@@ -309,6 +309,7 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
     import tempfile
     import threading
 
+    from tests.crash_support import reap, segv
     from tests.test_agent_lifecycle import Agent as InProcessAgent, Gate, agent_settings, start_sleepers
 
     host = Path(tempfile.mkdtemp(prefix="cdq-"))
