@@ -40,8 +40,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -210,7 +210,7 @@ class Table:
         head = ("measure", "agent", "reference", "ratio", "target", "")
         widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
         for r in [head, *self.rows]:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def mbps(size: int, seconds: float) -> float:
@@ -417,7 +417,7 @@ def run(opts: argparse.Namespace, work: Path, table: Table) -> None:
             (g,) = files(agent_cores)
             assert g.stat().st_size == size, (g, g.stat().st_size, size)
             if i == 0:  # the file is the core its metadata describes
-                wait_for(lambda: Path(str(g) + ".json").exists())
+                wait_for(lambda g=g: Path(str(g) + ".json").exists())
                 meta = json.loads(Path(str(g) + ".json").read_text())
                 assert meta["sha256"] == sha256_file(g) and meta["size"] == size and not meta["truncated"], meta
                 data["agent_disk_bytes"] = g.stat().st_blocks * 512

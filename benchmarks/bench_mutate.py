@@ -34,8 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from webhook.certs import generate as gen  # noqa: E402
 from webhook import constants as C  # noqa: E402
+from webhook.certs import generate as gen  # noqa: E402
 
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_mutate import connect, free_port, pct, post, realistic_pod, review, wait_serving  # noqa: E402
+
 from webhook.certs import generate as gen  # noqa: E402
 
 COREDUMP = REPO / ".venv" / "bin" / "coredump"

@@ -243,7 +243,7 @@ class Node:
         self.state.mkdir(parents=True, exist_ok=True)
         self.volume_dirs: dict[str, Path] = {}
 
-    def __enter__(self) -> "Node":
+    def __enter__(self) -> Node:
         return self
 
     def __exit__(self, *exc: Any) -> None:

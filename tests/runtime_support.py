@@ -15,7 +15,9 @@ Nothing is pulled: images are built from busybox-static and the static wrapper.
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 from tests.conftest import which_or_fail
@@ -142,10 +144,8 @@ def mounts_under(prefix: Path) -> list[str]:
     return sorted(out, key=len, reverse=True)
 
 
-def terminate(proc: "subprocess.Popen | None", seconds: float, name: str) -> list[str]:
+def terminate(proc: subprocess.Popen | None, seconds: float, name: str) -> list[str]:
     """SIGTERM a daemon and wait ``seconds``, then SIGKILL it; the problems to report."""
-    import signal
-    import subprocess
 
     if proc is None or proc.poll() is not None:
         return []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from admission_support import container, make_pod, mutate_apply, validate
 from click.testing import CliRunner
 
-from admission_support import container, make_pod, mutate_apply, validate
 from tests.inspect_apiserver import RECORDED, FakeApiServer, Recorded
 from tests.test_workloads import review, template, workload
 from webhook import constants as C

@@ -21,16 +21,22 @@ from prometheus_client import CollectorRegistry
 
 from tests.crash_support import RecordedEvents
 from tests.process_support import wait_for
-from tests.test_agent_crash import (handle_bytes, k8s_cgroup, make_settings, request_for,  # noqa: F401 - fixture
-                                    start_namespace_app, webhook_env)
+from tests.test_agent_crash import (  # noqa: F401 - fixture
+    handle_bytes,
+    k8s_cgroup,
+    make_settings,
+    request_for,
+    start_namespace_app,
+    webhook_env,
+)
 from tests.test_agent_stream import synthetic_core
 from tests.test_e2e import NODE_NAME, running_agent
 from webhook import constants as C
 from webhook.agent import inflight
 from webhook.agent.crash import CrashProcessor
-from webhook.agent.metrics import AgentMetrics
 from webhook.agent.events import build_event
-from webhook.agent.identity import apply_view, Resolved
+from webhook.agent.identity import Resolved, apply_view
+from webhook.agent.metrics import AgentMetrics
 from webhook.agent.podvolumes import Mount, claim_of, translate, unwritable_for, volume_mounts
 from webhook.agent.podwatch import PodIndex, pod_record
 

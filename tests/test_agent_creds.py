@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.test_agent_crash import (  # noqa: F401 - k8s_cgroup is a fixture
     handle_bytes,
@@ -25,8 +26,6 @@ from tests.test_agent_crash import (  # noqa: F401 - k8s_cgroup is a fixture
     request_for,
     webhook_env,
 )
-from prometheus_client import CollectorRegistry
-
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.creds import (
     Credentials,

@@ -23,8 +23,7 @@ from prometheus_client import CollectorRegistry
 from tests.conftest import which_or_fail
 from tests.crash_support import core_files
 from tests.inspect_apiserver import FakeApiServer, Recorded
-from tests.test_agent_crash import (k8s_cgroup, make_settings, read_meta, start_namespace_app,  # noqa: F401
-                                    webhook_env)
+from tests.test_agent_crash import k8s_cgroup, make_settings, read_meta, start_namespace_app, webhook_env  # noqa: F401
 from tests.test_agent_signatures import Recorder
 from webhook import constants
 from webhook.agent import podwatch

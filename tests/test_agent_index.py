@@ -481,7 +481,7 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
     w.close()
     sent = [(r["method"], json.loads(r["body"])) for r in server.requests if r["method"] in ("POST", "PUT")]
     assert [m for m, _ in sent] == ["POST", "POST", "PUT", "PUT", "POST", "PUT", "PUT"]
-    for method, body in sent:
+    for _method, body in sent:
         validate(body)
         row = _row(crd, body)
         assert row["Pod"] == body["spec"]["pod"] and row["Container"] == "app" and row["Signal"] == "SIGABRT"

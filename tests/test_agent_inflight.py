@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from tests.crash_support import RecordedEvents
 from webhook.agent import inflight
 from webhook.agent import metadata as meta
-from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.events import build_event
+from webhook.agent.metafile import ReservedMetadata
 
 
 def _entry(**kw) -> dict:

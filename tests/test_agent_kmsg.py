@@ -8,11 +8,11 @@ holds the first 32 pinned, exactly the burst that used to vanish without a trace
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 import uuid
-import hashlib
 from pathlib import Path
 
 import pytest

@@ -322,7 +322,7 @@ def test_the_real_process_on_sigterm_keeps_for_a_restart_and_restores_for_a_remo
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True)
             try:
-                wait_for(lambda: proc.poll() is not None or (
+                wait_for(lambda proc=proc: proc.poll() is not None or (
                     Sysctl().read(CORE_PATTERN) == pattern and (host / "agent.sock").exists()), what="agent serving")
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 proc.send_signal(signal.SIGTERM)

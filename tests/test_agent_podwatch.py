@@ -133,12 +133,20 @@ def test_pod_watch_needs_a_node_name():
 # --- the crash path uses the index (real namespace process, kubelet-shaped cgroup) --------------
 @pytest.mark.root
 def test_crash_metadata_gains_image_labels_and_owner(tmp_path, k8s_cgroup):
-    from tests.test_agent_crash import (handle_bytes, make_settings, nspid_of, read_meta, request_for,
-                                        start_namespace_app, webhook_env)
+    from prometheus_client import CollectorRegistry
+
+    from tests.test_agent_crash import (
+        handle_bytes,
+        make_settings,
+        nspid_of,
+        read_meta,
+        request_for,
+        start_namespace_app,
+        webhook_env,
+    )
     from tests.test_agent_stream import synthetic_core
     from webhook.agent.crash import CrashProcessor
     from webhook.agent.metrics import AgentMetrics
-    from prometheus_client import CollectorRegistry
 
     pod_uid, cid, cgroup = k8s_cgroup
     listed = json.loads((AGENT / "podlist-node-3.json").read_text())

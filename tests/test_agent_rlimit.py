@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_agent_crash import handle_bytes, k8s_cgroup, make_processor, make_settings, read_meta, request_for, webhook_env  # noqa: F401
+from tests.test_agent_crash import (  # noqa: F401
+    handle_bytes,
+    k8s_cgroup,
+    make_processor,
+    make_settings,
+    read_meta,
+    request_for,
+    webhook_env,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -118,10 +119,10 @@ def test_event_posted_with_a_real_api_client():
                                           "fieldPath": "spec.containers{app}"}
         assert "/data/dump/core-eci.12" in body["message"] and "1048576 bytes" in body["message"]
         assert body["metadata"] == {"generateName": "web-7d9c-abcde.", "namespace": "shop"}
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         stamp = datetime.fromisoformat(body["firstTimestamp"].replace("Z", "+00:00"))
-        assert stamp == datetime(2023, 11, 14, 22, 13, 21, tzinfo=timezone.utc)
+        assert stamp == datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC)
         assert body["source"] == {"component": "coredump-agent", "host": "node-1"}
         # the recorded response is exactly what the API returns for this body
         recorded = json.loads((RECORDED / "event-created.json").read_text())

@@ -108,7 +108,7 @@ def test_signatures_of_real_crashes_through_the_kernel(agent_env, k8s_cgroup, pr
     third = registered_crash(programs["other"], cgroup, pod_uid, pattern)
     docs = {}
     for pid in (first, second, third):
-        wait_for(lambda: [p for p in dump.glob(f"core.*.{pid}.*.json")], 30)
+        wait_for(lambda pid=pid: [p for p in dump.glob(f"core.*.{pid}.*.json")], 30)
         (meta_path,) = dump.glob(f"core.*.{pid}.*.json")
         docs[pid] = metadata_with(meta_path, "signature")
         core = meta_path.with_suffix("")

@@ -13,9 +13,9 @@ import tracemalloc
 import pytest
 import zstandard
 
-pytestmark = pytest.mark.timeout(120)
-
 from webhook.agent.stream import CHUNK, StreamLimits, copy_core, enlarge_pipe
+
+pytestmark = pytest.mark.timeout(120)
 
 
 def synthetic_core(size_mib: int, seed: int = 1) -> bytes:

@@ -140,11 +140,11 @@ def test_escapes_from_a_real_namespace_never_reach_the_host(tmp_path):
     rootfs = busybox_rootfs(tmp_path / "rootfs")
     marker = f"coredump-escape-{os.getpid()}-{time.time_ns()}"
     script = (
-        "mount -t proc proc {r}/proc && mount -t tmpfs tmpfs {r}/data && "
-        "exec chroot {r} /bin/sh -c 'ln -s /etc /data/dump; ln -s ../../.. /data/up; "
+        f"mount -t proc proc {rootfs}/proc && mount -t tmpfs tmpfs {rootfs}/data && "
+        f"exec chroot {rootfs} /bin/sh -c 'ln -s /etc /data/dump; ln -s ../../.. /data/up; "
         "ln -s /proc/self/root/etc /data/magic; mkdir /data/real; echo ready > /data/real/ready; "
         "exec sleep 60'"
-    ).format(r=rootfs)
+    )
     proc = subprocess.Popen(["unshare", "-mpf", "--kill-child", "--propagation", "private", "sh", "-c", script])
     try:
         pid = _wait_for_child_in(proc.pid, "/data/real/ready")
@@ -157,7 +157,7 @@ def test_escapes_from_a_real_namespace_never_reach_the_host(tmp_path):
                     os.close(dirfd)
             with pytest.raises(OSError):  # its /proc/self is not the agent; magic links refused
                 root.open_dir("/data/magic")
-            dirfd = root.open_dir("/data/real/cores/%s" % marker)
+            dirfd = root.open_dir(f"/data/real/cores/{marker}")
             os.close(dirfd)
         # all three landed in the container's own /etc (the rootfs dir), none on the host
         assert not os.path.exists(f"/etc/{marker}")

@@ -19,7 +19,7 @@ from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def _sans(pem: bytes) -> tuple[list[str], list[str]]:

@@ -12,17 +12,18 @@ import copy
 import datetime as dt
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonpatch
 import pytest
 from kubernetes import client as k8s
 
+from tests.certs_apiserver import FakeAPI, recorded
 from tests.process_support import coredump_command
 from webhook.certs import generate as gen
 from webhook.certs import kube
-from tests.certs_apiserver import FakeAPI, recorded
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -257,10 +257,10 @@ def test_readme_install_steps_label_the_namespace_before_the_agent_exists() -> N
     section = readme[readme.index("**With Helm**"):readme.index("**Without Helm**")]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
     lines = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
-    create = next(i for i, l in enumerate(lines) if l.startswith("kubectl create namespace coredump-webhook"))
-    label = next(i for i, l in enumerate(lines) if l.startswith("kubectl label namespace coredump-webhook")
-                 and "pod-security.kubernetes.io/enforce=privileged" in l)
-    install = next(i for i, l in enumerate(lines) if l.startswith("helm install"))
+    create = next(i for i, ln in enumerate(lines) if ln.startswith("kubectl create namespace coredump-webhook"))
+    label = next(i for i, ln in enumerate(lines) if ln.startswith("kubectl label namespace coredump-webhook")
+                 and "pod-security.kubernetes.io/enforce=privileged" in ln)
+    install = next(i for i, ln in enumerate(lines) if ln.startswith("helm install"))
     assert create < label < install
     assert "--create-namespace" not in block
     assert "image.digest=" in lines[install]  # the production setting

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,8 +36,8 @@ from tests.pod_api import PodApi
 from tests.process_support import coredump_command, wait_for
 from tests.runc_support import (
     CGROUP_FLAVOURS,
-    Node,
     UNLIMITED,
+    Node,
     busybox_rootfs,
     kill_all,
     processes_rooted_under,

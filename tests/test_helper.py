@@ -144,7 +144,7 @@ def test_hand_over_to_the_agent(host, serve):
     assert data == CORE
     (line,) = log_lines(host)
     assert "result=handed pid=4242" in line and 'comm="crash me"' in line
-    assert "outcome=written size=%d path=/cores/4242" % len(CORE) in line
+    assert f"outcome=written size={len(CORE)} path=/cores/4242" in line
     assert spool_entries(host) == []
 
 

@@ -76,7 +76,7 @@ def test_the_kernel_never_runs_a_helper_on_a_noexec_mount(kernel, bin_dir, noexe
         segv(procs)
         reap(procs)
         if d == exec_dir:  # the helper spools it (no agent listens)
-            wait_for(lambda: [p for p in (d / "spool").glob("*") if not p.name.endswith(".tmp")], 10, "a spool entry")
+            wait_for(lambda d=d: [p for p in (d / "spool").glob("*") if not p.name.endswith(".tmp")], 10, "a spool entry")
         else:
             time.sleep(0.5)
         got[d] = sorted(p.name for p in d.iterdir())

@@ -24,11 +24,10 @@ import pytest
 from tests.crash_support import core_files
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
-from tests.test_e2e import (NAMESPACE, Agent, deployment_pod, mutated, node_factory,  # noqa: F401
-                            running_agent)
+from tests.test_e2e import NAMESPACE, Agent, deployment_pod, mutated, node_factory, running_agent  # noqa: F401
 from webhook import constants as C
-from webhook.inspect.page import UNVERIFIED_HEADING, create_page_app
 from webhook.inspect.listing import scan_directory
+from webhook.inspect.page import UNVERIFIED_HEADING, create_page_app
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -153,11 +152,10 @@ def _unverified_state(agent: Agent, vol: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def api_down_at_the_crash(tmp_path_factory, bin_dir):
     """The scenario once for the tests below: state while the API is down, then after it is back."""
-    from tests.conftest import kernel_settings_guard
+    from tests.conftest import kernel_settings_guard, which_or_fail
     from tests.inspect_apiserver import FakeApiServer
     from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
     from tests.test_e2e import ADMISSION, APP_IMAGE, NODE_NAME, SIDECAR_IMAGE
-    from tests.conftest import which_or_fail
 
     tmp = tmp_path_factory.mktemp("apidown")
     images = {ADMISSION.image: single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH),
@@ -310,7 +308,8 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
     import threading
 
     from tests.crash_support import reap, segv
-    from tests.test_agent_lifecycle import Agent as InProcessAgent, Gate, agent_settings, start_sleepers
+    from tests.test_agent_lifecycle import Agent as InProcessAgent
+    from tests.test_agent_lifecycle import Gate, agent_settings, start_sleepers
 
     host = Path(tempfile.mkdtemp(prefix="cdq-"))
     node = node_factory("cgroupfs")

@@ -126,7 +126,7 @@ def test_debug_claim_takes_the_newest_core_and_its_owner_from_the_index(server, 
     items = json.loads((RECORDED / "coredumplist-shop.json").read_text())
     by_time = sorted(items["items"], key=lambda o: o["spec"]["time"])
     claims = ["cores-pvc", "cores-pvc", "other-pvc", "cores-pvc"]  # the newest is on another claim
-    for obj, claim, uid in zip(by_time, claims, (1000, 1234, 999, 1500)):
+    for obj, claim, uid in zip(by_time, claims, (1000, 1234, 999, 1500), strict=True):
         obj["spec"]["location"].update({"claim": claim, "volumeType": "persistentVolumeClaim"})
         obj["spec"]["uid"], obj["spec"]["gid"] = uid, uid + 1
     by_time[3]["spec"]["location"]["claim"] = "other-pvc"
@@ -179,7 +179,7 @@ def test_list_reads_cores_through_exec(server, tmp_path, container_fs, wrapper_b
     server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     res = run(server, tmp_path, "list", "-n", "shop", "--from-pods")
     assert res.exit_code == 0, res.output
-    lines = [l for l in res.output.splitlines() if l.startswith("shop")]
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("shop")]
     assert len(lines) == 2 and "1700000600" in lines[0] and "aaaaaaaaaaaa" in lines[0]
     execs = [r for r in server.requests if r["path"].endswith("/exec")]
     assert len(execs) == 1 and execs[0]["query"]["container"] == ["app"]  # batch-1 is not prepared: skipped
@@ -201,7 +201,7 @@ def test_list_all_namespaces_skips_forbidden_ones(server, tmp_path, container_fs
     res = run(server, tmp_path, "list", "-A", "--from-pods")
     assert res.exit_code == 0, res.output
     assert "namespace payments: no access to its pods, skipped" in res.stderr
-    assert sum(1 for l in res.stdout.splitlines() if l.startswith("shop")) == 2
+    assert sum(1 for ln in res.stdout.splitlines() if ln.startswith("shop")) == 2
 
 
 def test_list_in_forbidden_namespace_is_an_error(server, tmp_path):

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
-from tests.process_support import wait_for
 from tests.inspect_apiserver import Echo, FakeApiServer
+from tests.process_support import wait_for
 from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
 from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture

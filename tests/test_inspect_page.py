@@ -92,7 +92,7 @@ def test_download_gives_exact_bytes_and_respects_rbac(cores):
     with Served(create_page_app(str(root), authorize=authorize)) as page:
         html = requests.get(page.url, headers={"Authorization": "Bearer admin-token"}, timeout=10).text
         assert "pay-0" in html and "web-1" in html
-        for key, core in made.items():
+        for core in made.values():
             rel = core.relative_to(root)
             assert f'href="download/{rel}"' in html
             r = requests.get(page.url + f"download/{rel}", headers={"Authorization": "Bearer admin-token"}, timeout=10)

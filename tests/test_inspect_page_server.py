@@ -16,17 +16,16 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
-from tests.process_support import coredump_command
-from webhook.certs import generate as gen
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.inspect_data import write_core
-from tests.process_support import free_port, stop_group
+from tests.process_support import coredump_command, free_port, stop_group
+from webhook.certs import generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
 SIG = hashlib.sha256(b"crash\nmain").hexdigest()

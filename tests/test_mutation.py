@@ -11,13 +11,11 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-
 from admission_support import (
     PATTERN,
-    W,
     Image,
     TableResolver,
+    W,
     annotations_of,
     container,
     find,
@@ -26,6 +24,10 @@ from admission_support import (
     mutate_apply,
     validate,
 )
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from webhook import constants as C
 from webhook.admission.mutate import (
     MAX_WARNING,

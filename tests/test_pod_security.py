@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-
 from admission_support import SCENARIO_IMAGES, TableResolver, container, load_scenarios, make_pod, mutate, mutate_apply
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from tests import pod_security as pss
 from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
@@ -111,7 +113,7 @@ def _enforced(level: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
 def test_scenarios_never_lose_their_pod_security_level(level: str) -> None:
     seen: dict[str, int] = {}
-    for name, pod, namespace in _scenario_pods():
+    for _name, pod, namespace in _scenario_pods():
         for candidate in (pod, _tightened(pod)):
             _check(candidate, namespace, AdmissionSettings(), level, seen=seen)
     # the property is not vacuous: pods passing the level were checked

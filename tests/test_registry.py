@@ -46,9 +46,9 @@ from webhook.registry import (
     RegistrySettings,
     ResolveError,
     choose_platform,
-    host_platform,
     credentials_for,
     decode_pull_secret,
+    host_platform,
     parse_challenge,
     parse_image_ref,
     read_pull_secrets,
@@ -68,7 +68,7 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
-def serve(handler_cls, tls: "LoopbackCA | None" = None, host: str = "127.0.0.1") -> tuple[Server, int]:
+def serve(handler_cls, tls: LoopbackCA | None = None, host: str = "127.0.0.1") -> tuple[Server, int]:
     srv = Server((host, 0), handler_cls)
     if tls is not None:
         srv.socket = tls.server_context(host).wrap_socket(srv.socket, server_side=True)
@@ -84,7 +84,7 @@ class LoopbackCA:
         self.tmp = tmp
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry tests CA")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
@@ -99,7 +99,7 @@ class LoopbackCA:
         import ssl
 
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
             .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -125,7 +125,7 @@ class TokenIssuer:
     def __init__(self, tmp: Path) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
@@ -894,6 +894,7 @@ def test_a_pods_images_resolve_concurrently_with_a_per_registry_bound(registries
     """20 images behind a 150 ms registry: one after another they would take 6 s (two requests
     each), over the 3 s admission budget; side by side, at most 4 at a time, all are wrapped."""
     from admission_support import make_pod, mutate_apply
+
     from webhook.admission.settings import AdmissionSettings
 
     for i in range(20):

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import pytest
-
 from admission_support import container, make_pod, mutate
+
 from tests.process_support import free_port
 from tests.test_registry import LoopbackCA, serve
 from webhook import __version__
@@ -234,10 +234,10 @@ def _review(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_requests_past_the_lookup_threads_do_not_wait_for_a_stalled_registry(tmp_path) -> None:
+    import socket
+
     from webhook.server.app import create_app
     from webhook.server.settings import ServerSettings
-
-    import socket
 
     with socket.socket() as stalled:  # accepts connections, never answers
         stalled.bind(("127.0.0.1", 0))

@@ -15,9 +15,6 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner
-from hypothesis import given, settings as hsettings, strategies as st
-
 from admission_support import (
     REPO,
     SCENARIO_IMAGES,
@@ -29,6 +26,11 @@ from admission_support import (
     make_pod,
     validate,
 )
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from webhook import constants as C
 from webhook.admission import review as review_module
 from webhook.admission.commands import review as review_command

@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from tests.runc_support import Node, processes_rooted_under, kill_all
 from tests.process_support import wait_for
+from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
 from tests.runtime_support import cgroup2_runc, cgroup_lines
 from tests.test_e2e import (  # noqa: F401 - fixtures
     ADMISSION,
@@ -32,7 +32,6 @@ from tests.test_e2e import (  # noqa: F401 - fixtures
     run_pod,
     stop_and_check,
 )
-from tests.runc_support import busybox_rootfs, single_binary_rootfs
 from webhook import constants as C
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]

@@ -19,18 +19,18 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.process_support import coredump_command
-from webhook.certs import generate as gen
-from tests.process_support import free_port, stop_group
+from tests.process_support import coredump_command, free_port, stop_group
 from webhook import constants as C
+from webhook.certs import generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
 BODY_LIMIT = 64 * 1024
@@ -470,7 +470,7 @@ def test_reloader_reports_an_expired_certificate_as_not_ready(tmp_path: Path) ->
 
     from webhook.serving.tls import CertReloader
 
-    old = gen.generate(days=1, now=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    old = gen.generate(days=1, now=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     gen.write_bundle(old, tmp_path)
     reloader = CertReloader(tmp_path / "tls.crt", tmp_path / "tls.key")
     reloader.load()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from admission_support import PATTERN, Image, TableResolver, container, make_pod, mutate, validate
+
 from webhook import constants as C
 from webhook.admission.review import handle_review
 from webhook.admission.settings import AdmissionSettings

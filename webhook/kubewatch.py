@@ -14,7 +14,8 @@ import json
 import random
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 #: How long the API server holds one watch open (it ends it after that; we restart it).
 WATCH_TIMEOUT_SECONDS = 300
@@ -148,7 +149,7 @@ class ListWatcher:
             self.stop_event.wait(backoff * (0.5 + random.random() / 2))
             backoff = min(self.backoff_max, backoff * 2)
 
-    def start(self) -> "ListWatcher":
+    def start(self) -> ListWatcher:
         self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self

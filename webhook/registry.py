@@ -25,10 +25,11 @@ import platform as pyplatform
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -361,7 +362,7 @@ def credentials_for(ref: ImageRef, configs: Iterable[Mapping[str, Credential]]) 
                 continue
             klabels = khost.split(".")
             if not any(
-                len(klabels) == len(h.split(".")) and all(fnmatch.fnmatchcase(l, k) for k, l in zip(klabels, h.split(".")))
+                len(klabels) == len(h.split(".")) and all(fnmatch.fnmatchcase(label, k) for k, label in zip(klabels, h.split("."), strict=True))
                 for h in hosts
             ):
                 continue
@@ -680,11 +681,11 @@ class RegistryResolver:
         self._by_digest.put((ref.registry, ref.repository, digest, self.settings.platform), result, None)
         return result
 
-    def _get_manifest(self, image: str, base: str, reference: str, auth: "_Auth", budget: _Budget) -> tuple[bytes, str | None]:
+    def _get_manifest(self, image: str, base: str, reference: str, auth: _Auth, budget: _Budget) -> tuple[bytes, str | None]:
         body, resp = self._get(image, f"{base}/manifests/{reference}", {"Accept": MANIFEST_ACCEPT}, auth, budget, MAX_MANIFEST_BYTES, f"manifest {reference}")
         return body, (resp.headers.get("Content-Type") or "").split(";")[0].strip() or None
 
-    def _get(self, image: str, url: str, headers: dict, auth: "_Auth", budget: _Budget, limit: int, what: str) -> tuple[bytes, requests.Response]:
+    def _get(self, image: str, url: str, headers: dict, auth: _Auth, budget: _Budget, limit: int, what: str) -> tuple[bytes, requests.Response]:
         for attempt in range(2):
             resp = self._request(image, url, {**headers, **auth.header()}, budget, None)
             if resp.status_code == 401 and attempt == 0 and auth.handle_challenge(resp, budget):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -159,7 +160,7 @@ def _connection_class(base: type, policy: EgressPolicy) -> type:
             return policy.connect(self._dns_host, self.port, self.timeout, self.source_address, self.socket_options)
         except socket.gaierror as e:
             raise NameResolutionError(self.host, self, e) from e
-        except socket.timeout as e:
+        except TimeoutError as e:
             raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from e
         except EgressRefused:
             raise

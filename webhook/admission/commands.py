@@ -11,7 +11,6 @@ import click
 from webhook.admission.review import ReviewError, decoded_patch, handle_review
 from webhook.admission.settings import ADMISSION_OPTIONS, settings_from_params
 from webhook.admission.summary import summarize
-
 from webhook.registry import registry_options, settings_from_options
 
 

@@ -16,8 +16,9 @@ import json
 import posixpath
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import jsonpatch
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from webhook.admission.podsecurity import level_of
 from webhook.kubewatch import BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, WATCH_TIMEOUT_SECONDS, ListWatcher

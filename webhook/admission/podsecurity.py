@@ -11,7 +11,8 @@ caller (the namespace watch, :mod:`webhook.admission.namespaces`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: The namespace label Pod Security Admission enforces (AdmissionReview does not carry it).
 ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"

@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from webhook.agent import settings as settings_module
 from webhook import logs
+from webhook.agent import settings as settings_module
 from webhook.agent.settings import AgentSettings
 
 log = logging.getLogger("webhook.agent")
@@ -113,7 +113,6 @@ def make_pod_watch(settings: AgentSettings) -> Any:
 def _agent_services(settings: AgentSettings, previous_pattern: str) -> tuple[Callable[[Any, int], Any], Any]:
     """The crash handler wired to the pod watch (metadata) and the gcore requests it carries."""
     from webhook.agent.crash import CrashProcessor
-
     from webhook.agent.pending import PendingIdentities
 
     watch = make_pod_watch(settings)

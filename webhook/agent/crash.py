@@ -18,8 +18,9 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from webhook import constants
 from webhook.agent import chain as chain_mod
@@ -27,14 +28,14 @@ from webhook.agent import inflight
 from webhook.agent import metadata as meta
 from webhook.agent import metrics as metrics_mod
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
+from webhook.agent.finish import finish_core
 from webhook.agent.identity import UNVERIFIED_DIR, VERIFIED, Resolved, report_mismatches, resolve
 from webhook.agent.limits import RateLimiter
 from webhook.agent.metafile import ReservedMetadata
-from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
-from webhook.agent.settings import AgentSettings
-from webhook.agent.finish import finish_core
+from webhook.agent.procinfo import CgroupIdentity, Identity, ProcessGone, ProcessInfo, identify, read_process
 from webhook.agent.release import release_now
+from webhook.agent.settings import AgentSettings
 from webhook.agent.stream import REASON_RLIMIT, StreamLimits, parse_size, stream_core
 from webhook.agent.writer import OutputFile, SafeRoot
 from webhook.pattern import CrashInfo, PatternError, expand, parse
@@ -78,13 +79,13 @@ class CrashRequest:
     snapshot_id: str = ""
 
     @classmethod
-    def from_argv(cls, argv: list[str]) -> "CrashRequest":
+    def from_argv(cls, argv: list[str]) -> CrashRequest:
         """Parse the helper's arguments (argv[1:]); ValueError says what is wrong."""
         if len(argv) != len(HELPER_ARGS):
             raise ValueError(f"expected {len(HELPER_ARGS)} helper arguments ({' '.join(HELPER_ARGS)}), "
                              f"got {len(argv)}: {argv!r}")
         values: list[Any] = []
-        for spec, raw in zip(HELPER_ARGS[:11], argv[:11]):
+        for spec, raw in zip(HELPER_ARGS[:11], argv[:11], strict=False):
             if spec == "%C" and raw == "":
                 values.append(0)  # kernels before 6.2 drop %C
                 continue

@@ -23,9 +23,9 @@ import logging
 import os
 import platform
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from webhook.agent import syscalls
 

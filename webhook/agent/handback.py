@@ -16,8 +16,7 @@ import os
 import time
 
 from webhook.agent.settings import AgentSettings
-from webhook.agent.spooled import (RECORD_CGROUP, RECORD_ENVIRON, RECORD_ENVIRON_PREFIX, RECORD_EXE,
-                                   RECORD_ROOT)
+from webhook.agent.spooled import RECORD_CGROUP, RECORD_ENVIRON, RECORD_ENVIRON_PREFIX, RECORD_EXE, RECORD_ROOT
 
 CHUNK = 1 << 20
 #: How often (bytes written) the free space of the spool's filesystem is checked.

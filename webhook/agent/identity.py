@@ -19,8 +19,8 @@ the pod.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from webhook.agent.metadata import PodView
 from webhook.agent.podvolumes import unwritable_for

@@ -31,8 +31,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from webhook.agent.index_state import QuotaState, Slot
 from webhook.agent.metadata import iso_time

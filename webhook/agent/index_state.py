@@ -46,7 +46,7 @@ class Slot:
                 "created": self.created, "gone": self.gone}
 
     @classmethod
-    def from_json(cls, doc: Any) -> "Slot":
+    def from_json(cls, doc: Any) -> Slot:
         if not isinstance(doc, dict):
             raise ValueError("slot is not an object")
         name, core, count, rv = doc.get("name"), doc.get("core"), doc.get("count"), doc.get("rv", "")

@@ -45,8 +45,15 @@ from webhook.agent.identity import HOST, UNVERIFIED, VERIFIED
 from webhook.agent.metafile import reserved_tmp_name
 from webhook.agent.podvolumes import claim_of, translate
 from webhook.agent.procinfo import parse_cgroup
-from webhook.agent.writer import MAX_SUFFIX, RESOLVE_NAME, TMP_PREFIX, SafeRoot, openat2, rename_noreplace, \
-    write_small_file
+from webhook.agent.writer import (
+    MAX_SUFFIX,
+    RESOLVE_NAME,
+    TMP_PREFIX,
+    SafeRoot,
+    openat2,
+    rename_noreplace,
+    write_small_file,
+)
 
 log = logging.getLogger(__name__)
 

@@ -322,7 +322,7 @@ class KernelLogWatcher:
         self._thread: threading.Thread | None = None
         self._fd = -1
 
-    def start(self) -> "KernelLogWatcher":
+    def start(self) -> KernelLogWatcher:
         """Open the log and seek to its end now, so only what follows start is reported."""
         self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.lseek(self._fd, 0, os.SEEK_END)

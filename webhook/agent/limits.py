@@ -10,8 +10,9 @@ import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from webhook.agent.writer import TMP_PREFIX
 

@@ -49,7 +49,7 @@ def signal_name(number: int) -> str | None:
 
 
 def iso_time(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def build(*, node: str, namespace: str | None, pod: str | None, pod_uid: str | None,

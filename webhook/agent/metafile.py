@@ -14,8 +14,8 @@ import errno
 import os
 import secrets
 
-from webhook.constants import METADATA_SUFFIX
 from webhook.agent.writer import TMP_PREFIX, OutputFile
+from webhook.constants import METADATA_SUFFIX
 
 #: Space held for the metadata while the core streams (a document is ~2 KiB; saved binaries
 #: and a signature make it larger, the signature being added later by its own rewrite).

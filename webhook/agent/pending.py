@@ -27,7 +27,8 @@ import queue
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from webhook.agent import metadata as meta
 from webhook.agent.background import QueueWorker

@@ -22,7 +22,8 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from webhook.agent.creds import CredentialsError, as_process_credentials, parse_credentials
 from webhook.agent.procinfo import parse_cgroup

@@ -15,8 +15,9 @@ Also here: the webhook's ``coredump-webhook.io/unwritable`` annotation, read per
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from webhook import constants
 from webhook.agent.metadata import PodView
 from webhook.agent.podvolumes import volume_mounts
-from webhook.kubewatch import (BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, WATCH_TIMEOUT_SECONDS,  # noqa: F401
-                               Expired, ListWatcher, iter_lines, parse_event)
+from webhook.kubewatch import (  # noqa: F401
+    BACKOFF_MAX_SECONDS,
+    BACKOFF_START_SECONDS,
+    WATCH_TIMEOUT_SECONDS,
+    Expired,
+    ListWatcher,
+    iter_lines,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,19 @@ import dataclasses
 import logging
 import os
 
-from webhook.agent.procinfo import (MAX_ENVIRON_BYTES, CgroupIdentity, Identity, ProcessGone, ProcessInfo,
-                                    container_process, identify, parse_cgroup, parse_environ, read_process,
-                                    strip_root)
+from webhook.agent.procinfo import (
+    MAX_ENVIRON_BYTES,
+    CgroupIdentity,
+    Identity,
+    ProcessGone,
+    ProcessInfo,
+    container_process,
+    identify,
+    parse_cgroup,
+    parse_environ,
+    read_process,
+    strip_root,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ import select
 import stat
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 #: Read size of the buffered path (its one buffer).
 CHUNK = 1 << 20

@@ -384,7 +384,7 @@ def keep_symbols(files: list[MappedFile], core_dirfd: int, core_name: str, spec:
     finally:
         store.close()
     keys: dict = {"build_ids": entries, "symbols_store": spec.store_from_core_dir,
-                  "symbols_stored_bytes": sum(f.size for f, e in zip(files, entries) if e.get("stored") == "stored")}
+                  "symbols_stored_bytes": sum(f.size for f, e in zip(files, entries, strict=True) if e.get("stored") == "stored")}
     if exe_id:
         keys["build_id"] = exe_id
     if links:

@@ -114,7 +114,7 @@ class SafeRoot:
     label: str = ""
 
     @classmethod
-    def open(cls, path: str) -> "SafeRoot":
+    def open(cls, path: str) -> SafeRoot:
         """Open ``path`` (it may itself be the magic link ``/proc/<pid>/root``: we follow it
         once, here, on purpose; nothing inside it is followed that way)."""
         return cls(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), label=path)
@@ -124,7 +124,7 @@ class SafeRoot:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "SafeRoot":
+    def __enter__(self) -> SafeRoot:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -207,7 +207,7 @@ class OutputFile:
                           mode, RESOLVE_NAME)
         self.final_name: str | None = None
 
-    def __enter__(self) -> "OutputFile":
+    def __enter__(self) -> OutputFile:
         return self
 
     def __exit__(self, *exc) -> None:

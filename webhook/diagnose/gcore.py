@@ -16,8 +16,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, BinaryIO
+from typing import BinaryIO
 
 from webhook.diagnose.procstatus import parse_status
 

@@ -472,8 +472,8 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
               help="list the cluster's CoreDump index with each user's own token (in-cluster)")
 def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level, index):
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
-    from webhook.inspect import page_server
     from webhook import logs
+    from webhook.inspect import page_server
     from webhook.serving.tls import CertLoadError
 
     settings = page_server.PageSettings(

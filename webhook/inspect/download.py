@@ -13,8 +13,9 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 #: Suffix of an unfinished download.
 PART_SUFFIX = ".part"
@@ -56,7 +57,7 @@ class Result:
     already_done: bool = False
 
 
-def _sha256_of(path: str, limit: int | None = None) -> "hashlib._Hash":
+def _sha256_of(path: str, limit: int | None = None) -> hashlib._Hash:
     h = hashlib.sha256()
     left = limit
     with open(path, "rb") as f:

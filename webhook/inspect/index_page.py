@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, render_template_string, request
 
 from webhook import constants
 from webhook.inspect.download import human_size
+from webhook.inspect.listing import group_by_signature
 from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
-from webhook.inspect.listing import CoreRecord, group_by_signature
 
 log = logging.getLogger("coredump.page")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException

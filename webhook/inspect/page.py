@@ -16,15 +16,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Flask, Response, abort, render_template_string, send_file
 
-from webhook.inspect.download import human_size
-from webhook.inspect.page_auth import request_token, sign_in_response
 from webhook.constants import METADATA_SUFFIX
-from webhook.inspect.listing import (CoreRecord, group_by_signature, is_verified, newest_first, read_metadata_file,
-                                     scan_directory)
+from webhook.inspect.download import human_size
+from webhook.inspect.listing import (
+    CoreRecord,
+    group_by_signature,
+    is_verified,
+    newest_first,
+    read_metadata_file,
+    scan_directory,
+)
+from webhook.inspect.page_auth import request_token, sign_in_response
 
 #: The heading of cores whose pod the agent could not verify (no namespace is named for them:
 #: only users allowed in every namespace see them).

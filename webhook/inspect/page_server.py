@@ -13,9 +13,10 @@ each worker after the fork, never shared across processes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from webhook import constants
 from webhook.serving.gunicorn_base import GthreadServer

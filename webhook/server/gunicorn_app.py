@@ -14,8 +14,8 @@ import tempfile
 from typing import Any
 
 from webhook.server.app import create_app
-from webhook.serving.gunicorn_base import GthreadServer
 from webhook.server.settings import ServerSettings
+from webhook.serving.gunicorn_base import GthreadServer
 from webhook.serving.tls import CertReloader
 
 

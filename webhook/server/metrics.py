@@ -7,10 +7,9 @@ every worker's, so a scrape sees the whole server whichever worker answers it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Outcomes of a request to /mutate or /validate.
 OUTCOMES = ("allowed", "patched", "denied", "error", "bad_request")

@@ -25,7 +25,7 @@ class ServerSettings:
     #: Directory holding ``tls.crt`` and ``tls.key`` (the mounted Secret); watched for rotation.
     cert_dir: Path
     #: Settings of the admission logic (pattern policy, volumes, wrapper image, ...).
-    admission: "AdmissionSettings"
+    admission: AdmissionSettings
     #: ``HOST:PORT`` to listen on.
     bind: str = DEFAULT_BIND
     #: gunicorn worker processes (each with its own threads); 2 uses both cores of a small node.
@@ -51,7 +51,7 @@ class ServerSettings:
     #: runner when workers > 1; None: metrics live in this process only).
     metrics_dir: str | None = None
     #: Settings of the registry resolver (None: its defaults).
-    registry: "RegistrySettings | None" = None
+    registry: RegistrySettings | None = None
 
     @property
     def cert_file(self) -> Path:
