@@ -20,11 +20,10 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import Recorder, make_settings, read_meta, start_namespace_app, webhook_env
 from tests.crash_support import core_files
 from tests.inspect_apiserver import FakeApiServer, Recorded
-from tests.test_agent_crash import k8s_cgroup, make_settings, read_meta, start_namespace_app, webhook_env  # noqa: F401
-from tests.test_agent_signatures import Recorder
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import podwatch
 from webhook.agent.crash import CrashProcessor

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.certs_apiserver import FakeAPI
 from tests.crash_support import check_elf_core, reap, segv
+from tests.lifecycle_support import Agent, Gate, agent_settings, start_sleepers
 from tests.process_support import wait_for
 from webhook.agent import install, lifecycle
 from webhook.agent.settings import AgentSettings
@@ -33,16 +33,6 @@ from webhook.agent.sysctl import CORE_PATTERN, Sysctl
 RECORDED = Path(__file__).resolve().parent / "recorded" / "agent"
 DS_PATH = "/apis/apps/v1/namespaces/coredump-webhook/daemonsets/coredump-webhook-agent"
 DS = "coredump-webhook/coredump-webhook-agent"
-
-
-def start_sleepers(n: int) -> list[subprocess.Popen]:
-    """Sleepers whose soft RLIMIT_CORE is their hard one (unregistered processes honour it)."""
-
-    def core_limit() -> None:
-        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
-
-    return [subprocess.Popen(["sleep", "60"], preexec_fn=core_limit) for _ in range(n)]
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -97,38 +87,6 @@ def test_modes() -> None:
 # --- the real agent, the real kernel ---------------------------------------------------------
 
 
-class Agent:
-    """``run_agent`` in a thread; ``stop()`` is what SIGTERM does in ``coredump agent run``."""
-
-    def __init__(self, settings: AgentSettings, handler_factory: Any = None) -> None:
-        from webhook.agent.commands import run_agent
-
-        self.settings = settings
-        self.stop_event = threading.Event()
-        self.error: list[BaseException] = []
-        self.registry = CollectorRegistry()
-
-        def main() -> None:
-            try:
-                run_agent(settings, self.stop_event, handler_factory=handler_factory, registry=self.registry)
-            except BaseException as exc:  # noqa: BLE001 - reported by stop()
-                self.error.append(exc)
-
-        self.thread = threading.Thread(target=main, daemon=True)
-        self.thread.start()
-        wait_for(lambda: Sysctl().read(CORE_PATTERN) == install.helper_pattern(settings) and self._listening(),
-                 what="agent serving")
-
-    def _listening(self) -> bool:
-        return Path(self.settings.socket_path).exists() or bool(self.error)
-
-    def stop(self, timeout: float = 60) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the agent did not stop"
-        assert not self.error, self.error
-
-
 @pytest.fixture
 def host(kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="cdl-"))
@@ -140,14 +98,6 @@ def host(kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             install.uninstall(AgentSettings(host_dir=str(path)))
         finally:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def agent_settings(host: Path, bin_dir: Path, **kw: Any) -> AgentSettings:
-    base = dict(host_dir=str(host), helper_binary=str(bin_dir / "coredump-helper"), metrics_bind="",
-                watch_pods=False, events=False, signatures=False, unregistered="node", rate_limit_count=100,
-                spool_drain_interval_seconds=3600)
-    base.update(kw)
-    return AgentSettings(**base)
 
 
 def node_cores(host: Path, pid: int) -> list[Path]:
@@ -198,31 +148,6 @@ def test_restart_keeps_the_helper_and_a_crash_in_the_gap_is_delivered_then_remov
         second.stop()
         assert Sysctl().read(CORE_PATTERN) == original
         assert not (host / install.BACKUP_NAME).exists()
-
-
-class Gate:
-    """Wraps the real crash handler: the first core waits for ``release`` (a dump in flight)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.first = True
-        self.lock = threading.Lock()
-
-    def factory(self, settings: AgentSettings, previous: str) -> Callable[[Any, int], Any]:
-        from webhook.agent.crash import CrashProcessor
-
-        processor = CrashProcessor(settings, previous_pattern=previous or None)
-
-        def handle(request: Any, fd: int) -> Any:
-            with self.lock:
-                first, self.first = self.first, False
-            if first:
-                self.entered.set()
-                self.release.wait(60)
-            return processor.handle(request, fd)
-
-        return handle
 
 
 @pytest.mark.kernel

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_support import SIG_A, SIG_B, _core, start_namespace_app
 from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, start_namespace_app  # noqa: F401 - a fixture
-from tests.test_agent_retention import SIG_A, SIG_B, _core
 from webhook.agent import index as idx
 from webhook.agent.commands import retention_loop
 from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs

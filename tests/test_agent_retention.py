@@ -4,29 +4,17 @@ store entries no core links to any more go too; pruned cores' CoreDumps say so."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
+from tests.agent_support import SIG_A, SIG_B, _core
 from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 from webhook.agent import retention
 from webhook.agent.analysis import SignatureWorker
 from webhook.agent.limits import apply_retention
-
-SIG_A, SIG_B = "a" * 64, "b" * 64
-
-
-def _core(d: Path, name: str, t: int, signature: str, **extra) -> None:
-    (d / name).write_bytes(b"\x7fELF core " + name.encode())
-    doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
-           "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified", "sha256": hashlib.sha256(name.encode()).hexdigest(), **extra}
-    (d / (name + ".json")).write_text(json.dumps(doc))
-    sysroot = d / (name + ".sysroot") / "usr" / "lib"
-    sysroot.mkdir(parents=True)
-    (sysroot / "libc.so.6").symlink_to("../../../.symbols/buildid/abc/executable")
 
 
 def test_plan_keeps_the_first_and_the_latest():

@@ -13,27 +13,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import APP_UID, _app_dir, crash_as_app, known_pod
 from tests.crash_support import build_programs
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
-from webhook import constants
+from tests.suite_support import which_or_fail
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.mappings import close_all, open_mapped_files, parse_maps
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.symbols import build_id
-
-APP_UID, APP_GID = 1000, 3000
 
 ATTACK_C = r"""
 #define _GNU_SOURCE
@@ -91,36 +85,6 @@ def test_mapped_files_of_a_live_process_are_the_mapped_inodes(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory uid 1000 can reach (pytest's tmp_path is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="cdh-sym-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _app_dir(path: Path) -> Path:
-    path.mkdir(parents=True)
-    os.chown(path, APP_UID, APP_GID)
-    return path
-
-
-def crash_as_app(exe: Path, args: list[str], cgroup: Path, pod_uid: str, pattern: str) -> int:
-    """Run ``exe`` as uid 1000 in a kubelet-shaped cgroup with the webhook's env; it crashes."""
-    env = {"PATH": "/usr/bin:/bin", constants.ENV_PATTERN: pattern, constants.ENV_POD_NAME: "web-0",
-           constants.ENV_POD_NAMESPACE: "shop", constants.ENV_POD_UID: pod_uid, constants.ENV_CONTAINER_NAME: "app"}
-    cmd = " ".join(["exec", "setpriv", f"--reuid={APP_UID}", f"--regid={APP_GID}", "--clear-groups", str(exe),
-                    *[f"'{a}'" for a in args]])
-    proc = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && {cmd}"], env=env,
-                            stdout=subprocess.DEVNULL)
-    rc = proc.wait(60)
-    assert rc < 0, f"{exe} did not crash (exit {rc})"
-    return proc.pid
 
 
 def _regular_files(root: Path) -> list[Path]:

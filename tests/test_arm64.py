@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.arm64_support import EM_AARCH64, EM_X86_64, QEMU, binfmt_command, elf_machine
-from tests.conftest import REPO, which_or_fail
-from tests.test_dockerfile import _is_static_elf
-from tests.test_helper import ARGV, CORE, Recorder, log_lines, serve, settings_for, spool_entries  # noqa: F401
-from tests.test_wrapper import PROBE_C, parse_probe, read_frames
+from tests.helper_support import ARGV, CORE, Recorder, log_lines, settings_for, spool_entries
+from tests.native_support import PROBE_C, _is_static_elf, parse_probe, read_frames
+from tests.suite_support import REPO, which_or_fail
 from webhook.agent import creds, syscalls
 from webhook.constants import ENV_COREDUMP_FILTER, WRAPPER_CAT_FLAG, WRAPPER_INSTALL_FLAG, WRAPPER_LIST_FLAG
 from webhook.inspect.listing import listing_entries

@@ -1431,7 +1431,7 @@ def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, 
                                                             tmp_path: Path) -> None:
     """The real PromQL parser (promtool from Debian's prometheus package) checks the rules, and
     the dashboard's expressions as recording rules (Grafana's variables given values)."""
-    from tests.conftest import which_or_fail
+    from tests.suite_support import which_or_fail
 
     promtool = which_or_fail("promtool")
     objs = rendered["monitoring"]
@@ -1454,7 +1454,7 @@ def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, 
 def test_alerts_fire_on_the_series_the_code_exports(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     """`promtool test rules`: synthetic series named and labelled as the agent and webhook
     export them (labels of the PodMonitor/ServiceMonitor targets added) fire the alerts."""
-    from tests.conftest import which_or_fail
+    from tests.suite_support import which_or_fail
 
     promtool = which_or_fail("promtool")
     groups = copy.deepcopy(_rule_groups(rendered["monitoring"]))

@@ -13,14 +13,11 @@ import kubernetes_validate
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import _app_dir, crash_as_app, known_pod
 from tests.crash_support import build_programs
 from tests.inspect_apiserver import Echo, FakeApiServer
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
-from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
-from tests.test_agent_symbols import APP_GID, APP_UID, _app_dir, crash_as_app, shared_dir  # noqa: F401
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import index as idx
 from webhook.agent import install
@@ -239,8 +236,7 @@ def _page_over_the_index(items: list[dict], tmp_path: Path) -> tuple[str, str]:
     """The index page's DOM (and a screenshot each) for alice, who may list shop's CoreDumps,
     and bob, who may list payments' only, with ``items`` as shop's index."""
     from tests.inspect_apiserver import ByToken, Recorded
-    from tests.test_inspect_index_page import INDEX, _api_for, _screenshot
-    from tests.test_inspect_page import Served, auth_proxy, chromium_dom
+    from tests.page_support import INDEX, Served, _api_for, _screenshot, auth_proxy, chromium_dom
     from webhook.inspect.index_page import create_index_page_app
 
     listing = {"apiVersion": "coredump-webhook.io/v1alpha1", "kind": "CoreDumpList",

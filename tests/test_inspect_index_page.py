@@ -12,10 +12,10 @@ import requests
 
 from tests.inspect_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
-from tests.test_inspect_page import Served, auth_proxy, chromium_dom, which_or_fail
+from tests.page_support import INDEX, Served, _api_for, _screenshot, auth_proxy, chromium_dom
+from tests.suite_support import which_or_fail
 from webhook.inspect.index_page import TOKEN_COOKIE, create_index_page_app
 
-INDEX = "/apis/coredump-webhook.io/v1alpha1"
 POD = "web-7d9f8c6b5-x2kqp"
 
 
@@ -39,14 +39,6 @@ def _server(tmp_path) -> FakeApiServer:
     server.route("GET", f"{INDEX}/namespaces/shop/coredumps", ByToken({"alice-token": Recorded(200, data["shop"])}))
     server.route("GET", f"{INDEX}/namespaces/payments/coredumps", ByToken({"alice-token": forbidden}))
     return server
-
-
-def _api_for(server):
-    def make(token: str):
-        api = server.api()
-        api.configuration.api_key = {"authorization": f"Bearer {token}"}
-        return api
-    return make
 
 
 def test_index_page_shows_each_user_their_namespaces_in_chromium(tmp_path, caplog):
@@ -75,15 +67,6 @@ def test_index_page_shows_each_user_their_namespaces_in_chromium(tmp_path, caplo
     lines = [r for r in caplog.records if r.getMessage() == "page request"]
     assert {getattr(r, "user", None) for r in lines} >= {"alice", "admin"}
     assert all(getattr(r, "status", None) == 200 for r in lines if getattr(r, "path", "") == "/")
-
-
-def _screenshot(url: str, path, tmp_path) -> None:
-    import subprocess
-
-    chromium = which_or_fail("chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             f"--user-data-dir={tmp_path / 'chromium-shot'}", "--window-size=1400,900", f"--screenshot={path}"]
-    subprocess.run([chromium, *flags, url], capture_output=True, timeout=120, check=True)
 
 
 def test_refused_token_gets_the_sign_in_form_not_an_empty_page(tmp_path):

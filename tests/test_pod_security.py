@@ -292,7 +292,7 @@ def test_nfs_default_volume_becomes_an_emptydir_where_restricted() -> None:
 
 
 def test_workload_check_gives_the_same_warning() -> None:
-    from tests.test_workloads import review, template, workload
+    from tests.admission_support import review, template, workload
 
     obj = workload("Deployment", template({C.ANN_PATTERN: "/data/core.%p"}, [container("web", command=["/web"])]))
     answer = handle_review(review(obj, "Deployment"), AdmissionSettings(), namespace_levels=_levels("baseline"))
