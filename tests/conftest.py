@@ -82,7 +82,7 @@ def kernel():
 @pytest.fixture
 def pod_api():
     """The API server's pods (list + watch) on a real socket: the agent's only source of pod names."""
-    from tests.inspect_apiserver import FakeApiServer
+    from tests.kube_apiserver import FakeApiServer
     from tests.pod_api import PodApi
 
     with FakeApiServer() as server:

@@ -9,7 +9,7 @@ from admission_support import container, make_pod, mutate_apply, validate
 from click.testing import CliRunner
 
 from tests.admission_support import review, template, workload
-from tests.inspect_apiserver import RECORDED, FakeApiServer, Recorded
+from tests.kube_apiserver import RECORDED, FakeApiServer, Recorded
 from webhook import constants as C
 from webhook.admission.review import handle_review
 from webhook.admission.settings import AdmissionSettings

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.agent_support import Recorder, make_settings, read_meta, start_namespace_app, webhook_env
 from tests.crash_support import core_files
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import podwatch

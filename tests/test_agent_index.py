@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_a_crash_during_a_retried_create_takes_its_place(tmp_path, server):
 def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod(tmp_path, server, validate):
     """The pod watch's view (the recorded pod) says which volume holds the core; once the watch
     knows the pod was deleted, the CoreDump of a core on its emptyDir says Gone."""
-    from tests.inspect_apiserver import RECORDED
+    from tests.kube_apiserver import RECORDED
     from webhook.agent.podwatch import pod_record
 
     pod = json.loads((RECORDED / "pod-web.json").read_text())
@@ -263,7 +263,7 @@ def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod
 def test_an_emptydir_core_is_gone_with_its_pod_after_an_agent_restart(tmp_path, server, validate):
     """The record of an emptyDir core is kept in the state file: an agent restarted before the
     pod is deleted still marks it Gone (and a record marked Gone is not marked again)."""
-    from tests.inspect_apiserver import RECORDED
+    from tests.kube_apiserver import RECORDED
     from tests.process_support import wait_for
     from webhook.agent.podwatch import pod_record
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_support import SIG_A, SIG_B, _core, start_namespace_app
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook.agent import index as idx
 from webhook.agent.commands import retention_loop

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook.agent import podwatch
 from webhook.agent.podwatch import PodIndex, PodWatcher

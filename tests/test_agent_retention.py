@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.agent_support import SIG_A, SIG_B, _core
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 from webhook.agent import retention
 from webhook.agent.analysis import SignatureWorker

@@ -848,7 +848,7 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
     """Each certificate Job's real command, with its rendered environment, against recorded API
     answers (Secret missing, then expired): every request must be allowed by the RBAC bound to
     the Job's ServiceAccount, and every verb of that RBAC must be used by some request."""
-    from tests.certs_apiserver import FakeAPI, recorded
+    from tests.kube_apiserver import FakeApiServer, recorded
 
     objs = rendered["default"]
     job_names = {j["metadata"]["name"].rsplit("-", 1)[0]: j["metadata"]["name"] for j in find(objs, "Job")}
@@ -865,18 +865,18 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
         secret = f"/api/v1/namespaces/{env['COREDUMP_CERTS_NAMESPACE']}/secrets"
         mwc = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{env['COREDUMP_CERTS_WEBHOOK_CONFIG']}"
         for state in ("missing", "expired"):
-            with FakeAPI() as api:
+            with FakeApiServer() as api:
                 if state == "missing":
-                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (404, recorded("secret-get-404.json")))
-                    api.route("POST", secret, (201, recorded("secret-create-201.json")))
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (404, recorded("secret-get-404.json", "certs")))
+                    api.route("POST", secret, (201, recorded("secret-create-201.json", "certs")))
                 else:
-                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-get-200-expired.json")))
-                    api.route("PUT", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-replace-200.json")))
-                api.route("GET", mwc, (200, recorded("mwc-get-200.json")))
-                api.route("PATCH", mwc, (200, recorded("mwc-patch-200.json")))
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-get-200-expired.json", "certs")))
+                    api.route("PUT", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-replace-200.json", "certs")))
+                api.route("GET", mwc, (200, recorded("mwc-get-200.json", "certs")))
+                api.route("PATCH", mwc, (200, recorded("mwc-patch-200.json", "certs")))
                 run_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG", "COREDUMP_"))}
                 run_env.update(env, HOME=str(tmp_path),
-                               KUBECONFIG=str(api.write_kubeconfig(tmp_path / f"kubeconfig-{state}")))
+                               KUBECONFIG=str(api.kubeconfig(tmp_path / f"kubeconfig-{state}", namespace=None, token="t0ken")))
                 command = [str(Path(sys.executable).parent / container["command"][0]), *container["command"][1:]]
                 proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
                 assert proc.returncode == 0, (name, state, proc.stderr)
@@ -884,7 +884,7 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
                 assert line["event"] == "certs.bootstrap"
                 assert line["secret"] == {"missing": "created", "expired": "rotated"}[state]
                 assert len(line["webhooksPatched"]) == (0 if "--secret-only" in command else 2)
-                for seen in api.seen:
+                for seen in api.seen():
                     attrs = _request_attributes(seen.method, seen.path)
                     allowing = [(role, i, attrs[4]) for role, i, rule, where in granted if _permits(rule, where, attrs)]
                     assert allowing, f"{name}: {seen.method} {seen.path} would be Forbidden for {account}"

@@ -137,7 +137,7 @@ def _unverified_state(agent: Agent, vol: Path) -> dict[str, Any]:
 def api_down_at_the_crash(tmp_path_factory, bin_dir):
     """The scenario once for the tests below: state while the API is down, then after it is back."""
     from tests.e2e_support import ADMISSION, APP_IMAGE, NODE_NAME, SIDECAR_IMAGE
-    from tests.inspect_apiserver import FakeApiServer
+    from tests.kube_apiserver import FakeApiServer
     from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
     from tests.suite_support import kernel_settings_guard, which_or_fail
 

@@ -9,8 +9,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from tests.inspect_apiserver import DISTROLESS, RECORDED, Echo, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.kube_apiserver import DISTROLESS, RECORDED, Echo, Exec, FakeApiServer, Recorded
 from tests.pod_security import restricted
 from webhook import constants
 from webhook.cli import main

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.agent_support import _app_dir, crash_as_app, known_pod
 from tests.crash_support import build_programs
-from tests.inspect_apiserver import Echo, FakeApiServer
+from tests.kube_apiserver import Echo, FakeApiServer
 from tests.process_support import wait_for
 from tests.suite_support import which_or_fail
 from webhook import constants
@@ -235,7 +235,7 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
 def _page_over_the_index(items: list[dict], tmp_path: Path) -> tuple[str, str]:
     """The index page's DOM (and a screenshot each) for alice, who may list shop's CoreDumps,
     and bob, who may list payments' only, with ``items`` as shop's index."""
-    from tests.inspect_apiserver import ByToken, Recorded
+    from tests.kube_apiserver import ByToken, Recorded
     from tests.page_support import INDEX, Served, _api_for, _screenshot, auth_proxy, chromium_dom
     from webhook.inspect.index_page import create_index_page_app
 

@@ -10,8 +10,8 @@ import logging
 
 import requests
 
-from tests.inspect_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.kube_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
 from tests.page_support import INDEX, Served, _api_for, _screenshot, auth_proxy, chromium_dom
 from tests.suite_support import which_or_fail
 from webhook.inspect.index_page import TOKEN_COOKIE, create_index_page_app

@@ -20,7 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests import pod_security as pss
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook import constants as C
 from webhook.admission.mutate import apply, mutate_pod
