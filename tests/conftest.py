@@ -1,4 +1,7 @@
-"""Shared fixtures: built static helpers, fetched tools, root/kernel gating, kernel settings.
+"""Shared fixtures: built static helpers, fetched tools, root/kernel gating, kernel settings,
+the API server's pods; an area's own shared fixtures are in the ``tests/*_fixtures.py`` plugins
+registered here. Test modules import neither: pytest hands fixtures to them by name. Plain
+helpers are in ``tests/*_support.py`` (tests/test_test_layout.py holds the suite to this).
 
 Tests marked ``root`` or ``kernel`` are skipped only on a developer machine without root;
 when ``CI=true`` they must run, so a missing privilege fails loudly instead of hiding.
@@ -24,6 +27,12 @@ from tests.suite_support import (
 
 #: Fixtures of an area live in its own plugin module (never imported by a test module).
 pytest_plugins = ["tests.agent_fixtures", "tests.e2e_fixtures"]
+
+#: Support modules hold checks too: pytest rewrites their asserts as it does the tests' (the
+#: failure shows the values). suite_support is imported above, before this could apply.
+pytest.register_assert_rewrite(*sorted(f"tests.{p.stem}" for p in Path(__file__).parent.glob("*_support.py")
+                                       if p.stem != "suite_support"))
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if is_root():
