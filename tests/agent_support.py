@@ -181,7 +181,7 @@ def start_namespace_app(tmp_path: Path, vol: Path, env: dict[str, str], cgroup: 
 APP_UID, APP_GID = 1000, 3000
 
 
-def _app_dir(path: Path) -> Path:
+def app_dir(path: Path) -> Path:
     path.mkdir(parents=True)
     os.chown(path, APP_UID, APP_GID)
     return path
@@ -216,7 +216,7 @@ class Recorder:
 SIG_A, SIG_B = "a" * 64, "b" * 64
 
 
-def _core(d: Path, name: str, t: int, signature: str, **extra) -> None:
+def retained_core(d: Path, name: str, t: int, signature: str, **extra) -> None:
     (d / name).write_bytes(b"\x7fELF core " + name.encode())
     doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
            "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified", "sha256": hashlib.sha256(name.encode()).hexdigest(), **extra}

@@ -96,5 +96,3 @@ def pod_api():
 
     with FakeApiServer() as server:
         yield PodApi(server)
-
-

@@ -257,7 +257,7 @@ def check_core(run: Run, agent: Agent, host_file: Path, container_path: str) -> 
     assert {"type": "RLIMIT_CORE", "hard": UNLIMITED, "soft": 0} in run.app.config["process"]["rlimits"]
     assert meta["rlimit_core"] == UNLIMITED  # %c, as the kernel saw it at the crash
     # the pid inside the pod's pid namespace, as the shell saw it ($!)
-    nspid = int(_volume_file(run, "child.pid").read_text())
+    nspid = int(volume_file(run, "child.pid").read_text())
     assert meta["pid"] == nspid and meta["global_pid"] != nspid and nspid > 1
     assert run.started - 1 <= meta["time"] <= run.ended + 1
     assert meta["exe"] == "/bin/busybox"  # the container's view of the executable
@@ -267,7 +267,7 @@ def check_core(run: Run, agent: Agent, host_file: Path, container_path: str) -> 
     return meta
 
 
-def _volume_file(run: Run, name: str) -> Path:
+def volume_file(run: Run, name: str) -> Path:
     """A file the app wrote to the root of the volume holding its output dir."""
     for d in run.volume_dirs.values():
         if (d / name).exists():
@@ -277,7 +277,7 @@ def _volume_file(run: Run, name: str) -> Path:
 
 def check_limits_raised(run: Run) -> None:
     """What the app's own shell saw in /proc/self/limits: soft raised from 0 to the hard limit."""
-    assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["unlimited", "unlimited"]
+    assert core_limit_line(volume_file(run, "limits.txt").read_text()) == ["unlimited", "unlimited"]
 
 
 def crash_into_dump_volume(node: Node, agent: Agent) -> tuple[Run, dict[str, Any]]:

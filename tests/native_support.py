@@ -9,7 +9,7 @@ from pathlib import Path
 from webhook.constants import WRAPPER_LIST_MAGIC
 
 
-def _is_static_elf(path: Path) -> bool:
+def is_static_elf(path: Path) -> bool:
     """An ELF executable without a PT_INTERP program header (no dynamic loader needed)."""
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit

@@ -50,7 +50,7 @@ def chromium_dom(url: str, tmp_path) -> str:
 INDEX = "/apis/coredump-webhook.io/v1alpha1"
 
 
-def _api_for(server):
+def api_for(server):
     def make(token: str):
         api = server.api()
         api.configuration.api_key = {"authorization": f"Bearer {token}"}
@@ -58,7 +58,7 @@ def _api_for(server):
     return make
 
 
-def _screenshot(url: str, path, tmp_path) -> None:
+def take_screenshot(url: str, path, tmp_path) -> None:
     import subprocess
 
     chromium = which_or_fail("chromium")

@@ -183,5 +183,3 @@ def _wait_for_child_in(unshare_pid: int, path: str, timeout: float = 10.0) -> in
                 continue
         time.sleep(0.02)
     raise AssertionError(f"no process of {unshare_pid} sees {path}")
-
-

@@ -1174,7 +1174,6 @@ def test_index_page_is_one_restricted_deployment_with_no_rights_but_token_review
     assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["targetPort"] == "page"
 
 
-
 # --- production: rollouts, evictions and the agent's stop -----------------------------------
 
 
@@ -1560,7 +1559,6 @@ def test_notes_point_at_the_monitoring(helm: Path, helm_env: dict[str, str], tmp
     notes = _notes(helm, helm_env, tmp_path, "--set", "monitoring.prometheusRule.enabled=true")
     assert "PrometheusRule" in notes and "monitoring.labels" in notes
     assert "sees its DaemonSet gone" in _notes(helm, helm_env, tmp_path)
-
 
 
 def test_registry_platform_defaults_to_the_webhook_nodes_architecture(rendered: dict[str, list[dict[str, Any]]]) -> None:

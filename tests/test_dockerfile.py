@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import webhook
-from tests.native_support import _is_static_elf
+from tests.native_support import is_static_elf
 from webhook import constants as C
 
 REPO = Path(__file__).resolve().parent.parent
@@ -328,7 +328,7 @@ def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path, 
     for image_path in (C.IMAGE_WRAPPER_PATH, C.IMAGE_HELPER_PATH):
         binary = out / os.path.basename(image_path)
         assert binary.is_file() and os.access(binary, os.X_OK), image_path
-        assert _is_static_elf(binary), f"{binary.name} is not a static ELF"
+        assert is_static_elf(binary), f"{binary.name} is not a static ELF"
         assert struct.unpack_from("<H", binary.read_bytes(), 18)[0] == ELF_MACHINES[targetarch]
     if targetarch != "amd64":
         return  # run under qemu by tests/test_arm64.py

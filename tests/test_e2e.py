@@ -33,7 +33,6 @@ from tests.e2e_support import (
     RUN_UID,
     Agent,
     Run,
-    _volume_file,
     check_cgroups_gone,
     check_core,
     check_limits_raised,
@@ -43,24 +42,14 @@ from tests.e2e_support import (
     run_pod,
     running_agent,
     stop_and_check,
+    volume_file,
 )
 from tests.process_support import wait_for
-from tests.runc_support import (
-    CGROUP_FLAVOURS,
-)
+from tests.runc_support import CGROUP_FLAVOURS
 from webhook import constants as C
 from webhook.admission.mutate import apply, mutate_pod
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
-
-
-# --- the pod a ReplicaSet creates -----------------------------------------------------------------
-
-
-# --- the agent, as the DaemonSet runs it -----------------------------------------------------------
-
-
-# --- checks ---------------------------------------------------------------------------------------
 
 
 # --- the scenarios ---------------------------------------------------------------------------------
@@ -105,7 +94,7 @@ def test_a_pod_whose_limit_cannot_be_raised_keeps_its_full_core(agent, kernel, n
     node = node_factory("cgroupfs")
     node.core_limit = (0, 0)
     run = run_pod(node, pod)
-    assert core_limit_line(_volume_file(run, "limits.txt").read_text()) == ["0", "0"]  # not raised
+    assert core_limit_line(volume_file(run, "limits.txt").read_text()) == ["0", "0"]  # not raised
     (core_mount,) = [m for m in app["volumeMounts"] if m["mountPath"] == "/data/dump-a"]
     vol = run.volume_dirs[core_mount["name"]]
     cores = [p for p in core_files(vol) if p.name.startswith("core.")]
