@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import kernel_settings_guard  # noqa: E402  (the suite's lock and restore)
+from tests.suite_support import kernel_settings_guard  # noqa: E402  (the suite's lock and restore)
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_PIPE_LIMIT = "/proc/sys/kernel/core_pipe_limit"

@@ -1,6 +1,6 @@
 """Benchmark: ``coredump list -A --group`` over 10,000 CoreDumps, next to one raw list call.
 
-A fake API server (tests/inspect_apiserver.py, a real socket) answers the cluster-wide list of
+A fake API server (tests/kube_apiserver.py, a real socket) answers the cluster-wide list of
 CoreDumps with N objects across P pods and S namespaces (built by the agent's own
 ``build_coredump``, as the API server would return them). Three runs, each a fresh process:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.inspect_apiserver import FakeApiServer, Recorded  # noqa: E402
+from tests.kube_apiserver import FakeApiServer, Recorded  # noqa: E402
 from webhook.agent import index as idx  # noqa: E402
 
 PYTHON = REPO / ".venv" / "bin" / "python"

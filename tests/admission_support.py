@@ -141,3 +141,57 @@ def find(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 def load_scenarios() -> list[dict[str, Any]]:
     return json.loads(SCENARIOS.read_text())
+
+
+def template(annotations: dict[str, str] | None = None, containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {"app": "web"}}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    spec: dict[str, Any] = {"containers": containers or [container("web", command=["/web"])]}
+    return {"metadata": meta, "spec": spec}
+
+
+def workload(kind: str, tmpl: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    selector = {"matchLabels": {"app": "web"}}
+    if kind == "CronJob":
+        tmpl["spec"]["restartPolicy"] = "OnFailure"
+        spec: dict[str, Any] = {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": tmpl}}}
+    elif kind == "Job":
+        tmpl["spec"]["restartPolicy"] = "Never"
+        spec = {"template": tmpl}
+    elif kind == "StatefulSet":
+        spec = {"serviceName": "web", "selector": selector, "template": tmpl}
+    elif kind == "PodTemplate":
+        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "web", "namespace": "shop", **meta}, "template": tmpl}
+    elif kind == "ReplicationController":
+        spec = {"selector": {"app": "web"}, "template": tmpl}
+    else:
+        spec = {"selector": selector, "template": tmpl}
+    return {
+        "apiVersion": f"{GROUPS[kind]}/v1".lstrip("/"),
+        "kind": kind,
+        "metadata": {"name": "web", "namespace": "shop", **meta},
+        "spec": spec,
+    }
+
+
+def review(obj: Any, kind: str, operation: str = "CREATE", group: str | None = None) -> dict[str, Any]:
+    group = GROUPS.get(kind, "") if group is None else group
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "b1f0c3d2-0000-4000-8000-00000000beef",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "admin"},
+            "object": obj,
+            "oldObject": obj if operation == "UPDATE" else None,
+        },
+    }
+
+
+GROUPS = {"Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps", "Job": "batch", "CronJob": "batch",
+          "ReplicationController": "", "PodTemplate": ""}

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import which_or_fail
 from tests.runc_support import Container, Node, remove_cgroup_dirs
 from tests.runtime_support import HostLeftovers, image_tar, kill_stragglers, pids_with_cmdline, terminate, unmount_all
+from tests.suite_support import which_or_fail
 
 NAMESPACE = "k8s.io"
 SHIM = "containerd-shim-runc-v2"

@@ -10,8 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import which_or_fail
 from tests.process_support import wait_for
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent.symbols import STORE_DIR, SYSROOT_SUFFIX
 

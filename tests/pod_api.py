@@ -1,7 +1,7 @@
 """The API server's pods as a node agent sees them: a list, then a watch that streams changes.
 
 :class:`PodApi` plays the part of kube-apiserver for ``/api/v1/pods`` on a
-:class:`tests.inspect_apiserver.FakeApiServer` (a real socket, the real kubernetes client in
+:class:`tests.kube_apiserver.FakeApiServer` (a real socket, the real kubernetes client in
 the agent): the first request of each watcher gets the list (``PodList`` with a
 resourceVersion, as recorded in ``tests/recorded/agent/podlist-node-3.json``), every
 ``watch=true`` request gets the ``MODIFIED``/``DELETED`` events after its resourceVersion,
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 
 #: How long a watch request waits for a change before the stream ends (the agent reconnects).
 WATCH_WAIT_SECONDS = 2.0

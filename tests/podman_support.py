@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import which_or_fail
 from tests.docker_support import DockerNode
 from tests.runc_support import remove_cgroup_dirs
 from tests.runtime_support import HostLeftovers, image_tar
+from tests.suite_support import which_or_fail
 
 #: RLIMIT_NPROC given to podman's containers.
 NPROC = 4096

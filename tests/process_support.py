@@ -51,3 +51,17 @@ def coredump_command() -> list[str]:
     else ``python -m webhook.cli``): never a hard-coded virtualenv path."""
     script = Path(sys.executable).with_name("coredump")
     return [str(script)] if script.exists() else [sys.executable, "-m", "webhook.cli"]
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        out.extend(kids)
+        todo.extend(kids)
+    return out

@@ -20,7 +20,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.conftest import which_or_fail
+from tests.suite_support import which_or_fail
 
 
 def cgroup2_runc(workdir: Path) -> str:

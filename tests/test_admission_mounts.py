@@ -8,8 +8,8 @@ import pytest
 from admission_support import container, make_pod, mutate_apply, validate
 from click.testing import CliRunner
 
-from tests.inspect_apiserver import RECORDED, FakeApiServer, Recorded
-from tests.test_workloads import review, template, workload
+from tests.admission_support import review, template, workload
+from tests.kube_apiserver import RECORDED, FakeApiServer, Recorded
 from webhook import constants as C
 from webhook.admission.review import handle_review
 from webhook.admission.settings import AdmissionSettings

@@ -19,18 +19,17 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.crash_support import RecordedEvents
-from tests.process_support import wait_for
-from tests.test_agent_crash import (  # noqa: F401 - fixture
+from tests.agent_support import (
     handle_bytes,
-    k8s_cgroup,
     make_settings,
     request_for,
     start_namespace_app,
+    synthetic_core,
     webhook_env,
 )
-from tests.test_agent_stream import synthetic_core
-from tests.test_e2e import NODE_NAME, running_agent
+from tests.crash_support import RecordedEvents
+from tests.e2e_support import NODE_NAME, running_agent
+from tests.process_support import wait_for
 from webhook import constants as C
 from webhook.agent import inflight
 from webhook.agent.crash import CrashProcessor

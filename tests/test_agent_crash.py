@@ -16,92 +16,23 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from prometheus_client import CollectorRegistry
 
+from tests.agent_support import (
+    handle_bytes,
+    kill_cgroup,
+    known_pod,
+    make_processor,
+    make_settings,
+    nspid_of,
+    read_meta,
+    request_for,
+    start_namespace_app,
+    synthetic_core,
+    webhook_env,
+)
 from tests.runc_support import busybox_rootfs, cgroups_path, remove_cgroup_dirs
-from tests.test_agent_stream import feed_pipe, synthetic_core
-from tests.test_agent_writer import _descendants
-from webhook import constants
-from webhook.agent.crash import CrashProcessor, CrashRequest
-from webhook.agent.metrics import AgentMetrics
-from webhook.agent.settings import AgentSettings
 
 pytestmark = pytest.mark.timeout(120)
-UNIFIED = "/sys/fs/cgroup/unified"
-
-
-def make_settings(tmp_path: Path, **kw) -> AgentSettings:
-    values = dict(host_dir=str(tmp_path / "host"), node_name="node-1", keep_free_bytes=0, unregistered="node",
-                  rate_limit_count=10)
-    values.update(kw)
-    return AgentSettings(**values)
-
-
-def make_processor(settings: AgentSettings, previous: str | None = None, lookup=None) -> CrashProcessor:
-    return CrashProcessor(settings, previous, events=False, notifier=False,
-                          metrics=AgentMetrics(CollectorRegistry()), pod_lookup=lookup)
-
-
-def known_pod(pod_uid: str, cid: str, *, name: str = "web-7d9c-abcde", namespace: str = "shop",
-              container: str = "app"):
-    """The pod watch's index holding one pod (a recorded pod with this test's UID, names and
-    container ID): the agent's only source of namespace, pod and container names."""
-    from webhook.agent.podwatch import PodIndex
-
-    pod = json.loads((Path(__file__).parent / "recorded" / "agent" / "podlist-node-3.json").read_text())["items"][0]
-    pod["metadata"].update(uid=pod_uid, name=name, namespace=namespace)
-    status = pod["status"]["containerStatuses"][0]
-    status.update(name=container, containerID=f"containerd://{cid}")
-    status.pop("lastState", None)
-    index = PodIndex()
-    index.replace([pod])
-    return index.lookup
-
-
-def request_for(pid: int, *, nspid: int | None = None, sig: int = 11, rlimit: int = 2**64 - 1, uid: int = 0,
-                gid: int = 0, hostname: str = "node", comm: str = "sleep", spooled: bool = False,
-                t: int = 1700000000) -> CrashRequest:
-    return CrashRequest(global_pid=pid, pid=nspid or pid, global_tid=pid, tid=nspid or pid, signal=sig, time=t,
-                        rlimit_core=rlimit, dump_mode=1, cpu=0, uid=uid, gid=gid, hostname=hostname, comm=comm,
-                        spooled=spooled)
-
-
-def handle_bytes(processor: CrashProcessor, request: CrashRequest, data: bytes):
-    r, t = feed_pipe(data)
-    try:
-        return processor.handle(request, r)
-    finally:
-        os.close(r)
-        t.join(10)
-        # the signature worker rewrites the metadata off the crash path: let it finish so the
-        # files the test then looks at are settled
-        if processor.signatures is not None:
-            assert processor.signatures.flush(60)
-
-
-def webhook_env(pattern: str, pod_uid: str, **extra: str) -> dict[str, str]:
-    """The environment the webhook's mutation gives a container (downward API values filled)."""
-    env = {
-        constants.ENV_PATTERN: pattern,
-        constants.ENV_POD_NAME: "web-7d9c-abcde",
-        constants.ENV_POD_NAMESPACE: "shop",
-        constants.ENV_POD_UID: pod_uid,
-        constants.ENV_CONTAINER_NAME: "app",
-        constants.ENV_NODE_NAME: "node-1",
-    }
-    env.update(extra)
-    return env
-
-
-def read_meta(core_path: Path) -> dict:
-    return json.loads(Path(str(core_path) + ".json").read_text())
-
-
-def nspid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return int(line.split()[-1])
-    raise AssertionError("no NSpid")
 
 
 # --- no privileges needed: processes of our own ---------------------------------------------------
@@ -190,56 +121,6 @@ def test_handle_never_raises(tmp_path, sleeper):
 
 
 # --- real namespaces (root) ------------------------------------------------------------------------
-@pytest.fixture
-def k8s_cgroup():
-    """A v2 cgroup shaped like kubelet's (cgroupfs driver) to put a process in."""
-    pod_uid = str(uuid.uuid4())
-    cid = hashlib.sha256(pod_uid.encode()).hexdigest()
-    rel = f"kubepods/besteffort/pod{pod_uid}/{cid}"
-    path = Path(UNIFIED) / rel
-    path.mkdir(parents=True)
-    yield pod_uid, cid, path
-    kill_cgroup(path)
-    remove_cgroup_dirs(rel)
-
-
-def kill_cgroup(path: Path) -> None:
-    """SIGKILL what is left in the cgroup (our test processes) and wait until it is empty."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = [int(p) for p in (path / "cgroup.procs").read_text().split()] if path.is_dir() else []
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def start_namespace_app(tmp_path: Path, vol: Path, env: dict[str, str], cgroup: Path) -> tuple[subprocess.Popen, int]:
-    """A chrooted busybox ``sleep`` in its own mount+pid namespace, with ``vol`` bind-mounted at
-    /pod/data/dump, the webhook's env, in ``cgroup``; returns (unshare, host pid), stopped."""
-    rootfs = busybox_rootfs(tmp_path / "rootfs")
-    os.makedirs(os.path.join(rootfs, "pod/data/dump"), exist_ok=True)
-    exports = " ".join(f"{k}='{v}'" for k, v in env.items())
-    script = (f"mount -t proc proc {rootfs}/proc && mount --bind {vol} {rootfs}/pod/data/dump && "
-              f"echo $$ > {cgroup}/cgroup.procs && exec env -i {exports} {shutil.which('chroot')} {rootfs} /bin/sleep 60")
-    proc = subprocess.Popen(["unshare", "-mpf", "--kill-child", "--propagation", "private", "sh", "-c", script])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for pid in _descendants(proc.pid):
-            try:
-                if os.readlink(f"/proc/{pid}/exe").endswith("busybox") and \
-                        b"COREDUMP_PATTERN" in Path(f"/proc/{pid}/environ").read_bytes():
-                    os.kill(pid, signal.SIGSTOP)
-                    return proc, pid
-            except OSError:
-                continue
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("namespace app did not start")
 
 
 @pytest.mark.root
@@ -357,7 +238,7 @@ RUNC_FLAVOURS = {"cgroupfs": "besteffort", "systemd": "burstable"}
 def runc_container(tmp_path):
     """Factory: start a runc container (busybox, kubelet-shaped cgroup, the webhook's env, a host
     dir bind-mounted at /pod/data/dump, uid 1000); yields (pid, ...). Cleans everything up."""
-    from tests.conftest import which_or_fail
+    from tests.suite_support import which_or_fail
 
     runc = which_or_fail("runc")
     state = tmp_path / "runc-state"

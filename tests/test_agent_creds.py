@@ -18,14 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.test_agent_crash import (  # noqa: F401 - k8s_cgroup is a fixture
-    handle_bytes,
-    k8s_cgroup,
-    make_settings,
-    read_meta,
-    request_for,
-    webhook_env,
-)
+from tests.agent_support import handle_bytes, make_settings, read_meta, request_for, webhook_env
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.creds import (
     Credentials,

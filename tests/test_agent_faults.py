@@ -23,12 +23,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.agent_support import kill_cgroup, webhook_env
 from tests.crash_support import RecordedEvents
-from tests.process_support import stop_group, wait_for
+from tests.process_support import descendants, stop_group, wait_for
 from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
-from tests.test_agent_crash import kill_cgroup, webhook_env
-from tests.test_agent_kernel import agent_env  # noqa: F401 - the kernel tests' fixture
-from tests.test_agent_writer import _descendants
 from webhook.agent import inflight, install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.events import build_event
@@ -92,7 +90,7 @@ class Container:
             raise
 
     def _app(self) -> int | None:
-        for pid in _descendants(self.unshare.pid):
+        for pid in descendants(self.unshare.pid):
             try:
                 if not os.readlink(f"/proc/{pid}/exe").endswith("bigmem"):
                     continue

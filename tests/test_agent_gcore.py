@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import Recorder, make_settings, read_meta, start_namespace_app, webhook_env
+from tests.clock_support import FakeClock
 from tests.crash_support import core_files
-from tests.inspect_apiserver import FakeApiServer, Recorded
-from tests.test_agent_crash import k8s_cgroup, make_settings, read_meta, start_namespace_app, webhook_env  # noqa: F401
-from tests.test_agent_signatures import Recorder
+from tests.kube_apiserver import FakeApiServer, Recorded
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import podwatch
 from webhook.agent.crash import CrashProcessor
@@ -167,18 +167,18 @@ def server():
         yield s
 
 
-def run(server, tmp_path, *args):
+def run(server, tmp_path, *args, clock=None):
+    """The CLI against ``server``; a ``clock`` (tests/clock_support.py) replaces the real one."""
     kc = server.kubeconfig(tmp_path / "kubeconfig")
-    return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False)
+    return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False, obj=clock)
 
 
-def test_cli_patches_the_annotation_and_prints_the_agents_path(server, tmp_path, monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda s: None)
+def test_cli_patches_the_annotation_and_prints_the_agents_path(server, tmp_path):
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
     server.route("PATCH", POD_PATH, Recorded(200, "pod-web-gcore-requested.json"))
     server.route("GET", EVENTS_PATH, Recorded(200, "eventlist-empty.json"), Recorded(200, "eventlist-empty.json"),
                  Recorded(200, "eventlist-coresnapshot.json"))
-    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--request-id", "gc-5f3a9c1e")
+    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--request-id", "gc-5f3a9c1e", clock=FakeClock())
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == "/data/dump-a/core-!usr!local!bin!web-1-1732177806"
     assert [r["method"] for r in server.requests] == ["GET", "PATCH", "GET", "GET", "GET"]
@@ -191,12 +191,12 @@ def test_cli_patches_the_annotation_and_prints_the_agents_path(server, tmp_path,
     assert listing["fieldSelector"] == [f"involvedObject.name={POD},reason=CoreSnapshot"]
 
 
-def test_cli_reports_the_agents_failure(server, tmp_path, monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda s: None)
+def test_cli_reports_the_agents_failure(server, tmp_path):
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
     server.route("PATCH", POD_PATH, Recorded(200, "pod-web-gcore-requested.json"))
     server.route("GET", EVENTS_PATH, Recorded(200, "eventlist-coresnapshot-failed.json"))
-    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--pid", "999", "--request-id", "gc-5f3a9c1e")
+    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--pid", "999", "--request-id", "gc-5f3a9c1e",
+              clock=FakeClock())
     assert res.exit_code == 1
     assert "gcore gc-5f3a9c1e failed on node node-3: no process with PID 999 in the container" in res.output
     value = json.loads(json.loads(server.requests[1]["body"])["metadata"]["annotations"][constants.ANN_GCORE_REQUEST])
@@ -211,14 +211,12 @@ def test_cli_forbidden_patch_names_the_verb(server, tmp_path):
     assert "needs RBAC verb 'patch' on 'pods' in namespace 'shop'" in res.output
 
 
-def test_cli_times_out_when_no_agent_answers(server, tmp_path, monkeypatch):
-    clock = iter(range(0, 10_000, 30))
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+def test_cli_times_out_when_no_agent_answers(server, tmp_path):
+    clock = FakeClock()
     server.route("GET", POD_PATH, Recorded(200, "pod-web.json"))
     server.route("PATCH", POD_PATH, Recorded(200, "pod-web-gcore-requested.json"))
     server.route("GET", EVENTS_PATH, Recorded(200, "eventlist-coresnapshot.json"))  # other requests only
-    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--timeout", "60", "--request-id", "gc-0000")
+    res = run(server, tmp_path, "gcore", POD, "-n", "shop", "--timeout", "60", "--request-id", "gc-0000", clock=clock)
     assert res.exit_code == 1 and "no answer from the node agent within 60s for gcore request gc-0000" in res.output
 
 

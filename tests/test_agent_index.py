@@ -4,60 +4,18 @@ counted once a signature's quota is reached)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import re
 import time
 from pathlib import Path
 
-import jsonschema
 import pytest
-import yaml
 
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 
 REPO = Path(__file__).resolve().parent.parent
-CRD = REPO / "charts" / "coredump-webhook" / "crds" / "coredumps.coredump-webhook.io.yaml"
 BASE = "/apis/coredump-webhook.io/v1alpha1/namespaces"
-_LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def _strict(schema: dict) -> dict:
-    """The CRD schema with unknown fields refused (the API server would silently prune them)."""
-    out = copy.deepcopy(schema)
-    if out.get("type") == "object" and "properties" in out and out is not None:
-        out.setdefault("additionalProperties", False)
-        for key, sub in out["properties"].items():
-            if key != "metadata":
-                out["properties"][key] = _strict(sub)
-    if out.get("type") == "array" and "items" in out:
-        out["items"] = _strict(out["items"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def crd() -> dict:
-    return yaml.safe_load(CRD.read_text())
-
-
-@pytest.fixture(scope="module")
-def validate(crd):
-    (version,) = crd["spec"]["versions"]
-    checker = jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]),
-                                         format_checker=jsonschema.FormatChecker())
-
-    def check(obj: dict) -> None:
-        assert obj["apiVersion"] == f"{crd['spec']['group']}/{version['name']}" and obj["kind"] == crd["spec"]["names"]["kind"]
-        checker.validate(obj)
-        meta = obj["metadata"]
-        assert len(meta["name"]) <= 253 and _DNS_SUBDOMAIN.match(meta["name"]), meta["name"]
-        for key, value in meta["labels"].items():
-            assert len(value) <= 63 and _LABEL.match(value), (key, value)
-        assert len(json.dumps(obj)) < 4096  # small: top frames only
-    return check
 
 
 def summary(tmp_path: Path, **over) -> dict:
@@ -266,7 +224,7 @@ def test_a_crash_during_a_retried_create_takes_its_place(tmp_path, server):
 def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod(tmp_path, server, validate):
     """The pod watch's view (the recorded pod) says which volume holds the core; once the watch
     knows the pod was deleted, the CoreDump of a core on its emptyDir says Gone."""
-    from tests.inspect_apiserver import RECORDED
+    from tests.kube_apiserver import RECORDED
     from webhook.agent.podwatch import pod_record
 
     pod = json.loads((RECORDED / "pod-web.json").read_text())
@@ -305,7 +263,7 @@ def test_location_names_the_pod_volume_and_an_emptydir_core_is_gone_with_its_pod
 def test_an_emptydir_core_is_gone_with_its_pod_after_an_agent_restart(tmp_path, server, validate):
     """The record of an emptyDir core is kept in the state file: an agent restarted before the
     pod is deleted still marks it Gone (and a record marked Gone is not marked again)."""
-    from tests.inspect_apiserver import RECORDED
+    from tests.kube_apiserver import RECORDED
     from tests.process_support import wait_for
     from webhook.agent.podwatch import pod_record
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -21,15 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
 from tests.crash_support import check_elf_core, reap, segv, spooled_crash, start_sleepers
 from tests.process_support import wait_for
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import install
-from webhook.agent.server import AgentServer, ServerOutcome, crash_request
-from webhook.agent.settings import AgentSettings
+from webhook.agent.server import ServerOutcome
 from webhook.agent.sysctl import CORE_PATTERN, CORE_PIPE_LIMIT, Sysctl, is_our_pattern
 
 pytestmark = pytest.mark.kernel
@@ -76,36 +73,6 @@ def _read_or(path: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         return f"error: {exc}"
-
-
-@pytest.fixture
-def agent_env(kernel, bin_dir):
-    """A short host dir; install() against the real /proc/sys; servers stopped; uninstall."""
-    host = Path(tempfile.mkdtemp(prefix="cdh-"))
-    servers: list[AgentServer] = []
-
-    def settings(**kw) -> AgentSettings:
-        base = dict(host_dir=str(host), helper_binary=str(bin_dir / "coredump-helper"), metrics_bind="",
-                    spool_drain_interval_seconds=3600)
-        base.update(kw)
-        return AgentSettings(**base)
-
-    def serve(s: AgentSettings, handler, **kw) -> AgentServer:
-        server = AgentServer(s, handler, request_factory=kw.pop("request_factory", crash_request),
-                             registry=CollectorRegistry(), **kw)
-        server.start()
-        servers.append(server)
-        return server
-
-    try:
-        yield host, settings, serve
-    finally:
-        for server in servers:
-            server.stop(wait_seconds=5)
-        try:
-            install.uninstall(settings())
-        finally:
-            shutil.rmtree(host, ignore_errors=True)
 
 
 def test_install_sets_the_kernel_and_restores_it(agent_env):
@@ -242,7 +209,7 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
         constants.ENV_CONTAINER_NAME: "app",
         constants.ENV_NODE_NAME: "node-1",
     }
-    from tests.test_agent_crash import known_pod
+    from tests.agent_support import known_pod
 
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
                                pod_lookup=known_pod(pod_uid, cid, name="web-0"))

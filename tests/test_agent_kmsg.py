@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 from tests.crash_support import check_elf_core, reap, segv, start_sleepers
 from tests.process_support import wait_for
 from tests.runc_support import remove_cgroup_dirs
-from tests.test_agent_kernel import agent_env  # noqa: F401 - the kernel test's fixture
 from webhook.agent import install
 from webhook.agent.commands import remembering_requests
 from webhook.agent.events import build_event
@@ -256,8 +255,8 @@ def test_coredump_agent_run_reports_what_the_kernel_dropped(kernel, bin_dir, pod
     import signal
     import urllib.request
 
+    from tests.e2e_support import running_agent
     from tests.process_support import free_port
-    from tests.test_e2e import running_agent
 
     port = free_port()
     ready_at = time.monotonic() + 5.5  # the kernel rate-limits these lines: 10 per 5 s (printk_ratelimited)

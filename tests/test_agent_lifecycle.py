@@ -2,7 +2,7 @@
 
 The real agent (``run_agent``: install, socket server, crash processor writing to the node
 location) against the real kernel and real crashes, under the ``kernel`` fixture. Whether the
-agent's DaemonSet exists comes from a stand-in API server (tests/certs_apiserver.py) answering
+agent's DaemonSet exists comes from a stand-in API server (tests/kube_apiserver.py) answering
 with the recorded shapes of tests/recorded/agent/daemonset-*.json.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -23,36 +22,22 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.certs_apiserver import FakeAPI
 from tests.crash_support import check_elf_core, reap, segv
+from tests.kube_apiserver import FakeApiServer, recorded
+from tests.lifecycle_support import Agent, Gate, agent_settings, start_sleepers
 from tests.process_support import wait_for
 from webhook.agent import install, lifecycle
 from webhook.agent.settings import AgentSettings
 from webhook.agent.sysctl import CORE_PATTERN, Sysctl
 
-RECORDED = Path(__file__).resolve().parent / "recorded" / "agent"
 DS_PATH = "/apis/apps/v1/namespaces/coredump-webhook/daemonsets/coredump-webhook-agent"
 DS = "coredump-webhook/coredump-webhook-agent"
 
 
-def start_sleepers(n: int) -> list[subprocess.Popen]:
-    """Sleepers whose soft RLIMIT_CORE is their hard one (unregistered processes honour it)."""
-
-    def core_limit() -> None:
-        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
-
-    return [subprocess.Popen(["sleep", "60"], preexec_fn=core_limit) for _ in range(n)]
-
-
-def recorded(name: str) -> dict[str, Any]:
-    return json.loads((RECORDED / name).read_text())
-
-
-def api_client_for(api: FakeAPI, tmp: Path) -> Callable[[], Any]:
+def api_client_for(api: FakeApiServer, tmp: Path) -> Callable[[], Any]:
     from webhook.kubeclient import api_client
 
-    kubeconfig = api.write_kubeconfig(tmp / "kubeconfig")
+    kubeconfig = api.kubeconfig(tmp / "kubeconfig", namespace=None, token="t0ken")
     return lambda: api_client(str(kubeconfig))
 
 
@@ -67,19 +52,19 @@ def api_client_for(api: FakeAPI, tmp: Path) -> Callable[[], Any]:
 def test_restore_only_when_the_daemonset_is_being_removed(tmp_path: Path, answer, restore) -> None:
     status, name = answer
     settings = AgentSettings(restore_on_stop="removed", daemonset=DS)
-    with FakeAPI() as api:
-        api.route("GET", DS_PATH, (status, recorded(name)))
+    with FakeApiServer() as api:
+        api.route("GET", DS_PATH, (status, recorded(name, "agent")))
         assert lifecycle.should_restore(settings, api_factory=api_client_for(api, tmp_path)) is restore
-        assert [s.path for s in api.requests()] == [DS_PATH]
+        assert [s.path for s in api.seen()] == [DS_PATH]
 
 
 def test_an_api_that_does_not_answer_keeps_the_helper(tmp_path: Path) -> None:
     """Cannot tell: keep (the helper spools; the backup stays for `coredump agent uninstall`)."""
     settings = AgentSettings(restore_on_stop="removed", daemonset=DS)
-    with FakeAPI() as api:
-        api.route("GET", DS_PATH, (403, recorded("daemonset-get-403.json")))
+    with FakeApiServer() as api:
+        api.route("GET", DS_PATH, (403, recorded("daemonset-get-403.json", "agent")))
         assert lifecycle.should_restore(settings, api_factory=api_client_for(api, tmp_path), pause=0) is False
-        assert len(api.requests()) == lifecycle.API_ATTEMPTS
+        assert len(api.seen()) == lifecycle.API_ATTEMPTS
     # and with no API configuration at all
     assert lifecycle.should_restore(settings, api_factory=lambda: 1 / 0, pause=0) is False
 
@@ -97,38 +82,6 @@ def test_modes() -> None:
 # --- the real agent, the real kernel ---------------------------------------------------------
 
 
-class Agent:
-    """``run_agent`` in a thread; ``stop()`` is what SIGTERM does in ``coredump agent run``."""
-
-    def __init__(self, settings: AgentSettings, handler_factory: Any = None) -> None:
-        from webhook.agent.commands import run_agent
-
-        self.settings = settings
-        self.stop_event = threading.Event()
-        self.error: list[BaseException] = []
-        self.registry = CollectorRegistry()
-
-        def main() -> None:
-            try:
-                run_agent(settings, self.stop_event, handler_factory=handler_factory, registry=self.registry)
-            except BaseException as exc:  # noqa: BLE001 - reported by stop()
-                self.error.append(exc)
-
-        self.thread = threading.Thread(target=main, daemon=True)
-        self.thread.start()
-        wait_for(lambda: Sysctl().read(CORE_PATTERN) == install.helper_pattern(settings) and self._listening(),
-                 what="agent serving")
-
-    def _listening(self) -> bool:
-        return Path(self.settings.socket_path).exists() or bool(self.error)
-
-    def stop(self, timeout: float = 60) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the agent did not stop"
-        assert not self.error, self.error
-
-
 @pytest.fixture
 def host(kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="cdl-"))
@@ -140,14 +93,6 @@ def host(kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             install.uninstall(AgentSettings(host_dir=str(path)))
         finally:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def agent_settings(host: Path, bin_dir: Path, **kw: Any) -> AgentSettings:
-    base = dict(host_dir=str(host), helper_binary=str(bin_dir / "coredump-helper"), metrics_bind="",
-                watch_pods=False, events=False, signatures=False, unregistered="node", rate_limit_count=100,
-                spool_drain_interval_seconds=3600)
-    base.update(kw)
-    return AgentSettings(**base)
 
 
 def node_cores(host: Path, pid: int) -> list[Path]:
@@ -164,16 +109,16 @@ def metadata(core: Path) -> dict[str, Any]:
 def test_restart_keeps_the_helper_and_a_crash_in_the_gap_is_delivered_then_removal_restores(
         host: Path, bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = Sysctl().read(CORE_PATTERN)
-    with FakeAPI() as api:
+    with FakeApiServer() as api:
         from kubernetes.config import kube_config
 
         # what the kubernetes client reads KUBECONFIG into at import
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(api.write_kubeconfig(tmp_path / "kc")))
-        api.route("GET", DS_PATH, (200, recorded("daemonset-get-200.json")))
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(api.kubeconfig(tmp_path / "kc", namespace=None, token="t0ken")))
+        api.route("GET", DS_PATH, (200, recorded("daemonset-get-200.json", "agent")))
         s = agent_settings(host, bin_dir, restore_on_stop="removed", daemonset=DS)
         first = Agent(s)
         first.stop()  # a rollout: the DaemonSet is still there
-        assert [r.path for r in api.requests("GET")] == [DS_PATH]
+        assert [r.path for r in api.seen("GET")] == [DS_PATH]
         assert Sysctl().read(CORE_PATTERN) == install.helper_pattern(s), "a restart restored the old pattern"
         assert (host / install.BACKUP_NAME).exists()
 
@@ -194,35 +139,10 @@ def test_restart_keeps_the_helper_and_a_crash_in_the_gap_is_delivered_then_remov
         assert doc["size"] == core.stat().st_size
         wait_for(lambda: not list((host / "spool").iterdir()), what="spool emptied")
 
-        api.route("GET", DS_PATH, (404, recorded("daemonset-get-404.json")))  # helm uninstall
+        api.route("GET", DS_PATH, (404, recorded("daemonset-get-404.json", "agent")))  # helm uninstall
         second.stop()
         assert Sysctl().read(CORE_PATTERN) == original
         assert not (host / install.BACKUP_NAME).exists()
-
-
-class Gate:
-    """Wraps the real crash handler: the first core waits for ``release`` (a dump in flight)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.first = True
-        self.lock = threading.Lock()
-
-    def factory(self, settings: AgentSettings, previous: str) -> Callable[[Any, int], Any]:
-        from webhook.agent.crash import CrashProcessor
-
-        processor = CrashProcessor(settings, previous_pattern=previous or None)
-
-        def handle(request: Any, fd: int) -> Any:
-            with self.lock:
-                first, self.first = self.first, False
-            if first:
-                self.entered.set()
-                self.release.wait(60)
-            return processor.handle(request, fd)
-
-        return handle
 
 
 @pytest.mark.kernel
@@ -309,16 +229,16 @@ def test_the_real_process_on_sigterm_keeps_for_a_restart_and_restores_for_a_remo
     original = Sysctl().read(CORE_PATTERN)
     s = agent_settings(host, bin_dir)
     pattern = install.helper_pattern(s)
-    with FakeAPI() as api:
+    with FakeApiServer() as api:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "COREDUMP_"))}
-        env.update(KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+        env.update(KUBECONFIG=str(api.kubeconfig(tmp_path / "kubeconfig", namespace=None, token="t0ken")),
                    COREDUMP_AGENT_RESTORE_ON_STOP="removed", COREDUMP_AGENT_DAEMONSET=DS,
                    COREDUMP_AGENT_HOST_DIR=str(host), COREDUMP_AGENT_HELPER_BINARY=str(bin_dir / "coredump-helper"),
                    COREDUMP_AGENT_METRICS_BIND="", COREDUMP_AGENT_WATCH_PODS="false", COREDUMP_AGENT_EVENTS="false",
                    COREDUMP_AGENT_SIGNATURES="false")
         cmd = [sys.executable, "-m", "webhook.cli", "agent", "run"]
         for answer, expected in (((200, "daemonset-get-200.json"), pattern), ((404, "daemonset-get-404.json"), original)):
-            api.route("GET", DS_PATH, (answer[0], recorded(answer[1])))
+            api.route("GET", DS_PATH, (answer[0], recorded(answer[1], "agent")))
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True)
             try:
@@ -334,7 +254,7 @@ def test_the_real_process_on_sigterm_keeps_for_a_restart_and_restores_for_a_remo
             assert proc.returncode == 0, err
             assert Sysctl().read(CORE_PATTERN) == expected, err
             assert not (host / "agent.sock").exists()
-        assert [s.path for s in api.requests("GET")] == [DS_PATH, DS_PATH]
+        assert [s.path for s in api.seen("GET")] == [DS_PATH, DS_PATH]
 
 
 def test_a_spooled_core_waiting_for_a_slot_at_stop_stays_in_the_spool(tmp_path: Path) -> None:

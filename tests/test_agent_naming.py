@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_support import webhook_env
 from tests.crash_support import check_elf_core, core_files
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, webhook_env  # noqa: F401 - a fixture
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.metrics import AgentMetrics

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
+from tests.agent_support import SIG_A, SIG_B, retained_core, start_namespace_app
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, start_namespace_app  # noqa: F401 - a fixture
-from tests.test_agent_retention import SIG_A, SIG_B, _core
 from webhook.agent import index as idx
 from webhook.agent.commands import retention_loop
 from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
@@ -53,8 +52,8 @@ def test_retention_loop_prunes_a_pod_directory_with_no_new_crash(tmp_path, k8s_c
     now = time.time()
     # signature A: 5 crashes (keep 1 first, 2 latest); B: one core older than the age limit
     for i in range(5):
-        _core(vol, f"core.a{i}", int(now) - 600 + i, SIG_A, pod_uid=pod_uid)
-    _core(vol, "core.b0", int(now) - 90000, SIG_B, pod_uid=pod_uid)
+        retained_core(vol, f"core.a{i}", int(now) - 600 + i, SIG_A, pod_uid=pod_uid)
+    retained_core(vol, "core.b0", int(now) - 90000, SIG_B, pod_uid=pod_uid)
     store = vol / ".symbols" / "buildid"
     for bid in ("abc", "unused", "fresh"):
         (store / bid).mkdir(parents=True)
@@ -106,7 +105,7 @@ def test_a_directory_no_live_process_mounts_is_left_alone(tmp_path):
     vol = tmp_path / "vol"
     vol.mkdir()
     for i in range(4):
-        _core(vol, f"core.a{i}", 1700000000 + i, SIG_A)
+        retained_core(vol, f"core.a{i}", 1700000000 + i, SIG_A)
     host = tmp_path / "host"
     host.mkdir()
     PodDirs(str(host / POD_DIRS_FILE)).remember({
@@ -126,7 +125,7 @@ def test_another_container_of_the_pod_reaches_the_directory_only_if_it_holds_the
     vol = tmp_path / "vol"
     vol.mkdir()
     for i in range(4):
-        _core(vol, f"core.a{i}", 1700000000 + i, SIG_A, pod_uid="another-pod")
+        retained_core(vol, f"core.a{i}", 1700000000 + i, SIG_A, pod_uid="another-pod")
     host = tmp_path / "host"
     host.mkdir()
     dirs_path = str(host / POD_DIRS_FILE)
@@ -140,7 +139,7 @@ def test_another_container_of_the_pod_reaches_the_directory_only_if_it_holds_the
         assert prune_pod_dirs(PodDirs(dirs_path), keep=(1, 1), max_age=0) == []
         assert len(list(vol.glob("core.a?"))) == 4
         for i in range(4):  # now they are this pod's cores
-            _core(vol, f"core.b{i}", 1700000100 + i, SIG_B, pod_uid=pod_uid)
+            retained_core(vol, f"core.b{i}", 1700000100 + i, SIG_B, pod_uid=pod_uid)
         gone = prune_pod_dirs(PodDirs(dirs_path), keep=(1, 1), max_age=0)
         assert sorted(d["file"] for d in gone) == ["core.a1", "core.a2", "core.b1", "core.b2"]
     finally:

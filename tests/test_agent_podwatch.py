@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup  # noqa: F401 - a fixture
 from webhook.agent import podwatch
 from webhook.agent.podwatch import PodIndex, PodWatcher
 
@@ -135,16 +134,16 @@ def test_pod_watch_needs_a_node_name():
 def test_crash_metadata_gains_image_labels_and_owner(tmp_path, k8s_cgroup):
     from prometheus_client import CollectorRegistry
 
-    from tests.test_agent_crash import (
+    from tests.agent_support import (
         handle_bytes,
         make_settings,
         nspid_of,
         read_meta,
         request_for,
         start_namespace_app,
+        synthetic_core,
         webhook_env,
     )
-    from tests.test_agent_stream import synthetic_core
     from webhook.agent.crash import CrashProcessor
     from webhook.agent.metrics import AgentMetrics
 

@@ -4,29 +4,17 @@ store entries no core links to any more go too; pruned cores' CoreDumps say so."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from tests.inspect_apiserver import Echo, FakeApiServer, Recorded
+from tests.agent_support import SIG_A, SIG_B, retained_core
+from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 from webhook.agent import retention
 from webhook.agent.analysis import SignatureWorker
 from webhook.agent.limits import apply_retention
-
-SIG_A, SIG_B = "a" * 64, "b" * 64
-
-
-def _core(d: Path, name: str, t: int, signature: str, **extra) -> None:
-    (d / name).write_bytes(b"\x7fELF core " + name.encode())
-    doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
-           "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified", "sha256": hashlib.sha256(name.encode()).hexdigest(), **extra}
-    (d / (name + ".json")).write_text(json.dumps(doc))
-    sysroot = d / (name + ".sysroot") / "usr" / "lib"
-    sysroot.mkdir(parents=True)
-    (sysroot / "libc.so.6").symlink_to("../../../.symbols/buildid/abc/executable")
 
 
 def test_plan_keeps_the_first_and_the_latest():
@@ -42,9 +30,9 @@ def test_prune_in_a_directory_never_follows_links(tmp_path):
     outside.mkdir()
     (outside / "precious").write_text("keep me")
     for i in range(8):
-        _core(d, f"core.{i}", 1700000000 + i, SIG_A)
-    _core(d, "core.other", 1700000003, SIG_B)
-    _core(d, "core.snap", 1700000004, SIG_A, gcore=True)
+        retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
+    retained_core(d, "core.other", 1700000003, SIG_B)
+    retained_core(d, "core.snap", 1700000004, SIG_A, gcore=True)
     # a planted link inside a sysroot that retention will remove: to a directory outside
     (d / "core.3.sysroot" / "evil").symlink_to(outside)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -67,7 +55,7 @@ def _pruned_with_index(d: Path, server: FakeApiServer) -> tuple[idx.IndexWriter,
     server.route("PUT", base + "/*", Echo())
     writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
     for i in range(4):
-        _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+        retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
         summary = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written", "identity": "verified"}
         assert writer.submit(summary)
     assert writer.flush(20)
@@ -140,8 +128,8 @@ def test_node_location_retention_takes_companions_and_unlinked_store_entries(tmp
     for bid in ("abc", "def"):
         (store / bid).mkdir(parents=True)
         (store / bid / "executable").write_bytes(b"\x7fELF " + bid.encode() * 1000)
-    _core(d, "core.old", 1, SIG_A)
-    _core(d, "core.new", 2, SIG_A)
+    retained_core(d, "core.old", 1, SIG_A)
+    retained_core(d, "core.new", 2, SIG_A)
     (d / "core.new.sysroot" / "usr" / "lib" / "libc.so.6").unlink()
     (d / "core.new.sysroot" / "usr" / "lib" / "libc.so.6").symlink_to("../../../../../.symbols/buildid/def/executable")
     old = time.time() - 30 * 86400
@@ -159,9 +147,9 @@ def test_age_limit_in_a_pod_directory_takes_every_signature(tmp_path):
     d = tmp_path / "cores"
     d.mkdir()
     now = 1700100000
-    _core(d, "core.old-a", now - 10 * 86400, SIG_A)
-    _core(d, "core.old-b", now - 9 * 86400, SIG_B)
-    _core(d, "core.new-b", now - 3600, SIG_B)
+    retained_core(d, "core.old-a", now - 10 * 86400, SIG_A)
+    retained_core(d, "core.old-b", now - 9 * 86400, SIG_B)
+    retained_core(d, "core.new-b", now - 3600, SIG_B)
     (d / "notes.json").write_text('{"not": "a core"}')
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -188,7 +176,7 @@ def test_a_forged_metadata_file_cannot_get_another_namespace_s_record_deleted(tm
         assert writer.submit(victim)
         assert writer.flush(20)
         for i in range(4):
-            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+            retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
         forged = {**json.loads((d / "core.1.json").read_text()), "namespace": "payments", "pod": "pay-0",
                   "pod_uid": "u-9", "sha256": "7" * 64}
         (d / "core.1.json").write_text(json.dumps(forged))
@@ -224,7 +212,7 @@ def test_records_follow_the_files_first_and_latest_and_the_count_goes_on(tmp_pat
 
         names = {}
         for i in range(8):
-            _core(d, f"core.{i}", 1700000000 + i, SIG_A)
+            retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
             doc = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written"}
             names[f"core.{i}"] = idx.coredump_name(doc)
             job = SignatureJob(os.open(d, os.O_RDONLY | os.O_DIRECTORY), f"core.{i}", f"core.{i}.json", doc)
@@ -263,7 +251,7 @@ def test_node_location_retention_deletes_the_records_of_the_cores_it_removes(tmp
         now = time.time()
         names = {}
         for name, t in (("core.old", now - 7200), ("core.new", now)):
-            _core(d, name, int(t), SIG_A)
+            retained_core(d, name, int(t), SIG_A)
             for p in (d / name, d / (name + ".json")):
                 os.utime(p, (t, t))
             doc = {**json.loads((d / (name + ".json")).read_text()), "outcome": "written", "destination": "node"}

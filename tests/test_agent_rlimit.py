@@ -16,15 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_agent_crash import (  # noqa: F401
-    handle_bytes,
-    k8s_cgroup,
-    make_processor,
-    make_settings,
-    read_meta,
-    request_for,
-    webhook_env,
-)
+from tests.agent_support import handle_bytes, make_processor, make_settings, read_meta, request_for, webhook_env
 
 pytestmark = pytest.mark.timeout(60)
 

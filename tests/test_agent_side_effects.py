@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from datetime import UTC
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from tests.kube_apiserver import FakeApiServer, Recorded, recorded
 from webhook.agent.events import EventPoster, build_event
 from webhook.agent.limits import RateLimiter, apply_retention
 from webhook.agent.notify import Notifier
 
 pytestmark = pytest.mark.timeout(60)
-RECORDED = Path(__file__).parent / "recorded" / "agent"
+EVENTS_PATH = "/api/v1/namespaces/shop/events"
 INFO = {
     "outcome": "written", "namespace": "shop", "pod": "web-7d9c-abcde", "pod_uid": "0c3a7f5e-9b1d-4e2a-8f6c-1234567890ab",
     "container": "app", "pid": 12, "comm": "app", "signal": 11, "signal_name": "SIGSEGV", "node": "node-1",
@@ -65,36 +63,6 @@ def test_retention_by_age_then_total(tmp_path):
     assert res.kept_bytes <= 250_000 and len(res.removed) == 4
 
 
-class Recorder:
-    """A tiny local HTTP server answering with a recorded response; keeps every request."""
-
-    def __init__(self, status: int, body: bytes, delay: float = 0.0) -> None:
-        self.requests: list[tuple[str, str, dict, bytes]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorder.requests.append((self.command, self.path, dict(self.headers), data))
-                time.sleep(delay)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _api_client(url):
     from kubernetes import client
 
@@ -104,15 +72,15 @@ def _api_client(url):
 
 
 def test_event_posted_with_a_real_api_client():
-    rec = Recorder(201, (RECORDED / "event-created.json").read_bytes())
-    try:
+    with FakeApiServer() as rec:
+        rec.route("POST", EVENTS_PATH, Recorded(201, "event-created.json", area="agent"))
         poster = EventPoster(_api_client(rec.url), clock=lambda: 1700000001.0)
         assert poster.submit(INFO)
         assert poster.flush(10)
         assert poster.sent == 1 and poster.failed == 0
-        method, path, headers, data = rec.requests[0]
-        assert (method, path) == ("POST", "/api/v1/namespaces/shop/events")
-        body = json.loads(data)
+        req = rec.requests[0]
+        assert (req["method"], req["path"]) == ("POST", "/api/v1/namespaces/shop/events")
+        body = json.loads(req["body"])
         assert body["reason"] == "CoreDumped" and body["type"] == "Warning"
         assert body["involvedObject"] == {"apiVersion": "v1", "kind": "Pod", "namespace": "shop",
                                           "name": "web-7d9c-abcde", "uid": INFO["pod_uid"],
@@ -125,46 +93,38 @@ def test_event_posted_with_a_real_api_client():
         assert stamp == datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC)
         assert body["source"] == {"component": "coredump-agent", "host": "node-1"}
         # the recorded response is exactly what the API returns for this body
-        recorded = json.loads((RECORDED / "event-created.json").read_text())
-        assert recorded["message"] == body["message"] and recorded["involvedObject"] == body["involvedObject"]
-    finally:
-        rec.close()
+        answer = recorded("event-created.json", "agent")
+        assert answer["message"] == body["message"] and answer["involvedObject"] == body["involvedObject"]
 
 
 def test_event_failure_is_counted_not_raised():
-    rec = Recorder(403, (RECORDED / "event-forbidden.json").read_bytes())
-    try:
+    with FakeApiServer() as rec:
+        rec.route("POST", EVENTS_PATH, Recorded(403, "event-forbidden.json", area="agent"))
         poster = EventPoster(_api_client(rec.url))
         poster.submit(INFO)
         assert poster.flush(10) and poster.failed == 1
         assert not poster.submit(dict(INFO, pod=None))  # host processes get no Event
         assert build_event(dict(INFO, namespace=None), 0) is None
-    finally:
-        rec.close()
 
 
 @pytest.mark.parametrize("fmt,key", [("json", "event"), ("slack", "text"), ("feishu", "msg_type"),
                                      ("dingtalk", "msgtype")])
 def test_notifier_posts_in_the_background(fmt, key):
-    rec = Recorder(200, b'{"ok":true}', delay=0.5)
-    try:
+    with FakeApiServer() as rec:
+        rec.route("POST", "/hook", Recorded(200, {"ok": True}, delay=0.5))
         notifier = Notifier(rec.url + "/hook", fmt, timeout=5)
         start = time.monotonic()
         notifier.submit(INFO)
         assert time.monotonic() - start < 0.2  # never waits for the server
         assert notifier.flush(10) and notifier.sent == 1
-        _method, path, headers, data = rec.requests[0]
-        assert path == "/hook" and headers["Content-Type"] == "application/json"
-        assert key in json.loads(data)
-    finally:
-        rec.close()
+        req = rec.requests[0]
+        assert req["path"] == "/hook" and req["headers"]["content-type"] == "application/json"
+        assert key in json.loads(req["body"])
 
 
 def test_notifier_timeout_is_a_failure_not_a_hang():
-    rec = Recorder(200, b"{}", delay=3)
-    try:
+    with FakeApiServer() as rec:
+        rec.route("POST", "/", Recorded(200, {}, delay=3))
         notifier = Notifier(rec.url, "slack", timeout=0.5)
         notifier.submit(INFO)
         assert notifier.flush(10) and notifier.failed == 1
-    finally:
-        rec.close()

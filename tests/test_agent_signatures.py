@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import Recorder, known_pod
 from tests.crash_support import build_programs, check_elf_core
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import install
 from webhook.agent.analysis import SignatureJob, SignatureWorker
@@ -38,19 +36,6 @@ OTHER_C = r"""
 __attribute__((noinline)) void other_bug(int n) { if (n < 100) abort(); }
 int main(int argc, char **argv) { other_bug(argc); return 0; }
 """
-
-
-class Recorder:
-    """An events/notifier sink: ``submit(dict)``, remembered with the time it came."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, dict]] = []
-        self.lock = threading.Lock()
-
-    def submit(self, info: dict) -> bool:
-        with self.lock:
-            self.items.append((time.monotonic(), info))
-        return True
 
 
 @pytest.fixture(scope="module")

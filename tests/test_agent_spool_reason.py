@@ -16,9 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.crash_support import check_elf_core, spooled_crash
+from tests.helper_support import ARGV, run_helper, settings_for, spool_entries
 from tests.process_support import wait_for
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
-from tests.test_helper import ARGV, host, run_helper, settings_for, spool_entries  # noqa: F401
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor, CrashRequest
 from webhook.agent.metrics import AgentMetrics

@@ -13,47 +13,10 @@ import tracemalloc
 import pytest
 import zstandard
 
+from tests.agent_support import feed_pipe, synthetic_core
 from webhook.agent.stream import CHUNK, StreamLimits, copy_core, enlarge_pipe
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def synthetic_core(size_mib: int, seed: int = 1) -> bytes:
-    """Mixed like a real core: text-ish pages, random pages, long zero runs, odd tail."""
-    import random
-
-    rnd = random.Random(seed)
-    parts = []
-    for i in range(size_mib * 4):  # 256 KiB pieces
-        kind = i % 4
-        if kind == 0:
-            parts.append(bytes(256 << 10))
-        elif kind == 1:
-            parts.append(rnd.randbytes(256 << 10))
-        elif kind == 2:
-            parts.append((b"GLIBC_2.34 libstdc++ frame %d\n" % i) * ((256 << 10) // 30) + bytes((256 << 10) % 30))
-        else:
-            parts.append(bytes(128 << 10) + rnd.randbytes(128 << 10))
-    return b"".join(parts) + b"tail" + bytes(10000)  # not a multiple of the block size, ends in zeros
-
-
-def feed_pipe(data: bytes, *, close: bool = True) -> tuple[int, threading.Thread]:
-    r, w = os.pipe()
-
-    def writer() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(w, view[:1 << 20]):]
-        except BrokenPipeError:
-            pass
-        finally:
-            if close:
-                os.close(w)
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    return r, t
 
 
 def copy_via_pipe(data: bytes, out_path: str, limits: StreamLimits):

@@ -13,27 +13,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import APP_UID, app_dir, crash_as_app, known_pod
 from tests.crash_support import build_programs
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
-from webhook import constants
+from tests.suite_support import which_or_fail
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.mappings import close_all, open_mapped_files, parse_maps
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.symbols import build_id
-
-APP_UID, APP_GID = 1000, 3000
 
 ATTACK_C = r"""
 #define _GNU_SOURCE
@@ -93,36 +87,6 @@ def test_mapped_files_of_a_live_process_are_the_mapped_inodes(tmp_path):
         sleeper.wait()
 
 
-@pytest.fixture
-def shared_dir():
-    """A directory uid 1000 can reach (pytest's tmp_path is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="cdh-sym-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _app_dir(path: Path) -> Path:
-    path.mkdir(parents=True)
-    os.chown(path, APP_UID, APP_GID)
-    return path
-
-
-def crash_as_app(exe: Path, args: list[str], cgroup: Path, pod_uid: str, pattern: str) -> int:
-    """Run ``exe`` as uid 1000 in a kubelet-shaped cgroup with the webhook's env; it crashes."""
-    env = {"PATH": "/usr/bin:/bin", constants.ENV_PATTERN: pattern, constants.ENV_POD_NAME: "web-0",
-           constants.ENV_POD_NAMESPACE: "shop", constants.ENV_POD_UID: pod_uid, constants.ENV_CONTAINER_NAME: "app"}
-    cmd = " ".join(["exec", "setpriv", f"--reuid={APP_UID}", f"--regid={APP_GID}", "--clear-groups", str(exe),
-                    *[f"'{a}'" for a in args]])
-    proc = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && {cmd}"], env=env,
-                            stdout=subprocess.DEVNULL)
-    rc = proc.wait(60)
-    assert rc < 0, f"{exe} did not crash (exit {rc})"
-    return proc.pid
-
-
 def _regular_files(root: Path) -> list[Path]:
     out = []
     for dirpath, _dirs, names in os.walk(root):  # never follows symlinks to directories
@@ -138,14 +102,14 @@ def test_planted_symlink_under_a_mapping_name_never_reads_a_host_file(agent_env,
     """The attack of issue 8 section 2, for real: no byte of the host file reaches the volume."""
     host, settings, serve = agent_env
     pod_uid, _cid, cgroup = k8s_cgroup
-    exe = build_programs(_app_dir(shared_dir / "bin"), {"attack": ATTACK_C})["attack"]
+    exe = build_programs(app_dir(shared_dir / "bin"), {"attack": ATTACK_C})["attack"]
     os.chmod(exe, 0o755)
     secret = shared_dir / "host-secret"
     marker = os.urandom(16).hex().encode()
     secret.write_bytes(b"TOP-SECRET " + marker + b"\n")
     secret.chmod(0o600)  # root's: the app (uid 1000) cannot read it itself
-    play = _app_dir(shared_dir / "play")
-    dump = _app_dir(shared_dir / "dump")
+    play = app_dir(shared_dir / "play")
+    dump = app_dir(shared_dir / "dump")
     s = settings(node_name="node-1", keep_free_bytes=0, save_binaries=True, save_binaries_budget_bytes=64 << 20,
                  signatures=False)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
@@ -181,9 +145,9 @@ def test_build_id_store_keeps_each_binary_once_as_the_process(agent_env, k8s_cgr
     which_or_fail("debuginfod-find")
     host, settings, serve = agent_env
     pod_uid, _cid, cgroup = k8s_cgroup
-    exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
+    exe = build_programs(app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
     os.chmod(exe, 0o755)
-    dump = _app_dir(shared_dir / "dump")
+    dump = app_dir(shared_dir / "dump")
     s = settings(node_name="node-1", keep_free_bytes=0, rate_limit_count=10, signatures=False)
     assert s.symbols and not s.save_binaries  # the defaults
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
@@ -231,9 +195,9 @@ def test_symbols_budget_stores_what_fits_and_says_budget_for_the_rest(agent_env,
     not, and the metadata's build_ids say ``budget`` for them."""
     host, settings, serve = agent_env
     pod_uid, _cid, cgroup = k8s_cgroup
-    exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
+    exe = build_programs(app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
     os.chmod(exe, 0o755)
-    dump = _app_dir(shared_dir / "dump")
+    dump = app_dir(shared_dir / "dump")
     budget = exe.stat().st_size + 4096
     s = settings(node_name="node-1", keep_free_bytes=0, signatures=False, symbols_budget_bytes=budget)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
@@ -263,7 +227,7 @@ def test_node_location_keeps_one_store_per_namespace(agent_env, k8s_cgroup, shar
     to the namespace's store (cores/<ns>/.symbols), linked from the core's sysroot."""
     host, settings, serve = agent_env
     pod_uid, cid, cgroup = k8s_cgroup
-    exe = build_programs(_app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
+    exe = build_programs(app_dir(shared_dir / "bin"), {"crasher": CRASHER_C})["crasher"]
     os.chmod(exe, 0o755)
     locked = shared_dir / "locked"
     locked.mkdir(mode=0o755)  # root's: uid 1000 may not create its core here

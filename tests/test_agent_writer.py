@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests import runc_support
+from tests.process_support import descendants
 from webhook.agent.writer import TMP_PREFIX, OutputFile, SafeRoot, UnsafePath, write_small_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,7 +175,7 @@ def _wait_for_child_in(unshare_pid: int, path: str, timeout: float = 10.0) -> in
     """The PID (host view) of the namespace's process that sees ``path`` in its root."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in _descendants(unshare_pid):
+        for pid in descendants(unshare_pid):
             try:
                 if os.path.exists(f"/proc/{pid}/root{path}") and os.readlink(f"/proc/{pid}/exe").endswith("busybox"):
                     return pid
@@ -182,17 +183,3 @@ def _wait_for_child_in(unshare_pid: int, path: str, timeout: float = 10.0) -> in
                 continue
         time.sleep(0.02)
     raise AssertionError(f"no process of {unshare_pid} sees {path}")
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except OSError:
-            kids = []
-        out.extend(kids)
-        todo.extend(kids)
-    return out

@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.arm64_support import EM_AARCH64, EM_X86_64, QEMU, binfmt_command, elf_machine
-from tests.conftest import REPO, which_or_fail
-from tests.test_dockerfile import _is_static_elf
-from tests.test_helper import ARGV, CORE, Recorder, log_lines, serve, settings_for, spool_entries  # noqa: F401
-from tests.test_wrapper import PROBE_C, parse_probe, read_frames
+from tests.helper_support import ARGV, CORE, Recorder, log_lines, settings_for, spool_entries
+from tests.native_support import PROBE_C, is_static_elf, parse_probe, read_frames
+from tests.suite_support import REPO, which_or_fail
 from webhook.agent import creds, syscalls
 from webhook.constants import ENV_COREDUMP_FILTER, WRAPPER_CAT_FLAG, WRAPPER_INSTALL_FLAG, WRAPPER_LIST_FLAG
 from webhook.inspect.listing import listing_entries
@@ -80,8 +79,8 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 # --- the build ---------------------------------------------------------------------------------
 def test_build_script_makes_static_binaries_for_each_architecture(tmp_path, arm64_bin_dir, bin_dir):
     for name in ("coredump-wrapper", "coredump-helper"):
-        assert elf_machine(arm64_bin_dir / name) == EM_AARCH64 and _is_static_elf(arm64_bin_dir / name)
-        assert elf_machine(bin_dir / name) == EM_X86_64 and _is_static_elf(bin_dir / name)
+        assert elf_machine(arm64_bin_dir / name) == EM_AARCH64 and is_static_elf(arm64_bin_dir / name)
+        assert elf_machine(bin_dir / name) == EM_X86_64 and is_static_elf(bin_dir / name)
     # the names Docker (TARGETARCH) and uname use both work; anything else is refused clearly
     for arch, machine in (("aarch64", EM_AARCH64), ("x86_64", EM_X86_64), ("amd64", EM_X86_64)):
         out = tmp_path / arch

@@ -848,7 +848,7 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
     """Each certificate Job's real command, with its rendered environment, against recorded API
     answers (Secret missing, then expired): every request must be allowed by the RBAC bound to
     the Job's ServiceAccount, and every verb of that RBAC must be used by some request."""
-    from tests.certs_apiserver import FakeAPI, recorded
+    from tests.kube_apiserver import FakeApiServer, recorded
 
     objs = rendered["default"]
     job_names = {j["metadata"]["name"].rsplit("-", 1)[0]: j["metadata"]["name"] for j in find(objs, "Job")}
@@ -865,18 +865,18 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
         secret = f"/api/v1/namespaces/{env['COREDUMP_CERTS_NAMESPACE']}/secrets"
         mwc = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{env['COREDUMP_CERTS_WEBHOOK_CONFIG']}"
         for state in ("missing", "expired"):
-            with FakeAPI() as api:
+            with FakeApiServer() as api:
                 if state == "missing":
-                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (404, recorded("secret-get-404.json")))
-                    api.route("POST", secret, (201, recorded("secret-create-201.json")))
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (404, recorded("secret-get-404.json", "certs")))
+                    api.route("POST", secret, (201, recorded("secret-create-201.json", "certs")))
                 else:
-                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-get-200-expired.json")))
-                    api.route("PUT", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-replace-200.json")))
-                api.route("GET", mwc, (200, recorded("mwc-get-200.json")))
-                api.route("PATCH", mwc, (200, recorded("mwc-patch-200.json")))
+                    api.route("GET", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-get-200-expired.json", "certs")))
+                    api.route("PUT", f"{secret}/{env['COREDUMP_CERTS_SECRET']}", (200, recorded("secret-replace-200.json", "certs")))
+                api.route("GET", mwc, (200, recorded("mwc-get-200.json", "certs")))
+                api.route("PATCH", mwc, (200, recorded("mwc-patch-200.json", "certs")))
                 run_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG", "COREDUMP_"))}
                 run_env.update(env, HOME=str(tmp_path),
-                               KUBECONFIG=str(api.write_kubeconfig(tmp_path / f"kubeconfig-{state}")))
+                               KUBECONFIG=str(api.kubeconfig(tmp_path / f"kubeconfig-{state}", namespace=None, token="t0ken")))
                 command = [str(Path(sys.executable).parent / container["command"][0]), *container["command"][1:]]
                 proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
                 assert proc.returncode == 0, (name, state, proc.stderr)
@@ -884,7 +884,7 @@ def test_certificate_jobs_rbac_is_exactly_what_they_call(rendered: dict[str, lis
                 assert line["event"] == "certs.bootstrap"
                 assert line["secret"] == {"missing": "created", "expired": "rotated"}[state]
                 assert len(line["webhooksPatched"]) == (0 if "--secret-only" in command else 2)
-                for seen in api.seen:
+                for seen in api.seen():
                     attrs = _request_attributes(seen.method, seen.path)
                     allowing = [(role, i, attrs[4]) for role, i, rule, where in granted if _permits(rule, where, attrs)]
                     assert allowing, f"{name}: {seen.method} {seen.path} would be Forbidden for {account}"
@@ -1174,7 +1174,6 @@ def test_index_page_is_one_restricted_deployment_with_no_rights_but_token_review
     assert svc["spec"]["ports"][0]["name"] == "https" and svc["spec"]["ports"][0]["targetPort"] == "page"
 
 
-
 # --- production: rollouts, evictions and the agent's stop -----------------------------------
 
 
@@ -1431,7 +1430,7 @@ def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, 
                                                             tmp_path: Path) -> None:
     """The real PromQL parser (promtool from Debian's prometheus package) checks the rules, and
     the dashboard's expressions as recording rules (Grafana's variables given values)."""
-    from tests.conftest import which_or_fail
+    from tests.suite_support import which_or_fail
 
     promtool = which_or_fail("promtool")
     objs = rendered["monitoring"]
@@ -1454,7 +1453,7 @@ def test_prometheus_rules_and_dashboard_parse_with_promtool(rendered: dict[str, 
 def test_alerts_fire_on_the_series_the_code_exports(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     """`promtool test rules`: synthetic series named and labelled as the agent and webhook
     export them (labels of the PodMonitor/ServiceMonitor targets added) fire the alerts."""
-    from tests.conftest import which_or_fail
+    from tests.suite_support import which_or_fail
 
     promtool = which_or_fail("promtool")
     groups = copy.deepcopy(_rule_groups(rendered["monitoring"]))
@@ -1560,7 +1559,6 @@ def test_notes_point_at_the_monitoring(helm: Path, helm_env: dict[str, str], tmp
     notes = _notes(helm, helm_env, tmp_path, "--set", "monitoring.prometheusRule.enabled=true")
     assert "PrometheusRule" in notes and "monitoring.labels" in notes
     assert "sees its DaemonSet gone" in _notes(helm, helm_env, tmp_path)
-
 
 
 def test_registry_platform_defaults_to_the_webhook_nodes_architecture(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 import webhook
+from tests.native_support import is_static_elf
 from webhook import constants as C
 
 REPO = Path(__file__).resolve().parent.parent
@@ -274,18 +275,6 @@ def test_native_stage_runs_the_shared_build_script(parsed: tuple[dict[str, str],
     assert dest.rstrip("/") == os.path.dirname(C.IMAGE_WRAPPER_PATH) == os.path.dirname(C.IMAGE_HELPER_PATH)
 
 
-def _is_static_elf(path: Path) -> bool:
-    """An ELF executable without a PT_INTERP program header (no dynamic loader needed)."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit
-        return False
-    endian = "<" if data[5] == 1 else ">"
-    phoff = struct.unpack_from(endian + "Q", data, 0x20)[0]
-    phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
-    types = [struct.unpack_from(endian + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
-    return 3 not in types  # PT_INTERP
-
-
 #: The ELF machine each TARGETARCH's binaries must be for (EM_X86_64, EM_AARCH64).
 ELF_MACHINES = {"amd64": 62, "arm64": 183}
 
@@ -339,7 +328,7 @@ def test_native_build_in_the_build_context(build_context: Path, tmp_path: Path, 
     for image_path in (C.IMAGE_WRAPPER_PATH, C.IMAGE_HELPER_PATH):
         binary = out / os.path.basename(image_path)
         assert binary.is_file() and os.access(binary, os.X_OK), image_path
-        assert _is_static_elf(binary), f"{binary.name} is not a static ELF"
+        assert is_static_elf(binary), f"{binary.name} is not a static ELF"
         assert struct.unpack_from("<H", binary.read_bytes(), 18)[0] == ELF_MACHINES[targetarch]
     if targetarch != "amd64":
         return  # run under qemu by tests/test_arm64.py

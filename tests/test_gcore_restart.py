@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import which_or_fail
 from tests.crash_support import core_files
+from tests.e2e_support import NAMESPACE, forging_pod, running_agent, start_pod
 from tests.process_support import wait_for
-from tests.test_e2e import NAMESPACE, node_factory, running_agent  # noqa: F401
-from tests.test_identity_e2e import forging_pod, start_pod
+from tests.suite_support import which_or_fail
 from webhook import constants as C
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(150)]

@@ -16,120 +16,31 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.helper_support import (
+    ARGV,
+    CORE,
+    Recorder,
+    Req,
+    log_lines,
+    make_request,
+    run_helper,
+    settings_for,
+    spool_entries,
+)
+from tests.suite_support import which_or_fail
 from webhook.agent import install
 from webhook.agent.endpoints import HealthServer, parse_bind
 from webhook.agent.server import AgentServer, ServerOutcome
 from webhook.agent.settings import AgentSettings
 
-ARGV = ["4242", "7", "4243", "8", "11", "1700000000", "0", "1", "0", "1000", "1000", "my-pod host", "crash me"]
-
-
-@dataclass
-class Req:
-    argv: list[str]
-    spooled: bool
-
-
-def make_request(argv: list[str], spooled: bool) -> Req:
-    if len(argv) != 13:
-        raise ValueError(f"expected 13 arguments, got {len(argv)}")
-    return Req(list(argv), spooled)
-
-
-@dataclass
-class Recorder:
-    """A handler that reads the core to EOF and remembers what it saw."""
-
-    seen: list[tuple[Req, bytes]] = field(default_factory=list)
-    delay: float = 0.0
-    result: str = "written"
-    active: int = 0
-    max_active: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, request: Req, fd: int) -> ServerOutcome:
-        with self.lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            time.sleep(self.delay)
-            chunks = []
-            while True:
-                b = os.read(fd, 1 << 20)
-                if not b:
-                    break
-                chunks.append(b)
-            data = b"".join(chunks)
-            with self.lock:
-                self.seen.append((request, data))
-            return ServerOutcome(self.result, "test", f"/cores/{request.argv[0]}", len(data))
-        finally:
-            with self.lock:
-                self.active -= 1
-
-
-@pytest.fixture
-def host(bin_dir):
-    """A short host dir holding the helper, as the agent installs it."""
-    d = Path(tempfile.mkdtemp(prefix="cdh-"))
-    shutil.copy2(bin_dir / "coredump-helper", d / "coredump-helper")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def settings_for(host: Path, **kw) -> AgentSettings:
-    return AgentSettings(host_dir=str(host), metrics_bind="", spool_drain_interval_seconds=3600, **kw)
-
 
 def write_config(settings: AgentSettings) -> None:
     Path(settings.host_dir, install.HELPER_CONFIG_NAME).write_text(install.helper_config(settings))
-
-
-@pytest.fixture
-def serve():
-    servers: list[AgentServer] = []
-
-    def start(settings: AgentSettings, handler, **kw) -> AgentServer:
-        server = AgentServer(settings, handler, request_factory=make_request, registry=CollectorRegistry(), **kw)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.stop(wait_seconds=5)
-
-
-def run_helper(host: Path, core: bytes | Path, argv: list[str] = ARGV, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run the helper with ``core`` on a pipe (or a file) as stdin, like the kernel does."""
-    helper = str(host / "coredump-helper")
-    if isinstance(core, Path):
-        with open(core, "rb") as f:
-            return subprocess.run([helper, *argv], stdin=f, capture_output=True, timeout=timeout, cwd="/", env={})
-    proc = subprocess.Popen([helper, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd="/", env={})
-    out, err = proc.communicate(core, timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def log_lines(host: Path) -> list[str]:
-    path = host / "helper.log"
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def spool_entries(host: Path) -> list[Path]:
-    spool = host / "spool"
-    return sorted(spool.iterdir()) if spool.exists() else []
-
-
-CORE = os.urandom(3 << 20) + bytes(1 << 20) + b"tail"
 
 
 def test_hand_over_to_the_agent(host, serve):

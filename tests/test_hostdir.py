@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KERNEL_SETTINGS
 from tests.crash_support import reap, segv, start_sleepers
-from tests.process_support import free_port, wait_for
-from tests.test_e2e import coredump_command, read_kernel
+from tests.e2e_support import read_kernel
+from tests.process_support import coredump_command, free_port, wait_for
+from tests.suite_support import KERNEL_SETTINGS
 from webhook.agent import hostdir
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from tests.crash_support import core_files
+from tests.e2e_support import NAMESPACE, Agent, forging_pod, running_agent, start_pod
 from tests.pod_api import PodApi
 from tests.process_support import wait_for
-from tests.test_e2e import NAMESPACE, Agent, deployment_pod, mutated, node_factory, running_agent  # noqa: F401
 from webhook import constants as C
 from webhook.inspect.listing import scan_directory
 from webhook.inspect.page import UNVERIFIED_HEADING, create_page_app
@@ -45,22 +45,6 @@ def authorize(token: str, namespace: str) -> bool:
 def page_view(cores: Path, token: str) -> tuple[str, Any]:
     app = create_page_app(str(cores), authorize).test_client()
     return app.get("/", headers={"Authorization": f"Bearer {token}"}).get_data(as_text=True), app
-
-
-def forging_pod(script: str) -> dict[str, Any]:
-    """An ECI-annotated Deployment pod of ``shop`` whose app runs ``script`` (after mutation: the
-    wrapper starts it with the webhook's true registration in its environment)."""
-    pod = deployment_pod({C.ANN_PATTERN_ECI: "/pod/data/dump/core-eci"}, out_dir="/pod/data/dump")
-    pod["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", script]
-    return mutated(pod)
-
-
-def start_pod(node, pod: dict[str, Any]):
-    """Admit, volumes, the wrapper's init container, then the app (left running)."""
-    pod = node.admit(pod)
-    volumes = node.prepare_volumes(pod)
-    node.run_init_containers(pod)
-    return pod, volumes, node.start(pod, "app")
 
 
 def crash_lines(agent: Agent) -> list[dict[str, Any]]:
@@ -152,10 +136,10 @@ def _unverified_state(agent: Agent, vol: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def api_down_at_the_crash(tmp_path_factory, bin_dir):
     """The scenario once for the tests below: state while the API is down, then after it is back."""
-    from tests.conftest import kernel_settings_guard, which_or_fail
-    from tests.inspect_apiserver import FakeApiServer
+    from tests.e2e_support import ADMISSION, APP_IMAGE, NODE_NAME, SIDECAR_IMAGE
+    from tests.kube_apiserver import FakeApiServer
     from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
-    from tests.test_e2e import ADMISSION, APP_IMAGE, NODE_NAME, SIDECAR_IMAGE
+    from tests.suite_support import kernel_settings_guard, which_or_fail
 
     tmp = tmp_path_factory.mktemp("apidown")
     images = {ADMISSION.image: single_binary_rootfs(bin_dir / "coredump-wrapper", C.IMAGE_WRAPPER_PATH),
@@ -308,8 +292,8 @@ def test_core_spooled_by_a_stopping_agent_lands_in_the_pod_volume(kernel, bin_di
     import threading
 
     from tests.crash_support import reap, segv
-    from tests.test_agent_lifecycle import Agent as InProcessAgent
-    from tests.test_agent_lifecycle import Gate, agent_settings, start_sleepers
+    from tests.lifecycle_support import Agent as InProcessAgent
+    from tests.lifecycle_support import Gate, agent_settings, start_sleepers
 
     host = Path(tempfile.mkdtemp(prefix="cdq-"))
     node = node_factory("cgroupfs")

@@ -9,8 +9,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from tests.inspect_apiserver import DISTROLESS, RECORDED, Echo, Exec, FakeApiServer, Recorded
+from tests.clock_support import FakeClock
 from tests.inspect_data import write_core
+from tests.kube_apiserver import DISTROLESS, RECORDED, Echo, Exec, FakeApiServer, Recorded
 from tests.pod_security import restricted
 from webhook import constants
 from webhook.cli import main
@@ -49,9 +50,10 @@ def exec_commands(server) -> list[list[str]]:
     return [r["query"]["command"] for r in server.requests if r["path"].endswith("/exec")]
 
 
-def run(server, tmp_path, *args):
+def run(server, tmp_path, *args, clock=None):
+    """The CLI against ``server``; a ``clock`` (tests/clock_support.py) replaces the real one."""
     kc = server.kubeconfig(tmp_path / "kubeconfig")
-    return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False)
+    return CliRunner().invoke(main, [*args, "--kubeconfig", str(kc)], catch_exceptions=False, obj=clock)
 
 
 def test_debug_opens_gdb_on_the_newest_core_as_its_owner(server, tmp_path, monkeypatch, container_fs, wrapper_bin):
@@ -61,8 +63,7 @@ def test_debug_opens_gdb_on_the_newest_core_as_its_owner(server, tmp_path, monke
                  Recorded(200, "pod-web-debug-running.json"))
     server.route("GET", POD_PATH + "/exec", Exec(root=root, wrapper=wrapper_bin))
     server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    res = run(server, tmp_path, "debug", POD, "-n", "shop")
+    res = run(server, tmp_path, "debug", POD, "-n", "shop", clock=FakeClock())
     assert res.exit_code == 0, res.output
     assert f"kubectl --kubeconfig {tmp_path / 'kubeconfig'} attach -it -n shop {POD} -c coredump-debug-x7k2q" in res.output
     methods = [r["method"] for r in server.requests]
@@ -91,8 +92,7 @@ def test_debug_a_crash_looping_pod_lets_the_container_pick_the_core(server, tmp_
     server.route("GET", POD_PATH + "/exec", Recorded(400, {"kind": "Status", "status": "Failure", "code": 400,
                                                          "message": "container app is waiting (CrashLoopBackOff)"}))
     server.route("PATCH", POD_PATH + "/ephemeralcontainers", Recorded(200, "pod-web-patched.json"))
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    res = run(server, tmp_path, "debug", POD, "-n", "shop")
+    res = run(server, tmp_path, "debug", POD, "-n", "shop", clock=FakeClock())
     assert res.exit_code == 0, res.output
     assert "picked inside the debug container" in res.stderr
     (ec,) = json.loads([r for r in server.requests if r["method"] == "PATCH"][0]["body"])["spec"]["ephemeralContainers"]

@@ -13,14 +13,11 @@ import kubernetes_validate
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import which_or_fail
+from tests.agent_support import app_dir, crash_as_app, known_pod
 from tests.crash_support import build_programs
-from tests.inspect_apiserver import Echo, FakeApiServer
+from tests.kube_apiserver import Echo, FakeApiServer
 from tests.process_support import wait_for
-from tests.test_agent_crash import k8s_cgroup, known_pod  # noqa: F401 - a fixture
-from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
-from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
-from tests.test_agent_symbols import APP_GID, APP_UID, _app_dir, crash_as_app, shared_dir  # noqa: F401
+from tests.suite_support import which_or_fail
 from webhook import constants
 from webhook.agent import index as idx
 from webhook.agent import install
@@ -152,10 +149,10 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     gdb = which_or_fail("gdb")
     host, settings, serve = agent_env
     pod_uid, cid, cgroup = k8s_cgroup
-    built = build_programs(_app_dir(shared_dir / "bin"), {"checker": ASSERT_C, "sampler": NULL_C})
+    built = build_programs(app_dir(shared_dir / "bin"), {"checker": ASSERT_C, "sampler": NULL_C})
     for exe in built.values():
         exe.chmod(0o755)
-    dump = _app_dir(shared_dir / "dump")
+    dump = app_dir(shared_dir / "dump")
     s = settings(node_name="node-1", keep_free_bytes=0, rate_limit_count=10)
     api = FakeApiServer()
     api.__enter__()
@@ -238,9 +235,8 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
 def _page_over_the_index(items: list[dict], tmp_path: Path) -> tuple[str, str]:
     """The index page's DOM (and a screenshot each) for alice, who may list shop's CoreDumps,
     and bob, who may list payments' only, with ``items`` as shop's index."""
-    from tests.inspect_apiserver import ByToken, Recorded
-    from tests.test_inspect_index_page import INDEX, _api_for, _screenshot
-    from tests.test_inspect_page import Served, auth_proxy, chromium_dom
+    from tests.kube_apiserver import ByToken, Recorded
+    from tests.page_support import INDEX, Served, api_for, auth_proxy, chromium_dom, take_screenshot
     from webhook.inspect.index_page import create_index_page_app
 
     listing = {"apiVersion": "coredump-webhook.io/v1alpha1", "kind": "CoreDumpList",
@@ -255,10 +251,10 @@ def _page_over_the_index(items: list[dict], tmp_path: Path) -> tuple[str, str]:
                   ByToken({"alice-token": Recorded(200, listing), "bob-token": forbidden}))
         api.route("GET", f"{INDEX}/namespaces/payments/coredumps",
                   ByToken({"alice-token": forbidden, "bob-token": Recorded(200, {**listing, "items": []})}))
-        with Served(create_index_page_app(_api_for(api), whoami=lambda t: t.split("-")[0])) as page:
+        with Served(create_index_page_app(api_for(api), whoami=lambda t: t.split("-")[0])) as page:
             for user in ("alice", "bob"):
                 with Served(auth_proxy(page.url, f"{user}-token")) as proxy:
                     doms.append(chromium_dom(proxy.url, tmp_path))
-                    _screenshot(proxy.url, tmp_path / f"real-crashes-{user}.png", tmp_path)
+                    take_screenshot(proxy.url, tmp_path / f"real-crashes-{user}.png", tmp_path)
     print(f"screenshots: {tmp_path}/real-crashes-alice.png {tmp_path}/real-crashes-bob.png")
     return doms[0], doms[1]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import which_or_fail
+from tests.suite_support import which_or_fail
 from webhook.diagnose import gcore
 
 

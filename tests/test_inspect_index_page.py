@@ -10,12 +10,12 @@ import logging
 
 import requests
 
-from tests.inspect_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
 from tests.inspect_data import write_core
-from tests.test_inspect_page import Served, auth_proxy, chromium_dom, which_or_fail
+from tests.kube_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
+from tests.page_support import INDEX, Served, api_for, auth_proxy, chromium_dom, take_screenshot
+from tests.suite_support import which_or_fail
 from webhook.inspect.index_page import TOKEN_COOKIE, create_index_page_app
 
-INDEX = "/apis/coredump-webhook.io/v1alpha1"
 POD = "web-7d9f8c6b5-x2kqp"
 
 
@@ -41,26 +41,18 @@ def _server(tmp_path) -> FakeApiServer:
     return server
 
 
-def _api_for(server):
-    def make(token: str):
-        api = server.api()
-        api.configuration.api_key = {"authorization": f"Bearer {token}"}
-        return api
-    return make
-
-
 def test_index_page_shows_each_user_their_namespaces_in_chromium(tmp_path, caplog):
     which_or_fail("chromium")
     with _server(tmp_path) as api:
-        app = create_index_page_app(_api_for(api), whoami=lambda t: t.split("-")[0])
+        app = create_index_page_app(api_for(api), whoami=lambda t: t.split("-")[0])
         with caplog.at_level(logging.INFO, logger="coredump.page"), Served(app) as page:
             with Served(auth_proxy(page.url, "alice-token")) as proxy:
                 dom = chromium_dom(proxy.url, tmp_path)
                 shot = tmp_path / "index-page-alice.png"
-                _screenshot(proxy.url, shot, tmp_path)
+                take_screenshot(proxy.url, shot, tmp_path)
             with Served(auth_proxy(page.url, "admin-token")) as proxy:
                 admin = chromium_dom(proxy.url, tmp_path)
-                _screenshot(proxy.url, tmp_path / "index-page-admin.png", tmp_path)
+                take_screenshot(proxy.url, tmp_path / "index-page-admin.png", tmp_path)
     # alice: shop's crashes, grouped (1 + 7 counted), with exe, image, node, frames; payments not at all
     assert "aaaaaaaaaaaa" in dom and '<td class="count">8</td>' in dom
     assert "/usr/local/bin/web" in dom and "registry.example.com/shop/web:1.4.2" in dom and "node-3" in dom
@@ -77,17 +69,8 @@ def test_index_page_shows_each_user_their_namespaces_in_chromium(tmp_path, caplo
     assert all(getattr(r, "status", None) == 200 for r in lines if getattr(r, "path", "") == "/")
 
 
-def _screenshot(url: str, path, tmp_path) -> None:
-    import subprocess
-
-    chromium = which_or_fail("chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             f"--user-data-dir={tmp_path / 'chromium-shot'}", "--window-size=1400,900", f"--screenshot={path}"]
-    subprocess.run([chromium, *flags, url], capture_output=True, timeout=120, check=True)
-
-
 def test_refused_token_gets_the_sign_in_form_not_an_empty_page(tmp_path):
-    with _server(tmp_path) as api, Served(create_index_page_app(_api_for(api))) as page:
+    with _server(tmp_path) as api, Served(create_index_page_app(api_for(api))) as page:
         r = requests.get(page.url, timeout=10)
         assert r.status_code == 401 and 'id="login"' in r.text
         r = requests.get(page.url, headers={"Authorization": "Bearer expired-token"}, timeout=10)
@@ -111,7 +94,7 @@ def test_download_streams_the_core_with_the_users_rights(tmp_path, bin_dir):
                                                                               Recorded(403, "status-403-list-coredumps.json")))
         api.route("GET", f"/api/v1/namespaces/shop/pods/{POD}", Recorded(200, "pod-web.json"))
         api.route("GET", f"/api/v1/namespaces/shop/pods/{POD}/exec", Exec(root=root, wrapper=bin_dir / "coredump-wrapper"))
-        with Served(create_index_page_app(_api_for(api))) as page:
+        with Served(create_index_page_app(api_for(api))) as page:
             r = requests.get(f"{page.url}download/shop/{name}", headers={"Authorization": "Bearer alice-token"}, timeout=30)
             assert r.status_code == 200 and r.content == core.read_bytes()
             assert r.headers["X-Core-SHA256"] == cd["spec"]["sha256"]

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tests.inspect_apiserver import Exec, FakeApiServer, Recorded
+from tests.kube_apiserver import Exec, FakeApiServer, Recorded
 from webhook.inspect import download as dl
 from webhook.inspect import ephemeral as eph
 from webhook.inspect import kube
@@ -117,7 +117,7 @@ def test_resumable_download_over_exec(server, tmp_path):
 
 
 def test_resumable_download_through_the_wrapper_without_a_shell(server, tmp_path, bin_dir):
-    from tests.inspect_apiserver import DISTROLESS
+    from tests.kube_apiserver import DISTROLESS
     from webhook import constants
 
     root = tmp_path / "container"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import threading
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from tests.conftest import which_or_fail
 from tests.inspect_data import write_core
+from tests.page_support import Served, auth_proxy, chromium_dom
 from webhook.inspect.page import create_page_app
 
 SIG_A = hashlib.sha256(b"f\nh\nmain").hexdigest()
@@ -37,41 +34,6 @@ def cores(tmp_path):
                         container="api", t=1700000300, signal=6, signature=SIG_B, frames=["g", "main"]),
     }
     return root, made
-
-
-class Served:
-    def __init__(self, app):
-        self.srv = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.srv.server_port}/"
-        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
-def auth_proxy(upstream: str, token: str):
-    """What an authenticating proxy in front of the page does: add the user's bearer token."""
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "/")
-        r = requests.get(upstream.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        start_response(f"{r.status_code} {r.reason}", [("Content-Type", r.headers.get("Content-Type", "text/html"))])
-        return [r.content]
-    return app
-
-
-def chromium_dom(url: str, tmp_path) -> str:
-    chromium = which_or_fail("chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    proc = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 def test_page_in_headless_chromium_shows_only_allowed_namespaces(cores, tmp_path):

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.inspect_apiserver import FakeApiServer, Recorded
 from tests.inspect_data import write_core
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import coredump_command, free_port, stop_group
 from webhook.certs import generate as gen
 

@@ -20,7 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests import pod_security as pss
-from tests.inspect_apiserver import FakeApiServer, Recorded
+from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook import constants as C
 from webhook.admission.mutate import apply, mutate_pod
@@ -292,7 +292,7 @@ def test_nfs_default_volume_becomes_an_emptydir_where_restricted() -> None:
 
 
 def test_workload_check_gives_the_same_warning() -> None:
-    from tests.test_workloads import review, template, workload
+    from tests.admission_support import review, template, workload
 
     obj = workload("Deployment", template({C.ANN_PATTERN: "/data/core.%p"}, [container("web", command=["/web"])]))
     answer = handle_review(review(obj, "Deployment"), AdmissionSettings(), namespace_levels=_levels("baseline"))

@@ -19,7 +19,7 @@ import pytest
 from admission_support import container, make_pod, mutate
 
 from tests.process_support import free_port
-from tests.test_registry import LoopbackCA, serve
+from tests.registry_support import LoopbackCA, serve
 from webhook import __version__
 from webhook.admission.settings import AdmissionSettings
 from webhook.registry import RegistryResolver, RegistrySettings, ResolveError

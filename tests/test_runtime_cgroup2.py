@@ -15,15 +15,11 @@ import re
 
 import pytest
 
-from tests.process_support import wait_for
-from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
-from tests.runtime_support import cgroup2_runc, cgroup_lines
-from tests.test_e2e import (  # noqa: F401 - fixtures
+from tests.e2e_support import (
     ADMISSION,
     APP_IMAGE,
     NODE_NAME,
     SIDECAR_IMAGE,
-    agent,
     check_cgroups_gone,
     check_core,
     check_limits_raised,
@@ -32,6 +28,9 @@ from tests.test_e2e import (  # noqa: F401 - fixtures
     run_pod,
     stop_and_check,
 )
+from tests.process_support import wait_for
+from tests.runc_support import Node, busybox_rootfs, kill_all, processes_rooted_under, single_binary_rootfs
+from tests.runtime_support import cgroup2_runc, cgroup_lines
 from webhook import constants as C
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]

@@ -17,19 +17,18 @@ import os
 import pytest
 
 from tests.containerd_support import SHIM, ContainerdNode, containerd  # noqa: F401 - fixture
-from tests.process_support import wait_for
-from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
-from tests.runtime_support import cgroup_lines, parent_exe, parent_pid, pod_image_rootfs
-from tests.test_e2e import (  # noqa: F401 - fixtures
+from tests.e2e_support import (
     ADMISSION,
     APP_IMAGE,
     NODE_NAME,
     SIDECAR_IMAGE,
-    agent,
     check_cgroups_gone,
     crash_into_dump_volume,
     stop_and_check,
 )
+from tests.process_support import wait_for
+from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
+from tests.runtime_support import cgroup_lines, parent_exe, parent_pid, pod_image_rootfs
 from webhook import constants as C
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]

@@ -16,18 +16,10 @@ import os
 import pytest
 
 from tests.docker_support import DockerNode, dockerd  # noqa: F401 - fixture
+from tests.e2e_support import ADMISSION, APP_IMAGE, NODE_NAME, SIDECAR_IMAGE, crash_into_dump_volume, stop_and_check
 from tests.process_support import wait_for
 from tests.runc_support import CGROUP_FLAVOURS, kill_all, processes_rooted_under
 from tests.runtime_support import cgroup_lines, docker_loaded, parent_exe, parent_pid
-from tests.test_e2e import (  # noqa: F401 - fixtures
-    ADMISSION,
-    APP_IMAGE,
-    NODE_NAME,
-    SIDECAR_IMAGE,
-    agent,
-    crash_into_dump_volume,
-    stop_and_check,
-)
 from webhook import constants as C
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import which_or_fail
 from tests.crash_support import build_programs
+from tests.suite_support import which_or_fail
 from webhook.agent.settings import AgentSettings
 from webhook.diagnose.signature import SignatureError, analyze
 

@@ -2,69 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from admission_support import PATTERN, Image, TableResolver, container, make_pod, mutate, validate
 
+from tests.admission_support import review, template, workload
 from webhook import constants as C
 from webhook.admission.review import handle_review
 from webhook.admission.settings import AdmissionSettings
 from webhook.admission.workloads import WORKLOAD_KINDS, is_workload, misplaced_annotation, pod_template, synthetic_pod
 
 SETTINGS = AdmissionSettings()
-GROUPS = {"Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps", "ReplicaSet": "apps", "Job": "batch", "CronJob": "batch",
-          "ReplicationController": "", "PodTemplate": ""}
-
-
-def template(annotations: dict[str, str] | None = None, containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"labels": {"app": "web"}}
-    if annotations is not None:
-        meta["annotations"] = annotations
-    spec: dict[str, Any] = {"containers": containers or [container("web", command=["/web"])]}
-    return {"metadata": meta, "spec": spec}
-
-
-def workload(kind: str, tmpl: dict[str, Any], **meta: Any) -> dict[str, Any]:
-    selector = {"matchLabels": {"app": "web"}}
-    if kind == "CronJob":
-        tmpl["spec"]["restartPolicy"] = "OnFailure"
-        spec: dict[str, Any] = {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": tmpl}}}
-    elif kind == "Job":
-        tmpl["spec"]["restartPolicy"] = "Never"
-        spec = {"template": tmpl}
-    elif kind == "StatefulSet":
-        spec = {"serviceName": "web", "selector": selector, "template": tmpl}
-    elif kind == "PodTemplate":
-        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "web", "namespace": "shop", **meta}, "template": tmpl}
-    elif kind == "ReplicationController":
-        spec = {"selector": {"app": "web"}, "template": tmpl}
-    else:
-        spec = {"selector": selector, "template": tmpl}
-    return {
-        "apiVersion": f"{GROUPS[kind]}/v1".lstrip("/"),
-        "kind": kind,
-        "metadata": {"name": "web", "namespace": "shop", **meta},
-        "spec": spec,
-    }
-
-
-def review(obj: Any, kind: str, operation: str = "CREATE", group: str | None = None) -> dict[str, Any]:
-    group = GROUPS.get(kind, "") if group is None else group
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "b1f0c3d2-0000-4000-8000-00000000beef",
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
-            "namespace": "shop",
-            "operation": operation,
-            "userInfo": {"username": "admin"},
-            "object": obj,
-            "oldObject": obj if operation == "UPDATE" else None,
-        },
-    }
 
 
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])

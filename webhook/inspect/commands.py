@@ -19,6 +19,7 @@ import click
 import yaml
 
 from webhook import DEFAULT_IMAGE, constants
+from webhook.clock import SYSTEM_CLOCK, Clock
 from webhook.inspect import ephemeral as eph
 from webhook.inspect.listing import (
     CoreRecord,
@@ -84,6 +85,14 @@ def _namespace(ns: str | None, s: InspectSettings) -> str:
         return (active or {}).get("context", {}).get("namespace") or "default"
     except Exception:
         return "default"
+
+
+def _clock() -> Clock:
+    """The clock a command waits on: the system's, unless the caller put one in click's context
+    object (``main(obj=clock)``, as the tests do)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.obj if ctx else None
+    return obj if isinstance(obj, Clock) else SYSTEM_CLOCK
 
 
 def _api(s: InspectSettings):
@@ -439,7 +448,9 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
             raise eph.InspectError("-f works with --dry-run only: the request goes through the API")
         kube.annotate_pod(api, req["namespace"], req["pod"], {constants.ANN_GCORE_REQUEST: value})
         click.echo(f"gcore {request_id} requested from the agent on node {req['node']}; waiting...", err=True)
-        answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=wait_timeout)
+        clock = _clock()
+        answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=wait_timeout,
+                            sleep=clock.sleep, clock=clock.monotonic)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
     if "error" in answer:

@@ -25,6 +25,7 @@ from webhook.inspect.commands import (
     DEFAULT_DEBUG_IMAGE,
     InspectSettings,
     _api,
+    _clock,
     _env,
     _fail,
     _namespace,
@@ -180,7 +181,8 @@ def debug(pod, core, namespace, context, kubeconfig, container, image, pull_poli
         kube.patch_ephemeral(api, ns, name, body)
         what = f"gdb on {target or 'the newest core'}" if not shell else "a shell"
         click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
-        kube.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout)
+        clock = _clock()
+        kube.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
     _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))

@@ -1,6 +1,15 @@
-"""A tiny stand-in for kube-apiserver: replays recorded responses over a real socket.
+"""The one stand-in kube-apiserver of the suite: recorded answers over a real socket.
 
-Routes map (METHOD, path) to a list of responses served in order (the last one repeats).
+No kube-apiserver can be installed here, so the code that talks to the API is tested against
+this server: routes map (METHOD, path) to a list of answers served in order (the last one
+repeats); a path ending in ``/*`` is a prefix route. An answer is a recorded JSON file of
+``tests/recorded/<area>/`` or a dict (:class:`Recorded`, or a ``(status, body)`` tuple), a write
+echoed back (:class:`Echo`), an answer chosen by the caller's bearer token (:class:`ByToken`),
+an exec (:class:`Exec`) or any object with ``status`` and ``bytes()`` (the pod watch of
+tests/pod_api.py). Unrouted requests get a 404 Status. Every request is recorded
+(:attr:`FakeApiServer.requests`, or :meth:`FakeApiServer.seen` as :class:`Seen`), so a test
+asserts what the real kubernetes client, or a real ``coredump`` process, sent.
+
 Exec requests are upgraded to a real websocket (``v4.channel.k8s.io``) and the command is run
 here, in a directory that plays the container's filesystem: absolute paths in its arguments are
 mapped under that directory, the way the kubelet would run them in the container. A container
@@ -19,29 +28,52 @@ import struct
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
 
 from webhook import constants
 
-RECORDED = Path(__file__).resolve().parent / "recorded" / "inspect"
+RECORDED_ROOT = Path(__file__).resolve().parent / "recorded"
+#: The default area of recorded answers (the inspection CLI's and the agent's API calls).
+RECORDED = RECORDED_ROOT / "inspect"
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class Recorded:
-    """A response: HTTP status and the recorded JSON file (or a dict)."""
+def recorded(name: str, area: str = "inspect") -> dict[str, Any]:
+    """One recorded API response of ``tests/recorded/<area>/`` (a fresh copy each time)."""
+    return json.loads((RECORDED_ROOT / area / name).read_text())
 
-    def __init__(self, status: int, body: str | dict):
+
+class Recorded:
+    """A response: HTTP status and the recorded JSON file of ``area`` (or a dict), sent after
+    ``delay`` seconds (a slow server)."""
+
+    def __init__(self, status: int, body: str | dict, area: str = "inspect", delay: float = 0.0):
         self.status = status
         self.body = body
+        self.area = area
+        self.delay = delay
 
     def bytes(self) -> bytes:
         if isinstance(self.body, dict):
             return json.dumps(self.body).encode()
-        return (RECORDED / self.body).read_bytes()
+        return (RECORDED_ROOT / self.area / self.body).read_bytes()
+
+
+@dataclass
+class Seen:
+    """A recorded request as attributes, the body parsed as JSON."""
+
+    method: str
+    path: str
+    content_type: str | None
+    body: Any
+    authorization: str | None = None
 
 
 class Echo:
@@ -150,6 +182,7 @@ class FakeApiServer:
                 elif isinstance(resp, Echo):
                     self._send(*resp.answer(req))
                 else:
+                    time.sleep(getattr(resp, "delay", 0.0))
                     self._send(resp.status, resp.bytes())
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
@@ -227,7 +260,15 @@ class FakeApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def route(self, method: str, path: str, *responses) -> None:
-        self.routes[(method, path)] = list(responses)
+        """Answers for (method, path), served in order, the last one repeating; a ``(status, body)``
+        tuple is a :class:`Recorded` dict."""
+        self.routes[(method, path)] = [Recorded(*r) if isinstance(r, tuple) else r for r in responses]
+
+    def seen(self, method: str | None = None) -> list[Seen]:
+        """The requests so far (of ``method``), as :class:`Seen`."""
+        return [Seen(r["method"], r["path"], r["headers"].get("content-type"),
+                     json.loads(r["body"]) if r["body"] else None, r["headers"].get("authorization"))
+                for r in self.requests if method is None or r["method"] == method]
 
     def api(self) -> client.ApiClient:
         cfg = client.Configuration()
@@ -235,12 +276,15 @@ class FakeApiServer:
         cfg.api_key = {"authorization": "Bearer test-token"}
         return client.ApiClient(cfg)
 
-    def kubeconfig(self, path: Path, namespace: str = "shop") -> Path:
+    def kubeconfig(self, path: Path, namespace: str | None = "shop", token: str = "alice-token") -> Path:
+        """A kubeconfig pointing at this server with a bearer token (a developer's, or a Job
+        pod's with ``namespace=None``)."""
+        context = {"cluster": "test", "user": "alice", **({"namespace": namespace} if namespace else {})}
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "alice", "user": {"token": "alice-token"}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "alice", "namespace": namespace}}],
+            "users": [{"name": "alice", "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": context}],
         }))
         return path
 
