@@ -217,6 +217,8 @@ def test_symbols_budget_stores_what_fits_and_says_budget_for_the_rest(agent_env,
     # the crash path remembers the pod-volume directory for the retention loop (pod_retention.py)
     from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
 
+    # (remembered just after the metadata is written: wait for it, do not race it)
+    wait_for(lambda: PodDirs(str(host / POD_DIRS_FILE)).entries, 10, "the pod-volume directory remembered")
     (entry,) = PodDirs(str(host / POD_DIRS_FILE)).entries.values()
     assert (entry["pod_uid"], entry["directory"], entry["container_id"]) == (pod_uid, str(dump), _cid)
 

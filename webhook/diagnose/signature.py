@@ -142,9 +142,15 @@ def signature_of(frames: list[Frame], top: int = DEFAULT_TOP) -> tuple[str, list
     """sha256 (hex) of the top ``top`` frame keys after the noise frames, cut after ``main``;
     and those keys."""
     keys = [f.key() for f in frames]
-    start = 0
-    while start < len(keys) - 1 and keys[start] in NOISE_FUNCTIONS:
-        start += 1
+    # The abort machinery is dropped from the top: its named frames, and the unnamed ones among
+    # them (a C library without debug info has no name for __pthread_kill_implementation or
+    # __assert_fail_base), so the same abort() signs alike whether or not its libc has symbols.
+    # An unnamed frame with no noise frame below it is the crash's own and stays.
+    start = i = 0
+    while i < len(keys) - 1 and (keys[i] in NOISE_FUNCTIONS or keys[i].startswith("??")):
+        i += 1
+        if keys[i - 1] in NOISE_FUNCTIONS:
+            start = i
     picked = keys[start : start + top]
     # Frames below main are the C runtime's start-up (__libc_start_main, _start): whether gdb
     # can name them depends on whether the libraries were saved, so they never sign a crash.
@@ -162,7 +168,11 @@ def gdb_command(
     The kernel writes the crashing thread's NT_PRSTATUS first, and gdb selects that thread,
     so a plain ``bt`` is the crashing thread's.
     """
-    cmd = [gdb, "-batch", "-nx", "-ex", "set pagination off", "-ex", "set width 0"]
+    # No separate debug files: only what the process itself mapped (through ``sysroot``) names
+    # its frames. The agent's own /usr/lib/debug describes the agent's image, not the crashed
+    # container; reading it made signatures depend on the node's packages, and it was half of
+    # gdb's CPU on a core (benchmarks/bench_vs_systemd.py).
+    cmd = [gdb, "-batch", "-nx", "-iex", "set debug-file-directory", "-ex", "set pagination off", "-ex", "set width 0"]
     cmd += ["-ex", "set confirm off", "-ex", "set debuginfod enabled off"]
     if sysroot:
         cmd += ["-ex", f"set sysroot {sysroot}"]
