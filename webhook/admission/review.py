@@ -4,8 +4,11 @@
 value that is not a usable AdmissionReview v1. A valid review always gets an answer. Refusals
 carry ``status.code`` 400 ("BadRequest": the annotation's value is what is wrong, not the
 caller's rights); the API server shows it as ``admission webhook ... denied the request: ...``.
-An unexpected error inside the mutation fails open, as ``failurePolicy: Ignore`` would: the
-object is admitted unchanged with a warning, and the error is logged.
+An unexpected error anywhere after the request is validated fails open, as
+``failurePolicy: Ignore`` would: the object is admitted unchanged with a warning, the error is
+logged, and the answer's outcome is "error". This is the only place a failure turns into an
+admission: the HTTP layer (``webhook/server/review_endpoint.py``) only decodes, calls
+:func:`answer_review` and maps :class:`ReviewError` to 400.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission.mutate import MutationResult, Resolver, mutate_pod
@@ -34,6 +38,25 @@ INTERNAL_ERROR_WARNING = "coredump-webhook: internal error, admitted unchanged (
 
 class ReviewError(ValueError):
     """The body is not a valid AdmissionReview v1 request (the server maps it to HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The AdmissionReview to send back, and what the server logs and counts of it."""
+
+    review: dict[str, Any]
+    #: "allowed" (unchanged), "patched", "denied", or "error" (failed open).
+    outcome: str
+    #: Operations in the patch (0 without one).
+    patch_ops: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.review["response"]["allowed"])
+
+    @property
+    def warnings(self) -> int:
+        return len(self.review["response"].get("warnings") or [])
 
 
 def _request(body: object) -> dict[str, Any]:
@@ -93,39 +116,71 @@ def handle_review(
     Security level a namespace enforces (the server's namespace watch; without one, e.g.
     offline, every namespace is at ``settings.pod_security_default_level``).
     """
+    return answer_review(body, settings, resolve_image=resolve_image, namespace_levels=namespace_levels).review
+
+
+def answer_review(
+    body: object,
+    settings: AdmissionSettings,
+    *,
+    resolve_image: Resolver | None = None,
+    namespace_levels: LevelLookup | None = None,
+) -> Answer:
+    """:func:`handle_review` with the outcome the server logs and counts. Raise only ReviewError."""
     request = _request(body)
-    uid = request["uid"]
+    try:
+        return _answer(request, settings, resolve_image, namespace_levels)
+    except ReviewError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one fail-open path (see the module docstring)
+        return _failed_open(request, exc)
+
+
+def _answer(
+    request: dict[str, Any],
+    settings: AdmissionSettings,
+    resolve_image: Resolver | None,
+    namespace_levels: LevelLookup | None,
+) -> Answer:
     gvk = request["kind"]
     group, kind = gvk.get("group", ""), gvk["kind"]
     operation = request["operation"]
     obj = request.get("object")
-    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     if request.get("subResource"):
-        return _review(response)
+        return Answer(_review(response), "allowed")
     is_pod = group == "" and kind == "Pod" and operation == "CREATE"
     is_checked_workload = is_workload(group, kind) and operation in ("CREATE", "UPDATE")
     if not (is_pod or is_checked_workload):
-        return _review(response)
+        return Answer(_review(response), "allowed")
     if obj is None:
         raise ReviewError(f"request.object is missing for {operation} of a {kind}")
     namespace = request.get("namespace") or _namespace_of(obj)
     deadline = time.monotonic() + settings.admission_budget_seconds
-    try:
-        level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
-        if is_pod:
-            result = mutate_pod(
-                obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
-                namespace_level=level,
-            )
-        else:
-            result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
-    except Exception:
-        logger.exception(
-            "admission failed open", extra={"uid": uid, "kind": kind, "namespace": namespace, "operation": operation}
+    level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
+    if is_pod:
+        result = mutate_pod(
+            obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
+            namespace_level=level,
         )
-        response["warnings"] = [INTERNAL_ERROR_WARNING]
-        return _review(response)
-    return _review(_fill(response, result, with_patch=is_pod))
+    else:
+        result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
+    return _fill(response, result, with_patch=is_pod)
+
+
+def _failed_open(request: dict[str, Any], exc: Exception) -> Answer:
+    """Admitted unchanged, with a warning for kubectl; the error and its traceback are logged."""
+    uid = request["uid"]
+    logger.error(
+        "admission failed open",
+        exc_info=exc,
+        extra={
+            "event": "admission.error", "uid": uid, "kind": request["kind"]["kind"],
+            "namespace": request.get("namespace") or _namespace_of(request.get("object")),
+            "operation": request["operation"], "error": repr(exc),
+        },
+    )
+    return Answer(_review({"uid": uid, "allowed": True, "warnings": [INTERNAL_ERROR_WARNING]}), "error")
 
 
 def _check_workload(
@@ -155,15 +210,17 @@ def _check_workload(
     return result
 
 
-def _namespace_of(obj: dict[str, Any]) -> str:
-    metadata = obj.get("metadata")
+def _namespace_of(obj: Any) -> str:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
     ns = metadata.get("namespace") if isinstance(metadata, dict) else None
     return ns if isinstance(ns, str) else ""
 
 
-def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool) -> dict[str, Any]:
+def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool) -> Answer:
     response["allowed"] = result.allowed
+    outcome, ops = "allowed", 0
     if not result.allowed:
+        outcome = "denied"
         response["status"] = {
             "status": "Failure",
             "code": REFUSAL_CODE,
@@ -171,11 +228,12 @@ def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool)
             "message": result.message,
         }
     elif with_patch and result.patch:
+        outcome, ops = "patched", len(result.patch)
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(result.patch, separators=(",", ":")).encode()).decode()
     if result.warnings:
         response["warnings"] = list(result.warnings)
-    return response
+    return Answer(_review(response), outcome, ops)
 
 
 def _review(response: dict[str, Any]) -> dict[str, Any]:
