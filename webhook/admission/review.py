@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,18 @@ class Answer:
 
 def _request(body: object) -> dict[str, Any]:
     """The validated ``request`` of an AdmissionReview body (a parsed or raw JSON document)."""
+    document = _document(body)
+    request = document.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("request is missing or not an object")
+    for fine, message in _REQUEST_CHECKS:
+        if not fine(request):
+            raise ReviewError(message)
+    return request
+
+
+def _document(body: object) -> dict[str, Any]:
+    """The AdmissionReview v1 object ``body`` holds."""
     if isinstance(body, (bytes, bytearray, str)):
         try:
             body = json.loads(body)
@@ -72,28 +85,25 @@ def _request(body: object) -> dict[str, Any]:
         raise ReviewError(f"apiVersion must be {API_VERSION!r}, got {_short(body.get('apiVersion'))}")
     if body.get("kind") != KIND:
         raise ReviewError(f"kind must be {KIND!r}, got {_short(body.get('kind'))}")
-    request = body.get("request")
-    if not isinstance(request, dict):
-        raise ReviewError("request is missing or not an object")
-    uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise ReviewError("request.uid is missing or not a string")
-    gvk = request.get("kind")
-    if not isinstance(gvk, dict) or not isinstance(gvk.get("kind"), str):
-        raise ReviewError("request.kind must be an object with a string kind")
-    if not isinstance(gvk.get("group", ""), str):
-        raise ReviewError("request.kind.group must be a string")
-    if request.get("operation") not in OPERATIONS:
-        raise ReviewError(f"request.operation must be one of {', '.join(OPERATIONS)}")
-    for key in ("namespace", "subResource"):
-        if request.get(key) is not None and not isinstance(request[key], str):
-            raise ReviewError(f"request.{key} must be a string")
-    if request.get("dryRun") is not None and not isinstance(request["dryRun"], bool):
-        raise ReviewError("request.dryRun must be a boolean")
-    obj = request.get("object")
-    if obj is not None and not isinstance(obj, dict):
-        raise ReviewError("request.object must be an object")
-    return request
+    return body
+
+
+def _optional(request: dict[str, Any], key: str, kind: type) -> bool:
+    return request.get(key) is None or isinstance(request[key], kind)
+
+
+#: The request's fields, checked in this order: (the field is usable, the error when it is not).
+_REQUEST_CHECKS: tuple[tuple[Callable[[dict[str, Any]], bool], str], ...] = (
+    (lambda r: isinstance(r.get("uid"), str) and bool(r["uid"]), "request.uid is missing or not a string"),
+    (lambda r: isinstance(r.get("kind"), dict) and isinstance(r["kind"].get("kind"), str),
+     "request.kind must be an object with a string kind"),
+    (lambda r: isinstance(r["kind"].get("group", ""), str), "request.kind.group must be a string"),
+    (lambda r: r.get("operation") in OPERATIONS, f"request.operation must be one of {', '.join(OPERATIONS)}"),
+    (lambda r: _optional(r, "namespace", str), "request.namespace must be a string"),
+    (lambda r: _optional(r, "subResource", str), "request.subResource must be a string"),
+    (lambda r: _optional(r, "dryRun", bool), "request.dryRun must be a boolean"),
+    (lambda r: _optional(r, "object", dict), "request.object must be an object"),
+)
 
 
 def _short(value: object) -> str:
@@ -142,30 +152,37 @@ def _answer(
     resolve_image: Resolver | None,
     namespace_levels: LevelLookup | None,
 ) -> Answer:
-    gvk = request["kind"]
-    group, kind = gvk.get("group", ""), gvk["kind"]
-    operation = request["operation"]
-    obj = request.get("object")
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-    if request.get("subResource"):
+    judged = _judged(request)
+    if judged is None:
         return Answer(_review(response), "allowed")
-    is_pod = group == "" and kind == "Pod" and operation == "CREATE"
-    is_checked_workload = is_workload(group, kind) and operation in ("CREATE", "UPDATE")
-    if not (is_pod or is_checked_workload):
-        return Answer(_review(response), "allowed")
+    kind, obj = request["kind"]["kind"], request.get("object")
     if obj is None:
-        raise ReviewError(f"request.object is missing for {operation} of a {kind}")
+        raise ReviewError(f"request.object is missing for {request['operation']} of a {kind}")
     namespace = request.get("namespace") or _namespace_of(obj)
     deadline = time.monotonic() + settings.admission_budget_seconds
     level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
-    if is_pod:
+    if judged == "pod":
         result = mutate_pod(
             obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
             namespace_level=level,
         )
     else:
         result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
-    return _fill(response, result, with_patch=is_pod)
+    return _fill(response, result, with_patch=judged == "pod")
+
+
+def _judged(request: dict[str, Any]) -> str | None:
+    """"pod" (mutated), "workload" (its template checked), or None (allowed unchanged)."""
+    if request.get("subResource"):
+        return None
+    group, kind = request["kind"].get("group", ""), request["kind"]["kind"]
+    operation = request["operation"]
+    if group == "" and kind == "Pod" and operation == "CREATE":
+        return "pod"
+    if is_workload(group, kind) and operation in ("CREATE", "UPDATE"):
+        return "workload"
+    return None
 
 
 def _failed_open(request: dict[str, Any], exc: Exception) -> Answer:
