@@ -394,6 +394,56 @@ def test_deadline_spent_by_a_slow_registry_stops_the_next_lookups() -> None:
     assert any("container b" in w and "budget spent" in w for w in result.warnings)
 
 
+class BatchResolver(TableResolver):
+    """A resolver that answers a pod's images in one ``resolve_many`` call, as the registry one does."""
+
+    def __init__(self, table: dict[str, Image | Exception], fail: bool = False) -> None:
+        super().__init__(table)
+        self.fail = fail
+        self.batches: list[tuple[list[str], dict[str, Any]]] = []
+
+    def resolve_many(self, images: list[str], **kwargs: Any) -> dict[str, Any]:
+        self.batches.append((list(images), kwargs))
+        if self.fail:
+            raise RuntimeError("registry.example.com:5000 refused the connection")
+        out: dict[str, Any] = {}
+        for image in images:
+            try:
+                out[image] = self(image)
+            except Exception as exc:  # noqa: BLE001 - an outcome, as resolve_many returns it
+                out[image] = exc
+        return out
+
+
+def test_batch_resolver_is_asked_once_for_every_image_without_a_command() -> None:
+    bad = Image.__new__(Image)
+    bad.entrypoint, bad.cmd = "not-a-list", None  # type: ignore[assignment]
+    resolver = BatchResolver({IMG: Image(["/e"], ["c"]), "bad:1": bad})
+    pod = make_pod(
+        [container("a"), container("b"), container("c", image="bad:1"), container("d", image="gone:1"),
+         container("e", image="cmd:1", command=["/own"])],
+        namespace="payments", imagePullSecrets=[{"name": "reg-a"}],
+    )
+    deadline = time.monotonic() + 5
+    after, result = mutate_apply(pod, resolve_image=resolver, deadline=deadline)
+    assert resolver.batches == [
+        ([IMG, "bad:1", "gone:1"], {"namespace": "payments", "pull_secrets": ["reg-a"], "deadline": deadline})
+    ]
+    a, b, c, d, e = after["spec"]["containers"]
+    assert a["command"] == b["command"] == [W, "/e"] and a["args"] == ["c"] and e["command"] == [W, "/own"]
+    assert "command" not in c and "command" not in d
+    assert {w.split(":")[0] for w in result.warnings if "could not resolve" in w} == {"container c", "container d"}
+
+
+def test_batch_resolver_failing_degrades_every_image() -> None:
+    resolver = BatchResolver({IMG: Image(["/e"], [])}, fail=True)
+    after, result = mutate_apply(make_pod([container("a"), container("b", image="other:1")]), resolve_image=resolver)
+    assert len(resolver.batches) == 1 and resolver.calls == []  # no second try, one image at a time
+    assert all("command" not in c for c in after["spec"]["containers"])
+    lookups = [w for w in result.warnings if "could not resolve" in w]
+    assert len(lookups) == 2 and all("(lookup failed)" in w and "refused" not in w for w in lookups)
+
+
 def test_already_wrapped_command_is_not_wrapped_twice() -> None:
     after, _ = mutate_apply(make_pod([container(command=[W, "/app"])]))
     assert after["spec"]["containers"][0]["command"] == [W, "/app"]

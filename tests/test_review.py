@@ -377,6 +377,35 @@ def test_review_command_prints_decoded_patch_and_summary(tmp_path: Path) -> None
     assert result.exit_code == 1 and "cannot read" in result.output
 
 
+@pytest.mark.parametrize(
+    ("volume", "described"),
+    [
+        ({"nfs": {"server": "nas.example", "path": "/cores"}}, "NFS nas.example:/cores"),
+        ({"persistentVolumeClaim": {"claimName": "cores-claim"}}, "PVC cores-claim"),
+        ({"csi": {"driver": "nasplugin.csi.alibabacloud.com"}}, "CSI nasplugin.csi.alibabacloud.com"),
+        ({"hostPath": {"path": "/var/cores"}}, "hostPath"),
+        ({"emptyDir": {"sizeLimit": "2Gi"}}, "emptyDir, at most 2Gi"),
+    ],
+)
+def test_summary_names_the_pods_own_core_volume(volume: dict[str, Any], described: str) -> None:
+    """The volume a pod already mounts over the pattern's directory, described by its kind."""
+    mounts = [{"name": "cores", "mountPath": "/data"}]
+    pod = make_pod([container(command=["/app"], volumeMounts=mounts)], volumes=[{"name": "cores", **volume}])
+    got = handle_review(review_of(pod), SETTINGS)["response"]
+    lines = summarize(pod, decoded_patch({"response": got}), got.get("warnings", [])).splitlines()
+    assert f"  cores go to: /data/dump-a, inside volume cores at /data ({described}, the pod's own)" in lines
+    assert not any(line.startswith("    mount:  cores") for line in lines)  # it was already mounted
+
+
+def test_summary_of_a_relative_pattern() -> None:
+    pod = make_pod([container(command=["/app"])], pattern="core.%p")
+    got = handle_review(review_of(pod), SETTINGS)["response"]
+    lines = summarize(pod, decoded_patch({"response": got}), got.get("warnings", [])).splitlines()
+    assert lines[1:3] == ["  pattern: core.%p",
+                          "  cores go to: the process's working directory (relative pattern, no volume)"]
+    assert [line for line in lines if line.startswith("    mount:")] == [f"    mount:  {C.WRAPPER_VOLUME} at {C.WRAPPER_DIR} read-only"]
+
+
 def test_platform_is_the_registry_setting_only() -> None:
     """One platform setting: the registry's (--registry-platform / COREDUMP_REGISTRY_PLATFORM),
     read by `coredump serve` and `coredump review` alike; the admission settings have none."""

@@ -236,6 +236,36 @@ def test_internal_error_fails_open_without_500(tmp_path: Path, caplog: pytest.Lo
     assert resp.status_code == 400 and resp.get_json()["error"]
 
 
+def test_one_fail_open_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    """A fault before the mutation (broken settings) and one inside it (injected) fail open the
+    same way: the same answer, one error record each, counted and logged as outcome "error"."""
+    from webhook.admission import review as review_module
+
+    caplog.set_level(logging.INFO)
+    broken_settings = make_app(tmp_path, StaticReadiness(True), admission=object()).test_client()
+    broken_mutation = make_app(tmp_path, StaticReadiness(True)).test_client()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    answers = [post(broken_settings, review()).get_json()]
+    monkeypatch.setattr(review_module, "mutate_pod", broken)
+    answers.append(post(broken_mutation, review()).get_json())
+    assert answers[0] == answers[1] == {
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": review()["request"]["uid"], "allowed": True, "warnings": [INTERNAL_ERROR_WARNING]},
+    }
+    errors = [r for r in caplog.records if getattr(r, "event", None) == "admission.error"]
+    assert len(errors) == 2 and all(r.exc_info and r.uid == review()["request"]["uid"] for r in errors)
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "admission"]
+    assert [(r.outcome, r.allowed, r.patchOps, r.warnings) for r in lines] == [("error", True, 0, 1)] * 2
+    for client in (broken_settings, broken_mutation):
+        text = client.get("/metrics").get_data(as_text=True)
+        assert _metric(text, "coredump_webhook_requests_total", endpoint="mutate", outcome="error") == 1
+        assert _metric(text, "coredump_webhook_requests_total", endpoint="mutate", outcome="allowed") == 0
+
+
 # --- hypothesis: no body gives a 500 ------------------------------------------------------------
 
 json_values = st.recursive(

@@ -4,8 +4,11 @@
 value that is not a usable AdmissionReview v1. A valid review always gets an answer. Refusals
 carry ``status.code`` 400 ("BadRequest": the annotation's value is what is wrong, not the
 caller's rights); the API server shows it as ``admission webhook ... denied the request: ...``.
-An unexpected error inside the mutation fails open, as ``failurePolicy: Ignore`` would: the
-object is admitted unchanged with a warning, and the error is logged.
+An unexpected error anywhere after the request is validated fails open, as
+``failurePolicy: Ignore`` would: the object is admitted unchanged with a warning, the error is
+logged, and the answer's outcome is "error". This is the only place a failure turns into an
+admission: the HTTP layer (``webhook/server/review_endpoint.py``) only decodes, calls
+:func:`answer_review` and maps :class:`ReviewError` to 400.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission.mutate import MutationResult, Resolver, mutate_pod
@@ -36,8 +41,39 @@ class ReviewError(ValueError):
     """The body is not a valid AdmissionReview v1 request (the server maps it to HTTP 400)."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The AdmissionReview to send back, and what the server logs and counts of it."""
+
+    review: dict[str, Any]
+    #: "allowed" (unchanged), "patched", "denied", or "error" (failed open).
+    outcome: str
+    #: Operations in the patch (0 without one).
+    patch_ops: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.review["response"]["allowed"])
+
+    @property
+    def warnings(self) -> int:
+        return len(self.review["response"].get("warnings") or [])
+
+
 def _request(body: object) -> dict[str, Any]:
     """The validated ``request`` of an AdmissionReview body (a parsed or raw JSON document)."""
+    document = _document(body)
+    request = document.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("request is missing or not an object")
+    for fine, message in _REQUEST_CHECKS:
+        if not fine(request):
+            raise ReviewError(message)
+    return request
+
+
+def _document(body: object) -> dict[str, Any]:
+    """The AdmissionReview v1 object ``body`` holds."""
     if isinstance(body, (bytes, bytearray, str)):
         try:
             body = json.loads(body)
@@ -49,28 +85,25 @@ def _request(body: object) -> dict[str, Any]:
         raise ReviewError(f"apiVersion must be {API_VERSION!r}, got {_short(body.get('apiVersion'))}")
     if body.get("kind") != KIND:
         raise ReviewError(f"kind must be {KIND!r}, got {_short(body.get('kind'))}")
-    request = body.get("request")
-    if not isinstance(request, dict):
-        raise ReviewError("request is missing or not an object")
-    uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise ReviewError("request.uid is missing or not a string")
-    gvk = request.get("kind")
-    if not isinstance(gvk, dict) or not isinstance(gvk.get("kind"), str):
-        raise ReviewError("request.kind must be an object with a string kind")
-    if not isinstance(gvk.get("group", ""), str):
-        raise ReviewError("request.kind.group must be a string")
-    if request.get("operation") not in OPERATIONS:
-        raise ReviewError(f"request.operation must be one of {', '.join(OPERATIONS)}")
-    for key in ("namespace", "subResource"):
-        if request.get(key) is not None and not isinstance(request[key], str):
-            raise ReviewError(f"request.{key} must be a string")
-    if request.get("dryRun") is not None and not isinstance(request["dryRun"], bool):
-        raise ReviewError("request.dryRun must be a boolean")
-    obj = request.get("object")
-    if obj is not None and not isinstance(obj, dict):
-        raise ReviewError("request.object must be an object")
-    return request
+    return body
+
+
+def _optional(request: dict[str, Any], key: str, kind: type) -> bool:
+    return request.get(key) is None or isinstance(request[key], kind)
+
+
+#: The request's fields, checked in this order: (the field is usable, the error when it is not).
+_REQUEST_CHECKS: tuple[tuple[Callable[[dict[str, Any]], bool], str], ...] = (
+    (lambda r: isinstance(r.get("uid"), str) and bool(r["uid"]), "request.uid is missing or not a string"),
+    (lambda r: isinstance(r.get("kind"), dict) and isinstance(r["kind"].get("kind"), str),
+     "request.kind must be an object with a string kind"),
+    (lambda r: isinstance(r["kind"].get("group", ""), str), "request.kind.group must be a string"),
+    (lambda r: r.get("operation") in OPERATIONS, f"request.operation must be one of {', '.join(OPERATIONS)}"),
+    (lambda r: _optional(r, "namespace", str), "request.namespace must be a string"),
+    (lambda r: _optional(r, "subResource", str), "request.subResource must be a string"),
+    (lambda r: _optional(r, "dryRun", bool), "request.dryRun must be a boolean"),
+    (lambda r: _optional(r, "object", dict), "request.object must be an object"),
+)
 
 
 def _short(value: object) -> str:
@@ -93,39 +126,78 @@ def handle_review(
     Security level a namespace enforces (the server's namespace watch; without one, e.g.
     offline, every namespace is at ``settings.pod_security_default_level``).
     """
+    return answer_review(body, settings, resolve_image=resolve_image, namespace_levels=namespace_levels).review
+
+
+def answer_review(
+    body: object,
+    settings: AdmissionSettings,
+    *,
+    resolve_image: Resolver | None = None,
+    namespace_levels: LevelLookup | None = None,
+) -> Answer:
+    """:func:`handle_review` with the outcome the server logs and counts. Raise only ReviewError."""
     request = _request(body)
-    uid = request["uid"]
-    gvk = request["kind"]
-    group, kind = gvk.get("group", ""), gvk["kind"]
-    operation = request["operation"]
-    obj = request.get("object")
-    response: dict[str, Any] = {"uid": uid, "allowed": True}
-    if request.get("subResource"):
-        return _review(response)
-    is_pod = group == "" and kind == "Pod" and operation == "CREATE"
-    is_checked_workload = is_workload(group, kind) and operation in ("CREATE", "UPDATE")
-    if not (is_pod or is_checked_workload):
-        return _review(response)
+    try:
+        return _answer(request, settings, resolve_image, namespace_levels)
+    except ReviewError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one fail-open path (see the module docstring)
+        return _failed_open(request, exc)
+
+
+def _answer(
+    request: dict[str, Any],
+    settings: AdmissionSettings,
+    resolve_image: Resolver | None,
+    namespace_levels: LevelLookup | None,
+) -> Answer:
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    judged = _judged(request)
+    if judged is None:
+        return Answer(_review(response), "allowed")
+    kind, obj = request["kind"]["kind"], request.get("object")
     if obj is None:
-        raise ReviewError(f"request.object is missing for {operation} of a {kind}")
+        raise ReviewError(f"request.object is missing for {request['operation']} of a {kind}")
     namespace = request.get("namespace") or _namespace_of(obj)
     deadline = time.monotonic() + settings.admission_budget_seconds
-    try:
-        level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
-        if is_pod:
-            result = mutate_pod(
-                obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
-                namespace_level=level,
-            )
-        else:
-            result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
-    except Exception:
-        logger.exception(
-            "admission failed open", extra={"uid": uid, "kind": kind, "namespace": namespace, "operation": operation}
+    level = namespace_levels(namespace) if namespace_levels is not None else settings.pod_security_default_level
+    if judged == "pod":
+        result = mutate_pod(
+            obj, settings, namespace=namespace, resolve_image=resolve_image, deadline=deadline,
+            namespace_level=level,
         )
-        response["warnings"] = [INTERNAL_ERROR_WARNING]
-        return _review(response)
-    return _review(_fill(response, result, with_patch=is_pod))
+    else:
+        result = _check_workload(obj, kind, settings, namespace, resolve_image, deadline, level)
+    return _fill(response, result, with_patch=judged == "pod")
+
+
+def _judged(request: dict[str, Any]) -> str | None:
+    """"pod" (mutated), "workload" (its template checked), or None (allowed unchanged)."""
+    if request.get("subResource"):
+        return None
+    group, kind = request["kind"].get("group", ""), request["kind"]["kind"]
+    operation = request["operation"]
+    if group == "" and kind == "Pod" and operation == "CREATE":
+        return "pod"
+    if is_workload(group, kind) and operation in ("CREATE", "UPDATE"):
+        return "workload"
+    return None
+
+
+def _failed_open(request: dict[str, Any], exc: Exception) -> Answer:
+    """Admitted unchanged, with a warning for kubectl; the error and its traceback are logged."""
+    uid = request["uid"]
+    logger.error(
+        "admission failed open",
+        exc_info=exc,
+        extra={
+            "event": "admission.error", "uid": uid, "kind": request["kind"]["kind"],
+            "namespace": request.get("namespace") or _namespace_of(request.get("object")),
+            "operation": request["operation"], "error": repr(exc),
+        },
+    )
+    return Answer(_review({"uid": uid, "allowed": True, "warnings": [INTERNAL_ERROR_WARNING]}), "error")
 
 
 def _check_workload(
@@ -155,15 +227,17 @@ def _check_workload(
     return result
 
 
-def _namespace_of(obj: dict[str, Any]) -> str:
-    metadata = obj.get("metadata")
+def _namespace_of(obj: Any) -> str:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
     ns = metadata.get("namespace") if isinstance(metadata, dict) else None
     return ns if isinstance(ns, str) else ""
 
 
-def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool) -> dict[str, Any]:
+def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool) -> Answer:
     response["allowed"] = result.allowed
+    outcome, ops = "allowed", 0
     if not result.allowed:
+        outcome = "denied"
         response["status"] = {
             "status": "Failure",
             "code": REFUSAL_CODE,
@@ -171,11 +245,12 @@ def _fill(response: dict[str, Any], result: MutationResult, *, with_patch: bool)
             "message": result.message,
         }
     elif with_patch and result.patch:
+        outcome, ops = "patched", len(result.patch)
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(result.patch, separators=(",", ":")).encode()).decode()
     if result.warnings:
         response["warnings"] = list(result.warnings)
-    return response
+    return Answer(_review(response), outcome, ops)
 
 
 def _review(response: dict[str, Any]) -> dict[str, Any]:

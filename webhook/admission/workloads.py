@@ -57,16 +57,16 @@ def synthetic_pod(template: dict[str, Any], namespace: str) -> dict[str, Any]:
 
 def misplaced_annotation(obj: dict[str, Any], template: dict[str, Any] | None, kind: str) -> str | None:
     """A warning when the pattern sits on the workload itself, where it has no effect."""
-    metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    if not isinstance(annotations, dict):
-        return None
-    on_workload = [key for key in C.PATTERN_ANNOTATIONS if key in annotations]
-    if not on_workload:
-        return None
-    t_meta = template.get("metadata") if template else None
-    t_ann = t_meta.get("annotations") if isinstance(t_meta, dict) else None
-    if isinstance(t_ann, dict) and any(key in t_ann for key in C.PATTERN_ANNOTATIONS):
+    on_workload = _pattern_keys(obj.get("metadata"))
+    if not on_workload or _pattern_keys(template.get("metadata") if template else None):
         return None
     where = ".".join(WORKLOAD_KINDS[kind][1]) if kind in WORKLOAD_KINDS else "spec.template"
     return f"{on_workload[0]} on the {kind} itself has no effect: set it in {where}.metadata.annotations"
+
+
+def _pattern_keys(metadata: Any) -> list[str]:
+    """The pattern annotations ``metadata`` carries, in the order ACS, ECI."""
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(annotations, dict):
+        return []
+    return [key for key in C.PATTERN_ANNOTATIONS if key in annotations]
