@@ -8,17 +8,18 @@ credentials: what RBAC refuses is reported (or, with ``-A``, skipped with a warn
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import click
 import yaml
 
 from webhook import DEFAULT_IMAGE, constants
+from webhook.cli_options import settings_from, settings_options
 from webhook.inspect import ephemeral as eph
 from webhook.inspect.listing import (
     CoreRecord,
@@ -28,6 +29,7 @@ from webhook.inspect.listing import (
     render,
     wrapper_listing_command,
 )
+from webhook.inspect.page_settings import PageSettings
 
 DEFAULT_DEBUG_IMAGE = DEFAULT_IMAGE
 DEFAULT_READER_IMAGE = "docker.io/library/busybox:1.36"
@@ -453,32 +455,16 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
 
 
 @click.command("page")
-@click.option("--cores-root", envvar=_env("page_cores_root"), default=os.path.join(constants.DEFAULT_HOST_DIR, "cores"),
-              show_default=True, show_envvar=True, help="directory holding cores and their .json metadata")
-@click.option("--bind", envvar=_env("page_bind"), default=constants.PAGE_DEFAULT_BIND, show_default=True, show_envvar=True,
-              help="HOST:PORT to listen on")
-@click.option("--cert-dir", envvar=_env("page_cert_dir"), default=None, show_envvar=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="directory with tls.crt and tls.key: serve HTTPS (reloaded when they change)")
-@click.option("--insecure-no-auth", is_flag=True, envvar=_env("page_insecure_no_auth"), show_envvar=True,
-              help="show every namespace to everyone, no token asked (local use only)")
-@click.option("--workers", envvar=_env("page_workers"), default=1, show_default=True, show_envvar=True,
-              type=click.IntRange(min=1), help="gunicorn worker processes")
-@click.option("--threads", envvar=_env("page_threads"), default=8, show_default=True, show_envvar=True,
-              type=click.IntRange(min=1), help="threads per worker (each download holds one)")
-@click.option("--log-level", envvar=_env("page_log_level"), default="info", show_default=True, show_envvar=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--index", "index", is_flag=True, envvar=_env("page_index"), show_envvar=True,
-              help="list the cluster's CoreDump index with each user's own token (in-cluster)")
-def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level, index):
+@settings_options(PageSettings)
+def page(**params: Any) -> None:
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook import logs
     from webhook.inspect import page_server
     from webhook.serving.tls import CertLoadError
 
-    settings = page_server.PageSettings(
-        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth and not index,
-        workers=workers, threads=threads, log_level=log_level.lower(), index=index)
+    settings = settings_from(PageSettings, params)
+    insecure_no_auth = settings.insecure_no_auth
+    settings = replace(settings, insecure_no_auth=insecure_no_auth and not settings.index)
     try:
         settings.host_port()
     except ValueError as exc:
