@@ -22,10 +22,10 @@ from tests.process_support import free_port
 from tests.test_registry import LoopbackCA, serve
 from webhook import __version__
 from webhook.admission.settings import AdmissionSettings
+from webhook.registry.egress import USER_AGENT, host_allowed
 from webhook.registry.resolver import RegistryResolver
 from webhook.registry.responses import ResolveError
 from webhook.registry.settings import RegistrySettings
-from webhook.registry.egress import USER_AGENT, host_allowed
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                        "config": {"mediaType": "x", "digest": "sha256:" + "1" * 64, "size": 1}}).encode()

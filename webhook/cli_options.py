@@ -28,9 +28,10 @@ def _kind(f: dataclasses.Field[Any]) -> str:
     return text.split("|")[0].strip().split("[")[0]
 
 
-def param_name(f: dataclasses.Field[Any], s: Setting) -> str:
-    """The name click gives the parsed value: the flag's, so two areas on one command never clash."""
-    return s.flag_name(f.name)[2:].replace("-", "_")
+def param_name(f: dataclasses.Field[Any]) -> str:
+    """The name click gives the parsed value: the field's (areas sharing a command keep their
+    field names apart; tests/test_settings.py checks it)."""
+    return f.name
 
 
 def _chosen(cls: type, only: Iterable[str] | None) -> list[tuple[dataclasses.Field[Any], Setting]]:
@@ -45,14 +46,16 @@ def _spec(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> tuple[lis
     attrs: dict[str, Any] = {"envvar": s.env, "show_envvar": show_envvar, "show_default": s.show_default}
     if s.help:
         attrs["help"] = s.help
+    if s.hidden:
+        attrs["hidden"] = True
     if f.default is dataclasses.MISSING:
         attrs["required"] = True
     else:
         attrs["default"] = f.default
-    decls = [param_name(f, s), flag]
+    decls = [param_name(f), *([s.short] if s.short else []), flag]
     if kind == "bool":
         if s.negatable:
-            decls[1] = f"{flag}/--no-{flag[2:]}"
+            decls[-1] = f"{flag}/--no-{flag[2:]}"
         else:
             attrs["is_flag"] = True
         return decls, attrs
@@ -66,10 +69,14 @@ def _spec(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> tuple[lis
         return decls, attrs
     if s.choices:
         attrs["type"] = click.Choice(list(s.choices), case_sensitive=s.case_sensitive)
-    elif s.existing_dir:
+    elif s.path == "existing_dir":
         attrs["type"] = click.Path(exists=True, file_okay=False, path_type=Path)
-    elif s.file_path:
+    elif s.path == "dir":
+        attrs["type"] = click.Path(file_okay=False)
+    elif s.path == "file":
         attrs["type"] = click.Path(dir_okay=False)
+    elif kind == "Path":
+        attrs["type"] = click.Path(path_type=Path)
     elif kind == "int":
         attrs["type"] = click.IntRange(min=int(s.min)) if s.min is not None else int
     elif kind == "float":
@@ -104,7 +111,7 @@ def settings_values(cls: type, params: Mapping[str, Any], *, only: Iterable[str]
     """The field values of ``cls`` among a command's parsed ``params`` (other keys are ignored)."""
     values: dict[str, Any] = {}
     for f, s in _chosen(cls, only):
-        name = param_name(f, s)
+        name = param_name(f)
         if name not in params:
             continue
         value = params[name]

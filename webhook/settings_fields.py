@@ -27,6 +27,8 @@ class Setting:
     env: str
     #: The flag when it is not ``--`` + the field name with dashes (e.g. ``--registry-timeout``).
     flag: str | None = None
+    #: A one-letter alias of the flag (``-n``).
+    short: str | None = None
     #: Allowed values (shown as a choice).
     choices: tuple[str, ...] = ()
     #: Choices compared without case (the canonical spelling is kept).
@@ -38,12 +40,13 @@ class Setting:
     separator: str | None = None
     #: A boolean field offers ``--x/--no-x``; False: a plain switch ``--x``.
     negatable: bool = True
-    #: The value names a directory that must exist (given as a ``pathlib.Path``).
-    existing_dir: bool = False
-    #: A file path (not a directory; it need not exist).
-    file_path: bool = False
+    #: A path: "dir" (a directory, need not exist), "existing_dir" (must exist; given as a
+    #: ``pathlib.Path``) or "file" (not a directory, need not exist); "": any text.
+    path: str = ""
     #: Show the default in the help.
     show_default: bool = True
+    #: Left out of the help (a hook for tests and scripts).
+    hidden: bool = False
 
     def flag_name(self, field_name: str) -> str:
         return self.flag or "--" + field_name.replace("_", "-")

@@ -37,7 +37,7 @@ class PageSettings(ServingSettings):
     #: Directory with ``tls.crt``/``tls.key`` (a mounted kubernetes.io/tls Secret): serve HTTPS
     #: and reload the pair when it changes. None: plain HTTP (local use, or behind port-forward).
     cert_dir: Path | None = setting(
-        None, env=_env("cert_dir"), existing_dir=True,
+        None, env=_env("cert_dir"), path="existing_dir",
         help="directory with tls.crt and tls.key: serve HTTPS (reloaded when they change)")
     #: Show every namespace to everyone, without a token (a developer's own machine only).
     insecure_no_auth: bool = setting(

@@ -37,7 +37,7 @@ class ServerSettings(ServingSettings):
 
     #: Directory holding ``tls.crt`` and ``tls.key`` (the mounted Secret); watched for rotation.
     cert_dir: Path = setting(
-        env=_env("cert_dir"), existing_dir=True,
+        env=_env("cert_dir"), path="existing_dir",
         help="Directory with tls.crt and tls.key (the mounted Secret); reloaded when they change.")
     #: Settings of the admission logic (pattern policy, volumes, wrapper image, ...).
     admission: AdmissionSettings
