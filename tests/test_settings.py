@@ -166,6 +166,9 @@ def test_click_only_in_command_modules() -> None:
     users = {m for m, path in modules.items() if any(n == "click" or n.startswith("click.") for n in _imports(path))}
     assert "webhook.cli_options" in users and "webhook.agent.commands" in users  # the walk sees them
     assert sorted(m for m in users if not _is_command_module(m)) == []
+    # nor the command layer's options module (it is click's end of the settings)
+    assert sorted(m for m, path in modules.items()
+                  if "webhook.cli_options" in _imports(path) and not _is_command_module(m)) == []
     # the settings themselves are declared without it
     for module in ("webhook.settings_fields", "webhook.admission.settings", "webhook.registry.settings",
                    "webhook.agent.settings", "webhook.serving.settings"):
