@@ -126,11 +126,10 @@ def settings_values(cls: type, params: Mapping[str, Any], *, only: Iterable[str]
     return values
 
 
-def settings_from(cls: Callable[..., T], params: Mapping[str, Any], *, only: Iterable[str] | None = None,
+def settings_from(cls: type[T], params: Mapping[str, Any], *, only: Iterable[str] | None = None,
                   **given: Any) -> T:
     """``cls`` from a command's parsed ``params`` plus ``given`` (fields that are no options,
     e.g. nested settings). A value the settings refuse is a usage error (exit status 2)."""
-    assert isinstance(cls, type)
     try:
         return cls(**settings_values(cls, params, only=only), **given)
     except ValueError as exc:

@@ -17,10 +17,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from webhook.serving.tls import CertReloader
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServingSettings:
     """gunicorn (gthread workers) and TLS settings shared by the project's servers."""
 
+    #: Directory holding ``tls.crt`` and ``tls.key`` (a mounted kubernetes.io/tls Secret): serve
+    #: HTTPS and reload the pair when it changes. None: plain HTTP.
+    cert_dir: Path | None = None
     #: ``HOST:PORT`` to listen on.
     bind: str
     #: gunicorn worker processes.
@@ -35,9 +38,6 @@ class ServingSettings:
     graceful_timeout: int = 10
     #: Log level of the JSON logs (debug, info, warning, error).
     log_level: str = "info"
-    #: Directory holding ``tls.crt`` and ``tls.key`` (a mounted kubernetes.io/tls Secret): serve
-    #: HTTPS and reload the pair when it changes. None: plain HTTP.
-    cert_dir: Path | None = None
     #: Seconds between checks of the certificate files for a change (checked on new connections).
     cert_reload_interval: float = 1.0
 
