@@ -48,6 +48,10 @@ class Setting:
     #: Left out of the help (a hook for tests and scripts).
     hidden: bool = False
 
+    def __post_init__(self) -> None:
+        if self.path not in ("", "dir", "existing_dir", "file"):
+            raise ValueError(f"path must be '', 'dir', 'existing_dir' or 'file', not {self.path!r}")
+
     def flag_name(self, field_name: str) -> str:
         return self.flag or "--" + field_name.replace("_", "-")
 
