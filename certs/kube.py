@@ -20,34 +20,13 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from webhook.certs import generate as gen
+from webhook.certs.settings import BootstrapSettings
 
 log = logging.getLogger("coredump.certs")
 
 
 class KubeError(RuntimeError):
     """An API call failed in a way the bootstrap cannot work around (clear message, exit 1)."""
-
-
-@dataclass(frozen=True)
-class BootstrapSettings:
-    """What ``coredump certs bootstrap`` manages."""
-
-    #: Namespace of the webhook's Service and Secret.
-    namespace: str
-    #: Service name: the certificate's SANs are derived from it.
-    service: str
-    #: Name of the kubernetes.io/tls Secret mounted by the webhook pods.
-    secret: str
-    #: MutatingWebhookConfiguration whose webhooks get the caBundle.
-    webhook_config: str
-    #: Optional ValidatingWebhookConfiguration (the workload checks) patched the same way.
-    validating_webhook_config: str | None = None
-    #: Validity of a newly generated certificate.
-    days: int = gen.DEFAULT_DAYS
-    #: A certificate expiring within this many days is replaced.
-    renew_before_days: int = 30
-    #: Seconds allowed for each API call.
-    request_timeout: float = 15.0
 
 
 @dataclass

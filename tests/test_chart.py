@@ -1564,7 +1564,8 @@ def test_notes_point_at_the_monitoring(helm: Path, helm_env: dict[str, str], tmp
 def test_registry_platform_defaults_to_the_webhook_nodes_architecture(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """By default the chart sets no platform: `coredump serve` then picks its own node's
     (linux/amd64 or linux/arm64, the image being multi-platform); a set value is passed on."""
-    from webhook.registry import RegistrySettings, host_platform
+    from webhook.registry.platforms import host_platform
+    from webhook.registry.settings import RegistrySettings
 
     container = webhook_deployment(rendered["default"])["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)

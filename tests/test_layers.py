@@ -28,6 +28,8 @@ FORBIDDEN = {
                          "webhook.demo", "webhook.cli", "webhook.serving"},
     "webhook.serving": {"webhook.agent", "webhook.inspect", "webhook.server", "webhook.admission",
                         "webhook.demo", "webhook.cli", "webhook.diagnose"},
+    "webhook.registry": {"webhook.agent", "webhook.inspect", "webhook.server", "webhook.admission",
+                         "webhook.demo", "webhook.cli", "webhook.serving", "webhook.diagnose"},
     "webhook.certs": {"webhook.agent", "webhook.inspect", "webhook.server", "webhook.admission",
                       "webhook.demo", "webhook.cli", "webhook.serving", "webhook.diagnose"},
 }

@@ -36,25 +36,15 @@ from cryptography.x509.oid import NameOID
 from tests.process_support import free_port
 from tests.registry_support import LoopbackCA, serve
 from tests.suite_support import which_or_fail
-from webhook.registry import (
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Credential,
-    ImageConfig,
-    RegistryResolver,
-    RegistrySettings,
-    ResolveError,
-    choose_platform,
-    credentials_for,
-    decode_pull_secret,
-    host_platform,
-    parse_challenge,
-    parse_image_ref,
-    read_pull_secrets,
-    secret_reader_for,
-)
+from webhook.registry.challenges import parse_challenge
+from webhook.registry.config import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ImageConfig
+from webhook.registry.credentials import Credential, credentials_for, decode_pull_secret
+from webhook.registry.platforms import choose_platform, host_platform
+from webhook.registry.references import parse_image_ref
+from webhook.registry.resolver import RegistryResolver
+from webhook.registry.responses import ResolveError
+from webhook.registry.secrets import read_pull_secrets, secret_reader_for
+from webhook.registry.settings import RegistrySettings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -677,14 +667,14 @@ def test_click_options_fill_the_settings(monkeypatch):
     import click
     from click.testing import CliRunner
 
-    from webhook.registry import registry_options, settings_from_options
+    from webhook.cli_options import settings_from, settings_options
 
     seen = {}
 
     @click.command()
-    @registry_options
+    @settings_options(RegistrySettings)
     def cmd(**params):
-        seen["settings"] = settings_from_options(params)
+        seen["settings"] = settings_from(RegistrySettings, params)
 
     env = {"COREDUMP_REGISTRY_TIMEOUT": "1.5", "COREDUMP_REGISTRY_INSECURE": "registry.local:5000 10.0.0.7",
            "COREDUMP_REGISTRY_READ_PULL_SECRETS": "true", "COREDUMP_REGISTRY_PLATFORM": "linux/arm64"}

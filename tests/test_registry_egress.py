@@ -22,8 +22,10 @@ from tests.process_support import free_port
 from tests.registry_support import LoopbackCA, serve
 from webhook import __version__
 from webhook.admission.settings import AdmissionSettings
-from webhook.registry import RegistryResolver, RegistrySettings, ResolveError
-from webhook.registry_egress import USER_AGENT, host_allowed
+from webhook.registry.egress import USER_AGENT, host_allowed
+from webhook.registry.resolver import RegistryResolver
+from webhook.registry.responses import ResolveError
+from webhook.registry.settings import RegistrySettings
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                        "config": {"mediaType": "x", "digest": "sha256:" + "1" * 64, "size": 1}}).encode()
@@ -293,7 +295,7 @@ def test_private_ranges_stay_allowed() -> None:
     and multicast are the cluster's insides here."""
     import ipaddress
 
-    from webhook.registry_egress import EgressPolicy, EgressRefused, forbidden_kind, parse_networks
+    from webhook.registry.egress import EgressPolicy, EgressRefused, forbidden_kind, parse_networks
 
     for allowed in ("10.0.0.7", "172.16.4.2", "192.168.1.10", "100.64.0.3", "fd00::1", "8.8.8.8"):
         assert forbidden_kind(ipaddress.ip_address(allowed)) is None, allowed

@@ -36,7 +36,7 @@ from webhook.admission import review as review_module
 from webhook.admission.commands import review as review_command
 from webhook.admission.mutate import apply
 from webhook.admission.review import REFUSAL_CODE, ReviewError, decoded_patch, handle_review
-from webhook.admission.settings import ADMISSION_OPTIONS, AdmissionSettings, settings_from_params
+from webhook.admission.settings import AdmissionSettings
 from webhook.admission.summary import summarize
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "admission"
@@ -332,16 +332,19 @@ def test_settings_validation_and_describe() -> None:
 
 
 def test_options_have_env_vars_and_build_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = {o.name for o in ADMISSION_OPTIONS}
+    from webhook.cli_options import settings_from, settings_params
+
+    options = settings_params(AdmissionSettings)
+    names = {o.name for o in options}
     assert {f.name for f in AdmissionSettings.__dataclass_fields__.values()} == names
-    for option in ADMISSION_OPTIONS:
-        assert option.envvar == "COREDUMP_WEBHOOK_" + option.name.upper() and option.help
+    for option in options:
+        assert option.envvar == "COREDUMP_WEBHOOK_" + str(option.name).upper() and option.help
 
     seen: dict[str, AdmissionSettings] = {}
 
-    @click.command(params=list(ADMISSION_OPTIONS))
+    @click.command(params=options)
     def cmd(**params: Any) -> None:
-        seen["settings"] = settings_from_params(params)
+        seen["settings"] = settings_from(AdmissionSettings, params)
 
     env = {
         "COREDUMP_WEBHOOK_ADD_CAPABILITY": "false",

@@ -16,7 +16,7 @@ import yaml
 
 import webhook
 from webhook.admission.settings import AdmissionSettings
-from webhook.inspect.commands import DEFAULT_DEBUG_IMAGE, InspectSettings
+from webhook.inspect.settings import DEFAULT_DEBUG_IMAGE, InspectSettings
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts/coredump-webhook"

@@ -9,16 +9,18 @@ from typing import Any
 import click
 
 from webhook.admission.review import ReviewError, decoded_patch, handle_review
-from webhook.admission.settings import ADMISSION_OPTIONS, settings_from_params
+from webhook.admission.settings import AdmissionSettings
 from webhook.admission.summary import summarize
-from webhook.registry import registry_options, settings_from_options
+from webhook.cli_options import settings_from, settings_options
+from webhook.registry.settings import RegistrySettings
 
 
 @click.command("review")
 @click.argument("file", default="-", required=False, metavar="[FILE|-]")
 @click.option("--summary", is_flag=True, help="Describe what the pod gets instead of printing JSON.")
 @click.option("--resolve", is_flag=True, help="Read ENTRYPOINT/CMD from the images' registries (see --registry-*).")
-@registry_options
+@settings_options(RegistrySettings)
+@settings_options(AdmissionSettings)
 def review(**params: Any) -> None:
     """Read an AdmissionReview v1 (JSON) from FILE or stdin and print the webhook's answer.
 
@@ -31,7 +33,7 @@ def review(**params: Any) -> None:
     source = params.pop("file")
     summary = params.pop("summary")
     resolve = params.pop("resolve")
-    settings = settings_from_params(params)
+    settings = settings_from(AdmissionSettings, params)
     resolver = _registry_resolver(params) if resolve and settings.resolve_entrypoints else None
     text = sys.stdin.read() if source == "-" else _read(source)
     try:
@@ -57,12 +59,9 @@ def review(**params: Any) -> None:
 
 def _registry_resolver(params: dict[str, Any]) -> Any:
     """The registry resolver from the --registry-* options (the server's settings, the same way)."""
-    from webhook.registry import RegistryResolver
+    from webhook.registry.resolver import RegistryResolver
 
-    try:
-        settings = settings_from_options(params)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    settings = settings_from(RegistrySettings, params)
     reader = _pull_secret_reader() if settings.read_pull_secrets else None
     return RegistryResolver(settings, secret_reader=reader)
 
@@ -73,7 +72,7 @@ def _pull_secret_reader() -> Any:
     from kubernetes import client as k8s
 
     from webhook.kubeclient import ApiConfigError, api_client
-    from webhook.registry import secret_reader_for
+    from webhook.registry.secrets import secret_reader_for
 
     try:
         return secret_reader_for(k8s.CoreV1Api(api_client()))
@@ -88,5 +87,3 @@ def _read(path: str) -> str:
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
 
-
-review.params.extend(ADMISSION_OPTIONS)

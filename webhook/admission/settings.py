@@ -1,7 +1,8 @@
 """Settings of the admission logic: what the mutation adds and how far it may go.
 
-One frozen dataclass, filled from click options (each also an environment variable) by the
-``serve`` and ``review`` commands and passed down; nothing below reads the environment.
+One frozen dataclass whose fields carry their flag, environment variable and help
+(:func:`webhook.settings_fields.setting`); the ``serve`` and ``review`` commands fill it from
+their options and pass it down; nothing below reads the environment.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import click
-
 from webhook import DEFAULT_IMAGE
+from webhook.settings_fields import setting
 
 #: Kubernetes resource quantity (the subset that makes sense for an emptyDir size limit).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -62,42 +62,69 @@ def parse_volume_spec(spec: str, *, empty_dir_size_limit: str | None = None) -> 
     raise VolumeSpecError(f"{spec!r}: expected emptyDir, nfs:SERVER:/PATH or pvc:CLAIM")
 
 
+def _env(name: str) -> str:
+    return "COREDUMP_WEBHOOK_" + name.upper()
+
+
 @dataclass(frozen=True)
 class AdmissionSettings:
     """What the mutation injects and the limits it works within (see the README's mutation part)."""
 
     #: The project's image: the installer init container copies the static wrapper out of it.
-    image: str = DEFAULT_IMAGE
+    image: str = setting(
+        DEFAULT_IMAGE, env=_env("image"),
+        help="The project's image; its init container installs the core-limit wrapper.")
     #: imagePullPolicy of the installer init container.
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: str = setting(
+        "IfNotPresent", env=_env("image_pull_policy"), choices=_PULL_POLICIES,
+        help="imagePullPolicy of the installer init container.")
     #: Volume created at the pattern's directory when no user volume covers it:
     #: "emptyDir", "nfs:SERVER:/PATH" or "pvc:CLAIM". A pod may pick its own with the
     #: coredump-webhook.io/volume annotation (see allow_pod_volume_override).
-    default_volume: str = "emptyDir"
+    default_volume: str = setting(
+        "emptyDir", env=_env("default_volume"),
+        help="Core volume added when none covers the pattern's directory: emptyDir, nfs:SERVER:/PATH or pvc:CLAIM.")
     #: sizeLimit of an injected emptyDir core volume (a quantity such as "4Gi"); None: no limit.
-    empty_dir_size_limit: str | None = None
+    empty_dir_size_limit: str | None = setting(
+        None, env=_env("empty_dir_size_limit"), show_default=False,
+        help="sizeLimit of an injected emptyDir core volume (e.g. 4Gi); none by default.")
     #: Add SYS_RESOURCE to target containers so the wrapper can raise the hard RLIMIT_CORE.
     #: Only where it can help and Pod Security allows it: never to non-root containers, with
     #: hostUsers: false, or in namespaces enforcing baseline/restricted (learned from the
     #: namespace watch). Without it the wrapper still raises the soft limit up to the hard one,
     #: and the node agent keeps a registered pod's core whatever the limit.
-    add_capability: bool = True
+    add_capability: bool = setting(
+        True, env=_env("add_capability"),
+        help="Add SYS_RESOURCE so the wrapper can raise the hard core limit (only to root "
+        "containers in namespaces whose Pod Security level allows it).")
     #: Namespaces where SYS_RESOURCE is never added (e.g. those labelled with a PSA level).
-    no_capability_namespaces: tuple[str, ...] = ()
+    no_capability_namespaces: tuple[str, ...] = setting(
+        (), env=_env("no_capability_namespaces"), separator=",", show_default=False,
+        help="Comma-separated namespaces where SYS_RESOURCE is never added.")
     #: Look up ENTRYPOINT/CMD in the registry for containers without a command; without it such
     #: containers keep their command (not wrapped, with a warning). How the registry is reached
-    #: (platform, timeouts, pull secrets) is RegistrySettings' (webhook/registry.py).
-    resolve_entrypoints: bool = True
+    #: (platform, timeouts, pull secrets) is RegistrySettings' (webhook/registry/settings.py).
+    resolve_entrypoints: bool = setting(
+        True, env=_env("resolve_entrypoints"),
+        help="Read ENTRYPOINT/CMD from the registry for containers without a command.")
     #: Wall-clock budget of one admission in seconds (registry look-ups stop when it is spent);
     #: keep it well below the webhook's timeoutSeconds.
-    admission_budget_seconds: float = 3.0
+    admission_budget_seconds: float = setting(
+        3.0, env=_env("admission_budget_seconds"),
+        help="Time budget of one admission (registry look-ups stop when spent); below timeoutSeconds.")
     #: Let a pod choose its core volume with the coredump-webhook.io/volume annotation.
-    allow_pod_volume_override: bool = True
+    allow_pod_volume_override: bool = setting(
+        True, env=_env("allow_pod_volume_override"),
+        help="Let pods choose their core volume with the coredump-webhook.io/volume annotation.")
     #: The Pod Security level of a namespace without the enforce label: "privileged" is
     #: Kubernetes' default; clusters whose AdmissionConfiguration sets another default say so.
-    pod_security_default_level: str = "privileged"
+    pod_security_default_level: str = setting(
+        "privileged", env=_env("pod_security_default_level"), choices=_LEVELS,
+        help="Pod Security level of namespaces without the enforce label (the cluster's default).")
     #: Watch namespaces (RBAC list/watch) to learn their enforced Pod Security level.
-    watch_namespaces: bool = True
+    watch_namespaces: bool = setting(
+        True, env=_env("watch_namespaces"),
+        help="Watch namespaces for their Pod Security level (off: every namespace counts as restricted).")
 
     def __post_init__(self) -> None:
         # Validate at start-up so a bad flag stops the server instead of every admission.
@@ -124,103 +151,3 @@ class AdmissionSettings:
         out = dataclasses.asdict(self)
         out["no_capability_namespaces"] = list(self.no_capability_namespaces)
         return out
-
-
-def _env(name: str) -> str:
-    return "COREDUMP_WEBHOOK_" + name.upper()
-
-
-#: Options the ``serve`` and ``review`` commands append; every one is also an environment variable.
-ADMISSION_OPTIONS: list[click.Option] = [
-    click.Option(
-        ["--image"], envvar=_env("image"), default=AdmissionSettings.image, show_default=True,
-        help="The project's image; its init container installs the core-limit wrapper.",
-    ),
-    click.Option(
-        ["--image-pull-policy"], envvar=_env("image_pull_policy"), default=AdmissionSettings.image_pull_policy,
-        type=click.Choice(_PULL_POLICIES), show_default=True,
-        help="imagePullPolicy of the installer init container.",
-    ),
-    click.Option(
-        ["--default-volume"], envvar=_env("default_volume"), default=AdmissionSettings.default_volume,
-        show_default=True,
-        help="Core volume added when none covers the pattern's directory: emptyDir, nfs:SERVER:/PATH or pvc:CLAIM.",
-    ),
-    click.Option(
-        ["--empty-dir-size-limit"], envvar=_env("empty_dir_size_limit"), default=None,
-        help="sizeLimit of an injected emptyDir core volume (e.g. 4Gi); none by default.",
-    ),
-    click.Option(
-        ["--add-capability/--no-add-capability"], envvar=_env("add_capability"),
-        default=AdmissionSettings.add_capability, show_default=True,
-        help="Add SYS_RESOURCE so the wrapper can raise the hard core limit (only to root "
-        "containers in namespaces whose Pod Security level allows it).",
-    ),
-    click.Option(
-        ["--pod-security-default-level"], envvar=_env("pod_security_default_level"),
-        default=AdmissionSettings.pod_security_default_level, type=click.Choice(_LEVELS), show_default=True,
-        help="Pod Security level of namespaces without the enforce label (the cluster's default).",
-    ),
-    click.Option(
-        ["--watch-namespaces/--no-watch-namespaces"], envvar=_env("watch_namespaces"),
-        default=AdmissionSettings.watch_namespaces, show_default=True,
-        help="Watch namespaces for their Pod Security level (off: every namespace counts as restricted).",
-    ),
-    click.Option(
-        ["--no-capability-namespaces"], envvar=_env("no_capability_namespaces"), default="",
-        help="Comma-separated namespaces where SYS_RESOURCE is never added.",
-    ),
-    click.Option(
-        ["--resolve-entrypoints/--no-resolve-entrypoints"], envvar=_env("resolve_entrypoints"),
-        default=AdmissionSettings.resolve_entrypoints, show_default=True,
-        help="Read ENTRYPOINT/CMD from the registry for containers without a command.",
-    ),
-    click.Option(
-        ["--admission-budget-seconds"], envvar=_env("admission_budget_seconds"), type=float,
-        default=AdmissionSettings.admission_budget_seconds, show_default=True,
-        help="Time budget of one admission (registry look-ups stop when spent); below timeoutSeconds.",
-    ),
-    click.Option(
-        ["--allow-pod-volume-override/--no-allow-pod-volume-override"],
-        envvar=_env("allow_pod_volume_override"), default=AdmissionSettings.allow_pod_volume_override,
-        show_default=True,
-        help="Let pods choose their core volume with the coredump-webhook.io/volume annotation.",
-    ),
-]
-
-for _option in ADMISSION_OPTIONS:
-    _option.show_envvar = True
-
-
-def settings_from_params(params: dict[str, Any]) -> AdmissionSettings:
-    """Build the settings from a click ``params`` dict (extra keys are ignored).
-
-    Raises ``click.BadParameter`` for a value the settings refuse, so the command exits with
-    a usage error instead of a traceback.
-    """
-    defaults = AdmissionSettings()
-    namespaces = params.get("no_capability_namespaces") or ""
-    if isinstance(namespaces, str):
-        namespaces = namespaces.split(",")
-    kwargs: dict[str, Any] = {
-        "image": params.get("image") or defaults.image,
-        "image_pull_policy": params.get("image_pull_policy") or defaults.image_pull_policy,
-        "default_volume": params.get("default_volume") or defaults.default_volume,
-        "empty_dir_size_limit": params.get("empty_dir_size_limit") or None,
-        "add_capability": bool(params.get("add_capability", defaults.add_capability)),
-        "no_capability_namespaces": tuple(n.strip() for n in namespaces if n and n.strip()),
-        "resolve_entrypoints": bool(params.get("resolve_entrypoints", defaults.resolve_entrypoints)),
-        "admission_budget_seconds": float(
-            params.get("admission_budget_seconds") or defaults.admission_budget_seconds
-        ),
-        "allow_pod_volume_override": bool(
-            params.get("allow_pod_volume_override", defaults.allow_pod_volume_override)
-        ),
-        "pod_security_default_level": params.get("pod_security_default_level")
-        or defaults.pod_security_default_level,
-        "watch_namespaces": bool(params.get("watch_namespaces", defaults.watch_namespaces)),
-    }
-    try:
-        return AdmissionSettings(**kwargs)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None

@@ -1,91 +1,38 @@
 """``coredump agent run`` and ``coredump agent uninstall``: the DaemonSet's two commands.
 
 Every :class:`AgentSettings` field is an option (``--max-core-bytes``) with an environment
-variable (``COREDUMP_AGENT_MAX_CORE_BYTES``); the help text is the field's ``#:`` comment.
+variable (``COREDUMP_AGENT_MAX_CORE_BYTES``), both declared on the field with its help.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import logging
 import os
-import re
 import signal
 import threading
-import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from webhook import logs
-from webhook.agent import settings as settings_module
 from webhook.agent.settings import AgentSettings
+from webhook.cli_options import settings_from, settings_options
 
 log = logging.getLogger("webhook.agent")
 
-ENV_PREFIX = "COREDUMP_AGENT_"
 #: How often the node fallback location is trimmed (retention by age and total size).
 RETENTION_INTERVAL_SECONDS = 600.0
 #: How long recovery waits for the pod watch's first list before looking for other pods on a claim.
 RECOVERY_WATCH_WAIT_SECONDS = 30.0
+#: The settings ``coredump agent uninstall`` reads (the rest keep their defaults).
+UNINSTALL_SETTINGS = ("host_dir", "sysctl_root", "log_level")
 
 
 # --- structured logs ---------------------------------------------------------------------------
 def configure_logging(level: str) -> None:
     logs.configure(level, root=True)
-
-
-# --- options from the settings dataclass -------------------------------------------------------
-def _field_docs() -> dict[str, str]:
-    """The ``#:`` comment lines above each field of AgentSettings, joined."""
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(settings_module.AgentSettings).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#:"):
-            pending.append(re.sub(r"^\(\w+\)\s*", "", stripped[2:].strip()))  # drop "(owner)" tags
-            continue
-        m = re.match(r"([a-z_][a-z0-9_]*)\s*:", stripped)
-        if m and pending:
-            docs[m.group(1)] = " ".join(pending)
-        if not stripped.startswith("#"):
-            pending = []
-    return docs
-
-
-def settings_options(fields: tuple[str, ...] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a command with one option per settings field (or the named ones)."""
-    hints = typing.get_type_hints(AgentSettings)
-    docs = _field_docs()
-    chosen = [f for f in dataclasses.fields(AgentSettings) if fields is None or f.name in fields]
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for f in reversed(chosen):
-            hint = hints[f.name]
-            flag = "--" + f.name.replace("_", "-")
-            envvar = ENV_PREFIX + f.name.upper()
-            help_text = docs.get(f.name, "")
-            if hint is bool:
-                option = click.option(
-                    f"{flag}/--no-{flag[2:]}", f.name, default=f.default, envvar=envvar, show_default=True, help=help_text
-                )
-            else:
-                base = {int: int, float: float}.get(hint, str)  # str and "str | None"
-                option = click.option(
-                    flag, f.name, type=base, default=f.default, envvar=envvar, show_default=True, help=help_text
-                )
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def build_settings(values: dict[str, Any]) -> AgentSettings:
-    names = {f.name for f in dataclasses.fields(AgentSettings)}
-    return AgentSettings(**{k: v for k, v in values.items() if k in names})
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -336,10 +283,10 @@ def _serve_not_ready(settings: AgentSettings, stop: threading.Event, reason: str
 
 
 @agent.command("run")
-@settings_options()
+@settings_options(AgentSettings, show_envvar=False)
 def run(**values: Any) -> None:
     """Install the helper, point the kernel at it, serve until SIGTERM, restore (see --restore-on-stop)."""
-    settings = build_settings(values)
+    settings = settings_from(AgentSettings, values)
     configure_logging(settings.log_level)
     stop = threading.Event()
 
@@ -357,12 +304,12 @@ def run(**values: Any) -> None:
 
 
 @agent.command("uninstall")
-@settings_options(("host_dir", "sysctl_root", "log_level"))
+@settings_options(AgentSettings, only=UNINSTALL_SETTINGS, show_envvar=False)
 def uninstall_cmd(**values: Any) -> None:
     """Restore the kernel settings from the backup (by hand, after a removal). Idempotent."""
     from webhook.agent import install
 
-    settings = build_settings(values)
+    settings = settings_from(AgentSettings, values)
     configure_logging(settings.log_level)
     try:
         restored = install.uninstall(settings)

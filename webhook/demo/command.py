@@ -27,6 +27,8 @@ from pathlib import Path
 import click
 
 from webhook import constants
+from webhook.cli_options import settings_options
+from webhook.demo.settings import DemoSettings
 
 CGROUP_V2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
@@ -287,12 +289,7 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
 
 
 @click.command()
-@click.option("--bin-dir", type=click.Path(path_type=Path), envvar="COREDUMP_DEMO_BIN_DIR",
-              default=lambda: os.path.expanduser("~/.cache/coredump-webhook/bin"), show_default=True,
-              help="Directory holding the static coredump-wrapper and coredump-helper.")
-@click.option("--work-dir", type=click.Path(path_type=Path), envvar="COREDUMP_DEMO_WORK_DIR",
-              help="Keep the demo's files here (default: a temporary directory, removed).")
-@click.option("--crash/--no-crash", default=True, help="Crash a real process (needs root).")
+@settings_options(DemoSettings, show_envvar=False)
 def demo(bin_dir: Path, work_dir: Path | None, crash: bool) -> None:
     """Run the webhook and the agent on this machine and show what the seed scenarios get."""
     with ExitStack() as stack:

@@ -8,17 +8,18 @@ credentials: what RBAC refuses is reported (or, with ``-A``, skipped with a warn
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import Any
 
 import click
 import yaml
 
-from webhook import DEFAULT_IMAGE, constants
+from webhook import constants
+from webhook.cli_options import settings_from, settings_options
 from webhook.clock import SYSTEM_CLOCK, Clock
 from webhook.inspect import ephemeral as eph
 from webhook.inspect.listing import (
@@ -29,48 +30,18 @@ from webhook.inspect.listing import (
     render,
     wrapper_listing_command,
 )
+from webhook.inspect.page_settings import PageSettings
+from webhook.inspect.settings import InspectSettings
 
-DEFAULT_DEBUG_IMAGE = DEFAULT_IMAGE
-DEFAULT_READER_IMAGE = "docker.io/library/busybox:1.36"
-
-
-@dataclass(frozen=True)
-class InspectSettings:
-    """Settings of the inspection commands (filled from click options / env vars)."""
-
-    #: kubeconfig context (--context); None = current context.
-    context: str | None = None
-    #: kubeconfig file (--kubeconfig); None = $KUBECONFIG or ~/.kube/config, else in-cluster.
-    kubeconfig: str | None = None
-    #: Image of the debug container: needs gdb and a shell. The project's own image carries gdb
-    #: (the agent uses it for signatures and gcore), so it is the default.
-    debug_image: str = DEFAULT_DEBUG_IMAGE
-    #: imagePullPolicy of the debug container.
-    pull_policy: str = "IfNotPresent"
-    #: Seconds to wait for the debug container / reader pod to run.
-    wait_timeout: float = 120.0
-    #: Image of the reader pod that mounts a claim after the crashed pod is gone (needs sh,
-    #: find, cat, tail, sleep: busybox is enough).
-    reader_image: str = DEFAULT_READER_IMAGE
-    #: runAsUser of the reader pod (the app's uid; lets it run under PSA "restricted").
-    reader_uid: int | None = None
+#: The settings every inspection command offers (-n, --context, --kubeconfig).
+KUBE_SETTINGS = ("namespace", "context", "kubeconfig")
+#: --context/--kubeconfig/-n shared by every command.
+kube_options = settings_options(InspectSettings, only=KUBE_SETTINGS, show_envvar=False)
 
 
-def _env(name: str) -> str:
-    return "COREDUMP_" + name.upper().replace("-", "_")
-
-
-def kube_options(f):
-    """--context/--kubeconfig/-n shared by every command."""
-    f = click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="kubeconfig file")(f)
-    f = click.option("--context", envvar=_env("context"), default=None, help="kubeconfig context")(f)
-    f = click.option("-n", "--namespace", envvar=_env("namespace"), default=None,
-                     help="namespace (default: the context's)")(f)
-    return f
-
-
-def _settings(**kw) -> InspectSettings:
-    return InspectSettings(**{k: v for k, v in kw.items() if v is not None})
+def _settings(**kw: Any) -> InspectSettings:
+    """The settings from a command's parsed values (None: the field's default)."""
+    return settings_from(InspectSettings, {k: v for k, v in kw.items() if v is not None})
 
 
 def _namespace(ns: str | None, s: InspectSettings) -> str:
@@ -243,10 +214,9 @@ def claim_records(api, namespace: str, claim: str, reader: str) -> tuple[list[Co
 @click.option("-A", "--all-namespaces", "all_ns", is_flag=True, help="every namespace you can read")
 @click.option("-c", "--container", default=None, help="container to read the cores through")
 @click.option("-o", "--output", type=click.Choice(["", "wide", "json", "yaml"]), default="", help="output format")
-@click.option("--group", is_flag=True, envvar=_env("group"), help="group by crash signature, with counts")
+@settings_options(InspectSettings, only=("group",), show_envvar=False)
 @click.option("--claim", default=None, help="list cores on a PVC (pod gone) through a short-lived reader pod")
-@click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
-@click.option("--reader-uid", envvar=_env("reader_uid"), type=int, default=None, help="runAsUser of the reader pod")
+@settings_options(InspectSettings, only=("reader_image", "reader_uid"), show_envvar=False)
 @click.option("--from-pods", is_flag=True, help="read each pod's core directory (exec) instead of the CoreDump index")
 def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid,
                from_pods):
@@ -300,7 +270,7 @@ def _from_index(api, s: InspectSettings, pod: str | None, namespace: str | None,
 @click.option("-c", "--container", default=None)
 @click.option("-o", "--output-file", "output", default=None, help="where to save (default: the core's name)")
 @click.option("--claim", default=None, help="POD is then a label only: fetch from this PVC through a reader pod")
-@click.option("--reader-image", envvar=_env("reader_image"), default=DEFAULT_READER_IMAGE, show_default=True)
+@settings_options(InspectSettings, only=("reader_image",), show_envvar=False)
 def get_core(pod, core, namespace, context, kubeconfig, container, output, claim, reader_image):
     """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256.
 
@@ -415,17 +385,16 @@ def wait_gcore(api, namespace: str, pod: str, request_id: str, *, timeout: float
 @click.option("--pid", type=int, default=None, help="PID inside the container (default: its main process)")
 @click.option("--dry-run", is_flag=True, help="print the request for the node agent and stop")
 @click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--timeout", "wait_timeout", envvar=_env("gcore_timeout"), type=float, default=300.0,
-              show_default=True, help="seconds to wait for the agent's answer")
-@click.option("--request-id", envvar=_env("gcore_request_id"), default=None, hidden=True)
-def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file, wait_timeout, request_id):
+@settings_options(InspectSettings, only=("gcore_timeout", "gcore_request_id"), show_envvar=False)
+def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file, gcore_timeout, gcore_request_id):
     """Core of a RUNNING process, without killing it (done by the agent on the pod's node).
 
     Sets the annotation coredump-webhook.io/gcore-request on the pod (RBAC: patch pods), then
     waits for the agent's CoreSnapshot Event (RBAC: list events) and prints the core's path.
     """
-    s = _settings(context=context, kubeconfig=kubeconfig)
-    request_id = request_id or "gc-" + secrets.token_hex(4)
+    s = _settings(context=context, kubeconfig=kubeconfig, gcore_timeout=gcore_timeout,
+                  gcore_request_id=gcore_request_id)
+    request_id = s.gcore_request_id or "gc-" + secrets.token_hex(4)
     try:
         if pod_file:
             with open(pod_file) as f:
@@ -449,7 +418,7 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
         kube.annotate_pod(api, req["namespace"], req["pod"], {constants.ANN_GCORE_REQUEST: value})
         click.echo(f"gcore {request_id} requested from the agent on node {req['node']}; waiting...", err=True)
         clock = _clock()
-        answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=wait_timeout,
+        answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=s.gcore_timeout,
                             sleep=clock.sleep, clock=clock.monotonic)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
@@ -464,32 +433,16 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
 
 
 @click.command("page")
-@click.option("--cores-root", envvar=_env("page_cores_root"), default=os.path.join(constants.DEFAULT_HOST_DIR, "cores"),
-              show_default=True, show_envvar=True, help="directory holding cores and their .json metadata")
-@click.option("--bind", envvar=_env("page_bind"), default=constants.PAGE_DEFAULT_BIND, show_default=True, show_envvar=True,
-              help="HOST:PORT to listen on")
-@click.option("--cert-dir", envvar=_env("page_cert_dir"), default=None, show_envvar=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="directory with tls.crt and tls.key: serve HTTPS (reloaded when they change)")
-@click.option("--insecure-no-auth", is_flag=True, envvar=_env("page_insecure_no_auth"), show_envvar=True,
-              help="show every namespace to everyone, no token asked (local use only)")
-@click.option("--workers", envvar=_env("page_workers"), default=1, show_default=True, show_envvar=True,
-              type=click.IntRange(min=1), help="gunicorn worker processes")
-@click.option("--threads", envvar=_env("page_threads"), default=8, show_default=True, show_envvar=True,
-              type=click.IntRange(min=1), help="threads per worker (each download holds one)")
-@click.option("--log-level", envvar=_env("page_log_level"), default="info", show_default=True, show_envvar=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--index", "index", is_flag=True, envvar=_env("page_index"), show_envvar=True,
-              help="list the cluster's CoreDump index with each user's own token (in-cluster)")
-def page(cores_root, bind, cert_dir, insecure_no_auth, workers, threads, log_level, index):
+@settings_options(PageSettings)
+def page(**params: Any) -> None:
     """Serve the read-only page listing cores (RBAC: TokenReview + SubjectAccessReview), with gunicorn."""
     from webhook import logs
     from webhook.inspect import page_server
     from webhook.serving.tls import CertLoadError
 
-    settings = page_server.PageSettings(
-        cores_root=cores_root, bind=bind, cert_dir=cert_dir, insecure_no_auth=insecure_no_auth and not index,
-        workers=workers, threads=threads, log_level=log_level.lower(), index=index)
+    settings = settings_from(PageSettings, params)
+    insecure_no_auth = settings.insecure_no_auth
+    settings = replace(settings, insecure_no_auth=insecure_no_auth and not settings.index)
     try:
         settings.host_port()
     except ValueError as exc:

@@ -19,14 +19,12 @@ import sys
 import click
 import yaml
 
+from webhook.cli_options import settings_options
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
 from webhook.inspect.commands import (
-    DEFAULT_DEBUG_IMAGE,
-    InspectSettings,
     _api,
     _clock,
-    _env,
     _fail,
     _namespace,
     _settings,
@@ -35,6 +33,7 @@ from webhook.inspect.commands import (
     kube_options,
 )
 from webhook.inspect.listing import CoreRecord, find_record, newest_first
+from webhook.inspect.settings import InspectSettings
 
 
 def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: InspectSettings) -> tuple[str, str, dict]:
@@ -122,9 +121,7 @@ def _attach(line: list[str]) -> None:
 @click.argument("core", required=False)
 @kube_options
 @click.option("-c", "--container", default=None, help="the crashed container (default: the first target)")
-@click.option("--image", envvar=_env("debug_image"), default=DEFAULT_DEBUG_IMAGE, show_default=True,
-              help="debug image (needs gdb with debuginfod support and a shell)")
-@click.option("--pull-policy", envvar=_env("debug_pull_policy"), default="IfNotPresent", show_default=True)
+@settings_options(InspectSettings, only=("debug_image", "pull_policy"), show_envvar=False)
 @click.option("--claim", default=None, help="the pod is gone: run gdb in a short-lived pod that mounts this PVC")
 @click.option("--uid", type=int, default=None, help="run as this uid (default: the core's owner)")
 @click.option("--gid", type=int, default=None, help="run as this gid (default: the core's group)")
@@ -132,11 +129,11 @@ def _attach(line: list[str]) -> None:
 @click.option("--dry-run", is_flag=True, help="print the request body and call nothing")
 @click.option("-f", "--filename", "pod_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="read the pod from this file (JSON or YAML) instead of the API")
-@click.option("--timeout", "wait_timeout", envvar=_env("debug_timeout"), type=float, default=120.0, show_default=True)
-def debug(pod, core, namespace, context, kubeconfig, container, image, pull_policy, claim, uid, gid, shell, dry_run,
-          pod_file, wait_timeout):
+@settings_options(InspectSettings, only=("wait_timeout",), show_envvar=False)
+def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pull_policy, claim, uid, gid, shell,
+          dry_run, pod_file, wait_timeout):
     """Open gdb on POD's newest core (or CORE), binaries found by build-id, as the core's owner."""
-    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=image, pull_policy=pull_policy,
+    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=debug_image, pull_policy=pull_policy,
                   wait_timeout=wait_timeout)
     if claim:
         return _debug_claim(s, claim, namespace, core or pod, uid, gid, dry_run)

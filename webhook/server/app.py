@@ -20,7 +20,9 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.admission.review import INTERNAL_ERROR_WARNING
 from webhook.kubeclient import api_client
-from webhook.registry import RegistryResolver, RegistrySettings, secret_reader_for
+from webhook.registry.resolver import RegistryResolver
+from webhook.registry.secrets import secret_reader_for
+from webhook.registry.settings import RegistrySettings
 from webhook.server.lookups import LookupGate
 from webhook.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.server.metrics import Metrics

@@ -6,24 +6,13 @@ Kept apart from ``gunicorn_app`` so the page does not import the admission app t
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from webhook.logs import gunicorn_logconfig
+from webhook.serving.settings import ServingSettings
 from webhook.serving.tls import CertReloader
-
-
-class GthreadSettings(Protocol):
-    """The fields of ``ServerSettings`` and ``PageSettings`` gunicorn is configured from."""
-
-    bind: str
-    workers: int
-    threads: int
-    timeout: int
-    graceful_timeout: int
-    keepalive: int
-    log_level: str
 
 
 class GthreadServer(BaseApplication):
@@ -31,7 +20,7 @@ class GthreadServer(BaseApplication):
 
     proc_name = "coredump"
 
-    def __init__(self, settings: GthreadSettings, reloader: CertReloader | None) -> None:
+    def __init__(self, settings: ServingSettings, reloader: CertReloader | None) -> None:
         self.settings = settings
         self.reloader = reloader
         super().__init__()  # calls load_config, which needs both

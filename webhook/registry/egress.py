@@ -131,7 +131,7 @@ class EgressPolicy:
             raise
         addresses = []
         for family, socktype, proto, _, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
             self.check_address(host, address)  # any forbidden answer refuses the name
             addresses.append((family, socktype, proto, sockaddr))
         error: OSError | None = None
@@ -186,7 +186,8 @@ class GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
 
     def __getstate__(self) -> dict:  # pragma: no cover - requests pickles adapters rarely
-        return {**super().__getstate__(), "policy": self.policy}
+        state: dict = super().__getstate__()  # type: ignore[assignment]  # typeshed: object
+        return {**state, "policy": self.policy}
 
 
 def guard_session(session: requests.Session, policy: EgressPolicy, pool_maxsize: int = 32) -> requests.Session:
