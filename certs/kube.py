@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook.certs import generate as gen
 
-log = logging.getLogger("coredump.certs")
+log = logging.getLogger(__name__)
 
 
 class KubeError(RuntimeError):

@@ -37,7 +37,7 @@ import requests
 from webhook.registry_egress import EgressPolicy, EgressRefused, follow, guard_session, guarded_session, parse_networks
 from webhook.registry_pool import LookupPool, PoolBusy
 
-log = logging.getLogger("coredump.webhook.registry")  # under `coredump serve`'s JSON logs
+log = logging.getLogger(__name__)
 
 # --- Media types -------------------------------------------------------------------------------
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

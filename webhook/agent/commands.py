@@ -24,7 +24,7 @@ from webhook import logs
 from webhook.agent import settings as settings_module
 from webhook.agent.settings import AgentSettings
 
-log = logging.getLogger("webhook.agent")
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "COREDUMP_AGENT_"
 #: How often the node fallback location is trimmed (retention by age and total size).

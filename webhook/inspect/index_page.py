@@ -25,7 +25,7 @@ from webhook.inspect.download import human_size
 from webhook.inspect.listing import group_by_signature
 from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
 
-log = logging.getLogger("coredump.page")
+log = logging.getLogger(__name__)
 
 
 _PAGE = """<!doctype html>

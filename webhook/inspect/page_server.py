@@ -22,7 +22,7 @@ from webhook import constants
 from webhook.serving.gunicorn_base import GthreadServer
 from webhook.serving.tls import CertReloader
 
-log = logging.getLogger("coredump.page")
+log = logging.getLogger(__name__)
 
 #: Default listen address of ``coredump page`` (local only; the chart sets 0.0.0.0:<port>).
 DEFAULT_PAGE_BIND = constants.PAGE_DEFAULT_BIND

@@ -30,7 +30,7 @@ from webhook.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.server.metrics import Metrics
 from webhook.server.settings import ServerSettings
 
-log = logging.getLogger("coredump.webhook.server")
+log = logging.getLogger(__name__)
 
 #: Endpoints served by the review handler (path -> metrics label).
 REVIEW_ENDPOINTS = {"/mutate": "mutate", "/validate": "validate"}
