@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.certs import generate as gen
 from webhook.certs.settings import BootstrapSettings
 
-log = logging.getLogger("coredump.certs")
+log = logging.getLogger(__name__)
 
 
 class KubeError(RuntimeError):
@@ -190,7 +190,8 @@ def _ensure_secret_once(
         bundle = make()
         try:
             core.create_namespaced_secret(
-                settings.namespace, secret_body(settings, bundle), _preload_content=False, _request_timeout=timeout)
+                settings.namespace, k8s.V1Secret.model_validate(secret_body(settings, bundle)),
+                _preload_content=False, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 409:
                 raise
@@ -211,7 +212,7 @@ def _ensure_secret_once(
     version = (existing.get("metadata") or {}).get("resourceVersion")
     try:
         core.replace_namespaced_secret(
-            settings.secret, settings.namespace, secret_body(settings, bundle, version),
+            settings.secret, settings.namespace, k8s.V1Secret.model_validate(secret_body(settings, bundle, version)),
             _preload_content=False, _request_timeout=timeout)
     except ApiException as exc:
         if exc.status == 409:

@@ -45,7 +45,7 @@ def test_index_page_shows_each_user_their_namespaces_in_chromium(tmp_path, caplo
     which_or_fail("chromium")
     with _server(tmp_path) as api:
         app = create_index_page_app(api_for(api), whoami=lambda t: t.split("-")[0])
-        with caplog.at_level(logging.INFO, logger="coredump.page"), Served(app) as page:
+        with caplog.at_level(logging.INFO, logger="webhook.inspect.index_page"), Served(app) as page:
             with Served(auth_proxy(page.url, "alice-token")) as proxy:
                 dom = chromium_dom(proxy.url, tmp_path)
                 shot = tmp_path / "index-page-alice.png"

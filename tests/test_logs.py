@@ -3,10 +3,14 @@ all write the same keys, so one pipeline reads them all."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+from pathlib import Path
 
 from webhook import logs
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_project_logger_writes_the_one_schema(capsys) -> None:
@@ -17,7 +21,7 @@ def test_every_project_logger_writes_the_one_schema(capsys) -> None:
         logging.getLogger("webhook.agent.crash").warning("crash", extra={"pod": "web-0", "container": "app",
                                                                          "pid": 7})
         logging.getLogger("webhook.server.app").info("admission", extra={"uid": "u-1"})
-        logging.getLogger("coredump.page").info("page request", extra={"user": "alice"})
+        logging.getLogger("webhook.inspect.page_server").info("page request", extra={"user": "alice"})
         logging.getLogger("webhook.certs.kube").debug("not at info")
     finally:
         for name, (handlers, level, propagate) in saved.items():
@@ -30,3 +34,31 @@ def test_every_project_logger_writes_the_one_schema(capsys) -> None:
         ("warning", "crash"), ("info", "admission"), ("info", "page request")]
     assert lines[0] | {"time": None} == {"time": None, "level": "warning", "logger": "webhook.agent.crash",
                                          "message": "crash", "pod": "web-0", "container": "app", "pid": 7}
+
+
+def _get_logger_calls(path: Path) -> list[ast.Call]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == "getLogger"]
+
+
+def test_every_module_logs_under_its_module_name() -> None:
+    """One naming scheme: ``logging.getLogger(__name__)`` in every module, so ``logger`` says
+    which module wrote a line and the one ``webhook`` logger that configure() sets up covers all."""
+    calls = {path: _get_logger_calls(path) for root in (REPO / "webhook", REPO / "certs")
+             for path in sorted(root.rglob("*.py")) if path != REPO / "webhook" / "logs.py"}
+    assert sum(len(found) for found in calls.values()) > 30
+    other = [f"{path.relative_to(REPO)}:{call.lineno}" for path, found in calls.items() for call in found
+             if not (len(call.args) == 1 and not call.keywords
+                     and isinstance(call.args[0], ast.Name) and call.args[0].id == "__name__")]
+    assert other == []
+
+
+def test_the_certificate_code_logs_inside_the_project_namespace() -> None:
+    """The certs/ folder is installed as webhook.certs: its lines are covered by ``webhook``."""
+    from webhook.certs import kube
+    from webhook.inspect import page_server
+
+    assert logs.PROJECT_LOGGERS == ("webhook",)
+    assert kube.log.name == "webhook.certs.kube"
+    assert page_server.log.name == "webhook.inspect.page_server"

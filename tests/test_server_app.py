@@ -207,7 +207,7 @@ def test_two_apps_have_separate_metrics(tmp_path: Path) -> None:
 
 
 def test_one_structured_log_line_per_review(client, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="coredump.webhook.server")
+    caplog.set_level(logging.INFO, logger="webhook.server")
     out = post(client, review()).get_json()["response"]
     records = [r for r in caplog.records if getattr(r, "event", None) == "admission"]
     assert len(records) == 1

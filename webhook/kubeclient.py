@@ -9,7 +9,10 @@ the client library's default configuration.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the client is imported when a client is made, not with this module
+    from kubernetes.client import ApiClient
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ class ApiConfigError(RuntimeError):
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None, *,
-               kubeconfig_first: bool = False) -> Any:
+               kubeconfig_first: bool = False) -> ApiClient:
     """An ApiClient from the in-cluster ServiceAccount, else from a kubeconfig.
 
     ``kubeconfig_first`` (the user's CLI): the kubeconfig first, the in-cluster account only
@@ -54,7 +57,7 @@ def api_client(kubeconfig: str | None = None, context: str | None = None, *,
     return client.ApiClient(configuration)
 
 
-def api_client_or_none(purpose: str) -> Any:
+def api_client_or_none(purpose: str) -> ApiClient | None:
     """:func:`api_client`, or None (logged as "``purpose`` off") when there is no API."""
     try:
         return api_client()

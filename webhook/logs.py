@@ -12,8 +12,10 @@ from typing import Any
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-#: The project's logger namespaces (``coredump.*`` by name, ``webhook.*``/``certs.*`` by module).
-PROJECT_LOGGERS = ("coredump", "webhook", "certs")
+#: The project's one logger namespace. Every module logs to ``logging.getLogger(__name__)``, so a
+#: line's ``logger`` names the module that wrote it (``webhook.agent.crash``, ``webhook.certs.kube``:
+#: the certificate code is installed as ``webhook.certs``), and configuring ``webhook`` covers all.
+PROJECT_LOGGERS = ("webhook",)
 
 
 #: The keys every line has, for every command (webhook, agent, page, certificates); whatever a

@@ -19,7 +19,7 @@ from typing import Any
 from webhook.admission.podsecurity import level_of
 from webhook.kubewatch import BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS, WATCH_TIMEOUT_SECONDS, ListWatcher
 
-log = logging.getLogger("coredump.webhook.namespaces")
+log = logging.getLogger(__name__)
 
 
 class NamespaceLevels:

@@ -21,7 +21,7 @@ class ChainError(Exception):
 
 
 def is_pipe(pattern: str | None) -> bool:
-    return bool(pattern) and pattern.lstrip().startswith("|")
+    return pattern is not None and pattern.lstrip().startswith("|")
 
 
 def split_pipe(pattern: str) -> list[str]:

@@ -20,7 +20,7 @@ from webhook import logs
 from webhook.agent.settings import AgentSettings
 from webhook.cli_options import settings_from, settings_options
 
-log = logging.getLogger("webhook.agent")
+log = logging.getLogger(__name__)
 
 #: How often the node fallback location is trimmed (retention by age and total size).
 RETENTION_INTERVAL_SECONDS = 600.0

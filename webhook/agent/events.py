@@ -78,7 +78,7 @@ def post_event(api_client: Any, body: dict[str, Any], timeout: float = 10.0) -> 
     from kubernetes import client
 
     return client.CoreV1Api(api_client).create_namespaced_event(
-        body["metadata"]["namespace"], body, _request_timeout=timeout)
+        body["metadata"]["namespace"], client.CoreV1Event.model_validate(body), _request_timeout=timeout)
 
 
 class EventPoster(SendsInBackground):

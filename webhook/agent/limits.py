@@ -196,9 +196,9 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
         except OSError as exc:
             log.warning("retention could not remove %s: %s", path, exc)
     for core, doc in docs.items():
-        if not os.path.lexists(core):
+        if on_removed is not None and not os.path.lexists(core):
             try:
-                on_removed(doc)  # type: ignore[misc]
+                on_removed(doc)
             except Exception:  # noqa: BLE001 - the index is told best-effort
                 log.exception("could not report a removed core")
     if removed:

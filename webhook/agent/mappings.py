@@ -160,7 +160,7 @@ def interpreter_base(global_pid: int, proc: str = "/proc") -> int | None:
     except OSError:
         return None
     word = 8 if len(raw) % 16 == 0 else 4
-    order = "little" if sys.byteorder == "little" else "big"
+    order = sys.byteorder
     for i in range(0, len(raw) - 2 * word + 1, 2 * word):
         kind = int.from_bytes(raw[i:i + word], order)
         if kind == 0:

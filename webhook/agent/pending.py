@@ -123,8 +123,8 @@ class PendingIdentities(QueueWorker):
         for name in names:
             if not name.endswith(".json"):
                 continue
-            doc = self._read(name)
-            uid = (doc or {}).get("summary", {}).get("pod_uid")
+            doc = self._read(name) or {}
+            uid = doc.get("summary", {}).get("pod_uid")
             if not uid or self.clock() - doc.get("added", 0) > self.max_age:
                 log.warning("unverified crash forgotten: its pod was never seen", extra={"entry": name})
                 self._remove(name)
@@ -283,7 +283,7 @@ class PendingIdentities(QueueWorker):
         """Through a live process of the same container, if the core is still the same file."""
         file_id = summary.get("file_id")
         cid, uid = summary.get("container_id"), summary.get("pod_uid")
-        if not file_id or not cid:
+        if not file_id or not cid or not uid:
             return False
         try:
             pid = container_process(cid, uid, None, self.proc)

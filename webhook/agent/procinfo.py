@@ -70,7 +70,7 @@ def parse_cgroup_path(path: str) -> CgroupIdentity:
             pod_uid = m.group(1).replace("_", "-")
             pod_index = i
             break
-    if pod_uid is None:
+    if pod_uid is None or pod_index is None:  # both are set together
         return CgroupIdentity(path=path)
     for part in parts[:pod_index + 1]:
         for name in ("besteffort", "burstable"):

@@ -29,13 +29,20 @@ import posixpath
 import stat
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
+from elftools.elf.segments import InterpSegment, NoteSegment
 
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.mappings import MappedFile
 from webhook.agent.writer import RESOLVE_NAME, OutputFile, SafeRoot, openat2, rename_noreplace
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +75,10 @@ class _PreadFile(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        data = os.pread(self._fd, len(buf), self._pos)
-        buf[: len(data)] = data
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = os.pread(self._fd, len(view), self._pos)
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
@@ -105,18 +113,20 @@ def elf_facts(fd: int) -> ElfFacts:
     soname = interp = None
     try:
         elf = ELFFile(io.BufferedReader(_PreadFile(fd, st.st_size)))
+        # pyelftools makes PT_NOTE a NoteSegment, PT_INTERP an InterpSegment, PT_DYNAMIC a
+        # DynamicSegment and SHT_NOTE a NoteSection.
         for seg in elf.iter_segments():
-            kind = seg["p_type"]
-            if kind == "PT_NOTE" and not found:
-                found = _gnu_build_id(seg.iter_notes())
-            elif kind == "PT_INTERP":
+            if isinstance(seg, NoteSegment):
+                if not found:
+                    found = _gnu_build_id(seg.iter_notes())
+            elif isinstance(seg, InterpSegment):
                 interp = seg.get_interp_name().strip("\0") or None
-            elif kind == "PT_DYNAMIC":
+            elif isinstance(seg, DynamicSegment):
                 for tag in seg.iter_tags("DT_SONAME"):
-                    soname = str(tag.soname) or None
+                    soname = str(getattr(tag, "soname", "")) or None  # pyelftools sets it by setattr
         if not found:
             for sec in elf.iter_sections():
-                if sec["sh_type"] == "SHT_NOTE":
+                if isinstance(sec, NoteSection):
                     found = _gnu_build_id(sec.iter_notes())
                     if found:
                         break

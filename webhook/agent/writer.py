@@ -41,6 +41,7 @@ class _OpenHow(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+_renameat2: ctypes._NamedFuncPointer | None  # the stubs' name for a libc function (annotation only)
 try:
     _renameat2 = _libc.renameat2
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from webhook.diagnose.procstatus import parse_status
 
@@ -49,7 +49,7 @@ def elf_type(path: str) -> int | None:
         head = f.read(18)
     if len(head) < 18 or head[:4] != b"\x7fELF":
         return None
-    order = "little" if head[5] == 1 else "big"
+    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"  # EI_DATA: 1 = LSB
     return int.from_bytes(head[16:18], order)
 
 

@@ -100,7 +100,7 @@ def _container(pod: dict, name: str) -> dict | None:
 
 def pick_container(pod: dict, requested: str | None) -> str:
     """The crashed container: the one asked for, else the first target, else the only one."""
-    names = [c.get("name") for c in _containers(pod)]
+    names = [str(c.get("name") or "") for c in _containers(pod)]
     if requested:
         if requested not in names:
             raise InspectError(f"pod {pod_ref(pod)} has no container {requested!r} (has: {', '.join(names)})")

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, g, render_template_string, request
+from flask.typing import ResponseReturnValue
 
 from webhook import constants
 from webhook.inspect.download import human_size
 from webhook.inspect.listing import group_by_signature
 from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
 
-log = logging.getLogger("coredump.page")
+log = logging.getLogger(__name__)
 
 
 _PAGE = """<!doctype html>
@@ -106,15 +107,15 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
         return resp
 
     @app.get("/healthz")
-    def healthz():
+    def healthz() -> str:
         return "ok\n"
 
     @app.post("/login")
-    def sign_in():
+    def sign_in() -> ResponseReturnValue:
         return sign_in_response()
 
     @app.get("/")
-    def index():
+    def index() -> ResponseReturnValue:
         token = request_token()
         if not token:
             return login()
@@ -133,7 +134,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
                                       size=human_size, nodes=_nodes)
 
     @app.get("/download/<namespace>/<name>")
-    def download(namespace: str, name: str):
+    def download(namespace: str, name: str) -> ResponseReturnValue:
         from webhook.inspect import ephemeral as eph
 
         token = request_token()
@@ -156,7 +157,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
         except eph.InspectError:
             return "not found or not allowed\n", 404
 
-        def stream():
+        def stream() -> Iterator[bytes]:
             yield first
             yield from chunks
 

@@ -104,7 +104,7 @@ def read_index(api: Any, namespace: str | None, *, pod: str | None = None) -> tu
     except kube.Forbidden:
         raise kube.Forbidden("forbidden: -A needs RBAC verb 'list' on 'coredumps' cluster-wide, or 'list' on "
                              "'namespaces' to try them one by one; use -n NAMESPACE", 403, "Forbidden") from None
-    records: list[CoreRecord] = []
+    records = []
     for ns in namespaces:
         try:
             records += records_from_coredumps(kube.list_coredumps(api, ns, selector))

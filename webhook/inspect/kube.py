@@ -120,12 +120,14 @@ def list_coredumps(api: client.ApiClient, namespace: str | None, label_selector:
 
     group, version, plural = INDEX
     objects = client.CustomObjectsApi(api)
-    kw = {"label_selector": label_selector} if label_selector else {}
+    selector = label_selector or None  # None: no labelSelector parameter at all
     try:
         if namespace is None:
-            resp = objects.list_cluster_custom_object(group, version, plural, _preload_content=False, **kw)
+            resp = objects.list_cluster_custom_object(group, version, plural, label_selector=selector,
+                                                      _preload_content=False)
         else:
-            resp = objects.list_namespaced_custom_object(group, version, namespace, plural, _preload_content=False, **kw)
+            resp = objects.list_namespaced_custom_object(group, version, namespace, plural, label_selector=selector,
+                                                         _preload_content=False)
     except ApiException as exc:
         err = _translate(exc, f"list coredumps in {namespace or 'all namespaces'}", "list", "coredumps", namespace or "*")
         if isinstance(err, NotFound):
@@ -298,7 +300,8 @@ class ExecSource:
 def create_pod(api: client.ApiClient, pod: dict) -> dict:
     ns = pod["metadata"]["namespace"]
     try:
-        return _json(client.CoreV1Api(api).create_namespaced_pod(ns, pod, _preload_content=False))
+        return _json(client.CoreV1Api(api).create_namespaced_pod(ns, client.V1Pod.model_validate(pod),
+                                                                 _preload_content=False))
     except ApiException as exc:
         raise _translate(exc, f"create reader pod in {ns}", "create", "pods", ns) from exc
 
@@ -347,7 +350,8 @@ def token_review(api: client.ApiClient, token: str) -> dict | None:
     """TokenReview: the user behind a bearer token, or None when it is not authenticated."""
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
     try:
-        resp = client.AuthenticationV1Api(api).create_token_review(body, _preload_content=False)
+        resp = client.AuthenticationV1Api(api).create_token_review(client.V1TokenReview.model_validate(body),
+                                                                   _preload_content=False)
     except ApiException as exc:
         raise _translate(exc, "TokenReview", "create", "tokenreviews", "-") from exc
     status = _json(resp).get("status") or {}
@@ -365,7 +369,8 @@ def subject_access_review(api: client.ApiClient, user: dict, namespace: str, rul
         spec["extra"] = user["extra"]
     body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
     try:
-        resp = client.AuthorizationV1Api(api).create_subject_access_review(body, _preload_content=False)
+        resp = client.AuthorizationV1Api(api).create_subject_access_review(
+            client.V1SubjectAccessReview.model_validate(body), _preload_content=False)
     except ApiException as exc:
         raise _translate(exc, "SubjectAccessReview", "create", "subjectaccessreviews", "-") from exc
     return bool((_json(resp).get("status") or {}).get("allowed"))
@@ -383,7 +388,9 @@ def make_authorizer(api: client.ApiClient, rule: AccessRule = AccessRule()) -> C
             return False
         try:
             user = token_review(api, token)
-            return bool(user) and subject_access_review(api, user, namespace, rule)
+            if not user:
+                return False
+            return subject_access_review(api, user, namespace, rule)
         except KubeError:
             return False
 

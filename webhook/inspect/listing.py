@@ -156,7 +156,7 @@ def _names(meta: dict, namespace: str, pod: str) -> tuple[str, str]:
     return "", ""
 
 
-def record_from_metadata(meta: dict, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
+def record_from_metadata(meta: object, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
     """A record from one metadata dict; None when the JSON is not a core's metadata."""
     if not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED):
         return None
@@ -259,7 +259,7 @@ def parse_listing(output: bytes | str, *, namespace: str = "", pod: str = "") ->
             continue
         try:
             meta = json.loads(body) if body.strip() else None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             warnings.append(f"{where}{path}: not valid JSON ({exc.msg})")
             continue
         rec = record_from_metadata(meta, path, present=state == "present", namespace=namespace, pod=pod)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from flask import Flask, Response, abort, render_template_string, send_file
+from flask.typing import ResponseReturnValue
 
 from webhook.constants import METADATA_SUFFIX
 from webhook.inspect.download import human_size
@@ -118,11 +119,11 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
         return "download/" + os.path.relpath(rec.location, root)
 
     @app.get("/healthz")
-    def healthz():
+    def healthz() -> str:
         return "ok\n"
 
     @app.get("/")
-    def index():
+    def index() -> ResponseReturnValue:
         token = request_token()
         if not token and not anonymous:
             return render_template_string(_LOGIN, title=title), 401
@@ -137,11 +138,11 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
             when=lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?")
 
     @app.post("/login")
-    def login():
+    def login() -> ResponseReturnValue:
         return sign_in_response()
 
     @app.get("/download/<path:rel>")
-    def download(rel: str):
+    def download(rel: str) -> ResponseReturnValue:
         token = request_token()
         if not token and not anonymous:
             abort(401)

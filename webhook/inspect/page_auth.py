@@ -7,7 +7,8 @@ whenever the page is served over TLS.
 
 from __future__ import annotations
 
-from flask import Response, redirect, request
+from flask import redirect, request
+from werkzeug.wrappers import Response
 
 TOKEN_COOKIE = "coredump_token"
 

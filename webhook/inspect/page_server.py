@@ -19,7 +19,7 @@ from typing import Any
 from webhook.inspect.page_settings import PageSettings
 from webhook.serving.gunicorn_base import GthreadServer
 
-log = logging.getLogger("coredump.page")
+log = logging.getLogger(__name__)
 
 Authorizer = Callable[[str, str], bool]
 

@@ -54,7 +54,7 @@ from webhook.registry.responses import (
 from webhook.registry.secrets import SecretReader
 from webhook.registry.settings import RegistrySettings
 
-log = logging.getLogger("coredump.webhook.registry")  # under `coredump serve`'s JSON logs
+log = logging.getLogger(__name__)
 
 
 class _LRU:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("coredump.webhook.registry")  # under `coredump serve`'s JSON logs
+log = logging.getLogger(__name__)
 
 #: ``reader(namespace, secret names)`` -> the Secrets as the API returns them (what the resolver takes).
 SecretReader = Callable[[str, list[str]], list[dict]]

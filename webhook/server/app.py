@@ -32,7 +32,7 @@ from webhook.server.settings import ServerSettings
 #: INTERNAL_ERROR_WARNING: the warning of a failed-open admission, for callers of the app.
 __all__ = ["INTERNAL_ERROR_WARNING", "REVIEW_ENDPOINTS", "Readiness", "create_app"]
 
-log = logging.getLogger("coredump.webhook.server")
+log = logging.getLogger(__name__)
 
 #: Endpoints served by the review handler (path -> metrics label).
 REVIEW_ENDPOINTS = {"/mutate": "mutate", "/validate": "validate"}

@@ -35,7 +35,7 @@ def serve(**params: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bind") from None
     logs.configure(settings.log_level)
-    log = logging.getLogger("coredump.webhook.server")
+    log = logging.getLogger(__name__)
     log.info("starting", extra={"event": "serve.start", "settings": settings.describe()})
 
     from webhook.server.gunicorn_app import WebhookServer

@@ -23,7 +23,7 @@ from webhook.admission.wrapping import Resolver
 from webhook.server.metrics import Metrics
 from webhook.server.settings import ServerSettings
 
-log = logging.getLogger("coredump.webhook.server")
+log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from webhook.certs import generate as gen
 
-log = logging.getLogger("coredump.webhook.tls")
+log = logging.getLogger(__name__)
 
 
 class CertLoadError(RuntimeError):
