@@ -22,7 +22,8 @@ from tests.runc_support import busybox_rootfs, cgroups_path, remove_cgroup_dirs
 from tests.test_agent_stream import feed_pipe, synthetic_core
 from tests.test_agent_writer import _descendants
 from webhook import constants
-from webhook.agent.crash import CrashProcessor, CrashRequest
+from webhook.agent.crash import CrashProcessor
+from webhook.agent.crash_request import CrashRequest
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.settings import AgentSettings
 

@@ -29,9 +29,10 @@ from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
 from tests.test_agent_crash import kill_cgroup, webhook_env
 from tests.test_agent_kernel import agent_env  # noqa: F401 - the kernel tests' fixture
 from tests.test_agent_writer import _descendants
-from webhook.agent import inflight, install
+from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.events import build_event
+from webhook.agent.journal import JOURNAL_DIR
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.podwatch import PodIndex
 from webhook.agent.sysctl import CORE_PATTERN, Sysctl, is_our_pattern
@@ -235,7 +236,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
         os.kill(agent.pid, signal.SIGKILL)  # mid-dump
         agent.wait(10)
         wait_for(box.gone, 30, "the kernel released the process when the agent's fd closed")
-        (entry,) = list((host / inflight.JOURNAL_DIR).glob("*.json"))  # recorded before the write
+        (entry,) = list((host / JOURNAL_DIR).glob("*.json"))  # recorded before the write
         recorded = json.loads(entry.read_text())
         assert recorded["tmp_name"] == leftover.name and recorded["container_id"] == box.cid
         assert leftover.exists() and leftover.stat().st_size < 256 << 20
@@ -255,7 +256,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
             return doc if doc.get("identity") == "verified" else None
 
         wait_for(recovered, 60, "the leftover recovered under verified names")
-        wait_for(lambda: not list((host / inflight.JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
+        wait_for(lambda: not list((host / JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
     finally:
         if agent is not None:
             stop_group(agent)

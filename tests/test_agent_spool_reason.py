@@ -20,7 +20,8 @@ from tests.process_support import wait_for
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from tests.test_helper import ARGV, host, run_helper, settings_for, spool_entries  # noqa: F401
 from webhook.agent import install
-from webhook.agent.crash import CrashProcessor, CrashRequest
+from webhook.agent.crash import CrashProcessor
+from webhook.agent.crash_request import CrashRequest
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.server import AgentServer, _with_spool_reason, crash_request
 

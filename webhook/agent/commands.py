@@ -180,13 +180,15 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pendin
     With the pod watch, a leftover whose container is gone is reached through another container
     of this node on the same storage (same claim, NFS export, hostPath or pod volume)."""
     from webhook.agent import inflight
+    from webhook.agent.journal import Journal
+    from webhook.agent.reach import peers_on_node
 
     peers = None
     if watch is not None:
         index = watch.index
-        peers = inflight.peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
+        peers = peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
     try:
-        inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
+        inflight.recover(Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
                          node=settings.node_name, events=events, registry=registry, peers=peers,
                          pending=pending, pod_record=watch.index.record if watch is not None else None)
     except Exception:  # noqa: BLE001 - recovery never stops the agent

@@ -220,7 +220,7 @@ class PendingIdentities(QueueWorker):
 
     def _move_node(self, summary: dict, names: dict) -> str | None:
         """``cores/_unverified/...`` -> ``cores/<ns>/<pod>/<container>/``; the new core path."""
-        from webhook.agent.crash import _component  # the same sanitising as at the crash
+        from webhook.agent.target import component as _component  # the same sanitising as at the crash
 
         src = summary["host_path"]
         root = os.path.realpath(self.node_cores_dir)

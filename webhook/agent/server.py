@@ -68,7 +68,7 @@ RequestFactory = Callable[[list[str], bool], Any]
 
 def crash_request(argv: list[str], spooled: bool) -> Any:
     """Build H4b's ``CrashRequest`` from the helper's arguments."""
-    from webhook.agent.crash import CrashRequest
+    from webhook.agent.crash_request import CrashRequest
 
     request = CrashRequest.from_argv(list(argv))
     return dataclasses.replace(request, spooled=True) if spooled else request
