@@ -22,9 +22,10 @@ from tests.test_agent_index import crd, validate  # noqa: F401 - fixtures
 from tests.test_agent_kernel import agent_env  # noqa: F401 - a fixture
 from tests.test_agent_symbols import APP_GID, APP_UID, _app_dir, crash_as_app, shared_dir  # noqa: F401
 from webhook import constants
-from webhook.agent import index as idx
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
+from webhook.agent.index_edge import CustomObjectsEdge
+from webhook.agent.index_writer import IndexWriter
 from webhook.agent.metrics import AgentMetrics
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
@@ -160,7 +161,7 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     api = FakeApiServer()
     api.__enter__()
     api.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
-    writer = idx.IndexWriter(idx.CustomObjectsEdge(api.api()))
+    writer = IndexWriter(CustomObjectsEdge(api.api()))
 
     # the pod watch knows the pod: only a verified crash gets a CoreDump (index.verified_namespace)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False, index=writer,

@@ -245,8 +245,8 @@ def run_agent(
     reachable (metadata, gcore requests); failing to reach the API only logs.
     """
     from webhook.agent import install, lifecycle
+    from webhook.agent.drop_candidates import RecentPids
     from webhook.agent.endpoints import HealthServer
-    from webhook.agent.kernellog import RecentPids
     from webhook.agent.metrics import REGISTRY
     from webhook.agent.server import AgentServer
     from webhook.agent.sysctl import CORE_PATTERN

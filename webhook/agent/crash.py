@@ -71,7 +71,7 @@ class CrashProcessor:
 
             notifier = make_notifier(settings.notify_url, settings.notify_format)
         if index is None:
-            from webhook.agent.index import make_index_writer
+            from webhook.agent.index_writer import make_index_writer
 
             index = make_index_writer(settings, pod_lookup, pod_gone)
         self.events = events or None

@@ -26,7 +26,8 @@ from webhook.agent.identity import UNVERIFIED_DIR, Resolved
 from webhook.agent.metafile import ReservedMetadata
 from webhook.agent.procinfo import Identity, ProcessInfo
 from webhook.agent.settings import AgentSettings
-from webhook.agent.stream import REASON_RLIMIT, parse_size
+from webhook.agent.stream import parse_size
+from webhook.agent.stream_limits import REASON_RLIMIT
 from webhook.agent.writer import OutputFile, SafeRoot
 from webhook.pattern import PatternError, expand, parse
 
