@@ -54,7 +54,7 @@ def _names(summary: dict, view: PodView) -> dict[str, Any]:
 
 def _store_of(rel_dir: str) -> str:
     """The build-id store of a node-location core directory (``<first part>/.symbols``), as
-    webhook/agent/crash.py places it: one store per namespace (and one for ``_unverified``)."""
+    webhook/agent/pinned.py places it: one store per namespace (and one for ``_unverified``)."""
     return posixpath.join(rel_dir.split("/")[0], STORE_DIR)
 
 
