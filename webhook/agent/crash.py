@@ -62,21 +62,7 @@ class CrashProcessor:
         self.pending = pending
         self.proc = proc
         self.rate = RateLimiter(settings.rate_limit_count, settings.rate_limit_seconds, clock=clock)
-        if events is None:
-            from webhook.agent.events import make_event_poster
-
-            events = make_event_poster(settings.events)
-        if notifier is None:
-            from webhook.agent.notify import make_notifier
-
-            notifier = make_notifier(settings.notify_url, settings.notify_format)
-        if index is None:
-            from webhook.agent.index_writer import make_index_writer
-
-            index = make_index_writer(settings, pod_lookup, pod_gone)
-        self.events = events or None
-        self.notifier = notifier or None
-        self.index = index or None
+        self.events, self.notifier, self.index = _sinks(settings, events, notifier, index, pod_lookup, pod_gone)
         self.targets = TargetPlanner(settings, proc)
         self.journal = journal_mod.Journal(settings.host_dir) if journal is None else (journal or None)
         # pod-volume directories written to: the retention loop prunes them (pod_retention.py)
@@ -220,25 +206,10 @@ class CrashProcessor:
 
     # --- visibility -----------------------------------------------------------------------------
     def _report(self, outcome: CrashOutcome, doc: dict | None, job: Any) -> None:
-        short_reason = outcome.reason.split(" ")[0].split(";")[0].rstrip(":")
-        dest = outcome.destination or ""
-        self.metrics.cores.labels(outcome.outcome, short_reason, dest).inc()
-        self.metrics.duration.labels(outcome.outcome).observe(outcome.duration)
-        if outcome.size:
-            self.metrics.bytes.labels(dest).inc(outcome.size)
-        if doc:
-            self.metrics.stored_bytes.labels(dest).inc(doc.get("stored_size", 0))
-        line = {
-            "outcome": outcome.outcome, "reason": outcome.reason, "namespace": outcome.namespace,
-            "pod": outcome.pod, "container": outcome.container, "pid": outcome.pid,
-            "global_pid": outcome.global_pid, "signal": outcome.signal, "comm": outcome.comm,
-            "path": outcome.path, "size": outcome.size, "disk_size": outcome.disk_size,
-            "duration": round(outcome.duration, 4), "destination": outcome.destination,
-        }
-        if outcome.outcome == "rate_limited":
-            line["dropped"] = outcome.dropped
-        level = logging.WARNING if outcome.outcome in ("failed", "partial") else logging.INFO
-        log.log(level, "crash", extra=line)
+        """Metrics, the crash's log line, then the Event, notification and CoreDump (after the
+        signature when there is a job for it)."""
+        self._count(outcome, doc)
+        self._log(outcome)
         summary = outcome.as_dict()
         summary.update(doc or {})
         summary["path"] = outcome.path
@@ -254,6 +225,31 @@ class CrashProcessor:
             job.close()
         if outcome.outcome in ("written", "partial", "failed"):
             self.publish(summary)
+
+    def _count(self, outcome: CrashOutcome, doc: dict | None) -> None:
+        short_reason = outcome.reason.split(" ")[0].split(";")[0].rstrip(":")
+        dest = outcome.destination or ""
+        self.metrics.cores.labels(outcome.outcome, short_reason, dest).inc()
+        self.metrics.duration.labels(outcome.outcome).observe(outcome.duration)
+        if outcome.size:
+            self.metrics.bytes.labels(dest).inc(outcome.size)
+        if doc:
+            self.metrics.stored_bytes.labels(dest).inc(doc.get("stored_size", 0))
+
+    @staticmethod
+    def _log(outcome: CrashOutcome) -> None:
+        """The crash's one log line (logger ``webhook.agent.crash``, message ``crash``)."""
+        line = {
+            "outcome": outcome.outcome, "reason": outcome.reason, "namespace": outcome.namespace,
+            "pod": outcome.pod, "container": outcome.container, "pid": outcome.pid,
+            "global_pid": outcome.global_pid, "signal": outcome.signal, "comm": outcome.comm,
+            "path": outcome.path, "size": outcome.size, "disk_size": outcome.disk_size,
+            "duration": round(outcome.duration, 4), "destination": outcome.destination,
+        }
+        if outcome.outcome == "rate_limited":
+            line["dropped"] = outcome.dropped
+        level = logging.WARNING if outcome.outcome in ("failed", "partial") else logging.INFO
+        log.log(level, "crash", extra=line)
 
     def submit(self, summary: dict) -> bool:
         """A sink for the signature worker: :meth:`publish`."""
@@ -278,3 +274,23 @@ class CrashProcessor:
                     sink.submit(summary)
                 except Exception:  # noqa: BLE001
                     log.exception("could not queue a crash notification")
+
+
+def _sinks(settings: AgentSettings, events: Any, notifier: Any, index: Any,
+           pod_lookup: Callable[[str], meta.PodView | None] | None,
+           pod_gone: Callable[[str], bool] | None) -> tuple[Any, Any, Any]:
+    """The Event poster, the notifier and the CoreDump writer: given, built from the settings
+    (None), or off (False: None)."""
+    if events is None:
+        from webhook.agent.events import make_event_poster
+
+        events = make_event_poster(settings.events)
+    if notifier is None:
+        from webhook.agent.notify import make_notifier
+
+        notifier = make_notifier(settings.notify_url, settings.notify_format)
+    if index is None:
+        from webhook.agent.index_writer import make_index_writer
+
+        index = make_index_writer(settings, pod_lookup, pod_gone)
+    return events or None, notifier or None, index or None
