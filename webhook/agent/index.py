@@ -12,11 +12,9 @@ import hashlib
 import re
 from typing import Any
 
+from webhook.agent.index_edge import GROUP, VERSION
 from webhook.agent.metadata import iso_time
 
-GROUP = "coredump-webhook.io"
-VERSION = "v1alpha1"
-PLURAL = "coredumps"
 KIND = "CoreDump"
 LABEL_SIGNATURE = "coredump-webhook.io/signature"
 LABEL_WORKLOAD = "coredump-webhook.io/workload"

@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from webhook.agent.index import GROUP, PLURAL, VERSION
+#: The CoreDump resource the agent writes (charts/coredump-webhook/crds/; agent-rbac.yaml).
+GROUP = "coredump-webhook.io"
+VERSION = "v1alpha1"
+PLURAL = "coredumps"
 
 
 class ApiFailure(Exception):
