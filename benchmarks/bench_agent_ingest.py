@@ -230,7 +230,7 @@ def pipe_stages(work: Path, helper: Path, mib: int, rounds: int, cat_pattern: st
     """The real kernel pipe into an in-process AgentServer whose handler does one thing."""
     from prometheus_client import CollectorRegistry
 
-    from webhook.agent import install, stream
+    from webhook.agent import install, pipe_source, stream
     from webhook.agent.server import AgentServer, ServerOutcome
     from webhook.agent.settings import AgentSettings
 
@@ -238,7 +238,7 @@ def pipe_stages(work: Path, helper: Path, mib: int, rounds: int, cat_pattern: st
 
     def read_only(fd: int) -> int:
         buf, n = bytearray(stream.CHUNK), 0
-        stream.enlarge_pipe(fd)
+        pipe_source.enlarge_pipe(fd)
         while k := os.readv(fd, [buf]):
             n += k
         return n
@@ -246,7 +246,7 @@ def pipe_stages(work: Path, helper: Path, mib: int, rounds: int, cat_pattern: st
     def plain_copy(fd: int) -> int:
         buf, n = bytearray(stream.CHUNK), 0
         view = memoryview(buf)
-        stream.enlarge_pipe(fd)
+        pipe_source.enlarge_pipe(fd)
         dst = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             while k := os.readv(fd, [buf]):
@@ -303,7 +303,7 @@ def memory_stages(directory: Path, mib: int = 96) -> dict[str, float]:
     """Each stage of the copy alone, in memory, on this machine: MB/s over the core's mix."""
     import zstandard
 
-    from webhook.agent import stream
+    from webhook.agent import core_sink, pipe_source, stream
 
     part = (mib << 20) // 3
     line = b"core dump benchmark: the quick brown fox jumps over the lazy dog 0123456789 ABCDEF\n"
@@ -322,7 +322,7 @@ def memory_stages(directory: Path, mib: int = 96) -> dict[str, float]:
 
     def pipe_read() -> None:
         r, w = os.pipe()
-        stream.enlarge_pipe(r)
+        pipe_source.enlarge_pipe(r)
         buf = bytearray(stream.CHUNK)
 
         def feed() -> None:
@@ -349,9 +349,9 @@ def memory_stages(directory: Path, mib: int = 96) -> dict[str, float]:
             os.write(fd, c)
         os.close(fd)
 
-    def sparse_write() -> None:  # zero detection included: what _Sink.put does
+    def sparse_write() -> None:  # zero detection included: what core_sink.Sink.put does
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        sink = stream._Sink(fd, stream.StreamLimits())
+        sink = core_sink.Sink(fd, stream.StreamLimits())
         for c in chunks:
             sink.put(c, len(c))
         sink.finish()

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from tests.process_support import descendants
 from tests.runc_support import busybox_rootfs
 from webhook import constants
-from webhook.agent.crash import CrashProcessor, CrashRequest
+from webhook.agent.crash import CrashProcessor
+from webhook.agent.crash_request import CrashRequest
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.settings import AgentSettings
 

@@ -35,9 +35,11 @@ from webhook.agent import inflight
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.events import build_event
 from webhook.agent.identity import Resolved, apply_view
+from webhook.agent.journal import JOURNAL_DIR, Journal, entry_for, tmp_names
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.podvolumes import Mount, claim_of, translate, unwritable_for, volume_mounts
 from webhook.agent.podwatch import PodIndex, pod_record
+from webhook.agent.reach import peers_on_node
 
 DEAD_CID = "d" * 64
 DEAD_UID = "0f0f0f0f-0000-4000-8000-000000000001"
@@ -61,7 +63,7 @@ def _crashed_pod() -> dict:
 
 
 def _entry(index: PodIndex) -> dict:
-    """The journal entry the crash path writes (inflight.entry_for, with the watch's names)."""
+    """The journal entry the crash path writes (journal.entry_for, with the watch's names)."""
     who = apply_view(Resolved(pod_uid=DEAD_UID, container_id=DEAD_CID, runtime="containerd"),
                      index.lookup(DEAD_UID))
     request = SimpleNamespace(pid=6, global_pid=999999999, tid=6, global_tid=999999999, uid=0, gid=0, signal=11,
@@ -69,16 +71,16 @@ def _entry(index: PodIndex) -> dict:
                               spool_reason="")
     target = SimpleNamespace(destination="pod", directory="/data/crash/dir", name="core.6", compression="none",
                              uid=0, gid=0, pattern="/data/crash/dir/core.%p")
-    return inflight.entry_for(request, who, target, inflight.tmp_names("core.6"), node="node-1", exe="/bin/big",
+    return entry_for(request, who, target, tmp_names("core.6"), node="node-1", exe="/bin/big",
                               registered=True, identification="registered")
 
 
 def _recover(tmp_path, index: PodIndex, entry: dict):
-    inflight.Journal(str(tmp_path / "host"), instance="dead-agent").begin(entry)
+    Journal(str(tmp_path / "host"), instance="dead-agent").begin(entry)
     events, registry = RecordedEvents(), CollectorRegistry()
-    (rec,) = inflight.recover(inflight.Journal(str(tmp_path / "host")), node_cores_dir=str(tmp_path / "cores"),
+    (rec,) = inflight.recover(Journal(str(tmp_path / "host")), node_cores_dir=str(tmp_path / "cores"),
                               node="node-1", events=events, registry=registry,
-                              peers=inflight.peers_on_node(index.records))
+                              peers=peers_on_node(index.records))
     return rec, events, registry
 
 
@@ -124,7 +126,7 @@ def test_leftover_of_a_gone_container_becomes_partial_through_another_pod_on_the
     assert registry.get_sample_value("coredump_agent_inflight_recovered_total", {"result": "partial"}) == 1
 
 
-class RecordingJournal(inflight.Journal):
+class RecordingJournal(Journal):
     def __init__(self, host_dir: str) -> None:
         super().__init__(host_dir)
         self.begun: list[dict] = []
@@ -175,11 +177,11 @@ def test_restarted_agent_recovers_through_the_pod_its_watch_lists(tmp_path, peer
     data = b"\x7fELF" + os.urandom(9000)
     (peer.storage / "crash" / "dir" / entry["tmp_name"]).write_bytes(data)
     host = Path(tempfile.mkdtemp(prefix="cde-"))
-    inflight.Journal(str(host), instance="killed-agent").begin(entry)
+    Journal(str(host), instance="killed-agent").begin(entry)
     kept = peer.storage / "crash" / "dir" / "core.6.partial"
     with running_agent(bin_dir, pod_api, "--no-events", host=host) as agent:
         wait_for(lambda: (kept.parent / "core.6.partial.json").exists(), 30, "the leftover recovered")
-        wait_for(lambda: not list((host / inflight.JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
+        wait_for(lambda: not list((host / JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
         (line,) = [r for r in agent.records() if r.get("message", "").startswith("core of a dump cut")]
         assert line["via"] == "shop/reader-1/worker" and line["pod"] == "web-0", line
         assert agent.stop() == 0

@@ -27,9 +27,10 @@ from tests.agent_support import kill_cgroup, webhook_env
 from tests.crash_support import RecordedEvents
 from tests.process_support import descendants, stop_group, wait_for
 from tests.runc_support import busybox_rootfs, remove_cgroup_dirs
-from webhook.agent import inflight, install
+from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
 from webhook.agent.events import build_event
+from webhook.agent.journal import JOURNAL_DIR
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.podwatch import PodIndex
 from webhook.agent.sysctl import CORE_PATTERN, Sysctl, is_our_pattern
@@ -233,7 +234,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
         os.kill(agent.pid, signal.SIGKILL)  # mid-dump
         agent.wait(10)
         wait_for(box.gone, 30, "the kernel released the process when the agent's fd closed")
-        (entry,) = list((host / inflight.JOURNAL_DIR).glob("*.json"))  # recorded before the write
+        (entry,) = list((host / JOURNAL_DIR).glob("*.json"))  # recorded before the write
         recorded = json.loads(entry.read_text())
         assert recorded["tmp_name"] == leftover.name and recorded["container_id"] == box.cid
         assert leftover.exists() and leftover.stat().st_size < 256 << 20
@@ -253,7 +254,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
             return doc if doc.get("identity") == "verified" else None
 
         wait_for(recovered, 60, "the leftover recovered under verified names")
-        wait_for(lambda: not list((host / inflight.JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
+        wait_for(lambda: not list((host / JOURNAL_DIR).glob("*.json")), 10, "the journal cleared")
     finally:
         if agent is not None:
             stop_group(agent)

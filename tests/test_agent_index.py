@@ -13,6 +13,8 @@ import pytest
 from tests.inspect_data import write_core
 from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
+from webhook.agent.index_edge import CustomObjectsEdge
+from webhook.agent.index_writer import STATE_FILE, IndexWriter, index_quota
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "/apis/coredump-webhook.io/v1alpha1/namespaces"
@@ -76,9 +78,9 @@ def server():
         yield s
 
 
-def _writer(server, **kw) -> idx.IndexWriter:
+def _writer(server, **kw) -> IndexWriter:
     kw.setdefault("writes_per_second", 1000)
-    return idx.IndexWriter(idx.CustomObjectsEdge(server.api()), backoff=0.05, **kw)
+    return IndexWriter(CustomObjectsEdge(server.api()), backoff=0.05, **kw)
 
 
 def _bodies(server, method: str) -> list[dict]:
@@ -191,7 +193,7 @@ def test_submit_never_blocks_and_the_overflow_is_counted(tmp_path, server):
 
 def test_rate_limit_is_a_token_bucket_per_node():
     now = [0.0]
-    w = idx.IndexWriter(object(), writes_per_second=2.0, monotonic=lambda: now[0])
+    w = IndexWriter(object(), writes_per_second=2.0, monotonic=lambda: now[0])
     w._tokens, w._last = 1.0, 0.0
     assert w._take_token() == 0.0  # the first write goes at once
     assert w._take_token() == pytest.approx(0.5)  # then one per half second
@@ -271,7 +273,7 @@ def test_an_emptydir_core_is_gone_with_its_pod_after_an_agent_restart(tmp_path, 
     doc = summary(tmp_path, pod_uid=view.uid, path="/data/dump-a/core.web.7")
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
-    state = tmp_path / "host" / idx.STATE_FILE
+    state = tmp_path / "host" / STATE_FILE
     state.parent.mkdir()
     w = _writer(server, state_path=str(state), pod_lookup=lambda u: view, pod_gone=lambda u: False)
     assert w.submit(doc)
@@ -338,7 +340,7 @@ def test_quota_survives_a_restart_and_a_damaged_state_file_is_not_fatal(tmp_path
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
     server.route("DELETE", f"{BASE}/shop/coredumps/*",
                  Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-    state = tmp_path / "host" / idx.STATE_FILE
+    state = tmp_path / "host" / STATE_FILE
     state.parent.mkdir()
     crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(6)]
     w = _writer(server, keep_first=1, keep_latest=1, state_path=str(state))
@@ -398,11 +400,11 @@ def test_quota_state_file_is_bounded(tmp_path):
 def test_the_index_quota_is_the_retention_rule_of_the_files():
     from webhook.agent.settings import AgentSettings
 
-    assert idx.index_quota(AgentSettings()) == (3, 5)  # the defaults of retention
-    assert idx.index_quota(AgentSettings(retention_keep_first=2, retention_keep_latest=0)) == (2, 1)
+    assert index_quota(AgentSettings()) == (3, 5)  # the defaults of retention
+    assert index_quota(AgentSettings(retention_keep_first=2, retention_keep_latest=0)) == (2, 1)
     # retention off (every file kept): index_keep_per_signature records, the last one rolled
-    assert idx.index_quota(AgentSettings(retention_keep_first=0, retention_keep_latest=0,
-                                         index_keep_per_signature=5)) == (4, 1)
+    assert index_quota(AgentSettings(retention_keep_first=0, retention_keep_latest=0,
+                                     index_keep_per_signature=5)) == (4, 1)
 
 
 def _row(crd: dict, body: dict, wide: bool = False) -> dict[str, object]:
@@ -428,7 +430,7 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo(), Recorded(404, {**status, "code": 404, "reason": "NotFound"}), Echo())
     server.route("DELETE", f"{BASE}/shop/coredumps/*", Recorded(403, {**status, "code": 403, "reason": "Forbidden"}))
-    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(tmp_path / idx.STATE_FILE))
+    w = _writer(server, keep_first=1, keep_latest=1, state_path=str(tmp_path / STATE_FILE))
     crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + 60 * i,
                        signal=6, signal_name="SIGABRT") for i in range(5)]
     for doc in crashes:

@@ -17,11 +17,12 @@ from tests.crash_support import RecordedEvents
 from webhook.agent import inflight
 from webhook.agent import metadata as meta
 from webhook.agent.events import build_event
+from webhook.agent.journal import Journal, tmp_names
 from webhook.agent.metafile import ReservedMetadata
 
 
 def _entry(**kw) -> dict:
-    core_tmp, meta_tmp = inflight.tmp_names(kw.get("name", "core.sleep.42.1700000000"))
+    core_tmp, meta_tmp = tmp_names(kw.get("name", "core.sleep.42.1700000000"))
     base = {"destination": "node", "directory": "/host", "name": "core.sleep.42.1700000000",
             "tmp_name": core_tmp, "meta_tmp_name": meta_tmp, "compression": "none", "pid": 42, "global_pid": 42,
             "signal": 11, "comm": "sleep", "time": 1700000000, "namespace": None, "pod": None}
@@ -30,14 +31,14 @@ def _entry(**kw) -> dict:
 
 
 def test_tmp_names_never_collide():
-    core, meta_tmp = inflight.tmp_names("c" * 300)
+    core, meta_tmp = tmp_names("c" * 300)
     assert core != meta_tmp and len(core) == 255 and core.startswith(".coredump-tmp.")
     assert meta_tmp.startswith(".coredump-tmp.") and not meta_tmp.endswith(".json") and len(meta_tmp) < 255
 
 
 def test_journal_keeps_others_leftovers_only(tmp_path):
-    mine = inflight.Journal(str(tmp_path))
-    earlier = inflight.Journal(str(tmp_path), instance="1-1")
+    mine = Journal(str(tmp_path))
+    earlier = Journal(str(tmp_path), instance="1-1")
     token = mine.begin(_entry())
     old = earlier.begin(_entry(pid=7))
     (tmp_path / "inflight" / ".torn.tmp").write_text("{")
@@ -48,13 +49,13 @@ def test_journal_keeps_others_leftovers_only(tmp_path):
     mine.end(token)
     mine.end(token)  # idempotent
     assert os.listdir(tmp_path / "inflight") == [f"{old}.json"]
-    assert inflight.Journal("/proc/1/nonexistent").begin(_entry()) is None  # logged, never raises
+    assert Journal("/proc/1/nonexistent").begin(_entry()) is None  # logged, never raises
 
 
 def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
     cores = tmp_path / "cores"
     (cores / "host").mkdir(parents=True)
-    journal = inflight.Journal(str(tmp_path), instance="dead-agent")
+    journal = Journal(str(tmp_path), instance="dead-agent")
     full, empty = _entry(), _entry(name="core.sleep.43.1700000001", pid=43, global_pid=43)
     data = b"\x7fELF" + os.urandom(5000)
     (cores / "host" / full["tmp_name"]).write_bytes(data)
@@ -64,7 +65,7 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
     journal.begin(full)
     journal.begin(empty)
     registry = CollectorRegistry()
-    results = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(cores), node="n1",
+    results = inflight.recover(Journal(str(tmp_path)), node_cores_dir=str(cores), node="n1",
                                registry=registry, events=RecordedEvents())
     assert sorted(r.result for r in results) == ["partial", "removed_empty"]
     kept = cores / "host" / "core.sleep.42.1700000000.1.partial"
@@ -80,12 +81,12 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
 
 
 def test_unreachable_pod_leftover_is_reported_with_its_path(tmp_path):
-    journal = inflight.Journal(str(tmp_path), instance="dead-agent")
+    journal = Journal(str(tmp_path), instance="dead-agent")
     entry = _entry(destination="pod", directory="/pod/data/dump", name="core.6", namespace="shop", pod="web-0",
                    pod_uid="u-1", container="app", container_id="f" * 64, global_pid=999999999)
     journal.begin(entry)
     events, registry = RecordedEvents(), CollectorRegistry()
-    (rec,) = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(tmp_path / "cores"),
+    (rec,) = inflight.recover(Journal(str(tmp_path)), node_cores_dir=str(tmp_path / "cores"),
                               events=events, registry=registry)
     assert rec.result == "unreachable" and rec.leftover == f"/pod/data/dump/{entry['tmp_name']}"
     (summary,) = events.seen

@@ -271,21 +271,21 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     the parent's waitpid returns while the sha256 pass is still held back, and at that moment
     no metadata exists (it is written once, with the computed hash). Then the metadata's hash
     is the file's, and the zero pages the splice copied as data are holes."""
-    from webhook.agent import crash as crash_mod
+    from webhook.agent import capture
     from webhook.agent.crash import CrashProcessor
 
     host, settings, serve = agent_env
     s = settings(unregistered="node", rate_limit_count=100)
     reaped = threading.Event()
     seen: dict = {}
-    real_finish = crash_mod.finish_core
+    real_finish = capture.finish_core
 
     def held_finish(fd, result, limits):
         seen["sha_before"] = result.sha256
         seen["reaped_first"] = reaped.wait(30)  # never set if the process waited for the hash
         return real_finish(fd, result, limits)
 
-    monkeypatch.setattr(crash_mod, "finish_core", held_finish)
+    monkeypatch.setattr(capture, "finish_core", held_finish)
     processor = CrashProcessor(s, None, events=False, notifier=False, signatures=False)
     serve(s, processor.handle)
     install.install(s)

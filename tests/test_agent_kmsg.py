@@ -23,17 +23,9 @@ from tests.process_support import wait_for
 from tests.runc_support import remove_cgroup_dirs
 from webhook.agent import install
 from webhook.agent.commands import remembering_requests
+from webhook.agent.drop_candidates import Candidate, RecentPids, choose, find_candidates
 from webhook.agent.events import build_event
-from webhook.agent.kernellog import (
-    Candidate,
-    KernelLogWatcher,
-    RecentPids,
-    choose,
-    find_candidates,
-    parse_drop,
-    parse_record,
-    unescape_comm,
-)
+from webhook.agent.kernellog import KernelLogWatcher, parse_drop, parse_record, unescape_comm
 from webhook.agent.podwatch import PodIndex
 from webhook.agent.procinfo import CgroupIdentity
 from webhook.agent.server import ServerOutcome

@@ -7,7 +7,7 @@ import pytest
 
 from webhook import constants
 from webhook.agent import chain, metadata, notify
-from webhook.agent.crash import HELPER_ARGS, CrashRequest
+from webhook.agent.crash_request import HELPER_ARGS, CrashRequest
 from webhook.agent.procinfo import (
     CgroupIdentity,
     identify,

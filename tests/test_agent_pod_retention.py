@@ -22,6 +22,8 @@ from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook.agent import index as idx
 from webhook.agent.commands import retention_loop
+from webhook.agent.index_edge import CustomObjectsEdge
+from webhook.agent.index_writer import IndexWriter
 from webhook.agent.pod_retention import POD_DIRS_FILE, PodDirs
 from webhook.agent.settings import AgentSettings
 
@@ -70,7 +72,7 @@ def test_retention_loop_prunes_a_pod_directory_with_no_new_crash(tmp_path, k8s_c
     with FakeApiServer() as server:
         server.route("POST", BASE, Echo())
         server.route("DELETE", BASE + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), keep_first=10, keep_latest=10,
+        writer = IndexWriter(CustomObjectsEdge(server.api()), keep_first=10, keep_latest=10,
                                  writes_per_second=1000, backoff=0.05)
         names = {}
         for name in ("core.a0", "core.a1", "core.a2", "core.a3", "core.a4", "core.b0"):

@@ -14,6 +14,8 @@ from tests.kube_apiserver import Echo, FakeApiServer, Recorded
 from webhook.agent import index as idx
 from webhook.agent import retention
 from webhook.agent.analysis import SignatureWorker
+from webhook.agent.index_edge import CustomObjectsEdge
+from webhook.agent.index_writer import IndexWriter
 from webhook.agent.limits import apply_retention
 
 
@@ -47,13 +49,13 @@ def test_prune_in_a_directory_never_follows_links(tmp_path):
     assert (outside / "precious").read_text() == "keep me"
 
 
-def _pruned_with_index(d: Path, server: FakeApiServer) -> tuple[idx.IndexWriter, list[str]]:
+def _pruned_with_index(d: Path, server: FakeApiServer) -> tuple[IndexWriter, list[str]]:
     """Four cores of one signature indexed, then the worker's retention (1 first, 2 latest) with
     the index told of what it deleted: the names of the CoreDumps created, in crash order."""
     base = "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps"
     server.route("POST", base, Echo())
     server.route("PUT", base + "/*", Echo())
-    writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+    writer = IndexWriter(CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
     for i in range(4):
         retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
         summary = {**json.loads((d / f"core.{i}.json").read_text()), "outcome": "written", "identity": "verified"}
@@ -170,7 +172,7 @@ def test_a_forged_metadata_file_cannot_get_another_namespace_s_record_deleted(tm
             server.route("DELETE", f"/apis/coredump-webhook.io/v1alpha1/namespaces/{ns}/coredumps/*",
                          Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
         server.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/payments/coredumps", Echo())
-        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+        writer = IndexWriter(CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
         victim = {"namespace": "payments", "pod": "pay-0", "pod_uid": "u-9", "registered": True, "identity": "verified",
                   "sha256": "7" * 64, "outcome": "written", "path": "/cores/core.pay", "time": 1700000000}
         assert writer.submit(victim)
@@ -205,7 +207,7 @@ def test_records_follow_the_files_first_and_latest_and_the_count_goes_on(tmp_pat
         server.route("POST", base, Echo())
         server.route("PUT", base + "/*", Echo())
         server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), keep_first=1, keep_latest=2,
+        writer = IndexWriter(CustomObjectsEdge(server.api()), keep_first=1, keep_latest=2,
                                  writes_per_second=1000, backoff=0.05)
         worker = SignatureWorker(lambda: [], retention=(1, 2), on_pruned=writer.mark_pruned)
         from webhook.agent.analysis import SignatureJob
@@ -247,7 +249,7 @@ def test_node_location_retention_deletes_the_records_of_the_cores_it_removes(tmp
     with FakeApiServer() as server:
         server.route("POST", base, Echo())
         server.route("DELETE", base + "/*", Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-        writer = idx.IndexWriter(idx.CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
+        writer = IndexWriter(CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
         now = time.time()
         names = {}
         for name, t in (("core.old", now - 7200), ("core.new", now)):

@@ -166,7 +166,7 @@ def test_without_kept_binaries_the_executable_still_names_the_frames(agent_env, 
     s = settings(node_name="node-1", keep_free_bytes=0, symbols=False)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False,
                                metrics=AgentMetrics(CollectorRegistry()))
-    processor._keep_binaries = lambda *a, **k: ([], {})  # as when the mapped files cannot be opened
+    processor.pinned.keep_binaries = lambda *a, **k: ([], {})  # as when the mapped files cannot be opened
     serve(s, processor.handle)
     install.install(s)
     pid = registered_crash(programs["crasher"], cgroup, pod_uid, f"{dump}/core.%p")

@@ -19,7 +19,8 @@ from tests.crash_support import check_elf_core, spooled_crash
 from tests.helper_support import ARGV, run_helper, settings_for, spool_entries
 from tests.process_support import wait_for
 from webhook.agent import install
-from webhook.agent.crash import CrashProcessor, CrashRequest
+from webhook.agent.crash import CrashProcessor
+from webhook.agent.crash_request import CrashRequest
 from webhook.agent.metrics import AgentMetrics
 from webhook.agent.server import AgentServer, _with_spool_reason, crash_request
 

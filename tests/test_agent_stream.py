@@ -14,7 +14,8 @@ import pytest
 import zstandard
 
 from tests.agent_support import feed_pipe, synthetic_core
-from webhook.agent.stream import CHUNK, StreamLimits, copy_core, enlarge_pipe
+from webhook.agent.pipe_source import enlarge_pipe
+from webhook.agent.stream import CHUNK, StreamLimits, copy_core
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -194,7 +195,7 @@ def test_enospc_on_a_small_tmpfs_then_the_next_core_fits(tmp_path):
 
 
 # --- hole detection: exact at chunk boundaries, odd tails, all-zero and zero-free inputs ---------
-from webhook.agent.stream import BLOCK, ZERO_STEP, zero_runs  # noqa: E402
+from webhook.agent.core_sink import BLOCK, ZERO_STEP, zero_runs  # noqa: E402
 
 
 def reference_zero_runs(buf: bytes, n: int, offset: int) -> list[tuple[int, int]]:
@@ -438,7 +439,7 @@ def test_a_pipe_cut_mid_splice_ends_as_read_error_with_a_true_hash(tmp_path):
     while os.stat(out).st_size < (1 << 16) and time.monotonic() < deadline:
         time.sleep(0.01)
     placeholder = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    os.dup2(placeholder, r)  # what _CoreFd.cut does; the pipe's read end is now closed
+    os.dup2(placeholder, r)  # what CoreFd.cut does; the pipe's read end is now closed
     try:
         os.write(w, first[1 << 16:])
     except BrokenPipeError:

@@ -1340,7 +1340,7 @@ def _exported_metrics() -> set[str]:
     from webhook.agent.inflight import RecoveryMetrics
     from webhook.agent.kernellog import DropMetrics
     from webhook.agent.metrics import AgentMetrics
-    from webhook.agent.server import ServerMetrics
+    from webhook.agent.server_metrics import ServerMetrics
     from webhook.server.metrics import Metrics
 
     registries = [CollectorRegistry() for _ in range(4)]

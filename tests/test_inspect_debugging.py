@@ -19,9 +19,10 @@ from tests.kube_apiserver import Echo, FakeApiServer
 from tests.process_support import wait_for
 from tests.suite_support import which_or_fail
 from webhook import constants
-from webhook.agent import index as idx
 from webhook.agent import install
 from webhook.agent.crash import CrashProcessor
+from webhook.agent.index_edge import CustomObjectsEdge
+from webhook.agent.index_writer import IndexWriter
 from webhook.agent.metrics import AgentMetrics
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
@@ -157,7 +158,7 @@ def test_two_real_bugs_through_the_agent_to_gdb_from_the_stored_files(agent_env,
     api = FakeApiServer()
     api.__enter__()
     api.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/shop/coredumps", Echo())
-    writer = idx.IndexWriter(idx.CustomObjectsEdge(api.api()))
+    writer = IndexWriter(CustomObjectsEdge(api.api()))
 
     # the pod watch knows the pod: only a verified crash gets a CoreDump (index.verified_namespace)
     processor = CrashProcessor(s, previous_pattern="core", events=False, notifier=False, index=writer,

@@ -127,13 +127,15 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pendin
     With the pod watch, a leftover whose container is gone is reached through another container
     of this node on the same storage (same claim, NFS export, hostPath or pod volume)."""
     from webhook.agent import inflight
+    from webhook.agent.journal import Journal
+    from webhook.agent.reach import peers_on_node
 
     peers = None
     if watch is not None:
         index = watch.index
-        peers = inflight.peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
+        peers = peers_on_node(index.records, ready=lambda: index.synced.wait(RECOVERY_WATCH_WAIT_SECONDS))
     try:
-        inflight.recover(inflight.Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
+        inflight.recover(Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
                          node=settings.node_name, events=events, registry=registry, peers=peers,
                          pending=pending, pod_record=watch.index.record if watch is not None else None)
     except Exception:  # noqa: BLE001 - recovery never stops the agent
@@ -190,8 +192,8 @@ def run_agent(
     reachable (metadata, gcore requests); failing to reach the API only logs.
     """
     from webhook.agent import install, lifecycle
+    from webhook.agent.drop_candidates import RecentPids
     from webhook.agent.endpoints import HealthServer
-    from webhook.agent.kernellog import RecentPids
     from webhook.agent.metrics import REGISTRY
     from webhook.agent.server import AgentServer
     from webhook.agent.sysctl import CORE_PATTERN

@@ -1,39 +1,29 @@
-"""Dumps in flight, recorded in the host dir, so a killed agent's leftovers are found again.
+"""Dumps a killed agent left in flight, found again by its successor and saved or reported.
 
-Before the crash path creates a core's temporary file it writes ``HOSTDIR/inflight/<id>.json``:
-where (destination, directory inside the root, temporary names, final name), whose (pod,
-container, container ID) and what (the kernel's values). The entry is removed once the dump is
-done, whatever its outcome. An agent killed mid-dump (SIGKILL, OOM, node pressure) leaves the
+Every dump is recorded in the in-flight journal while it runs (``HOSTDIR/inflight/<id>.json``,
+webhook/agent/journal.py). An agent killed mid-dump (SIGKILL, OOM, node pressure) leaves the
 entry behind, and its successor's :func:`recover` handles each one:
 
-- it reaches the temporary file again: the node location directly; a pod's volume through a live
-  process of the same container (by container ID, from ``/proc/<pid>/cgroup``: the kernel's
-  word), else through a live process of any container on this node that mounts the same storage
-  (the entry's ``volume``: same PVC in the same namespace, same NFS export, same hostPath, or the
-  same pod's volume; webhook/agent/podvolumes.py) at a path under which the directory lies, the
-  temporary file being looked up inside that process's root with ``openat2``;
+- it reaches the temporary file again (webhook/agent/reach.py): the node location directly; a
+  pod's volume through a live process of the same container, else through a live process of any
+  container on this node that mounts the same storage, the temporary file being looked up inside
+  that process's root with ``openat2``;
 - something was written: the file becomes ``<name>.partial`` (never replacing a name) with its
   metadata, ``truncated_reason: agent_restarted``, and the crash's Event says so;
 - nothing was written: the temporary files are removed;
 - it cannot be reached (the container is gone, no other live container mounts its storage): the loss and the leftover's path are logged,
   counted and posted as an Event on the pod.
-
-The entry is written without fsync: it must survive the agent's death, which the page cache
-does; a node that loses power restarts its containers, whose leftovers are then unreachable
-anyway (they are reported as such).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import posixpath
-import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +32,8 @@ from prometheus_client import CollectorRegistry, Counter
 from webhook import constants
 from webhook.agent import metadata as meta
 from webhook.agent.identity import HOST, UNVERIFIED, VERIFIED
-from webhook.agent.metafile import reserved_tmp_name
-from webhook.agent.podvolumes import claim_of, translate
-from webhook.agent.procinfo import parse_cgroup
+from webhook.agent.journal import Journal, discard_entry
+from webhook.agent.reach import Peer, roots
 from webhook.agent.writer import (
     MAX_SUFFIX,
     RESOLVE_NAME,
@@ -57,88 +46,7 @@ from webhook.agent.writer import (
 
 log = logging.getLogger(__name__)
 
-JOURNAL_DIR = "inflight"
 REASON = "agent_restarted"
-_ENTRY_SUFFIX = ".json"
-
-
-def tmp_names(name: str) -> tuple[str, str]:
-    """Temporary names for a core and its metadata (the writer's prefix; distinct random tokens,
-    so even names cut at 255 bytes never collide)."""
-    return f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255], reserved_tmp_name(name)
-
-
-#: This agent process: its own entries are never "left over" for it, whichever Journal wrote them.
-INSTANCE = f"{os.getpid()}-{time.time_ns()}"
-
-
-class Journal:
-    """``HOSTDIR/inflight``: one small JSON file per dump in flight."""
-
-    def __init__(self, host_dir: str, instance: str = INSTANCE) -> None:
-        self.dir = os.path.join(host_dir, JOURNAL_DIR)
-        self.instance = instance
-
-    def begin(self, entry: dict[str, Any]) -> str | None:
-        """Record one dump; returns its token for :meth:`end` (None when it could not be
-        recorded: logged, and the dump goes on: the journal never costs a core)."""
-        token = f"{int(time.time())}-{secrets.token_hex(6)}"
-        body = dict(entry, id=token, instance=self.instance, recorded_at=time.time())
-        try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            tmp = os.path.join(self.dir, f".{token}.tmp")
-            with open(tmp, "w") as f:
-                json.dump(body, f)
-            os.rename(tmp, os.path.join(self.dir, token + _ENTRY_SUFFIX))
-        except OSError as exc:
-            log.warning("could not record the dump in flight", extra={"error": str(exc), "pid": entry.get("global_pid")})
-            return None
-        return token
-
-    def end(self, token: str | None) -> None:
-        if token is None:
-            return
-        try:
-            os.unlink(os.path.join(self.dir, token + _ENTRY_SUFFIX))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not clear a finished dump from the journal", extra={"error": str(exc)})
-
-    def leftovers(self) -> list[tuple[str, dict[str, Any]]]:
-        """Entries written by other (earlier) agents: (path, entry); unreadable ones are removed."""
-        found = []
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return found
-        for name in names:
-            path = os.path.join(self.dir, name)
-            if name.startswith("."):
-                if name.endswith(".tmp"):
-                    _unlink(path)  # a write cut by the agent's death: the dump had not started
-                continue
-            if not name.endswith(_ENTRY_SUFFIX):
-                continue
-            try:
-                with open(path) as f:
-                    entry = json.load(f)
-                if not isinstance(entry, dict):
-                    raise ValueError("not an object")
-            except (OSError, ValueError) as exc:
-                log.error("unreadable in-flight journal entry removed", extra={"entry": path, "error": str(exc)})
-                _unlink(path)
-                continue
-            if entry.get("instance") != self.instance:
-                found.append((path, entry))
-        return found
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 class RecoveryMetrics:
@@ -164,82 +72,6 @@ class Recovered:
     #: later (webhook/agent/pending.py).
     file_id: tuple[int, int] | None = None
 
-
-#: Another container's view of an entry's storage: (root path, directory inside it, "<ns>/<pod>/<container>").
-Peer = tuple[str, str, str]
-
-
-def _same_container_pids(container_id: str, proc: str, prefer: int | None) -> list[int]:
-    """Live processes whose cgroup names ``container_id`` (the original PID first)."""
-    return _container_pids({container_id}, proc, prefer).get(container_id, [])
-
-
-def _container_pids(container_ids: set[str], proc: str, prefer: int | None = None) -> dict[str, list[int]]:
-    """Live processes of these containers (by the container ID their cgroup names), one /proc scan."""
-    pids: dict[str, list[int]] = {}
-    try:
-        names = [n for n in os.listdir(proc) if n.isdigit()]
-    except OSError:
-        return pids
-    if prefer:
-        names.sort(key=lambda n: n != str(prefer))
-    for name in names:
-        try:
-            with open(f"{proc}/{name}/cgroup") as f:
-                ident = parse_cgroup(f.read())
-            if ident.container_id not in container_ids:
-                continue
-            with open(f"{proc}/{name}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            pids.setdefault(ident.container_id, []).append(int(name))
-    return pids
-
-
-def peers_on_node(records: Callable[[], list[Any]], proc: str = "/proc",
-                  ready: Callable[[], bool] | None = None) -> Callable[[dict[str, Any]], list[Peer]]:
-    """``peers(entry)`` for :func:`recover`: live containers of this node's pods (the pod watch's
-    ``PodIndex.records``) that mount the entry's storage; ``ready()`` waits for the watch's list."""
-
-    def peers(entry: dict[str, Any]) -> list[Peer]:
-        claim = entry.get("volume")
-        if not isinstance(claim, dict) or not claim.get("source"):
-            return []
-        if ready is not None and not ready():
-            log.warning("the pod watch has not listed the pods: no other pod on the claim can be found",
-                        extra={"pod": entry.get("pod"), "namespace": entry.get("namespace")})
-        wanted: list[tuple[str, str, str]] = []  # (container ID, directory, who)
-        for record in records():
-            view = record.view
-            for cid, name in view.container_ids.items():
-                if cid == entry.get("container_id"):
-                    continue  # tried first, by recover_entry
-                for directory in translate(claim, view.mounts.get(name, ())):
-                    wanted.append((cid, directory, f"{view.namespace}/{view.name}/{name}"))
-        if not wanted:
-            return []
-        live = _container_pids({cid for cid, _, _ in wanted}, proc)
-        return [(f"{proc}/{pid}/root", directory, who) for cid, directory, who in wanted
-                for pid in live.get(cid, [])]
-
-    return peers
-
-
-def _roots(entry: dict[str, Any], node_cores_dir: str, proc: str,
-           peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> Iterator[Peer]:
-    """Where the entry's directory may be reached from, in order: (root, directory, via)."""
-    directory = entry.get("directory") or "/"
-    if entry.get("destination") == "node":
-        yield node_cores_dir, directory, ""
-        return
-    cid = entry.get("container_id")
-    if cid:
-        for pid in _same_container_pids(cid, proc, entry.get("global_pid")):
-            yield f"{proc}/{pid}/root", directory, ""
-    if peers is not None:
-        yield from peers(entry)
 
 
 def _exists(dirfd: int, name: str) -> os.stat_result | None:
@@ -331,7 +163,7 @@ def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "",
     if not tmp.startswith(TMP_PREFIX) or "/" in tmp or (meta_tmp and "/" in meta_tmp) or not name or "/" in name:
         return Recovered("gone", entry, leftover=leftover, detail="malformed journal entry")
     reached_any = False
-    for root_path, inside, via in _roots(entry, node_cores_dir, proc, peers):
+    for root_path, inside, via in roots(entry, node_cores_dir, proc, peers):
         try:
             root = SafeRoot.open(root_path)
         except OSError:
@@ -427,7 +259,7 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
         if on_result is not None:
             on_result(rec)
         results.append(rec)
-        _unlink(path)
+        discard_entry(path)
     return results
 
 
@@ -450,7 +282,7 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None, pendin
         metrics.recovered.labels(rec.result).inc()
     if rec.result == "removed_empty":
         return
-    summary = {k: e.get(k) for k in ("namespace", "pod", "pod_uid", "container", "container_id", "pid",
+    summary: dict[str, Any] = {k: e.get(k) for k in ("namespace", "pod", "pod_uid", "container", "container_id", "pid",
                                      "global_pid", "signal", "comm", "image", "node", "destination")}
     summary["identity"] = state
     summary["signal_name"] = meta.signal_name(int(e.get("signal") or 0))
@@ -478,28 +310,3 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None, pendin
         events.submit(summary)
     except Exception:  # noqa: BLE001
         log.exception("could not queue the Event of a recovered dump")
-
-
-def entry_for(request: Any, who: Any, target: Any, names: tuple[str, str], *, node: str, exe: str,
-              registered: bool, identification: str) -> dict[str, Any]:
-    """The journal entry of one dump (plain JSON types). The names are kept only when the pod
-    watch verified them (``identity``: who.state)."""
-    verified = who.state == VERIFIED
-    return {
-        "destination": target.destination, "directory": target.directory, "name": target.name,
-        "tmp_name": names[0], "meta_tmp_name": names[1], "compression": target.compression,
-        "uid_owner": target.uid, "gid_owner": target.gid, "pattern": target.pattern, "node": node,
-        "identity": who.state, "namespace": who.namespace if verified else None,
-        "pod": who.pod if verified else None, "pod_uid": who.pod_uid,
-        "container": who.container if verified else None, "container_id": who.container_id,
-        "image": who.image if verified else None, "labels": dict(who.labels or {}) if verified else {},
-        "owner": who.owner if verified else None, "runtime": who.runtime, "registered": registered,
-        "identification": identification,
-        "pid": request.pid, "global_pid": request.global_pid, "tid": request.tid, "global_tid": request.global_tid,
-        "uid": request.uid, "gid": request.gid, "signal": request.signal, "comm": request.comm,
-        "hostname": request.hostname, "time": request.time, "rlimit_core": request.rlimit_core,
-        "dump_mode": request.dump_mode, "spool_reason": request.spool_reason, "exe": exe,
-        # the storage the directory lies on (podvolumes.py): another pod on it can reach the leftover
-        "volume": claim_of(getattr(who, "mounts", ()) or (), target.directory) if target.destination == "pod"
-        else None,
-    }

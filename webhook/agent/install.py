@@ -54,7 +54,7 @@ class HostDirNotExecutable(InstallError):
 
 def helper_args() -> tuple[str, ...]:
     """The specifiers the helper receives, in the order ``CrashRequest.from_argv`` expects."""
-    from webhook.agent.crash import HELPER_ARGS
+    from webhook.agent.crash_request import HELPER_ARGS
 
     return tuple(HELPER_ARGS)
 

@@ -16,7 +16,8 @@ agent received from the helper are excluded; when exactly one candidate is left,
 gives the pod UID and container ID and the pod watch the names. Otherwise the drop is still
 counted and logged, unattributed.
 
-Parsing is pure; the reader thread is the only I/O on the kernel log.
+Parsing is pure; the reader thread is the only I/O on the kernel log; attribution
+(webhook/agent/drop_candidates.py) reads ``/proc``.
 """
 
 from __future__ import annotations
@@ -28,26 +29,18 @@ import re
 import select
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from webhook.agent.drop_candidates import RecentPids, choose, find_candidates
 from webhook.agent.metadata import PodView
-from webhook.agent.procinfo import CgroupIdentity, parse_cgroup
 
 log = logging.getLogger(__name__)
 
 KMSG = "/dev/kmsg"
-#: task->flags bit the kernel sets on the task that starts a core dump (include/linux/sched.h).
-PF_DUMPCORE = 0x00000200
-#: Signals whose default action dumps core (signal(7)): a zombie killed by one, with no
-#: PF_DUMPCORE on its leader, had the dump started by another thread (gone since).
-CORE_SIGNALS = frozenset({3, 4, 5, 6, 7, 8, 11, 24, 25, 31})
-#: Index of exit_code (field 52 of /proc/<p>/stat) among the fields after the comm.
-_EXIT_CODE_INDEX = 49
 #: How long after a drop line the candidates are looked at again when several match (the
 #: dumps that did reach the helper are then known to the agent, the dropped one is a zombie).
 SETTLE_SECONDS = 0.3
@@ -151,114 +144,6 @@ def parse_drop(message: str, *, seq: int = -1, timestamp_us: int = 0) -> KernelD
         return KernelDrop(reason="suppressed", message=message, count=int(m.group(2)), seq=seq,
                           timestamp_us=timestamp_us)
     return None
-
-
-# --- attribution ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    """A process that may be the one the kernel dropped."""
-
-    global_pid: int
-    zombie: bool
-    cgroup: CgroupIdentity
-
-
-def _stat_fields(text: str) -> tuple[str, list[str]] | None:
-    """``/proc/<p>/stat`` -> (comm, fields after it); comm may hold spaces and parentheses."""
-    left, right = text.find("("), text.rfind(")")
-    if left < 0 or right < left:
-        return None
-    return text[left + 1:right], text[right + 2:].split()
-
-
-def _innermost_nspid(status: str) -> int | None:
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            values = line.split()[1:]
-            return int(values[-1]) if values else None
-    return None
-
-
-def _read(path: str) -> str:
-    with open(path, errors="replace") as f:
-        return f.read()
-
-
-def _dumping(proc: str, pid: str, leader_flags: int) -> bool:
-    if leader_flags & PF_DUMPCORE:
-        return True
-    try:  # a multi-threaded process: the thread that took the signal is the one flagged
-        tids = os.listdir(f"{proc}/{pid}/task")
-    except OSError:
-        return False
-    for tid in tids:
-        try:
-            parsed = _stat_fields(_read(f"{proc}/{pid}/task/{tid}/stat"))
-        except OSError:
-            continue
-        if parsed and len(parsed[1]) > 6 and int(parsed[1][6]) & PF_DUMPCORE:
-            return True
-    return False
-
-
-def find_candidates(pid: int, comm: str, proc: str = "/proc") -> list[Candidate]:
-    """Processes named ``comm`` whose innermost PID is ``pid`` and that the kernel marked as
-    dumping core (alive and pinned, or a zombie that has not been reaped yet)."""
-    found: list[Candidate] = []
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            parsed = _stat_fields(_read(f"{proc}/{name}/stat"))
-            if parsed is None or parsed[0] != comm or len(parsed[1]) < 7:
-                continue
-            state, flags = parsed[1][0], int(parsed[1][6])
-            if _innermost_nspid(_read(f"{proc}/{name}/status")) != pid:
-                continue
-            fields = parsed[1]
-            killed_by = int(fields[_EXIT_CODE_INDEX]) & 0x7F if len(fields) > _EXIT_CODE_INDEX else 0
-            if not _dumping(proc, name, flags) and not (state == "Z" and killed_by in CORE_SIGNALS):
-                continue
-            cgroup = parse_cgroup(_read(f"{proc}/{name}/cgroup"))
-        except (OSError, ValueError):
-            continue
-        found.append(Candidate(int(name), state == "Z", cgroup))
-    return found
-
-
-class RecentPids:
-    """Global PIDs the helper handed to the agent lately (bounded, thread-safe)."""
-
-    def __init__(self, max_age: float = 600.0, max_size: int = 4096, clock: Callable[[], float] = time.monotonic):
-        self.max_age = max_age
-        self.max_size = max_size
-        self.clock = clock
-        self._pids: OrderedDict[int, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, pid: int) -> None:
-        with self._lock:
-            self._pids[pid] = self.clock()
-            self._pids.move_to_end(pid)
-            while len(self._pids) > self.max_size:
-                self._pids.popitem(last=False)
-
-    def __contains__(self, pid: object) -> bool:
-        with self._lock:
-            seen = self._pids.get(pid)  # type: ignore[call-overload]
-            return seen is not None and self.clock() - seen <= self.max_age
-
-
-def choose(candidates: list[Candidate], handled: Callable[[int], bool]) -> Candidate | None:
-    """The one candidate not handled by the agent (a zombie preferred), or None if ambiguous."""
-    left = [c for c in candidates if not handled(c.global_pid)]
-    if len(left) > 1:
-        left = [c for c in left if c.zombie] or left
-    return left[0] if len(left) == 1 else None
 
 
 # --- the reader ----------------------------------------------------------------------------------

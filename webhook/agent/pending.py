@@ -54,7 +54,7 @@ def _names(summary: dict, view: PodView) -> dict[str, Any]:
 
 def _store_of(rel_dir: str) -> str:
     """The build-id store of a node-location core directory (``<first part>/.symbols``), as
-    webhook/agent/crash.py places it: one store per namespace (and one for ``_unverified``)."""
+    webhook/agent/pinned.py places it: one store per namespace (and one for ``_unverified``)."""
     return posixpath.join(rel_dir.split("/")[0], STORE_DIR)
 
 
@@ -220,7 +220,7 @@ class PendingIdentities(QueueWorker):
 
     def _move_node(self, summary: dict, names: dict) -> str | None:
         """``cores/_unverified/...`` -> ``cores/<ns>/<pod>/<container>/``; the new core path."""
-        from webhook.agent.crash import _component  # the same sanitising as at the crash
+        from webhook.agent.target import component as _component  # the same sanitising as at the crash
 
         src = summary["host_path"]
         root = os.path.realpath(self.node_cores_dir)

@@ -1,7 +1,7 @@
 """Which storage a pod's directory lives on, as the API server describes the pod (pure).
 
 A killed agent's leftover in a pod's volume can be reached again only through a live process
-that mounts that volume (webhook/agent/inflight.py). The crashed container may be gone while
+that mounts that volume (webhook/agent/reach.py). The crashed container may be gone while
 another container still mounts the same storage: another pod on the same PersistentVolumeClaim
 (same namespace and ``claimName``), the same NFS export (server and path), the same hostPath on
 this node, or a sibling container of the same pod on one of its volumes (an emptyDir the webhook

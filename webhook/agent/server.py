@@ -1,4 +1,5 @@
-"""The agent's unix socket server: takes each core from the static helper, and drains the spool.
+"""The agent's unix socket server: takes each core from the static helper, and drains the spool
+(webhook/agent/spool_drain.py).
 
 Protocol (SOCK_SEQPACKET, one message per step; see webhook/native/coredump-helper.c):
 
@@ -12,7 +13,7 @@ read by both. The kernel keeps the crashing process (and ``/proc/<pid>``) until 
 of the pipe other than itself has closed it (``wait_for_dump_helpers``): once the fd is here,
 the process is pinned until THIS process closes it, whatever the helper does. The dump timeout
 is therefore enforced here: when a handler overruns, the fd number is atomically replaced by a
-directory (``dup2``), which drops the agent's reference to the pipe (the kernel then sees a
+directory (``dup2``, webhook/agent/corefd.py), which drops the agent's reference to the pipe (the kernel then sees a
 closed pipe, stops dumping and reaps the process) and makes the handler's next read fail with
 ``EISDIR`` instead of reading a short core as if it were whole.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import socket
 import stat
 import threading
@@ -31,10 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry
 
+from webhook.agent.corefd import CoreFd, Once
 from webhook.agent.release import releasing
+from webhook.agent.server_metrics import ServerMetrics
 from webhook.agent.settings import AgentSettings
+from webhook.agent.spool_drain import STOPPING, SpoolDrain
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,6 @@ PROTOCOL_TIMEOUT_SECONDS = 5.0
 CUT_MARGIN_SECONDS = 2.0
 #: After cutting an overrunning dump, how long the handler gets to notice and write its metadata.
 CUT_GRACE_SECONDS = 5.0
-#: A spooled entry whose delivery failed this many times is set aside as <name>.failed.
-MAX_SPOOL_ATTEMPTS = 3
-SPOOL_TMP_SUFFIX = ".tmp"
-SPOOL_FAILED_SUFFIX = ".failed"
-#: Outcomes after which a spooled entry is done with (anything but "failed").
-FINAL_OUTCOMES = frozenset({"written", "partial", "skipped", "rate_limited", "chained"})
-#: The server's outcome for a spooled core the stopping agent left in the spool (not an attempt).
-STOPPING = "stopping"
 
 #: handler(request, fd) -> outcome (with .outcome, .reason, .path, .size). The fd belongs to
 #: the server: the handler reads it until EOF and must not close it.
@@ -68,7 +63,7 @@ RequestFactory = Callable[[list[str], bool], Any]
 
 def crash_request(argv: list[str], spooled: bool) -> Any:
     """Build H4b's ``CrashRequest`` from the helper's arguments."""
-    from webhook.agent.crash import CrashRequest
+    from webhook.agent.crash_request import CrashRequest
 
     request = CrashRequest.from_argv(list(argv))
     return dataclasses.replace(request, spooled=True) if spooled else request
@@ -82,112 +77,6 @@ class ServerOutcome:
     reason: str
     path: str | None = None
     size: int = 0
-
-
-class ServerMetrics:
-    """The agent-level series this module owns (the crash path's own live in metrics.py)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        kw = {"registry": registry}
-        self.handovers = Counter(
-            "coredump_agent_handovers_total",
-            "Helper connections by result (accepted, protocol_error, helper_gave_up).",
-            ["result"],
-            **kw,
-        )
-        self.dumps_in_progress = Gauge("coredump_agent_dumps_in_progress",
-                                       "Cores being read now (until their process is released).", **kw)
-        self.dumps_queued = Gauge(
-            "coredump_agent_dumps_queued", "Cores received and waiting for a free slot (max_concurrent_dumps).", **kw
-        )
-        self.dump_timeouts = Counter(
-            "coredump_agent_dump_timeouts_total", "Dumps cut by the agent's dump timeout.", **kw
-        )
-        self.stop_spooled = Counter(
-            "coredump_agent_stop_spooled_total",
-            "Cores that were waiting for a slot when the agent stopped, written to the spool for the next agent.",
-            **kw,
-        )
-        self.stop_cut = Counter(
-            "coredump_agent_stop_cut_total",
-            "Dumps still running after the agent's stop timeout, cut and marked partial.",
-            **kw,
-        )
-        self.handlers_stuck = Gauge(
-            "coredump_agent_handlers_stuck", "Handlers still running after their dump was cut.", **kw
-        )
-        self.spool_entries = Gauge("coredump_agent_spool_entries", "Complete entries waiting in the spool.", **kw)
-        self.spool_deliveries = Counter(
-            "coredump_agent_spool_deliveries_total",
-            "Spooled cores handled, by result (delivered, retry, failed, bad).",
-            ["result"],
-            **kw,
-        )
-
-
-class _CoreFd:
-    """The received pipe fd, closed exactly once, and cut on timeout without a reuse race.
-
-    ``cut`` and ``close`` share a lock, and both check that the number still names the file
-    that was received (st_dev, st_ino): a handler that closed it by mistake cannot make us
-    close or overwrite an unrelated file that reused the number.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        st = os.fstat(fd)
-        self._identity = (st.st_dev, st.st_ino)
-        self._placeholder: tuple[int, int] | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._holders = 2  # the server and the handler thread: the fd closes when both let go
-        self.cut_reason: str | None = None
-
-    def _still_ours(self) -> bool:
-        try:
-            st = os.fstat(self.fd)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) in (self._identity, self._placeholder)
-
-    def _swap(self, placeholder: int, reason: str | None) -> bool:
-        """Put ``placeholder`` where the core's fd was, once, and only while the fd is still ours."""
-        with self._lock:
-            if self._closed or self._placeholder is not None or not self._still_ours():
-                return False
-            ph = os.fstat(placeholder)
-            os.dup2(placeholder, self.fd, inheritable=False)
-            self._placeholder = (ph.st_dev, ph.st_ino)
-            if reason is not None:
-                self.cut_reason = reason
-            return True
-
-    def cut(self, placeholder: int, reason: str) -> bool:
-        """Drop our reference to the core; the handler's next read fails (EISDIR)."""
-        return self._swap(placeholder, reason)
-
-    def let_go(self, placeholder: int) -> bool:
-        """The handler has the whole core: drop the pipe now (the kernel reaps the process)
-        while the handler finishes (hash, metadata). Same swap as :meth:`cut`, no reason."""
-        return self._swap(placeholder, None)
-
-    def release(self) -> None:
-        """One holder is done with the fd; the last one closes it."""
-        with self._lock:
-            self._holders -= 1
-            if self._holders > 0:
-                return
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._still_ours():
-                os.close(self.fd)
-            else:
-                log.error("core fd was closed by the handler; not closing its number again", extra={"fd": self.fd})
 
 
 class AgentServer:
@@ -220,8 +109,8 @@ class AgentServer:
         self._threads: list[threading.Thread] = []
         self._active: set[threading.Thread] = set()
         self._active_lock = threading.Lock()
-        self._drain_lock = threading.Lock()
         self._placeholder = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._spool = SpoolDrain(settings, self._deliver, self.metrics, self._stop)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -371,7 +260,7 @@ class AgentServer:
 
         Always closes ``fd``; never raises.
         """
-        core = _CoreFd(fd)
+        core = CoreFd(fd)
         try:
             try:
                 request = self.request_factory(argv, spooled)
@@ -392,13 +281,17 @@ class AgentServer:
                     return ServerOutcome(STOPPING, "agent stopped before this spooled core's turn")
                 return self._spool_at_stop(argv, core)
             self.metrics.dumps_in_progress.inc()
-            slot = _Once(lambda: (self.metrics.dumps_in_progress.dec(), self._slots.release()))
+            slot = Once(self._free_slot)
             try:
                 return self._run_with_deadline(request, core, argv, note, slot)
             finally:
                 slot()
         finally:
             core.release()  # closes now, or when a handler that overran finally returns
+
+    def _free_slot(self) -> None:
+        self.metrics.dumps_in_progress.dec()
+        self._slots.release()
 
     def _acquire_slot(self, spooled: bool) -> bool:
         """Wait for a dump slot; False when the agent is stopping (and the core should be spooled)."""
@@ -413,7 +306,7 @@ class AgentServer:
                     return False
                 return True
 
-    def _spool_at_stop(self, argv: list[str], core: _CoreFd) -> ServerOutcome:
+    def _spool_at_stop(self, argv: list[str], core: CoreFd) -> ServerOutcome:
         """Write a core that never got a slot into the spool, the next agent delivers it."""
         from webhook.agent.handback import write_spool_entry
 
@@ -427,7 +320,7 @@ class AgentServer:
         log.warning("agent stopping: core spooled for the next agent", extra={"argv": argv, "entry": entry})
         return ServerOutcome("spooled", "agent stopped before this core's turn", path=entry)
 
-    def _run_with_deadline(self, request: Any, core: _CoreFd, argv: list[str], note: str,
+    def _run_with_deadline(self, request: Any, core: CoreFd, argv: list[str], note: str,
                            slot: Callable[[], None] = lambda: None) -> Any:
         box: dict[str, Any] = {}
         done = threading.Event()
@@ -499,125 +392,10 @@ class AgentServer:
             except Exception:
                 log.exception("spool drain failed")
             self._stop.wait(interval)
-
     def drain_spool(self) -> list[tuple[str, str]]:
-        """Deliver every complete spool entry through the handler (``spooled=True``).
-
-        Returns ``(entry, result)`` pairs. Entries are removed once handled; a failed delivery
-        is retried at the next drain, and set aside as ``<entry>.failed`` after a few tries.
-        """
-        spool = self.settings.spool_dir
-        results: list[tuple[str, str]] = []
-        with self._drain_lock:
-            try:
-                names = sorted(os.listdir(spool))
-            except FileNotFoundError:
-                return results
-            self._adopt_abandoned(spool, names)
-            names = sorted(os.listdir(spool))
-            pending = [n for n in names if _is_complete_entry(spool, n)]
-            self.metrics.spool_entries.set(len(pending))
-            for name in pending:
-                if self._stop.is_set():
-                    break
-                result = self._deliver_entry(os.path.join(spool, name))
-                self.metrics.spool_deliveries.labels(result).inc()
-                results.append((name, result))
-            self.metrics.spool_entries.set(
-                len([n for n in os.listdir(spool) if _is_complete_entry(spool, n)]) if os.path.isdir(spool) else 0
-            )
-        return results
-
-    def _adopt_abandoned(self, spool: str, names: list[str]) -> None:
-        """A ``.tmp`` entry older than any live helper can be is renamed complete (marked)."""
-        max_age = self.settings.spool_timeout_seconds + self.settings.helper_timeout_seconds + 300
-        now = time.time()
-        for name in names:
-            if not name.endswith(SPOOL_TMP_SUFFIX):
-                continue
-            path = os.path.join(spool, name)
-            try:
-                if now - os.stat(path).st_mtime < max_age:
-                    continue
-                with open(os.path.join(path, "reason"), "a") as f:
-                    f.write("; spool entry abandoned by the helper before it was complete")
-                os.rename(path, path[: -len(SPOOL_TMP_SUFFIX)])
-                log.warning("adopted an abandoned spool entry", extra={"entry": name})
-            except OSError as exc:
-                log.warning("cannot adopt spool entry", extra={"entry": name, "error": str(exc)})
-
-    def _deliver_entry(self, path: str) -> str:
-        name = os.path.basename(path)
-        try:
-            with open(os.path.join(path, "args"), "rb") as f:
-                raw = f.read()
-        except OSError as exc:
-            log.error("spool entry without args; set aside", extra={"entry": name, "error": str(exc)})
-            _set_aside(path)
-            return "bad"
-        argv = [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")]
-        if argv and argv[-1] == "":
-            argv.pop()
-        reason = _read_text(os.path.join(path, "reason"))
-        core_path = os.path.join(path, "core")
-        try:
-            fd = os.open(core_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # spool was full: args only
-        outcome = self._deliver(argv, fd, spooled=True, note=reason, entry=path)
-        kind = getattr(outcome, "outcome", "failed")
-        log.info(
-            "spooled core delivered" if kind in FINAL_OUTCOMES else "spooled core not delivered",
-            extra={
-                "entry": name,
-                "outcome": kind,
-                "reason": getattr(outcome, "reason", ""),
-                "path": getattr(outcome, "path", None),
-                "spool_reason": reason,
-            },
-        )
-        if kind in FINAL_OUTCOMES:
-            shutil.rmtree(path, ignore_errors=True)
-            return "delivered"
-        if kind == STOPPING:
-            return "retry"
-        attempts = int(_read_text(os.path.join(path, "attempts")) or 0) + 1
-        with open(os.path.join(path, "attempts"), "w") as f:
-            f.write(str(attempts))
-        if attempts >= MAX_SPOOL_ATTEMPTS:
-            _set_aside(path)
-            return "failed"
-        return "retry"
-
-
-class _Once:
-    """Calls ``fn`` the first time it is called, never again (thread-safe)."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._fn: Callable[[], Any] | None = fn
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            fn, self._fn = self._fn, None
-        if fn is not None:
-            fn()
-
-
-def _is_complete_entry(spool: str, name: str) -> bool:
-    return (
-        not name.startswith(".")
-        and not name.endswith(SPOOL_TMP_SUFFIX)
-        and not name.endswith(SPOOL_FAILED_SUFFIX)
-        and os.path.isdir(os.path.join(spool, name))
-    )
-
-
-def _set_aside(path: str) -> None:
-    try:
-        os.rename(path, path + SPOOL_FAILED_SUFFIX)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        """Deliver every complete spool entry through the handler (webhook/agent/spool_drain.py);
+        returns ``(entry, result)`` pairs."""
+        return self._spool.drain()
 
 
 def _with_spool_reason(request: Any, reason: str, entry: str = "") -> Any:
@@ -629,13 +407,6 @@ def _with_spool_reason(request: Any, reason: str, entry: str = "") -> Any:
     changes = {k: v for k, v in (("spool_reason", reason), ("spool_entry", entry)) if v and k in names}
     return dataclasses.replace(request, **changes) if changes else request
 
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _outcome_line(outcome: Any) -> bytes:

@@ -26,7 +26,7 @@ from typing import Any
 
 from webhook import constants
 from webhook.agent.background import QueueWorker
-from webhook.agent.crash import CrashRequest
+from webhook.agent.crash_request import CrashRequest
 from webhook.agent.podwatch import PodRecord
 from webhook.agent.procinfo import container_process, identify, parse_status, read_process
 from webhook.agent.taken import TakenRequests

@@ -201,7 +201,7 @@ class OutputFile:
             raise ValueError(f"not a temporary name: {tmp_name!r}")
         self.dirfd = dirfd
         self.name = name
-        #: chosen by the caller when it must record it first (inflight.py's journal)
+        #: chosen by the caller when it must record it first (journal.py)
         self.tmp_name = tmp_name or f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255]
         # Read-write: a core is read back after its process is released (sha256, holes).
         self.fd = openat2(dirfd, self.tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,

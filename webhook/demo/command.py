@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
@@ -180,16 +181,42 @@ def _remove_cgroup(path: Path | None) -> None:
 
 def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: ExitStack) -> None:
     """Run the agent, crash a process of the mutated pod's first container, show the core."""
+    busybox = _crash_prerequisites()
+    if busybox is None:
+        return
+    host_dir, volume, rootfs = _make_rootfs(work, busybox)
+    container = mutated["spec"]["containers"][0]
+    mount_path = _core_mount_path(container)
+    if mount_path is None:
+        click.echo("   (skipped: the first container has no injected core volume)")
+        return
+    (rootfs / mount_path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    _install_wrapper(bin_dir, rootfs)
+    stop_agent = _start_agent(work, host_dir, bin_dir, stack)
+    _crash_in_sandbox(mutated, container, namespace, volume, rootfs, mount_path, stack)
+    for core in _wait_for_cores(volume, work):
+        _show_core(core, volume, mount_path)
+    stop_agent()
+    click.echo(f"   agent stopped; kernel.core_pattern restored to "
+               f"{Path('/proc/sys/kernel/core_pattern').read_text().strip()!r}")
+
+
+def _crash_prerequisites() -> str | None:
+    """busybox's path when the crash demo can run here (root, unshare, busybox, the agent), else None."""
     busybox = shutil.which("busybox")
     if os.geteuid() != 0 or not shutil.which("unshare") or not busybox:
         click.echo("   (skipped: the crash demo needs root, unshare and busybox-static)")
-        return
+        return None
     try:
         from webhook.agent import crash  # noqa: F401  (the agent is part of this build)
     except ImportError:
         click.echo("   (skipped: the node agent is not part of this build)")
-        return
+        return None
+    return busybox
 
+
+def _make_rootfs(work: Path, busybox: str) -> tuple[Path, Path, Path]:
+    """(the agent's host dir, the pod's volume, the container's root with a busybox shell)."""
     host_dir = work / "agent"
     volume = work / "volumes" / "dump-a"      # the pod's volume as the node sees it
     rootfs = work / "rootfs"                  # the container's root filesystem
@@ -199,21 +226,26 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
     shutil.copy2(busybox, rootfs / "bin" / "busybox")
     for applet in ("sh", "sleep", "kill", "ls"):
         (rootfs / "bin" / applet).symlink_to("busybox")
+    return host_dir, volume, rootfs
 
-    container = mutated["spec"]["containers"][0]
+
+def _core_mount_path(container: dict) -> str | None:
+    """Where the container mounts the core volume the webhook injected (None: it has none)."""
     volume_mount = next((m for m in container.get("volumeMounts", [])
                          if m["name"].startswith(constants.CORE_VOLUME)), None)
-    if volume_mount is None:
-        click.echo("   (skipped: the first container has no injected core volume)")
-        return
-    mount_path = volume_mount["mountPath"]
-    (rootfs / mount_path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return None if volume_mount is None else volume_mount["mountPath"]
 
-    # The init container's job: install the wrapper into the shared emptyDir.
+
+def _install_wrapper(bin_dir: Path, rootfs: Path) -> None:
+    """The init container's job: install the wrapper into the shared emptyDir."""
     wrapper_dir = rootfs / constants.WRAPPER_DIR.lstrip("/")
     subprocess.run([str(bin_dir / "coredump-wrapper"), constants.WRAPPER_INSTALL_FLAG,
                     str(wrapper_dir / "coredump-wrapper")], check=True)
 
+
+def _start_agent(work: Path, host_dir: Path, bin_dir: Path, stack: ExitStack) -> Callable[[], None]:
+    """``coredump agent run``, once the kernel pipes cores to its helper; returns its stop (also
+    on the stack)."""
     agent_log = open(work / "agent.log", "wb")
     stack.callback(agent_log.close)
     env = dict(os.environ, COREDUMP_AGENT_METRICS_BIND="", COREDUMP_AGENT_EVENTS="false")
@@ -228,7 +260,12 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
             subprocess.run(_coredump_cmd() + ["agent", "uninstall", "--host-dir", str(host_dir)])
 
     stack.callback(stop_agent)
-    # Ready once the kernel pipes cores to our helper (the agent listens first, then sets it).
+    _wait_for_helper(agent, host_dir, work)
+    return stop_agent
+
+
+def _wait_for_helper(agent: subprocess.Popen, host_dir: Path, work: Path) -> None:
+    """Ready once the kernel pipes cores to our helper (the agent listens first, then sets it)."""
     core_pattern = Path("/proc/sys/kernel/core_pattern")
     ours = f"|{host_dir / 'coredump-helper'} "
     end = time.monotonic() + 20
@@ -238,6 +275,11 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
         time.sleep(0.1)
     click.echo(f"   agent running; kernel.core_pattern = {core_pattern.read_text().strip()}")
 
+
+def _crash_in_sandbox(mutated: dict, container: dict, namespace: str, volume: Path, rootfs: Path,
+                      mount_path: str, stack: ExitStack) -> None:
+    """A process of the pod's container, in its own mount and PID namespaces, a kubelet-shaped
+    cgroup and the registration env, started through the wrapper and killed by SIGSEGV."""
     pod_name = (mutated["metadata"].get("name")
                 or mutated["metadata"].get("generateName", "pod-") + uuid.uuid4().hex[:5])
     pod_uid = str(uuid.uuid4())
@@ -260,6 +302,10 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
 
     subprocess.run(["unshare", "-mpf", "--propagation", "private", "sh", "-c", inner],
                    env=cenv, preexec_fn=enter_cgroup, check=False, timeout=60)
+
+
+def _wait_for_cores(volume: Path, work: Path) -> list[Path]:
+    """The cores that landed in the pod's volume (waits up to 20 s for the first)."""
     deadline = time.monotonic() + 20
     cores: list[Path] = []
     while time.monotonic() < deadline:
@@ -271,21 +317,22 @@ def crash_demo(mutated: dict, namespace: str, bin_dir: Path, work: Path, stack: 
         time.sleep(0.1)
     if not cores:
         raise click.ClickException(f"no core arrived; see {work / 'agent.log'}")
-    for core in cores:
-        rel = core.relative_to(volume)
-        meta = json.loads(Path(str(core) + constants.METADATA_SUFFIX).read_text())
-        click.secho(f"   core landed at {mount_path}/{rel} inside the pod's volume", fg="green")
-        click.echo(f"   (on this node: {core}, {core.stat().st_size} bytes)")
-        if meta.get("identity") != "verified":
-            click.echo("     (no API server in this demo: the agent names no pod it has not verified through "
-                       "its pod watch, so the core is labelled by pod UID and container ID)")
-        for key in ("namespace", "pod", "pod_uid", "container", "container_id", "signal_name", "exe", "size",
-                    "sha256", "truncated"):
-            if key in meta:
-                click.echo(f"     {key}: {meta[key]}")
-    stop_agent()
-    click.echo(f"   agent stopped; kernel.core_pattern restored to "
-               f"{Path('/proc/sys/kernel/core_pattern').read_text().strip()!r}")
+    return cores
+
+
+def _show_core(core: Path, volume: Path, mount_path: str) -> None:
+    """Where the core landed, as the pod and as the node see it, and its metadata's main keys."""
+    rel = core.relative_to(volume)
+    meta = json.loads(Path(str(core) + constants.METADATA_SUFFIX).read_text())
+    click.secho(f"   core landed at {mount_path}/{rel} inside the pod's volume", fg="green")
+    click.echo(f"   (on this node: {core}, {core.stat().st_size} bytes)")
+    if meta.get("identity") != "verified":
+        click.echo("     (no API server in this demo: the agent names no pod it has not verified through "
+                   "its pod watch, so the core is labelled by pod UID and container ID)")
+    for key in ("namespace", "pod", "pod_uid", "container", "container_id", "signal_name", "exe", "size",
+                "sha256", "truncated"):
+        if key in meta:
+            click.echo(f"     {key}: {meta[key]}")
 
 
 @click.command()

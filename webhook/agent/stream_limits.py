@@ -1,0 +1,73 @@
+"""What a core's copy may do, why it stops early, and how it ended.
+
+:class:`StreamLimits` bound one copy (size cap, free-space floor, deadline, compression);
+:class:`Cut` stops it with one of the ``REASON_*`` values (the "reason" of a cut core);
+:class:`StreamResult` says how it ended. Shared by the pipe side (``pipe_source``), the file
+side (``core_sink``) and the copy itself (``stream``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+#: Read size of the buffered path (its one buffer).
+CHUNK = 1 << 20
+
+# Why a copy stopped early (the "reason" of a cut core).
+REASON_SIZE_LIMIT = "size_limit"
+REASON_RLIMIT = "rlimit_core"
+REASON_NO_SPACE = "no_space"
+REASON_KEEP_FREE = "keep_free"
+REASON_TIMEOUT = "timeout"
+REASON_READ_ERROR = "read_error"
+REASON_WRITE_ERROR = "write_error"
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How far a copy may go."""
+
+    #: Original (uncompressed) bytes kept at most; None = no cap.
+    max_bytes: int | None = None
+    #: The reason recorded when ``max_bytes`` cuts the core (size cap or %c).
+    max_reason: str = REASON_SIZE_LIMIT
+    #: Free bytes to leave on the target filesystem.
+    keep_free_bytes: int = 0
+    #: time.monotonic() value after which the copy stops; None = none.
+    deadline: float | None = None
+    #: "none" or "zstd".
+    compression: str = "none"
+    zstd_level: int = 3
+    zstd_threads: int = 0
+    #: Seek over zero blocks instead of writing them (uncompressed output only).
+    sparse: bool = True
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    size: int  # original bytes captured (what the sha256 covers)
+    written: int  # bytes in the file (apparent size; the compressed size with zstd)
+    sha256: str  # "" until finish_core computed it (never shown before)
+    complete: bool  # the whole core, to EOF
+    reason: str | None  # why not complete
+    detail: str = ""  # e.g. the errno text
+    #: Spliced bytes whose zero blocks are still data: finish_core punches them out.
+    holes_pending: bool = False
+
+
+class Cut(Exception):
+    """Stops a copy early: why (one of the ``REASON_*``) and the detail (e.g. the errno text)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def write_cut(exc: OSError) -> Cut:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Cut(REASON_NO_SPACE, os.strerror(exc.errno))
+    return Cut(REASON_WRITE_ERROR, f"{exc.strerror or exc}")
+
