@@ -4,13 +4,13 @@ the metadata reservation that keeps a cut core's reason on a full volume (§2)."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.crash_support import RecordedEvents
@@ -71,7 +71,7 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
     assert kept.read_bytes() == data
     meta = json.loads(Path(str(kept) + ".json").read_text())
     assert meta["truncated_reason"] == "agent_restarted" and meta["size"] == len(data)
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["node"] == "n1"
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and meta["node"] == "n1"
     assert sorted(os.listdir(cores / "host")) == ["core.sleep.42.1700000000.1.partial",
                                                   "core.sleep.42.1700000000.1.partial.json",
                                                   "core.sleep.42.1700000000.partial"]
@@ -111,7 +111,7 @@ def test_reserved_metadata_fits_on_a_full_volume(tmp_path):
                 with pytest.raises(OSError):
                     while True:
                         f.write(b"\1" * 4096)
-            doc = {"schema": 1, "size": 5, "sha256": "x", "truncated": True, "truncated_reason": "no_space"}
+            doc = {"schema": 2, "size": 5, "digest": "x", "truncated": True, "truncated_reason": "no_space"}
             assert small.commit("core.partial.json", doc, meta.dumps) == "core.partial.json"
             huge = dict(doc, binaries=["lib" * 10] * 5000)  # far beyond the reservation
             assert big.commit("core.1.partial.json", huge, meta.dumps) == "core.1.partial.json"

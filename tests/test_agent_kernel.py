@@ -7,7 +7,6 @@ crashes real processes with SIGSEGV.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import which_or_fail
@@ -288,7 +288,7 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
     data = core_path.read_bytes()
     check_elf_core(data)
     meta = json.loads(meta_path.read_text())
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert meta["size"] == len(data)
     assert (meta["namespace"], meta["pod"], meta["pod_uid"], meta["container"]) == ("shop", "web-0", pod_uid, "app")
     assert meta["container_id"] == cid
@@ -314,7 +314,7 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     real_finish = crash_mod.finish_core
 
     def held_finish(fd, result, limits):
-        seen["sha_before"] = result.sha256
+        seen["sha_before"] = result.digest
         seen["reaped_first"] = reaped.wait(30)  # never set if the process waited for the hash
         return real_finish(fd, result, limits)
 
@@ -344,6 +344,6 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     core = meta_path.with_suffix("")
     data = core.read_bytes()
     check_elf_core(data)
-    assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size"] == len(data)
+    assert doc["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and doc["size"] == len(data)
     assert not doc["truncated"] and doc["global_pid"] == proc.pid
     assert doc["disk_size"] == core.stat().st_blocks * 512 < len(data) - (16 << 20)

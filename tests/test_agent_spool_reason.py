@@ -6,13 +6,13 @@ goes through the kernel's own core pipe (``kernel`` marker)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.crash_support import check_elf_core, spooled_crash
@@ -58,7 +58,7 @@ def test_spool_reason_reaches_the_metadata(host):
     core_path, meta = only_core(Path(settings.node_cores_dir))
     assert core_path.read_bytes() == core
     assert meta["spool_reason"] == reason and meta["identification"] == "spooled"
-    assert meta["sha256"] == hashlib.sha256(core).hexdigest() and not meta["truncated"]
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(core).hexdigest() and not meta["truncated"]
     assert spool_entries(host) == []
 
 
@@ -85,5 +85,5 @@ def test_kernel_crash_while_the_agent_is_down_says_why_in_its_metadata(agent_env
     check_elf_core(data)
     assert meta["spool_reason"] == reason and "agent unreachable" in reason
     assert meta["global_pid"] == proc.pid and meta["signal"] == signal.SIGSEGV
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["size"] == len(data)
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and meta["size"] == len(data)
     wait_for(lambda: not list((host / "spool").iterdir()))

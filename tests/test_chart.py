@@ -428,6 +428,7 @@ def test_agent_env_and_flags_exist_in_coredump_agent(rendered: dict[str, list[di
     sample = {"integer": 16, "number": 1.5, "boolean": True, "string": "auto"}
     settings = {k: sample[v["type"]] for k, v in schema_props["settings"]["properties"].items()}
     settings["compression"], settings["notify_format"], settings["unregistered"] = "zstd", "json", "auto"
+    settings["digest"] = "sha256"
     path.write_text(yaml.safe_dump({"agent": {"settings": settings}}))
     container = agent_daemonset(render(helm, helm_env, "-f", str(path)))["spec"]["template"]["spec"]["containers"][0]
     unknown = set(env_of(container)) - _click_envvars(run)

@@ -14,7 +14,6 @@ inside the container, seen on the host through the volume's source directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
 from tests.conftest import KERNEL_SETTINGS, which_or_fail
 from tests.crash_support import check_elf_core, core_files
@@ -286,7 +286,7 @@ def check_core(run: Run, agent: Agent, host_file: Path, container_path: str) -> 
     meta = json.loads(meta_path.read_text())
     data = host_file.read_bytes()
     check_elf_core(data)
-    assert meta["size"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["size"] == len(data) and meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert meta["truncated"] is False and meta["compression"] == "none"
     assert meta["path"] == container_path and meta["destination"] == "pod" and meta["registered"] is True
     pod_meta = run.pod["metadata"]

@@ -121,7 +121,7 @@ class CrashOutcome:
     destination: str | None = None  # "pod", "node", "chain"
     #: Where the agent wrote it, as the agent sees it (for the node location, = path).
     host_path: str | None = None
-    sha256: str | None = None
+    digest: str | None = None  # "xxh128:<hex>" (webhook/digest.py)
     compression: str = "none"
     truncated: bool = False
     namespace: str | None = None
@@ -544,7 +544,7 @@ class CrashProcessor:
             destination=target.destination, pid=request.pid, global_pid=request.global_pid, tid=request.tid,
             global_tid=request.global_tid, uid=request.uid, gid=request.gid, signal=request.signal, exe=exe,
             comm=request.comm, hostname=request.hostname, time=request.time, path=path or "", file=final or "",
-            size=result.size, stored_size=result.written, disk_size=0, sha256=None,
+            size=result.size, stored_size=result.written, disk_size=0, digest=None,
             compression=target.compression, truncated=not result.complete, reason=result.reason,
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
@@ -564,7 +564,7 @@ class CrashProcessor:
         # --- the process is let go here (webhook/agent/release.py): the rest can wait ---------
         release_now()
         if final:
-            result = finish_core(out.fd, result, limits)  # sha256 from the page cache; holes
+            result = finish_core(out.fd, result, limits, s.digest)  # digest from the page cache; holes
             try:
                 out.sync()
             except OSError as exc:
@@ -588,7 +588,7 @@ class CrashProcessor:
         if result.detail and outcome != "written":
             reason = f"{reason} ({result.detail})"
         # Only now, with the hash computed (or known to be missing: null), is the metadata written.
-        doc.update(size=result.size, disk_size=disk_size, sha256=result.sha256 or None,
+        doc.update(size=result.size, disk_size=disk_size, digest=result.digest or None,
                    truncated=not result.complete, truncated_reason=result.reason)
         metadata_path = None
         json_name = None
@@ -607,7 +607,7 @@ class CrashProcessor:
                 job = None
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
-            destination=target.destination, host_path=host_path, sha256=result.sha256 or None,
+            destination=target.destination, host_path=host_path, digest=result.digest or None,
             compression=target.compression, truncated=not result.complete, file_id=file_id,
             **self._who_fields(who))
         return outcome_obj, doc, job

@@ -47,6 +47,11 @@ class AgentSettings:
     compression: str = "none"
     #: zstd level when compressing (3: libzstd's default, the level systemd-coredump uses).
     zstd_level: int = 3
+    #: Digest of each core's original bytes, computed after the process is released and recorded
+    #: as "digest": "<algorithm>:<hex>" in its metadata (`coredump get` checks downloads with it):
+    #: "xxh128" (fast; guards against a damaged or incomplete copy, check with xxh128sum) or
+    #: "sha256" (sha256sum; about three times the CPU).
+    digest: str = "xxh128"
     #: Node fallback location retention: delete cores older than this many seconds (0 = keep).
     retention_max_age_seconds: float = 7 * 24 * 3600.0
     #: Node fallback location retention: keep the total under this many bytes (0 = no cap).
