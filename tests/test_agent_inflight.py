@@ -4,6 +4,7 @@ the metadata reservation that keeps a cut core's reason on a full volume (§2)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -77,6 +78,19 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
                                                   "core.sleep.42.1700000000.partial"]
     assert not list((tmp_path / "inflight").iterdir())
     assert registry.get_sample_value("coredump_agent_inflight_recovered_total", {"result": "partial"}) == 1
+
+
+def test_a_recovered_leftover_is_hashed_with_the_agents_digest_setting(tmp_path):
+    cores = tmp_path / "cores"
+    (cores / "host").mkdir(parents=True)
+    entry = _entry()
+    data = b"\x7fELF" + os.urandom(3000)
+    (cores / "host" / entry["tmp_name"]).write_bytes(data)
+    inflight.Journal(str(tmp_path), instance="dead-agent").begin(entry)
+    (rec,) = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(cores), digest="sha256")
+    assert rec.result == "partial"
+    meta = json.loads((cores / "host" / "core.sleep.42.1700000000.partial.json").read_text())
+    assert meta["digest"] == "sha256:" + hashlib.sha256(data).hexdigest() and "sha256" not in meta
 
 
 def test_unreachable_pod_leftover_is_reported_with_its_path(tmp_path):
