@@ -181,6 +181,16 @@ def reset_peak(pid: int) -> None:
         f.write("5")
 
 
+def xxh128_file(path: Path) -> str:
+    import xxhash
+
+    d = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            d.update(chunk)
+    return d.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     d = hashlib.sha256()
     with open(path, "rb") as f:
@@ -419,7 +429,7 @@ def run(opts: argparse.Namespace, work: Path, table: Table) -> None:
             if i == 0:  # the file is the core its metadata describes
                 wait_for(lambda g=g: Path(str(g) + ".json").exists())
                 meta = json.loads(Path(str(g) + ".json").read_text())
-                assert meta["sha256"] == sha256_file(g) and meta["size"] == size and not meta["truncated"], meta
+                assert meta["digest"] == "xxh128:" + xxh128_file(g) and meta["size"] == size and not meta["truncated"], meta
                 data["agent_disk_bytes"] = g.stat().st_blocks * 512
             clear(agent_cores)
         rss_big = vm(agent.pid)["VmHWM"]

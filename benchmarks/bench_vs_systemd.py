@@ -212,8 +212,13 @@ class FakeKube:
             def do_DELETE(self) -> None:
                 self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a watch whose agent stopped: its connection is gone, nothing to say
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
