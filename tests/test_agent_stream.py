@@ -372,7 +372,7 @@ from webhook.agent.stream import stream_core  # noqa: E402
 
 
 def test_a_pipe_is_spliced_and_hash_and_holes_wait_for_finish(tmp_path):
-    """Onto a disk filesystem stream_core splices: it leaves the sha256 empty and the zero
+    """Onto a disk filesystem stream_core splices: it leaves the digest empty and the zero
     blocks as data; finish_core, after the release, computes the hash of exactly those bytes
     and punches the zero blocks out."""
     import shutil
@@ -454,6 +454,24 @@ def test_a_file_source_is_not_spliced_and_holes_are_made_inline(tmp_path):
         os.close(fd)
     assert done.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert (tmp_path / "core").read_bytes() == data
+
+
+def test_finish_hashes_with_the_chosen_algorithm_and_never_invents_one(tmp_path):
+    """sha256 when the agent's setting says so (plain and zstd: the original bytes); an algorithm
+    it does not know leaves the digest empty (the metadata's null), never a guess."""
+    import hashlib
+    import io
+
+    data = synthetic_core(2)
+    for compression in ("none", "zstd"):
+        limits = StreamLimits(compression=compression)
+        fd = os.open(tmp_path / f"core.{compression}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            streamed = stream_core(io.BytesIO(data), fd, limits)
+            assert finish_core(fd, streamed, limits, "sha256").digest == "sha256:" + hashlib.sha256(data).hexdigest()
+            assert finish_core(fd, streamed, limits, "md5").digest == ""
+        finally:
+            os.close(fd)
 
 
 def test_a_pipe_cut_mid_splice_ends_as_read_error_with_a_true_hash(tmp_path):
