@@ -1,4 +1,4 @@
-"""Streaming a core: sparse output, zstd, sha256, the size cap, the free-space floor, the
+"""Streaming a core: sparse output, zstd, the digest, the size cap, the free-space floor, the
 deadline, ENOSPC on a real small tmpfs, and bounded memory whatever the size."""
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def test_sparse_output_at_chunk_boundaries_and_odd_tails(tmp_path, layout, tail)
 
 
 def test_a_cut_inside_a_chunk_hashes_exactly_the_kept_bytes(tmp_path):
-    """The size cap inside the second chunk of a ring of buffers: file, size and sha256 agree."""
+    """The size cap inside the second chunk of a ring of buffers: file, size and digest agree."""
     data = synthetic_core(6)
     for cap in (CHUNK + 4096 + 7, 5 * CHUNK - 1, 1):
         result = copy_via_pipe(data, str(tmp_path / "cut"), StreamLimits(max_bytes=cap))
