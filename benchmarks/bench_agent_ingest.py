@@ -21,7 +21,7 @@ alike) and prints best and median of each side, the ratio, the target and OK/MIS
 Throughput is core bytes / (SIGSEGV sent -> the parent's waitpid returns): with core_pipe_limit > 0
 the kernel reaps the process only once the helper side has consumed and closed the pipe.
 
-Needs root; takes the test suite's kernel lock (tests/conftest.py ``kernel_settings_guard``) and
+Needs root; takes the test suite's kernel lock (tests/suite_support.py ``kernel_settings_guard``) and
 restores every kernel setting it touches, also on Ctrl-C or SIGTERM.
 """
 
@@ -179,6 +179,16 @@ def reset_peak(pid: int) -> None:
     """Reset VmHWM to the current RSS (clear_refs "5", Linux >= 4.0)."""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
+
+
+def xxh128_file(path: Path) -> str:
+    import xxhash
+
+    d = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            d.update(chunk)
+    return d.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -419,7 +429,7 @@ def run(opts: argparse.Namespace, work: Path, table: Table) -> None:
             if i == 0:  # the file is the core its metadata describes
                 wait_for(lambda g=g: Path(str(g) + ".json").exists())
                 meta = json.loads(Path(str(g) + ".json").read_text())
-                assert meta["sha256"] == sha256_file(g) and meta["size"] == size and not meta["truncated"], meta
+                assert meta["digest"] == "xxh128:" + xxh128_file(g) and meta["size"] == size and not meta["truncated"], meta
                 data["agent_disk_bytes"] = g.stat().st_blocks * 512
             clear(agent_cores)
         rss_big = vm(agent.pid)["VmHWM"]

@@ -220,7 +220,8 @@ SIG_A, SIG_B = "a" * 64, "b" * 64
 def retained_core(d: Path, name: str, t: int, signature: str, **extra) -> None:
     (d / name).write_bytes(b"\x7fELF core " + name.encode())
     doc = {"file": name, "time": t, "signature": signature, "path": f"/cores/{name}", "namespace": "shop",
-           "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified", "sha256": hashlib.sha256(name.encode()).hexdigest(), **extra}
+           "pod": "web-0", "pod_uid": "u-1", "registered": True, "identity": "verified",
+           "digest": "xxh128:" + hashlib.md5(name.encode()).hexdigest(), **extra}
     (d / (name + ".json")).write_text(json.dumps(doc))
     sysroot = d / (name + ".sysroot") / "usr" / "lib"
     sysroot.mkdir(parents=True)

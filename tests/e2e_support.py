@@ -4,7 +4,6 @@ real ``coredump agent run`` subprocess, and the checks of what a crash left behi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from tests.crash_support import check_elf_core, core_files
 from tests.pod_api import PodApi
@@ -240,7 +241,7 @@ def check_core(run: Run, agent: Agent, host_file: Path, container_path: str) -> 
     meta = json.loads(meta_path.read_text())
     data = host_file.read_bytes()
     check_elf_core(data)
-    assert meta["size"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["size"] == len(data) and meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert meta["truncated"] is False and meta["compression"] == "none"
     assert meta["path"] == container_path and meta["destination"] == "pod" and meta["registered"] is True
     pod_meta = run.pod["metadata"]

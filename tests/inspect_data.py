@@ -6,13 +6,17 @@ import hashlib
 import os
 from pathlib import Path
 
+import xxhash
+
 from webhook.agent import metadata
 
 
 def write_core(root: Path, rel: str, *, namespace: str, pod: str, container: str, t: int,
                signal: int = 11, signature: str | None = None, frames: list[str] | None = None,
-               payload: bytes | None = None, node: str = "node-3", identity: str = "verified") -> Path:
-    """A core file and its ``.json`` as the agent writes them; returns the core's path."""
+               payload: bytes | None = None, node: str = "node-3", identity: str = "verified",
+               legacy_sha256: bool = False) -> Path:
+    """A core file and its ``.json`` as the agent writes them; returns the core's path.
+    ``legacy_sha256``: as agents before the ``digest`` key wrote it (``sha256``: bare hex)."""
     core = root / rel.lstrip("/")
     core.parent.mkdir(parents=True, exist_ok=True)
     data = payload if payload is not None else os.urandom(2048) + bytes(4096) + pod.encode()
@@ -24,9 +28,12 @@ def write_core(root: Path, rel: str, *, namespace: str, pod: str, container: str
         pid=7, global_pid=40000 + t % 1000, tid=7, global_tid=40000 + t % 1000, uid=1000, gid=1000,
         signal=signal, exe="/usr/local/bin/web", comm="web", hostname=pod, time=t, path="/" + rel.lstrip("/"),
         file=core.name, size=len(data), stored_size=len(data), disk_size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), compression="none", truncated=False, reason=None,
+        digest="xxh128:" + xxhash.xxh3_128(data).hexdigest(), compression="none", truncated=False, reason=None,
         pattern="/data/dump-a/core-%E-%p-%t", rlimit_core=-1, dump_mode=1,
     )
+    if legacy_sha256:
+        del doc["digest"]
+        doc.update(schema=1, sha256=hashlib.sha256(data).hexdigest())
     doc["identity"] = identity  # names from the agent's pod watch (or "unverified": pod UID only)
     if signature:
         doc.update({"signature": signature, "signature_frames": frames or [],

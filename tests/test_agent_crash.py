@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import xxhash
 import zstandard
 
 from tests.agent_support import (
@@ -54,7 +55,7 @@ def test_unregistered_host_process_goes_to_the_node_location(tmp_path, sleeper):
     assert core.name == f"core.sleep.{sleeper.pid}.1700000000"
     assert core.read_bytes() == data
     meta = read_meta(core)
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() == out.sha256
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() == out.digest
     assert meta["size"] == len(data) and meta["registered"] is False and meta["destination"] == "node"
     assert meta["signal_name"] == "SIGSEGV" and meta["exe"] == shutil.which("sleep") or meta["exe"].endswith("sleep")
 
@@ -146,7 +147,7 @@ def test_registered_namespace_process_eci_naming_enospc_and_cap(tmp_path, k8s_cg
         on_host = vol / f"core-eci.{nspid}"  # seen on the host through the bind mount's source
         assert on_host.read_bytes() == small
         meta = read_meta(on_host)
-        assert meta["size"] == len(small) and meta["sha256"] == hashlib.sha256(small).hexdigest()
+        assert meta["size"] == len(small) and meta["digest"] == "xxh128:" + xxhash.xxh3_128(small).hexdigest()
         assert meta["pid"] == nspid and meta["global_pid"] == pid and meta["pattern"] == "/pod/data/dump/core-eci"
         assert meta["namespace"] == "shop" and meta["container_id"] == cid and meta["truncated"] is False
         assert meta["disk_size"] < meta["size"]  # sparse
@@ -320,7 +321,7 @@ def test_runc_container_core_lands_in_its_volume(tmp_path, runc_container, flavo
     st = os.stat(on_host)
     assert (st.st_uid, st.st_gid) == (1000, 1000) and st.st_mode & 0o777 == 0o600
     meta = read_meta(on_host)
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["size"] == len(data)
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and meta["size"] == len(data)
     assert meta["runtime"] == ("containerd" if flavour == "systemd" else None)
     assert meta["exe"] == "/bin/busybox"  # the container's view, not the host's
     assert meta["compression"] == ("zstd" if flavour == "systemd" else "none")

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.agent_support import kill_cgroup, webhook_env
@@ -267,7 +268,7 @@ def test_agent_killed_mid_dump_leaves_a_partial_with_metadata(agent_env, tmp_pat
     assert names == [f"core.{nspid}.partial", f"core.{nspid}.partial.json"], names  # no temporary file left
     assert data[:4] == b"\x7fELF" and 0 < len(data) < 256 << 20
     assert meta["truncated"] is True and meta["truncated_reason"] == "agent_restarted"
-    assert meta["size"] == len(data) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["size"] == len(data) and meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert (meta["pod_uid"], meta["container_id"], meta["pid"], meta["path"]) == (
         box.pod_uid, box.cid, nspid, f"/pod/data/dump/core.{nspid}.partial")
     assert meta["identity"] == "verified"

@@ -35,7 +35,8 @@ def summary(tmp_path: Path, **over) -> dict:
 
 
 def test_coredump_from_a_crash_validates_and_is_small(tmp_path, validate, crd):
-    body = idx.build_coredump(summary(tmp_path), 1700000100)
+    s = summary(tmp_path)
+    body = idx.build_coredump(s, 1700000100)
     validate(body)
     spec, labels = body["spec"], body["metadata"]["labels"]
     assert body["metadata"]["namespace"] == "shop" and spec["pod"] == "web-7d9c-x2kqp"
@@ -52,6 +53,18 @@ def test_coredump_from_a_crash_validates_and_is_small(tmp_path, validate, crd):
         node = body
         for part in col["jsonPath"].strip(".").split("."):
             node = node[part]
+    assert spec["digest"] == s["digest"] and s["digest"].startswith("xxh128:") and "sha256" not in spec
+    assert body["metadata"]["name"] == "web-7d9c-x2kqp-" + s["digest"][len("xxh128:"):][:12]
+    # an older agent's summary (sha256 only) is indexed with a sha256 digest, named as before
+    old = summary(tmp_path, sha256="c" * 64)
+    del old["digest"]
+    legacy = idx.build_coredump(old, 1700000100)
+    validate(legacy)
+    assert legacy["spec"]["digest"] == "sha256:" + "c" * 64 and legacy["metadata"]["name"].endswith("-" + "c" * 12)
+    # a digest that was not computed (null) is no field at all, never a made-up one
+    none = idx.build_coredump(summary(tmp_path, digest=None), 1700000100)
+    validate(none)
+    assert "digest" not in none["spec"] and "sha256" not in none["spec"]
     # a snapshot is its own kind; a hostile pod name still makes a valid object name
     snap = idx.build_coredump(summary(tmp_path, gcore=True, pod="Web_POD.." + "x" * 300, signature=None,
                                       signature_frames=None), 1700000100)
@@ -108,10 +121,10 @@ def test_writer_keeps_the_first_and_the_latest_and_counts_the_rest(tmp_path, ser
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
     w = _writer(server, keep_first=1, keep_latest=2)
-    loop = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(12)]
+    loop = [summary(tmp_path, digest=f"xxh128:{i + 1:032x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(12)]
     for doc in loop:
         assert w.submit(doc)
-    other = summary(tmp_path, sha256="f" * 64, signature="cd" * 32, signature_frames=["other_bug", "main"])
+    other = summary(tmp_path, digest="xxh128:" + "f" * 32, signature="cd" * 32, signature_frames=["other_bug", "main"])
     assert w.submit(other)
     assert w.flush(20)
     created, updated = _bodies(server, "POST"), _bodies(server, "PUT")
@@ -131,7 +144,7 @@ def test_writer_keeps_the_first_and_the_latest_and_counts_the_rest(tmp_path, ser
     assert (w.created, w.updated, w.failed, w.dropped) == (4, len(updated), 0, 0)
     # crash by crash (each written before the next): the oldest latest record rolls forward
     for i in range(12, 16):
-        assert w.submit(summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i))
+        assert w.submit(summary(tmp_path, digest=f"xxh128:{i + 1:032x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i))
         assert w.flush(20)
         put = _bodies(server, "PUT")[-1]
         assert put["spec"]["pod"] == f"web-7d9c-{i:05d}" and put["metadata"]["name"] != first
@@ -155,8 +168,8 @@ def test_writer_retries_transient_failures_and_takes_its_own_earlier_create(tmp_
     assert (w.created, w.failed) == (1, 0)
     # a namespace where the CRD is missing or the agent is refused: given up, the queue goes on
     server.route("POST", f"{BASE}/payments/coredumps", Recorded(404, {**status, "code": 404, "reason": "NotFound"}))
-    assert w.submit(summary(tmp_path, namespace="payments", sha256="1" * 64))
-    assert w.submit(summary(tmp_path, sha256="2" * 64))
+    assert w.submit(summary(tmp_path, namespace="payments", digest="xxh128:" + "1" * 32))
+    assert w.submit(summary(tmp_path, digest="xxh128:" + "2" * 32))
     assert w.flush(20)
     assert (w.created, w.failed) == (2, 1)
     w.close()
@@ -167,12 +180,12 @@ def test_a_record_deleted_by_a_user_gets_a_successor_with_the_count(tmp_path, se
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Recorded(404, status), Echo())
     w = _writer(server, keep_first=0, keep_latest=1)
-    w.submit(summary(tmp_path, sha256="1" * 64))
+    w.submit(summary(tmp_path, digest="xxh128:" + "1" * 32))
     assert w.flush(20)
-    second = summary(tmp_path, sha256="2" * 64)
+    second = summary(tmp_path, digest="xxh128:" + "2" * 32)
     w.submit(second)
     assert w.flush(20)
-    w.submit(summary(tmp_path, sha256="3" * 64))
+    w.submit(summary(tmp_path, digest="xxh128:" + "3" * 32))
     assert w.flush(20)
     posts, puts = _bodies(server, "POST"), _bodies(server, "PUT")
     assert len(posts) == 2 and "resourceVersion" not in posts[1]["metadata"]  # the successor
@@ -186,7 +199,7 @@ def test_a_record_deleted_by_a_user_gets_a_successor_with_the_count(tmp_path, se
 def test_submit_never_blocks_and_the_overflow_is_counted(tmp_path, server):
     server.route("POST", f"{BASE}/shop/coredumps", Echo())
     w = _writer(server, writes_per_second=0.01, maxsize=3)  # one write, then a 100 s wait per write
-    results = [w.submit(summary(tmp_path, sha256=f"{i:064x}", pod=f"p-{i}")) for i in range(40)]
+    results = [w.submit(summary(tmp_path, digest=f"xxh128:{i:032x}", pod=f"p-{i}")) for i in range(40)]
     assert results.count(False) == w.dropped and w.dropped >= 30
     w._stop = True
 
@@ -211,8 +224,8 @@ def test_a_crash_during_a_retried_create_takes_its_place(tmp_path, server):
     server.route("POST", f"{BASE}/shop/coredumps", Recorded(503, status), Echo())
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo())
     w = _writer(server, keep_first=0, keep_latest=1)
-    w.submit(summary(tmp_path, sha256="1" * 64))
-    second = summary(tmp_path, sha256="2" * 64)
+    w.submit(summary(tmp_path, digest="xxh128:" + "1" * 32))
+    second = summary(tmp_path, digest="xxh128:" + "2" * 32)
     w.submit(second)
     assert w.flush(20)
     methods = [r["method"] for r in server.requests]
@@ -342,7 +355,7 @@ def test_quota_survives_a_restart_and_a_damaged_state_file_is_not_fatal(tmp_path
                  Recorded(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
     state = tmp_path / "host" / STATE_FILE
     state.parent.mkdir()
-    crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(6)]
+    crashes = [summary(tmp_path, digest=f"xxh128:{i + 1:032x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + i) for i in range(6)]
     w = _writer(server, keep_first=1, keep_latest=1, state_path=str(state))
     for doc in crashes[:3]:
         w.submit(doc)
@@ -431,7 +444,7 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
     server.route("PUT", f"{BASE}/shop/coredumps/*", Echo(), Recorded(404, {**status, "code": 404, "reason": "NotFound"}), Echo())
     server.route("DELETE", f"{BASE}/shop/coredumps/*", Recorded(403, {**status, "code": 403, "reason": "Forbidden"}))
     w = _writer(server, keep_first=1, keep_latest=1, state_path=str(tmp_path / STATE_FILE))
-    crashes = [summary(tmp_path, sha256=f"{i + 1:064x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + 60 * i,
+    crashes = [summary(tmp_path, digest=f"xxh128:{i + 1:032x}", pod=f"web-7d9c-{i:05d}", time=1700000000 + 60 * i,
                        signal=6, signal_name="SIGABRT") for i in range(5)]
     for doc in crashes:
         w.submit(doc)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.crash_support import RecordedEvents
@@ -72,12 +73,25 @@ def test_node_leftover_becomes_partial_and_empty_one_is_removed(tmp_path):
     assert kept.read_bytes() == data
     meta = json.loads(Path(str(kept) + ".json").read_text())
     assert meta["truncated_reason"] == "agent_restarted" and meta["size"] == len(data)
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["node"] == "n1"
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and meta["node"] == "n1"
     assert sorted(os.listdir(cores / "host")) == ["core.sleep.42.1700000000.1.partial",
                                                   "core.sleep.42.1700000000.1.partial.json",
                                                   "core.sleep.42.1700000000.partial"]
     assert not list((tmp_path / "inflight").iterdir())
     assert registry.get_sample_value("coredump_agent_inflight_recovered_total", {"result": "partial"}) == 1
+
+
+def test_a_recovered_leftover_is_hashed_with_the_agents_digest_setting(tmp_path):
+    cores = tmp_path / "cores"
+    (cores / "host").mkdir(parents=True)
+    entry = _entry()
+    data = b"\x7fELF" + os.urandom(3000)
+    (cores / "host" / entry["tmp_name"]).write_bytes(data)
+    inflight.Journal(str(tmp_path), instance="dead-agent").begin(entry)
+    (rec,) = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(cores), digest="sha256")
+    assert rec.result == "partial"
+    meta = json.loads((cores / "host" / "core.sleep.42.1700000000.partial.json").read_text())
+    assert meta["digest"] == "sha256:" + hashlib.sha256(data).hexdigest() and "sha256" not in meta
 
 
 def test_unreachable_pod_leftover_is_reported_with_its_path(tmp_path):
@@ -112,7 +126,7 @@ def test_reserved_metadata_fits_on_a_full_volume(tmp_path):
                 with pytest.raises(OSError):
                     while True:
                         f.write(b"\1" * 4096)
-            doc = {"schema": 1, "size": 5, "sha256": "x", "truncated": True, "truncated_reason": "no_space"}
+            doc = {"schema": 2, "size": 5, "digest": "x", "truncated": True, "truncated_reason": "no_space"}
             assert small.commit("core.partial.json", doc, meta.dumps) == "core.partial.json"
             huge = dict(doc, binaries=["lib" * 10] * 5000)  # far beyond the reservation
             assert big.commit("core.1.partial.json", huge, meta.dumps) == "core.1.partial.json"

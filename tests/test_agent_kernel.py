@@ -7,7 +7,6 @@ crashes real processes with SIGSEGV.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from tests.crash_support import check_elf_core, reap, segv, spooled_crash, start_sleepers
 from tests.process_support import wait_for
@@ -255,7 +255,7 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
     data = core_path.read_bytes()
     check_elf_core(data)
     meta = json.loads(meta_path.read_text())
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert meta["size"] == len(data)
     assert (meta["namespace"], meta["pod"], meta["pod_uid"], meta["container"]) == ("shop", "web-0", pod_uid, "app")
     assert meta["container_id"] == cid
@@ -268,7 +268,7 @@ def test_end_to_end_registered_process_in_namespaces(agent_env, tmp_path):
 
 def test_the_process_is_released_before_the_hash_which_metadata_never_shows_early(agent_env, monkeypatch):
     """The agent lets the kernel reap the crashing process as soon as the core is in the file:
-    the parent's waitpid returns while the sha256 pass is still held back, and at that moment
+    the parent's waitpid returns while the digest pass is still held back, and at that moment
     no metadata exists (it is written once, with the computed hash). Then the metadata's hash
     is the file's, and the zero pages the splice copied as data are holes."""
     from webhook.agent import capture
@@ -280,10 +280,10 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     seen: dict = {}
     real_finish = capture.finish_core
 
-    def held_finish(fd, result, limits):
-        seen["sha_before"] = result.sha256
+    def held_finish(fd, result, limits, algorithm):
+        seen["digest_before"] = result.digest
         seen["reaped_first"] = reaped.wait(30)  # never set if the process waited for the hash
-        return real_finish(fd, result, limits)
+        return real_finish(fd, result, limits, algorithm)
 
     monkeypatch.setattr(capture, "finish_core", held_finish)
     processor = CrashProcessor(s, None, events=False, notifier=False, signatures=False)
@@ -304,13 +304,44 @@ def test_the_process_is_released_before_the_hash_which_metadata_never_shows_earl
     reaped.set()
     proc.stdout.close()
     wait_for(lambda: _metadata_of(host / "cores", proc.pid), 30)
-    assert seen == {"sha_before": "", "reaped_first": True}
+    assert seen == {"digest_before": "", "reaped_first": True}
     assert metas_at_release == []
     (meta_path,) = _metadata_of(host / "cores", proc.pid)
     doc = json.loads(meta_path.read_text())
     core = meta_path.with_suffix("")
     data = core.read_bytes()
     check_elf_core(data)
-    assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size"] == len(data)
+    assert doc["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and doc["size"] == len(data)
     assert not doc["truncated"] and doc["global_pid"] == proc.pid
     assert doc["disk_size"] == core.stat().st_blocks * 512 < len(data) - (16 << 20)
+
+
+@pytest.mark.parametrize(("algorithm", "tool"), [("xxh128", "xxh128sum"), ("sha256", "sha256sum")])
+def test_the_recorded_digest_is_what_the_standard_tool_prints(agent_env, algorithm, tool):
+    """A user checks a core with the standard tool its metadata names: a real crash through the
+    kernel and a real agent (the ``digest`` setting, xxh128 by default), then the real
+    ``xxh128sum`` (Debian's xxhash) or ``sha256sum`` over the core file gives the recorded hex."""
+    from webhook.agent.crash import CrashProcessor
+
+    binary = which_or_fail(tool)
+    host, settings, serve = agent_env
+    s = settings(unregistered="node", rate_limit_count=100, **({} if algorithm == "xxh128" else {"digest": algorithm}))
+    assert s.digest == algorithm
+    processor = CrashProcessor(s, None, events=False, notifier=False, signatures=False)
+    serve(s, processor.handle)
+    install.install(s)
+    import resource
+
+    procs = [subprocess.Popen(["sleep", "60"], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (-1, -1)))]
+    segv(procs)  # unregistered: its soft RLIMIT_CORE must allow a core (the node location's rule)
+    reap(procs)
+    pid = procs[0].pid
+    wait_for(lambda: _metadata_of(host / "cores", pid), 30)
+    (meta_path,) = _metadata_of(host / "cores", pid)
+    doc = json.loads(meta_path.read_text())
+    core = meta_path.with_suffix("")
+    check_elf_core(core.read_bytes())
+    out = subprocess.run([binary, str(core)], capture_output=True, text=True, check=True, timeout=30).stdout
+    printed, _, name = out.strip().partition("  ")
+    assert name == str(core) and len(printed) == {"xxh128": 32, "sha256": 64}[algorithm]
+    assert doc["digest"] == f"{algorithm}:{printed}" and "sha256" not in doc

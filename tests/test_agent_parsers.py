@@ -195,7 +195,7 @@ def test_metadata_and_notification_shapes():
         runtime="containerd", registered=True, identification="registered", destination="pod", pid=12,
         global_pid=4321, tid=12, global_tid=4321, uid=0, gid=0, signal=6, exe="/app", comm="app", hostname="web",
         time=1700000000, path="/data/core.12", file="core.12", size=10, stored_size=10, disk_size=4096,
-        sha256="ab", compression="none", truncated=False, reason=None, pattern="/data/core", rlimit_core=0,
+        digest="xxh128:ab", compression="none", truncated=False, reason=None, pattern="/data/core", rlimit_core=0,
         dump_mode=1)
     assert doc["signal_name"] == "SIGABRT" and doc["time_iso"] == "2023-11-14T22:13:20Z"
     assert metadata.loads(metadata.dumps(doc)) == doc
@@ -208,6 +208,6 @@ def test_metadata_and_notification_shapes():
     assert notify.message("feishu", info) == {"msg_type": "text", "content": {"text": text}}
     assert notify.message("dingtalk", info) == {"msgtype": "text", "text": {"content": text}}
     generic = notify.message("json", info)
-    assert generic["event"] == "CoreDumped" and generic["sha256"] == "ab"
+    assert generic["event"] == "CoreDumped" and generic["digest"] == "xxh128:ab"
     with pytest.raises(ValueError, match="unknown notification format"):
         notify.message("teams", info)

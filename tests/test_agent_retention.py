@@ -19,6 +19,21 @@ from webhook.agent.index_writer import IndexWriter
 from webhook.agent.limits import apply_retention
 
 
+def test_cores_in_takes_current_and_older_metadata_only(tmp_path):
+    """A core's metadata has ``digest`` (``sha256`` when an older agent wrote it); other JSON is not a core's."""
+    retained_core(tmp_path, "core.new", 1700000001, SIG_A)
+    retained_core(tmp_path, "core.old", 1700000000, SIG_A, sha256="5" * 64)
+    doc = json.loads((tmp_path / "core.old.json").read_text())
+    del doc["digest"]
+    (tmp_path / "core.old.json").write_text(json.dumps(doc))
+    (tmp_path / "config.json").write_text(json.dumps({"file": "config", "time": 1}))
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert sorted(k.name for k in retention.cores_in(fd)) == ["core.new", "core.old"]
+    finally:
+        os.close(fd)
+
+
 def test_plan_keeps_the_first_and_the_latest():
     cores = [retention.Kept(f"c{i}", float(i), {}) for i in range(10)]
     assert [c.name for c in retention.plan(cores, 2, 3)] == ["c2", "c3", "c4", "c5", "c6"]
@@ -90,7 +105,7 @@ def test_retention_deletes_the_core_file_and_its_coredump_together(tmp_path):
         assert (writer.deleted, writer.failed) == (1, 0)
         # a core this agent never indexed (another agent's, or from before it ran): no call at all
         writer.mark_pruned({"namespace": "shop", "pod": "web-0", "pod_uid": "u-1", "registered": True,
-                            "identity": "verified", "sha256": "9" * 64})
+                            "identity": "verified", "digest": "xxh128:" + "9" * 32})
         assert writer.flush(20)
         assert len([r for r in server.requests if r["method"] == "DELETE"]) == 1
         writer.close()
@@ -174,13 +189,13 @@ def test_a_forged_metadata_file_cannot_get_another_namespace_s_record_deleted(tm
         server.route("POST", "/apis/coredump-webhook.io/v1alpha1/namespaces/payments/coredumps", Echo())
         writer = IndexWriter(CustomObjectsEdge(server.api()), writes_per_second=1000, backoff=0.05)
         victim = {"namespace": "payments", "pod": "pay-0", "pod_uid": "u-9", "registered": True, "identity": "verified",
-                  "sha256": "7" * 64, "outcome": "written", "path": "/cores/core.pay", "time": 1700000000}
+                  "digest": "xxh128:" + "7" * 32, "outcome": "written", "path": "/cores/core.pay", "time": 1700000000}
         assert writer.submit(victim)
         assert writer.flush(20)
         for i in range(4):
             retained_core(d, f"core.{i}", 1700000000 + i, SIG_A)
         forged = {**json.loads((d / "core.1.json").read_text()), "namespace": "payments", "pod": "pay-0",
-                  "pod_uid": "u-9", "sha256": "7" * 64}
+                  "pod_uid": "u-9", "digest": "xxh128:" + "7" * 32}
         (d / "core.1.json").write_text(json.dumps(forged))
         from webhook.agent.analysis import SignatureJob
 

@@ -20,7 +20,7 @@ EVENTS_PATH = "/api/v1/namespaces/shop/events"
 INFO = {
     "outcome": "written", "namespace": "shop", "pod": "web-7d9c-abcde", "pod_uid": "0c3a7f5e-9b1d-4e2a-8f6c-1234567890ab",
     "container": "app", "pid": 12, "comm": "app", "signal": 11, "signal_name": "SIGSEGV", "node": "node-1",
-    "path": "/data/dump/core-eci.12", "size": 1048576, "truncated_reason": None, "sha256": "00" * 32,
+    "path": "/data/dump/core-eci.12", "size": 1048576, "truncated_reason": None, "digest": "xxh128:" + "00" * 16,
 }
 
 

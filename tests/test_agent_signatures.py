@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.agent_support import Recorder, known_pod
@@ -98,7 +99,8 @@ def test_signatures_of_real_crashes_through_the_kernel(agent_env, k8s_cgroup, pr
         docs[pid] = metadata_with(meta_path, "signature")
         core = meta_path.with_suffix("")
         check_elf_core(core.read_bytes())
-        assert docs[pid]["sha256"] and docs[pid]["path"] == str(core)
+        assert docs[pid]["digest"] == "xxh128:" + xxhash.xxh3_128(core.read_bytes()).hexdigest()
+        assert docs[pid]["path"] == str(core)
     a, b, c = docs[first], docs[second], docs[third]
     # the right function names, innermost first, addresses nowhere
     assert a["signature_frames"][:3] == ["crash_here", "middle", "main"], a["backtrace"]

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import xxhash
 from prometheus_client import CollectorRegistry
 
 from tests.crash_support import check_elf_core, spooled_crash
@@ -41,14 +42,16 @@ def only_core(cores: Path) -> tuple[Path, dict]:
     return meta_path.with_suffix(""), json.loads(meta_path.read_text())
 
 
-def test_spool_reason_reaches_the_metadata(host):
+@pytest.mark.parametrize("algorithm", ["xxh128", "sha256"])
+def test_spool_reason_reaches_the_metadata(host, algorithm):
+    """The agent delivering a spooled core hashes it with its ``digest`` setting, as a live one."""
     core = os.urandom(300_000) + bytes(200_000)
     argv = ["999999999", *ARGV[1:]]  # a PID that cannot exist: the process is long gone
     assert run_helper(host, core, argv).returncode == 0  # no agent: the helper spools
     (entry,) = spool_entries(host)
     reason = (entry / "reason").read_text().strip()
     assert reason.startswith("agent unreachable")
-    settings = settings_for(host, keep_free_bytes=0, unregistered="skip")
+    settings = settings_for(host, keep_free_bytes=0, unregistered="skip", digest=algorithm)
     server = AgentServer(settings, processor_for(settings).handle, request_factory=crash_request,
                          registry=CollectorRegistry())
     try:
@@ -58,7 +61,9 @@ def test_spool_reason_reaches_the_metadata(host):
     core_path, meta = only_core(Path(settings.node_cores_dir))
     assert core_path.read_bytes() == core
     assert meta["spool_reason"] == reason and meta["identification"] == "spooled"
-    assert meta["sha256"] == hashlib.sha256(core).hexdigest() and not meta["truncated"]
+    h = xxhash.xxh3_128() if algorithm == "xxh128" else hashlib.sha256()
+    h.update(core)
+    assert meta["digest"] == f"{algorithm}:{h.hexdigest()}" and not meta["truncated"]
     assert spool_entries(host) == []
 
 
@@ -85,5 +90,5 @@ def test_kernel_crash_while_the_agent_is_down_says_why_in_its_metadata(agent_env
     check_elf_core(data)
     assert meta["spool_reason"] == reason and "agent unreachable" in reason
     assert meta["global_pid"] == proc.pid and meta["signal"] == signal.SIGSEGV
-    assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["size"] == len(data)
+    assert meta["digest"] == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and meta["size"] == len(data)
     wait_for(lambda: not list((host / "spool").iterdir()))

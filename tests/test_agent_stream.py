@@ -1,9 +1,8 @@
-"""Streaming a core: sparse output, zstd, sha256, the size cap, the free-space floor, the
+"""Streaming a core: sparse output, zstd, the digest, the size cap, the free-space floor, the
 deadline, ENOSPC on a real small tmpfs, and bounded memory whatever the size."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import threading
@@ -11,6 +10,7 @@ import time
 import tracemalloc
 
 import pytest
+import xxhash
 import zstandard
 
 from tests.agent_support import feed_pipe, synthetic_core
@@ -39,7 +39,7 @@ def test_sparse_copy_is_identical_and_smaller_on_disk(tmp_path):
     assert result.complete and result.reason is None
     assert result.size == len(data) == out.stat().st_size == result.written
     assert out.read_bytes() == data
-    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert out.stat().st_blocks * 512 < len(data) * 0.8  # the zero runs are holes
 
 
@@ -60,7 +60,7 @@ def test_zstd_round_trip(tmp_path):
     assert result.complete and result.size == len(data)
     assert result.written == out.stat().st_size < len(data) * 0.6
     assert zstandard.ZstdDecompressor().decompressobj().decompress(out.read_bytes()) == data
-    assert result.sha256 == hashlib.sha256(data).hexdigest()  # of the original bytes
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()  # of the original bytes
     zstd_cli = subprocess.run(["zstd", "-t", "-q", str(out)], capture_output=True)
     assert zstd_cli.returncode == 0, zstd_cli.stderr  # a standard frame the CLI accepts
 
@@ -71,7 +71,7 @@ def test_size_cap_cuts_and_says_why(tmp_path):
     result = copy_via_pipe(data, str(out), StreamLimits(max_bytes=1 << 20))
     assert not result.complete and result.reason == "size_limit"
     assert out.read_bytes() == data[: 1 << 20] and result.size == 1 << 20
-    assert result.sha256 == hashlib.sha256(data[: 1 << 20]).hexdigest()
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(data[: 1 << 20]).hexdigest()
     exact = copy_via_pipe(data, str(tmp_path / "exact"), StreamLimits(max_bytes=len(data), max_reason="rlimit_core"))
     assert exact.complete and exact.reason is None
     rl = copy_via_pipe(data, str(tmp_path / "rl"), StreamLimits(max_bytes=5000, max_reason="rlimit_core"))
@@ -119,7 +119,7 @@ def test_keep_free_floor(private_tmpfs):
     result = copy_via_pipe(data, str(tmp_path / "core2"), StreamLimits(keep_free_bytes=free - (1 << 20)))
     assert result.reason == "keep_free" and 0 < result.size <= (1 << 20) + (64 << 10)
     assert (tmp_path / "core2").read_bytes() == data[: result.size]
-    assert result.sha256 == hashlib.sha256(data[: result.size]).hexdigest()
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(data[: result.size]).hexdigest()
 
 
 def test_file_object_source(tmp_path):
@@ -309,7 +309,7 @@ def test_sparse_output_at_chunk_boundaries_and_odd_tails(tmp_path, layout, tail)
         assert result.complete and result.size == len(data) == os.stat(out).st_size == result.written
         with open(out, "rb") as f:
             assert f.read() == data
-        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        assert result.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
         allocated = os.stat(out).st_blocks * 512
         if exact:
             assert allocated == expected_pages * BLOCK, (allocated, expected_pages)
@@ -321,13 +321,13 @@ def test_sparse_output_at_chunk_boundaries_and_odd_tails(tmp_path, layout, tail)
 
 
 def test_a_cut_inside_a_chunk_hashes_exactly_the_kept_bytes(tmp_path):
-    """The size cap inside the second chunk of a ring of buffers: file, size and sha256 agree."""
+    """The size cap inside the second chunk of a ring of buffers: file, size and digest agree."""
     data = synthetic_core(6)
     for cap in (CHUNK + 4096 + 7, 5 * CHUNK - 1, 1):
         result = copy_via_pipe(data, str(tmp_path / "cut"), StreamLimits(max_bytes=cap))
         assert result.reason == "size_limit" and result.size == cap
         assert (tmp_path / "cut").read_bytes() == data[:cap]
-        assert result.sha256 == hashlib.sha256(data[:cap]).hexdigest()
+        assert result.digest == "xxh128:" + xxhash.xxh3_128(data[:cap]).hexdigest()
 
 
 # --- the crash path's part (splice) and what waits until the process is released --------------
@@ -336,7 +336,7 @@ from webhook.agent.stream import stream_core  # noqa: E402
 
 
 def test_a_pipe_is_spliced_and_hash_and_holes_wait_for_finish(tmp_path):
-    """Onto a disk filesystem stream_core splices: it leaves the sha256 empty and the zero
+    """Onto a disk filesystem stream_core splices: it leaves the digest empty and the zero
     blocks as data; finish_core, after the release, computes the hash of exactly those bytes
     and punches the zero blocks out."""
     import shutil
@@ -356,7 +356,7 @@ def test_a_pipe_is_spliced_and_hash_and_holes_wait_for_finish(tmp_path):
     r, t = feed_pipe(data)
     try:
         streamed = stream_core(r, fd, StreamLimits())
-        assert streamed.complete and streamed.size == len(data) and streamed.sha256 == ""
+        assert streamed.complete and streamed.size == len(data) and streamed.digest == ""
         assert streamed.holes_pending  # spliced: nobody looked at the bytes yet
         assert out.read_bytes() == data
         os.fsync(fd)  # allocation settles (delayed allocation)
@@ -368,7 +368,7 @@ def test_a_pipe_is_spliced_and_hash_and_holes_wait_for_finish(tmp_path):
         os.close(fd)
         os.close(r)
         t.join(5)
-    assert done.sha256 == hashlib.sha256(data).hexdigest() and not done.holes_pending
+    assert done.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest() and not done.holes_pending
     assert out.read_bytes() == data  # the same bytes, now with holes
     data_pages = "rzzzzr".count("r") * 300 + 1 + 1  # + the partial tail block
     allocated = os.stat(out).st_blocks * 512
@@ -390,7 +390,7 @@ def test_onto_tmpfs_the_pipe_is_read_with_holes_inline():
         fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             streamed = stream_core(r, fd, StreamLimits())
-            assert streamed.complete and not streamed.holes_pending and streamed.sha256 == ""
+            assert streamed.complete and not streamed.holes_pending and streamed.digest == ""
             data_pages = "rzzzzr".count("r") * 300 + 1 + 1
             assert os.stat(out).st_blocks * 512 == data_pages * BLOCK  # holes already
             done = finish_core(fd, streamed, StreamLimits())
@@ -398,7 +398,7 @@ def test_onto_tmpfs_the_pipe_is_read_with_holes_inline():
             os.close(fd)
             os.close(r)
             t.join(5)
-        assert done.sha256 == hashlib.sha256(data).hexdigest()
+        assert done.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
         with open(out, "rb") as f:
             assert f.read() == data
     finally:
@@ -412,12 +412,30 @@ def test_a_file_source_is_not_spliced_and_holes_are_made_inline(tmp_path):
     fd = os.open(tmp_path / "core", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         streamed = stream_core(io.BytesIO(data), fd, StreamLimits())
-        assert streamed.complete and not streamed.holes_pending and streamed.sha256 == ""
+        assert streamed.complete and not streamed.holes_pending and streamed.digest == ""
         done = finish_core(fd, streamed, StreamLimits())
     finally:
         os.close(fd)
-    assert done.sha256 == hashlib.sha256(data).hexdigest()
+    assert done.digest == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     assert (tmp_path / "core").read_bytes() == data
+
+
+def test_finish_hashes_with_the_chosen_algorithm_and_never_invents_one(tmp_path):
+    """sha256 when the agent's setting says so (plain and zstd: the original bytes); an algorithm
+    it does not know leaves the digest empty (the metadata's null), never a guess."""
+    import hashlib
+    import io
+
+    data = synthetic_core(2)
+    for compression in ("none", "zstd"):
+        limits = StreamLimits(compression=compression)
+        fd = os.open(tmp_path / f"core.{compression}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            streamed = stream_core(io.BytesIO(data), fd, limits)
+            assert finish_core(fd, streamed, limits, "sha256").digest == "sha256:" + hashlib.sha256(data).hexdigest()
+            assert finish_core(fd, streamed, limits, "md5").digest == ""
+        finally:
+            os.close(fd)
 
 
 def test_a_pipe_cut_mid_splice_ends_as_read_error_with_a_true_hash(tmp_path):
@@ -453,7 +471,7 @@ def test_a_pipe_cut_mid_splice_ends_as_read_error_with_a_true_hash(tmp_path):
     assert not result.complete and result.reason == "read_error"
     kept = out.read_bytes()
     assert len(kept) == result.size >= 1 << 16 and first.startswith(kept)
-    assert result.sha256 == hashlib.sha256(kept).hexdigest()
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(kept).hexdigest()
 
 
 @pytest.mark.root
@@ -476,4 +494,4 @@ def test_a_zstd_core_cut_by_the_floor_is_hashed_as_far_as_it_decompresses(privat
         except zstandard.ZstdError:
             pass
     assert 0 < len(got) == result.size < len(data) and data.startswith(bytes(got))
-    assert result.sha256 == hashlib.sha256(got).hexdigest()
+    assert result.digest == "xxh128:" + xxhash.xxh3_128(got).hexdigest()

@@ -181,6 +181,7 @@ def test_kubernetes_validate_bundles_the_versions() -> None:
         # below the agent's default stop timeout (40 s) + 20 s
         (["--set", "agent.terminationGracePeriodSeconds=30"], "agent.terminationGracePeriodSeconds"),
         (["--set", "agent.restoreOnStop=sometimes"], "agent.restoreOnStop"),
+        (["--set", "agent.settings.digest=md5"], "agent.settings.digest"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, helm_env: dict[str, str], args: list[str], message: str) -> None:
@@ -196,7 +197,7 @@ def test_schema_accepts_what_values_yaml_documents(helm: Path, helm_env: dict[st
                     "defaultVolume": "nfs:nas.example.com:/dumps", "excludeNamespaces": ["monitoring"],
                     "extraEnv": [{"name": "COREDUMP_WEBHOOK_WORKERS", "value": "3"}]},
         "agent": {"settings": {"compression": "zstd", "rate_limit_seconds": 60, "max_core_bytes": 8589934592,
-                               "events": False}},
+                               "events": False, "digest": "sha256"}},
         "image": {"digest": "sha256:" + "a" * 64},
         "registry": {"platform": "linux/arm64/v8"},
     }
@@ -428,6 +429,7 @@ def test_agent_env_and_flags_exist_in_coredump_agent(rendered: dict[str, list[di
     sample = {"integer": 16, "number": 1.5, "boolean": True, "string": "auto"}
     settings = {k: sample[v["type"]] for k, v in schema_props["settings"]["properties"].items()}
     settings["compression"], settings["notify_format"], settings["unregistered"] = "zstd", "json", "auto"
+    settings["digest"] = "sha256"
     path.write_text(yaml.safe_dump({"agent": {"settings": settings}}))
     container = agent_daemonset(render(helm, helm_env, "-f", str(path)))["spec"]["template"]["spec"]["containers"][0]
     unknown = set(env_of(container)) - _click_envvars(run)

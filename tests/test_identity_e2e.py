@@ -239,7 +239,8 @@ def test_api_back_the_names_are_filled_in_and_the_core_moved(api_down_at_the_cra
     assert links and all(p.resolve().is_relative_to(kept / NAMESPACE / ".symbols") and p.resolve().is_file()
                          for p in links), [(p, os.readlink(p)) for p in links]
     assert (meta["identity"], meta["namespace"], meta["pod"], meta["container"]) == ("verified", NAMESPACE, name, "app")
-    assert meta["path"] == str(node_core) and meta["sha256"] == s["down"]["node_meta"]["sha256"]
+    assert meta["path"] == str(node_core) and meta["digest"] == s["down"]["node_meta"]["digest"]
+    assert meta["digest"].startswith("xxh128:")
     pod_meta = s["up"]["pod_meta"]  # rewritten through the container's live process
     assert (pod_meta["identity"], pod_meta["namespace"], pod_meta["pod"], pod_meta["container"]) == (
         "verified", NAMESPACE, name, "app")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import pytest
+import xxhash
 from click.testing import CliRunner
 
 from tests.clock_support import FakeClock
@@ -188,7 +188,8 @@ def test_list_reads_cores_through_exec(server, tmp_path, container_fs, wrapper_b
     grouped = run(server, tmp_path, "list", "-n", "shop", "--group", "--from-pods")
     assert grouped.output.splitlines()[1].split()[:2] == ["aaaaaaaaaaaa", "2"]
     data = json.loads(run(server, tmp_path, "list", "-n", "shop", "-o", "json", "--from-pods").output)
-    assert [c["sha256"] for c in data["cores"]] == [hashlib.sha256(cores[k].read_bytes()).hexdigest() for k in ("new", "old")]
+    assert [c["digest"] for c in data["cores"]] == ["xxh128:" + xxhash.xxh3_128(cores[k].read_bytes()).hexdigest()
+                                                    for k in ("new", "old")]
 
 
 def test_list_all_namespaces_skips_forbidden_ones(server, tmp_path, container_fs):
@@ -218,10 +219,10 @@ def test_get_downloads_and_verifies(server, tmp_path, container_fs, wrapper_bin)
     res = run(server, tmp_path, "get", POD, cores["old"].name, "-n", "shop", "-o", str(out))
     assert res.exit_code == 0, res.output
     assert out.read_bytes() == cores["old"].read_bytes() and "verified" in res.output
-    # corrupt the core in the pod: the metadata's sha256 no longer matches
+    # corrupt the core in the pod: the metadata's digest no longer matches
     cores["new"].write_bytes(b"\0" * cores["new"].stat().st_size)
     bad = run(server, tmp_path, "get", POD, cores["new"].name, "-n", "shop", "-o", str(tmp_path / "bad"))
-    assert bad.exit_code == 1 and "sha256 mismatch" in bad.output and (tmp_path / "bad.part").exists()
+    assert bad.exit_code == 1 and "digest mismatch" in bad.output and (tmp_path / "bad.part").exists()
     missing = run(server, tmp_path, "get", POD, "core-nope", "-n", "shop")
     assert missing.exit_code == 1 and "no core 'core-nope'" in missing.output
 
@@ -270,10 +271,10 @@ def test_distroless_list_and_resumed_verified_get_through_the_wrapper(server, tm
     assert res.exit_code == 0, res.output
     assert odd.read_bytes() == (root / "data/dump-a/nested/core with space\nand newline").read_bytes()
 
-    # a corrupted core fails the sha256 check and keeps the .part
+    # a corrupted core fails the digest check and keeps the .part
     cores["old"].write_bytes(b"\0" * cores["old"].stat().st_size)
     bad = run(server, tmp_path, "get", POD, cores["old"].name, "-n", "shop", "-o", str(tmp_path / "bad"))
-    assert bad.exit_code == 1 and "sha256 mismatch" in bad.output and (tmp_path / "bad.part").exists()
+    assert bad.exit_code == 1 and "digest mismatch" in bad.output and (tmp_path / "bad.part").exists()
 
     # a core swapped for a symlink (to a file outside the core directory) is refused by the wrapper
     secret = tmp_path / "secret"

@@ -97,7 +97,7 @@ def test_download_streams_the_core_with_the_users_rights(tmp_path, bin_dir):
         with Served(create_index_page_app(api_for(api))) as page:
             r = requests.get(f"{page.url}download/shop/{name}", headers={"Authorization": "Bearer alice-token"}, timeout=30)
             assert r.status_code == 200 and r.content == core.read_bytes()
-            assert r.headers["X-Core-SHA256"] == cd["spec"]["sha256"]
+            assert r.headers["X-Core-Digest"] == cd["spec"]["digest"] and "X-Core-SHA256" not in r.headers
             denied = requests.get(f"{page.url}download/shop/{name}", headers={"Authorization": "Bearer bob-token"},
                                   timeout=30)
             assert denied.status_code == 404 and not denied.content.startswith(b"\x7fELF")

@@ -8,6 +8,7 @@ import os
 import random
 
 import pytest
+import xxhash
 
 from tests.kube_apiserver import Exec, FakeApiServer, Recorded
 from webhook.inspect import download as dl
@@ -111,7 +112,7 @@ def test_resumable_download_over_exec(server, tmp_path):
     out = tmp_path / "core.7"
     (tmp_path / "core.7.part").write_bytes(data[:123_456])
     src = kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7")
-    res = dl.download(src, str(out), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    res = dl.download(src, str(out), digest="xxh128:" + xxhash.xxh3_128(data).hexdigest(), size=len(data))
     assert res.resumed_from == 123_456 and out.read_bytes() == data
     assert server.requests[-1]["query"]["command"] == ["tail", "-c", "+123457", "/data/dump-a/core.7"]
 
@@ -128,7 +129,7 @@ def test_resumable_download_through_the_wrapper_without_a_shell(server, tmp_path
     src = kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7", wrapper=constants.WRAPPER_PATH)
     out = tmp_path / "core.7"
     (tmp_path / "core.7.part").write_bytes(data[:99_999])
-    res = dl.download(src, str(out), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    res = dl.download(src, str(out), digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
     assert res.resumed_from == 99_999 and out.read_bytes() == data
     assert server.requests[-1]["query"]["command"] == [constants.WRAPPER_PATH, "--coredump-cat", "/data/dump-a/core.7", "99999"]
     # tail is not there: the same source without the wrapper fails with the runtime's message

@@ -51,7 +51,7 @@ def test_scan_directory_matches_the_exec_listing(tree):
     local, _ = listing.scan_directory(str(tree))
     out = subprocess.run(listing.listing_command([str(tree)]), capture_output=True, text=True, check=True).stdout
     remote, _ = listing.parse_listing(out)
-    assert sorted(r.sha256 for r in local) == sorted(r.sha256 for r in remote)
+    assert sorted(r.digest for r in local) == sorted(r.digest for r in remote) and all(r.digest for r in local)
     # the metadata path is the container's view; the local one is kept apart
     assert all(r.path.startswith("/data/dump-a/") for r in local)
     assert all(r.location.startswith(str(tree)) and r.location.endswith(r.name) for r in local)
@@ -98,13 +98,48 @@ def test_render_table_wide_group_json_yaml(tree):
     assert ydata["groups"][0]["count"] == 2 and ydata["groups"][0]["pods"] == ["shop/web-1"]
 
 
-def test_find_record_by_name_path_or_sha(tree):
+def test_find_record_by_name_path_or_digest(tree):
     records, _ = listing.scan_directory(str(tree))
     r = records[0]
+    assert r.digest.startswith("xxh128:")
     assert listing.find_record(records, r.name) is r
     assert listing.find_record(records, r.path) is r
-    assert listing.find_record(records, r.sha256[:10]) is r
+    assert listing.find_record(records, r.digest.partition(":")[2][:10]) is r  # the hex digits
+    assert listing.find_record(records, r.digest[:17]) is r  # with the algorithm
+    assert listing.find_record(records, r.digest.partition(":")[2][:7]) is None  # too short to be sure
     assert listing.find_record(records, "nope") is None
+
+
+def test_metadata_of_older_agents_with_only_sha256_is_listed_found_and_verified(tmp_path):
+    """Metadata written before the ``digest`` key (``sha256``: bare hex) keeps working: listed with
+    ``sha256:<hex>``, found by that prefix, and a download is checked with sha256."""
+    import hashlib
+
+    from webhook.inspect import download as dl
+
+    core = write_core(tmp_path, "data/dump-a/core.old", namespace="shop", pod="web-1", container="app",
+                      t=1690000000, legacy_sha256=True)
+    doc = json.loads((tmp_path / "data/dump-a/core.old.json").read_text())
+    assert "digest" not in doc and doc["schema"] == 1
+    sha = hashlib.sha256(core.read_bytes()).hexdigest()
+    out = subprocess.run(listing.listing_command([str(tmp_path / "data/dump-a")]), capture_output=True, text=True,
+                         check=True).stdout
+    (rec,) = listing.parse_listing(out, namespace="shop", pod="web-1")[0]
+    assert rec.digest == "sha256:" + sha and listing.find_record([rec], sha[:12]) is rec
+    got = dl.download(dl.FileSource(rec.location), str(tmp_path / "got"), digest=rec.digest, size=rec.stored_size)
+    assert got.digest == "sha256:" + sha and (tmp_path / "got").read_bytes() == core.read_bytes()
+    core.write_bytes(b"\0" * core.stat().st_size)  # damaged: the old metadata's sha256 catches it
+    with pytest.raises(dl.DownloadError, match="digest mismatch"):
+        dl.download(dl.FileSource(rec.location), str(tmp_path / "bad"), digest=rec.digest, size=rec.stored_size)
+
+
+def test_a_digest_that_was_not_computed_is_shown_as_none(tmp_path):
+    """null (the agent could not read the core back) or a malformed value: no digest, never a guess."""
+    for value in (None, "xxh128:", "xxh128:" + "g" * 32, "crc32:12345678"):
+        meta = {"digest": value, "size": 3, "time": 5}
+        rec = listing.record_from_metadata(meta, "/d/core.1.json")
+        assert rec is not None and rec.digest == ""
+    assert listing.record_from_metadata({"size": 3, "time": 5}, "/d/x.json") is None  # no digest key: not a core's
 
 
 def test_core_path_command_offsets(tmp_path):
@@ -130,7 +165,7 @@ def test_wrapper_listing_parses_like_the_shell_script(tree, bin_dir):
     ref, ref_warn = listing.parse_listing(script, namespace="shop", pod="web-1")
 
     def key(r):
-        return (r.location, r.present, r.sha256, r.time, r.signature)
+        return (r.location, r.present, r.digest, r.time, r.signature)
 
     assert sorted(map(key, got)) == sorted(map(key, ref)) and len(got) == 4
     assert [w for w in got_warn if "broken.json" in w] and [w for w in ref_warn if "broken.json" in w]

@@ -2,7 +2,7 @@
 
 The cores root holds cores and metadata written with the agent's own metadata builder
 (tests/inspect_data.py). The page is fetched and a core downloaded over a real socket; the bytes
-and their sha256 must be the file's. With RBAC on, the page's authorizer talks to a stand-in
+and their digest must be the file's. With RBAC on, the page's authorizer talks to a stand-in
 API server replaying recorded TokenReview/SubjectAccessReview responses. As root, the server
 also runs the way the chart runs it: uid 0 with every capability dropped, reading the
 root-only (0700/0600) node location.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import xxhash
 
 from tests.inspect_data import write_core
 from tests.kube_apiserver import FakeApiServer, Recorded
@@ -91,7 +92,7 @@ def _check_download(page: Page, core: Path, root: Path, verify: str | bool = Tru
     assert r.content == core.read_bytes()
     assert hashlib.sha256(r.content).hexdigest() == expected
     meta = json.loads(Path(str(core) + ".json").read_text())
-    assert r.headers["X-Core-SHA256"] == meta["sha256"] == expected
+    assert r.headers["X-Core-Digest"] == meta["digest"] == "xxh128:" + xxhash.xxh3_128(r.content).hexdigest()
     assert f'filename={core.name}' in r.headers["Content-Disposition"]
 
 

@@ -97,18 +97,18 @@ class Capture:
         # --- the process is let go here (webhook/agent/release.py): the rest can wait ---------
         release_now()
         if final:
-            result = _finish(out, result, limits, path)
+            result = _finish(out, result, limits, path, self.settings.digest)
         disk_size, file_id = _disk_usage(dirfd, final)
         outcome, reason = _verdict(result, final, commit_error, fallback_reason or ident.reason)
         # Only now, with the hash computed (or known to be missing: null), is the metadata written.
-        doc.update(size=result.size, disk_size=disk_size, sha256=result.sha256 or None,
+        doc.update(size=result.size, disk_size=disk_size, digest=result.digest or None,
                    truncated=not result.complete, truncated_reason=result.reason)
         json_name = _commit_metadata(meta_out, final, doc, target, path)
         metadata_path = posixpath.join(view_dir, json_name) if json_name else None
         job = _attach_metadata(job, json_name)
         outcome_obj = CrashOutcome(
             outcome, reason, path=path, metadata_path=metadata_path, size=result.size, disk_size=disk_size,
-            destination=target.destination, host_path=host_path, sha256=result.sha256 or None,
+            destination=target.destination, host_path=host_path, digest=result.digest or None,
             compression=target.compression, truncated=not result.complete, file_id=file_id,
             **who_fields(who))
         return outcome_obj, doc, job
@@ -133,7 +133,7 @@ class Capture:
             destination=target.destination, pid=request.pid, global_pid=request.global_pid, tid=request.tid,
             global_tid=request.global_tid, uid=request.uid, gid=request.gid, signal=request.signal, exe=exe,
             comm=request.comm, hostname=request.hostname, time=request.time, path=path or "", file=final or "",
-            size=result.size, stored_size=result.written, disk_size=0, sha256=None,
+            size=result.size, stored_size=result.written, disk_size=0, digest=None,
             compression=target.compression, truncated=not result.complete, reason=result.reason,
             pattern=target.pattern, rlimit_core=request.rlimit_core, dump_mode=request.dump_mode,
             spool_reason=request.spool_reason)
@@ -185,9 +185,10 @@ def _paths(target: Target, final: str | None) -> tuple[str, str | None, str | No
     return view_dir, path, host_path
 
 
-def _finish(out: OutputFile, result: StreamResult, limits: StreamLimits, path: str | None) -> StreamResult:
+def _finish(out: OutputFile, result: StreamResult, limits: StreamLimits, path: str | None,
+            algorithm: str) -> StreamResult:
     """After the release: what can wait (finish.py), then the core made durable."""
-    result = finish_core(out.fd, result, limits)  # sha256 from the page cache; holes
+    result = finish_core(out.fd, result, limits, algorithm)  # the digest from the page cache; holes
     try:
         out.sync()
     except OSError as exc:

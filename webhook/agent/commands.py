@@ -137,7 +137,8 @@ def recover_inflight(settings: AgentSettings, registry: Any, events: Any, pendin
     try:
         inflight.recover(Journal(settings.host_dir), node_cores_dir=settings.node_cores_dir,
                          node=settings.node_name, events=events, registry=registry, peers=peers,
-                         pending=pending, pod_record=watch.index.record if watch is not None else None)
+                         pending=pending, pod_record=watch.index.record if watch is not None else None,
+                         digest=settings.digest)
     except Exception:  # noqa: BLE001 - recovery never stops the agent
         log.exception("in-flight recovery failed")
 
@@ -191,6 +192,7 @@ def run_agent(
     Without ``handler_factory``: the crash processor, with the pod watch when the API is
     reachable (metadata, gcore requests); failing to reach the API only logs.
     """
+    from webhook import digest
     from webhook.agent import install, lifecycle
     from webhook.agent.drop_candidates import RecentPids
     from webhook.agent.endpoints import HealthServer
@@ -200,6 +202,7 @@ def run_agent(
 
     registry = registry if registry is not None else REGISTRY
     lifecycle.validate(settings)
+    digest.check(settings.digest)
     try:
         backup = install.prepare(settings)
     except install.HostDirNotExecutable as exc:

@@ -90,7 +90,7 @@ class CrashOutcome:
     destination: str | None = None  # "pod", "node", "chain"
     #: Where the agent wrote it, as the agent sees it (for the node location, = path).
     host_path: str | None = None
-    sha256: str | None = None
+    digest: str | None = None  # "xxh128:<hex>" (webhook/digest.py)
     compression: str = "none"
     truncated: bool = False
     namespace: str | None = None

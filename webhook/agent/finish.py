@@ -1,10 +1,11 @@
-"""What a core needs once its process is released: the sha256 of its original bytes, and holes.
+"""What a core needs once its process is released: the digest of its original bytes, and holes.
 
 The crash path (``stream.stream_core``) only moves the bytes; everything that can wait runs
 here, after the kernel has reaped the crashing process, reading the file back from the page
-cache (it was just written): one pass computes the sha256 and, for a core that was spliced
-without a look at its data, finds the zero 4 KiB blocks and punches them out
-(``fallocate(PUNCH_HOLE)``: the file reads the same, only its allocation shrinks). A zstd core
+cache (it was just written): one pass computes the digest (the agent's ``digest`` setting,
+webhook/digest.py: xxh128 by default) and, for a core that was spliced without a look at its
+data, finds the zero 4 KiB blocks and punches them out (``fallocate(PUNCH_HOLE)``: the file
+reads the same, only its allocation shrinks). A zstd core
 is decompressed in bounded pieces and its original bytes hashed. Until this has run the
 metadata is not written, so no reader ever sees a hash that was not computed.
 """
@@ -15,10 +16,10 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 
+from webhook import digest as digests
 from webhook.agent.stream import CHUNK, StreamLimits, StreamResult, zero_runs
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class _Holes:
         self.start = self.end = -1
 
 
-def _finish_raw(rfd: int, wfd: int, result: StreamResult, punch: bool) -> StreamResult:
-    digest = hashlib.sha256()
+def _finish_raw(rfd: int, wfd: int, result: StreamResult, punch: bool, algorithm: str) -> StreamResult:
+    hasher = digests.new(algorithm)
     buf = bytearray(READ_SIZE)
     view = memoryview(buf)
     holes = _Holes(wfd) if punch else None
@@ -86,26 +87,27 @@ def _finish_raw(rfd: int, wfd: int, result: StreamResult, punch: bool) -> Stream
         n = os.preadv(rfd, [view[: min(READ_SIZE, result.size - off)]], off)
         if n <= 0:
             break  # shorter than written: the hash says what is there
-        digest.update(view[:n])
+        hasher.update(view[:n])
         if holes is not None:
             for a, e in zero_runs(buf, n, off):
                 holes.add(off + a, off + e)
         off += n
     if holes is not None:
         holes.flush()
+    value = digests.format_digest(algorithm, hasher.hexdigest())
     if off != result.size:
-        return dataclasses.replace(result, sha256=digest.hexdigest(), size=off, complete=False,
+        return dataclasses.replace(result, digest=value, size=off, complete=False,
                                    reason=result.reason or "read_error",
                                    detail=result.detail or "the file is shorter than what was written",
                                    holes_pending=False)
-    return dataclasses.replace(result, sha256=digest.hexdigest(), holes_pending=False)
+    return dataclasses.replace(result, digest=value, holes_pending=False)
 
 
-def _finish_zstd(rfd: int, result: StreamResult) -> StreamResult:
+def _finish_zstd(rfd: int, result: StreamResult, algorithm: str) -> StreamResult:
     """Hash the decompressed bytes; a cut core's frame may end early: hash what it holds."""
     import zstandard
 
-    digest = hashlib.sha256()
+    hasher = digests.new(algorithm)
     total = 0
     with open(os.dup(rfd), "rb", buffering=0) as f:
         f.seek(0)
@@ -114,21 +116,24 @@ def _finish_zstd(rfd: int, result: StreamResult) -> StreamResult:
         view = memoryview(buf)
         try:
             while n := reader.readinto(view):
-                digest.update(view[:n])
+                hasher.update(view[:n])
                 total += n
         except zstandard.ZstdError:
             if result.complete:
                 raise
+    value = digests.format_digest(algorithm, hasher.hexdigest())
     if result.complete:
-        return dataclasses.replace(result, sha256=digest.hexdigest())
-    return dataclasses.replace(result, sha256=digest.hexdigest(), size=total)
+        return dataclasses.replace(result, digest=value)
+    return dataclasses.replace(result, digest=value, size=total)
 
 
-def finish_core(fd: int, result: StreamResult, limits: StreamLimits) -> StreamResult:
-    """The result with its sha256 (of the original bytes now in the file), holes punched.
+def finish_core(fd: int, result: StreamResult, limits: StreamLimits,
+                algorithm: str = digests.DEFAULT) -> StreamResult:
+    """The result with its digest (``"<algorithm>:<hex>"`` of the original bytes now in the
+    file), holes punched.
 
     ``fd`` is the core's file (writable, as the copy had it). Never raises for I/O trouble:
-    a core that cannot be read back gets an empty sha256 (the metadata then says null).
+    a core that cannot be read back gets an empty digest (the metadata then says null).
     """
     try:
         rfd, owned = _readable(fd)
@@ -137,8 +142,8 @@ def finish_core(fd: int, result: StreamResult, limits: StreamLimits) -> StreamRe
         return result
     try:
         if limits.compression == "zstd":
-            return _finish_zstd(rfd, result)
-        return _finish_raw(rfd, fd, result, punch=result.holes_pending and limits.sparse)
+            return _finish_zstd(rfd, result, algorithm)
+        return _finish_raw(rfd, fd, result, punch=result.holes_pending and limits.sparse, algorithm=algorithm)
     except Exception as exc:  # noqa: BLE001 - the core is written; only its hash is missing
         log.warning("cannot hash a core", extra={"error": repr(exc)})
         return result

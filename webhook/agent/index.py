@@ -12,6 +12,7 @@ import hashlib
 import re
 from typing import Any
 
+from webhook import digest as digests
 from webhook.agent.index_edge import GROUP, VERSION
 from webhook.agent.metadata import iso_time
 
@@ -66,7 +67,7 @@ def workload_of(summary: dict) -> tuple[str, str] | None:
 def coredump_name(summary: dict) -> str:
     """Deterministic (a retried create finds its own object): the pod and the core's digest."""
     pod = re.sub(r"-+", "-", _DNS.sub("-", str(summary.get("pod") or "pod").lower())).strip("-") or "pod"
-    digest = summary.get("sha256") or hashlib.sha256(
+    digest = digests.hex_part(digests.of_metadata(summary)) or hashlib.sha256(
         f"{summary.get('pod_uid')}/{summary.get('global_pid')}/{summary.get('time')}/{summary.get('path')}".encode()
     ).hexdigest()
     return f"{pod[:200]}-{str(digest)[:12]}"
@@ -74,7 +75,7 @@ def coredump_name(summary: dict) -> str:
 
 #: The CRD's maxLength of the string fields (the object must never be refused for a long value).
 _MAX = {"podUID": 64, "containerID": 128, "image": 1024, "exe": 4096, "comm": 64, "signalName": 16,
-        "truncatedReason": 256, "sha256": 64, "signature": 64, "buildID": 128}
+        "truncatedReason": 256, "digest": digests.MAX_LENGTH, "signature": 64, "buildID": 128}
 
 
 def _int(value: Any) -> int | None:
@@ -133,7 +134,7 @@ def build_coredump(summary: dict, now: float, view: Any = None) -> dict | None:
         "containerID": summary.get("container_id"), "node": summary.get("node"), "image": summary.get("image"),
         "exe": summary.get("exe"), "comm": summary.get("comm"), "signalName": summary.get("signal_name"),
         "compression": summary.get("compression"), "truncatedReason": summary.get("truncated_reason"),
-        "sha256": summary.get("sha256"), "signature": summary.get("signature"), "buildID": summary.get("build_id"),
+        "digest": digests.of_metadata(summary), "signature": summary.get("signature"), "buildID": summary.get("build_id"),
     }
     spec.update({k: str(v)[:_MAX.get(k, 253)] for k, v in optional.items() if v})
     for key, src in (("pid", "pid"), ("uid", "uid"), ("gid", "gid"), ("signal", "signal"), ("size", "size"),

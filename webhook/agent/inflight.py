@@ -18,7 +18,6 @@ entry behind, and its successor's :func:`recover` handles each one:
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import posixpath
@@ -30,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from webhook import constants
+from webhook import digest as digests
 from webhook.agent import metadata as meta
 from webhook.agent.identity import HOST, UNVERIFIED, VERIFIED
 from webhook.agent.journal import Journal, discard_entry
@@ -101,15 +101,15 @@ def _commit_existing(dirfd: int, tmp: str, base: str) -> str:
     raise OSError(errno.EEXIST, "every suffixed name exists", base)
 
 
-def _sha256(dirfd: int, name: str) -> str:
+def _digest(dirfd: int, name: str, algorithm: str) -> str:
     fd = openat2(dirfd, name, os.O_RDONLY | os.O_NOFOLLOW, resolve=RESOLVE_NAME)
-    h = hashlib.sha256()
+    h = digests.new(algorithm)
     try:
         while chunk := os.read(fd, 1 << 20):
             h.update(chunk)
     finally:
         os.close(fd)
-    return h.hexdigest()
+    return digests.format_digest(algorithm, h.hexdigest())
 
 
 def identity_of(entry: dict[str, Any]) -> str:
@@ -131,7 +131,7 @@ def _verified_names(entry: dict[str, Any]) -> dict[str, Any]:
         "labels": entry.get("labels") or {}}
 
 
-def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, sha: str, node: str) -> dict:
+def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, digest: str, node: str) -> dict:
     names = _verified_names(entry)
     doc = meta.build(
         node=node or entry.get("node", ""), namespace=names["namespace"], pod=names["pod"],
@@ -144,7 +144,7 @@ def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int,
         signal=int(entry.get("signal", 0)), exe=entry.get("exe", ""), comm=entry.get("comm", ""),
         hostname=entry.get("hostname", ""), time=int(entry.get("time", 0)), path=path, file=file,
         size=size if entry.get("compression", "none") == "none" else 0, stored_size=size, disk_size=disk,
-        sha256=sha, compression=entry.get("compression", "none"), truncated=True, reason=REASON,
+        digest=digest, compression=entry.get("compression", "none"), truncated=True, reason=REASON,
         pattern=entry.get("pattern", ""), rlimit_core=int(entry.get("rlimit_core", 0)),
         dump_mode=int(entry.get("dump_mode", 0)), spool_reason=entry.get("spool_reason", ""))
     doc["identity"] = identity_of(entry)
@@ -153,7 +153,8 @@ def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int,
 
 
 def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "", proc: str = "/proc",
-                  peers: Callable[[dict[str, Any]], list[Peer]] | None = None) -> Recovered:
+                  peers: Callable[[dict[str, Any]], list[Peer]] | None = None,
+                  digest: str = digests.DEFAULT) -> Recovered:
     """Turn one leftover into a ``.partial`` with metadata, remove it, or say it is unreachable."""
     directory = entry.get("directory") or "/"
     tmp, meta_tmp, name = entry.get("tmp_name", ""), entry.get("meta_tmp_name", ""), entry.get("name", "")
@@ -178,7 +179,7 @@ def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "",
                 st = _exists(dirfd, tmp)
                 if st is None:
                     continue  # another process may see another mount here
-                rec = _finish(entry, dirfd, st, tmp, meta_tmp, name, view_dir, leftover, node, via)
+                rec = _finish(entry, dirfd, st, tmp, meta_tmp, name, view_dir, leftover, node, via, digest)
                 rec.via = via
                 return rec
             finally:
@@ -195,7 +196,7 @@ def recover_entry(entry: dict[str, Any], *, node_cores_dir: str, node: str = "",
 
 
 def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, meta_tmp: str, name: str,
-            view_dir: str, leftover: str, node: str, via: str = "") -> Recovered:
+            view_dir: str, leftover: str, node: str, via: str = "", digest: str = digests.DEFAULT) -> Recovered:
     if st.st_size == 0:
         for n in (tmp, meta_tmp):
             if n:
@@ -207,7 +208,7 @@ def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, met
     ext = ".zst" if entry.get("compression") == "zstd" else ""
     final = _commit_existing(dirfd, tmp, name + ext + constants.PARTIAL_SUFFIX)
     path = posixpath.join(view_dir, final)
-    doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, _sha256(dirfd, final), node)
+    doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, _digest(dirfd, final, digest), node)
     if via:  # the crashed container was gone: reached through another container on its storage
         doc["recovered_through"] = via
     data = meta.dumps(doc)
@@ -240,7 +241,7 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
             registry: CollectorRegistry | None = None, proc: str = "/proc",
             on_result: Callable[[Recovered], None] | None = None,
             peers: Callable[[dict[str, Any]], list[Peer]] | None = None, pending: Any = None,
-            pod_record: Callable[[str], Any] | None = None) -> list[Recovered]:
+            pod_record: Callable[[str], Any] | None = None, digest: str = digests.DEFAULT) -> list[Recovered]:
     """Handle every leftover of earlier agents (see the module doc); never raises. ``peers``
     (:func:`peers_on_node`): other containers on an entry's storage, tried when its own are gone.
     ``pending`` (webhook.agent.pending.PendingIdentities) takes the recovered cores of pods the
@@ -251,7 +252,7 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
     results = []
     for path, entry in journal.leftovers():
         try:
-            rec = recover_entry(entry, node_cores_dir=node_cores_dir, node=node, proc=proc, peers=peers)
+            rec = recover_entry(entry, node_cores_dir=node_cores_dir, node=node, proc=proc, peers=peers, digest=digest)
         except Exception as exc:  # noqa: BLE001 - one bad leftover never stops the others
             log.exception("in-flight recovery failed", extra={"entry": path})
             rec = Recovered("unreachable", entry, detail=f"recovery failed: {exc}")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from webhook import __version__
 
 #: Version of the metadata layout (bump when a key changes meaning).
-SCHEMA_VERSION = 1
+#: 2: the `digest` key ("xxh128:<hex>") replaced 1's `sha256` (bare hex), which readers still accept.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,15 @@ def build(*, node: str, namespace: str | None, pod: str | None, pod_uid: str | N
           runtime: str | None, registered: bool, identification: str, destination: str,
           pid: int, global_pid: int, tid: int, global_tid: int, uid: int, gid: int,
           signal: int, exe: str, comm: str, hostname: str, time: int, path: str, file: str,
-          size: int, stored_size: int, disk_size: int, sha256: str | None, compression: str,
+          size: int, stored_size: int, disk_size: int, digest: str | None, compression: str,
           truncated: bool, reason: str | None, pattern: str, rlimit_core: int, dump_mode: int,
           spool_reason: str = "") -> dict:
     """The metadata document (plain JSON types). ``path`` is where the core is as the crashing
     container sees it (or on the node for the node location). ``spool_reason``: why the helper
     spooled the core (agent unreachable, no ACK, ...), None in the document when it was not.
-    ``sha256`` is of the original bytes, computed after the process was released and before this
-    document is first written; None (null) when it could not be computed, never a guess."""
+    ``digest`` (``"xxh128:<hex>"``, webhook/digest.py) is of the original bytes, computed after the
+    process was released and before this document is first written; None (null) when it could not
+    be computed, never a guess."""
     return {
         "schema": SCHEMA_VERSION,
         "agent_version": __version__,
@@ -100,7 +102,7 @@ def build(*, node: str, namespace: str | None, pod: str | None, pod_uid: str | N
         "size": size,
         "stored_size": stored_size,
         "disk_size": disk_size,
-        "sha256": sha256,
+        "digest": digest,
         "compression": compression,
         "truncated": truncated,
         "truncated_reason": reason,

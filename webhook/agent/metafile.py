@@ -24,7 +24,7 @@ RESERVE_BYTES = 64 * 1024
 ESSENTIAL_KEYS = (
     "schema", "agent_version", "node", "namespace", "pod", "pod_uid", "container", "container_id", "image",
     "destination", "pid", "global_pid", "signal", "signal_name", "exe", "comm", "time", "time_iso", "path",
-    "file", "size", "stored_size", "sha256", "compression", "truncated", "truncated_reason", "spool_reason",
+    "file", "size", "stored_size", "digest", "compression", "truncated", "truncated_reason", "spool_reason",
     "gcore", "gcore_request",
 )
 

@@ -77,7 +77,7 @@ def cores_in(dirfd: int) -> list[Kept]:
             if not entry.name.endswith(".json") or not entry.is_file(follow_symlinks=False):
                 continue
             doc = _read_json(dirfd, entry.name)
-            if not doc or "sha256" not in doc:
+            if not doc or ("digest" not in doc and "sha256" not in doc):  # "sha256": older metadata
                 continue
             core = entry.name[: -len(".json")]
             if doc.get("file") and doc["file"] != core:

@@ -4,7 +4,7 @@ This is what runs while the crashing process is pinned, so it does only what is 
 the bytes into the file: uncompressed from a pipe onto a disk filesystem they go pipe -> page
 cache with ``splice(2)`` (no copy through user space, no look at the data); otherwise (tmpfs,
 zstd, files) through one reused 1 MiB buffer, zero 4 KiB blocks becoming holes or the bytes
-going through a streaming zstd compressor. The sha256 of the original bytes, and the holes of a
+going through a streaming zstd compressor. The digest of the original bytes, and the holes of a
 spliced core, are made after the process is released, from the page cache
 (``webhook/agent/finish.py``). The copy stops, and says why, at
 the size cap, at the free-space floor of the target filesystem, on ENOSPC, or at the deadline;
@@ -171,7 +171,7 @@ def stream_core(src: int | BinaryIO, dst_fd: int, limits: StreamLimits, *,
     """The crash path's part: take the core from ``src`` into ``dst_fd`` within ``limits``.
 
     Never raises for I/O trouble, reports it. Nothing that can wait is done here: the result's
-    ``sha256`` is empty and, for a spliced core, zero blocks are still data
+    ``digest`` is empty and, for a spliced core, zero blocks are still data
     (``holes_pending``): :func:`webhook.agent.finish.finish_core` does both once the process
     is released. Uncompressed from a pipe, the bytes go pipe -> page cache by ``splice(2)``;
     otherwise through one reused buffer (holes inline, or zstd).
@@ -193,7 +193,7 @@ def stream_core(src: int | BinaryIO, dst_fd: int, limits: StreamLimits, *,
     except Cut as cut:
         if reason is None:
             complete, reason, detail = False, cut.reason, cut.detail
-    return StreamResult(size=copy.size, written=sink.pos, sha256="", complete=complete, reason=reason,
+    return StreamResult(size=copy.size, written=sink.pos, digest="", complete=complete, reason=reason,
                         detail=detail, holes_pending=copy.spliced and limits.sparse)
 
 

@@ -47,9 +47,9 @@ class StreamLimits:
 
 @dataclass(frozen=True)
 class StreamResult:
-    size: int  # original bytes captured (what the sha256 covers)
+    size: int  # original bytes captured (what the digest covers)
     written: int  # bytes in the file (apparent size; the compressed size with zstd)
-    sha256: str  # "" until finish_core computed it (never shown before)
+    digest: str  # "" until finish_core computed it ("xxh128:<hex>"; never shown before)
     complete: bool  # the whole core, to EOF
     reason: str | None  # why not complete
     detail: str = ""  # e.g. the errno text

@@ -203,7 +203,7 @@ class OutputFile:
         self.name = name
         #: chosen by the caller when it must record it first (journal.py)
         self.tmp_name = tmp_name or f"{TMP_PREFIX}{secrets.token_hex(6)}.{name}"[:255]
-        # Read-write: a core is read back after its process is released (sha256, holes).
+        # Read-write: a core is read back after its process is released (digest, holes).
         self.fd = openat2(dirfd, self.tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                           mode, RESOLVE_NAME)
         self.final_name: str | None = None

@@ -330,7 +330,7 @@ def _show_core(core: Path, volume: Path, mount_path: str) -> None:
         click.echo("     (no API server in this demo: the agent names no pod it has not verified through "
                    "its pod watch, so the core is labelled by pod UID and container ID)")
     for key in ("namespace", "pod", "pod_uid", "container", "container_id", "signal_name", "exe", "size",
-                "sha256", "truncated"):
+                "digest", "truncated"):
         if key in meta:
             click.echo(f"     {key}: {meta[key]}")
 

@@ -118,7 +118,7 @@ def deliver(snap: Snapshot, write: Callable[[BinaryIO, dict], str], extra: dict 
     """Stream a snapshot into ``write(stream, facts)`` and remove the work file.
 
     ``write`` is the agent's safe writer entry (the one crashes go through: pattern expansion
-    in the container's root, O_EXCL, sha256, metadata); it returns the final path. The work
+    in the container's root, O_EXCL, digest, metadata); it returns the final path. The work
     file is removed whatever happens, so a failed delivery never leaves a copy on the node.
     """
     facts = {**process_facts(snap.pid), "time": snap.time, **(extra or {})}

@@ -272,7 +272,7 @@ def _from_index(api, s: InspectSettings, pod: str | None, namespace: str | None,
 @click.option("--claim", default=None, help="POD is then a label only: fetch from this PVC through a reader pod")
 @settings_options(InspectSettings, only=("reader_image",), show_envvar=False)
 def get_core(pod, core, namespace, context, kubeconfig, container, output, claim, reader_image):
-    """Download CORE (name, path or sha256 prefix) from POD: resumable, verified by sha256.
+    """Download CORE (name, path or digest prefix) from POD: resumable, verified by its digest.
 
     With one argument it is a CoreDump's name (`coredump list -o wide`): its pod and core."""
     from webhook.inspect import download as dl
@@ -303,18 +303,18 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
         if rec is None:
             raise eph.InspectError(f"no core {core!r} in {ns}/{pod} (see `coredump list {pod} -n {ns}`)")
         dest = output or rec.name
-        if not rec.sha256:
-            _warn("metadata has no sha256: the download is checked by size only")
+        if not rec.digest:
+            _warn("metadata has no digest: the download is checked by size only")
         bar = dl.ProgressBar(sys.stderr, rec.name)
         res = dl.download(kube.ExecSource(api, ns, exec_pod, exec_container, rec.location, wrapper), dest,
-                          sha256=rec.sha256 or None, size=rec.stored_size, progress=bar, compression=rec.compression)
+                          digest=rec.digest or None, size=rec.stored_size, progress=bar, compression=rec.compression)
     except (eph.InspectError, dl.DownloadError) as exc:
         raise _fail(exc) from exc
     finally:
         if cleanup:
             cleanup()
     state = "already there" if res.already_done else (f"resumed at {res.resumed_from}" if res.resumed_from else "downloaded")
-    click.echo(f"{res.path}: {res.size} bytes, sha256 {res.sha256} verified ({state})")
+    click.echo(f"{res.path}: {res.size} bytes, {res.digest} verified ({state})")
 
 
 # --- debug: webhook/inspect/debug_command.py ------------------------------------------------

@@ -3,7 +3,7 @@
 The ephemeral container (or, for a deleted pod, a short-lived pod on the claim) runs as the
 core's owner, mounts the core volume at the crashed container's path, and starts gdb on the core
 with its binaries found by build-id (:mod:`webhook.inspect.debugging`). Which core and whose:
-``CORE`` (a name, path or sha256 prefix) or the newest, looked up in the pod's listing when the
+``CORE`` (a name, path or digest prefix) or the newest, looked up in the pod's listing when the
 container runs; in a crash-looping pod (nothing to exec into) the debug container picks the
 newest core itself and the owner comes from the pod's securityContext (``--uid``/``--gid``
 override both).
@@ -50,7 +50,7 @@ def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: Ins
 
 
 def choose_core(records: list[CoreRecord], core: str | None) -> CoreRecord | None:
-    """The record for ``core`` (name, path or sha256 prefix), else the newest present one."""
+    """The record for ``core`` (name, path or digest prefix), else the newest present one."""
     if core:
         return next((r for r in records if r.coredump == core), None) or find_record(records, core)
     present = [r for r in newest_first(records) if r.present]

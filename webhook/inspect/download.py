@@ -3,19 +3,21 @@
 The transport (an exec stream in the pod running the coredump wrapper's ``--coredump-cat FILE
 OFFSET`` or ``tail -c +N FILE``, or a local file in tests)
 only has to deliver the bytes from an offset to the end. Here: the ``.part`` file, resuming from
-its size, the progress callback and the sha256 check against the metadata. A mismatch never
-produces the final file: the ``.part`` stays for inspection and the error says what to do.
+its size, the progress callback and the digest check against the metadata (``"xxh128:<hex>"``
+or ``"sha256:<hex>"``, webhook/digest.py: the algorithm is the one the agent used). A mismatch
+never produces the final file: the ``.part`` stays for inspection and the error says what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from webhook import digest as digests
 
 #: Suffix of an unfinished download.
 PART_SUFFIX = ".part"
@@ -50,15 +52,16 @@ class FileSource:
 class Result:
     path: str
     size: int
-    sha256: str
+    #: "<algorithm>:<hex>" of the original bytes, as computed here.
+    digest: str
     #: Bytes already present in the .part file when this run started.
     resumed_from: int
     #: True when the final file was already there and verified (nothing fetched).
     already_done: bool = False
 
 
-def _sha256_of(path: str, limit: int | None = None) -> hashlib._Hash:
-    h = hashlib.sha256()
+def _digest_of(path: str, algorithm: str, limit: int | None = None) -> digests.Hasher:
+    h = digests.new(algorithm)
     left = limit
     with open(path, "rb") as f:
         while True:
@@ -74,43 +77,67 @@ def _sha256_of(path: str, limit: int | None = None) -> hashlib._Hash:
     return h
 
 
-def _sha256_zstd(path: str) -> str:
-    """sha256 of a zstd file's *decompressed* bytes (the agent hashes the original core)."""
+def _digest_zstd(path: str, algorithm: str) -> str:
+    """Digest of a zstd file's *decompressed* bytes (the agent hashes the original core)."""
     import zstandard
 
-    h = hashlib.sha256()
+    h = digests.new(algorithm)
     with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
         while block := reader.read(_CHUNK):
             h.update(block)
     return h.hexdigest()
 
 
+def _file_digest(path: str, algorithm: str, zstd: bool) -> str:
+    hexdigest = _digest_zstd(path, algorithm) if zstd else _digest_of(path, algorithm).hexdigest()
+    return digests.format_digest(algorithm, hexdigest)
+
+
+def digest_headers(digest: str) -> dict[str, str]:
+    """The response headers of a core download: ``X-Core-Digest: xxh128:<hex>`` (of the original
+    bytes, decompressed for zstd), and ``X-Core-SHA256: <hex>`` as well when it is a sha256 (what
+    older clients read). None for a core whose digest was not computed."""
+    parsed = digests.parse(digest)
+    if parsed is None:
+        return {}
+    headers = {"X-Core-Digest": digest}
+    if parsed[0] == digests.SHA256:
+        headers["X-Core-SHA256"] = parsed[1]
+    return headers
+
+
 def download(
     source: ByteSource,
     dest: str,
     *,
-    sha256: str | None,
+    digest: str | None,
     size: int | None,
     progress: Callable[[int, int | None], None] | None = None,
     compression: str = "none",
 ) -> Result:
     """Fetch ``source`` into ``dest`` through ``dest.part``, resuming, then verify.
 
-    ``sha256`` comes from the core's metadata and covers the *original* core; ``size`` is the
-    number of bytes of the stored file (``stored_size``). For a ``zstd`` core the check
-    decompresses the downloaded file. Without a sha256 only the size is checked (the caller
-    warns).
+    ``digest`` (``"xxh128:<hex>"`` or ``"sha256:<hex>"``) comes from the core's metadata and covers
+    the *original* core; ``size`` is the number of bytes of the stored file (``stored_size``). For
+    a ``zstd`` core the check decompresses the downloaded file. Without a digest only the size is
+    checked (the caller warns); a malformed one is an error, never a silent pass.
     """
+    algorithm = digests.DEFAULT
+    if digest:
+        parsed = digests.parse(digest)
+        if parsed is None:
+            raise DownloadError(f"the metadata's digest {digest!r} is not one this version can check")
+        algorithm = parsed[0]
     zstd = compression == "zstd"
     part = dest + PART_SUFFIX
-    if os.path.exists(dest) and sha256:
-        if (_sha256_zstd(dest) if zstd else _sha256_of(dest).hexdigest()) == sha256:
-            return Result(dest, os.path.getsize(dest), sha256, 0, already_done=True)
-        raise DownloadError(f"{dest} exists and does not match sha256 {sha256}: remove it or choose -o")
+    if os.path.exists(dest) and digest:
+        if _file_digest(dest, algorithm, zstd) == digest:
+            return Result(dest, os.path.getsize(dest), digest, 0, already_done=True)
+        raise DownloadError(f"{dest} exists and does not match {digest}: remove it or choose -o")
     offset = os.path.getsize(part) if os.path.exists(part) else 0
     if size is not None and offset > size:
         offset = 0  # a .part larger than the core is not a prefix of it: start over
-    h = _sha256_of(part, offset) if offset else hashlib.sha256()
+    h = _digest_of(part, algorithm, offset) if offset else digests.new(algorithm)
     done = offset
     mode = "r+b" if offset else "wb"
     with open(part, mode) as out:
@@ -131,16 +158,16 @@ def download(
             f"got {done} of {size} bytes; {part} kept: run the same command again to resume"
         )
     try:
-        digest = _sha256_zstd(part) if zstd else h.hexdigest()
+        got = digests.format_digest(algorithm, _digest_zstd(part, algorithm) if zstd else h.hexdigest())
     except Exception as exc:  # zstandard.ZstdError: a corrupt frame is a mismatch too
-        digest = f"undecodable zstd ({exc})"
-    if sha256 and digest != sha256:
+        got = f"undecodable zstd ({exc})"
+    if digest and got != digest:
         raise DownloadError(
-            f"sha256 mismatch: metadata says {sha256}, got {digest}; {part} kept for inspection "
+            f"digest mismatch: metadata says {digest}, got {got}; {part} kept for inspection "
             "(delete it to download again from the start)"
         )
     os.replace(part, dest)
-    return Result(dest, done, digest, offset)
+    return Result(dest, done, got, offset)
 
 
 class ProgressBar:

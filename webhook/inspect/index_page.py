@@ -21,7 +21,7 @@ from flask import Flask, Response, g, render_template_string, request
 from flask.typing import ResponseReturnValue
 
 from webhook import constants
-from webhook.inspect.download import human_size
+from webhook.inspect.download import digest_headers, human_size
 from webhook.inspect.listing import group_by_signature
 from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
 
@@ -163,8 +163,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
 
         resp = Response(stream(), mimetype="application/octet-stream")
         resp.headers["Content-Disposition"] = f'attachment; filename="{rec.name}"'
-        if rec.sha256:
-            resp.headers["X-Core-SHA256"] = rec.sha256
+        resp.headers.update(digest_headers(rec.digest))
         return resp
 
     return app

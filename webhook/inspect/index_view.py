@@ -11,6 +11,7 @@ import calendar
 import time
 from typing import Any
 
+from webhook import digest as digests
 from webhook.inspect.listing import CoreRecord
 
 #: Label of the pod on a CoreDump (webhook/agent/index.py; the inspection side never imports the agent).
@@ -51,7 +52,7 @@ def record_from_coredump(obj: dict) -> CoreRecord | None:
         signal=signal,
         signal_name=str(spec.get("signalName") or (f"SIG{signal}" if signal else "")),
         size=_int(spec.get("size")),
-        sha256=str(spec.get("sha256") or ""),
+        digest=digests.of_metadata(spec),
         path=str(location.get("path") or ""),
         signature=str(spec.get("signature") or ""),
         node=str(spec.get("node") or ""),

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 
 from webhook import constants
+from webhook import digest as digests
 from webhook.inspect.download import human_size
 
 #: Record separator in the listing stream (ASCII RS: never in a path we care about or in JSON).
@@ -45,8 +46,10 @@ done | while IFS= read -r f; do
 done
 """
 
-#: Metadata keys that mark a JSON file as a core's metadata (other JSON files are ignored).
-_REQUIRED = ("sha256", "size")
+#: Metadata keys that mark a JSON file as a core's metadata (other JSON files are ignored): ``size``
+#: and one of these (``digest``; ``sha256`` in metadata written before it, null when not computed).
+_REQUIRED = ("size",)
+_DIGEST_KEYS = (digests.KEY, digests.LEGACY_KEY)
 
 
 def listing_command(directories: list[str]) -> list[str]:
@@ -80,7 +83,8 @@ class CoreRecord:
     signal: int | None
     signal_name: str
     size: int | None
-    sha256: str
+    #: "xxh128:<hex>" (or "sha256:<hex>") of the original core; "" when none was computed.
+    digest: str
     #: Path of the core as the crashed container sees it (metadata ``path``).
     path: str
     signature: str = ""
@@ -158,7 +162,8 @@ def _names(meta: dict, namespace: str, pod: str) -> tuple[str, str]:
 
 def record_from_metadata(meta: object, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
     """A record from one metadata dict; None when the JSON is not a core's metadata."""
-    if not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED):
+    if (not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED)
+            or not any(k in meta for k in _DIGEST_KEYS)):
         return None
     shown_ns, shown_pod = _names(meta, namespace, pod)
     core_path = meta_path[: -len(constants.METADATA_SUFFIX)] if meta_path.endswith(constants.METADATA_SUFFIX) else meta_path
@@ -175,7 +180,7 @@ def record_from_metadata(meta: object, meta_path: str, *, present: bool = True, 
         signal=_num(meta.get("signal")),
         signal_name=str(meta.get("signal_name") or (f"SIG{meta['signal']}" if meta.get("signal") else "")),
         size=_num(meta.get("size")),
-        sha256=str(meta.get("sha256") or ""),
+        digest=digests.of_metadata(meta),
         path=str(meta.get("path") or core_path),
         location=core_path,
         signature=str(meta.get("signature") or ""),
@@ -436,9 +441,11 @@ def render(records: list[CoreRecord], output: str = "", *, group: bool = False) 
 
 
 def find_record(records: list[CoreRecord], core: str) -> CoreRecord | None:
-    """Match ``coredump get``'s CORE argument: a full path, a file name, or a sha256 prefix."""
+    """Match ``coredump get``'s CORE argument: a full path, a file name, or a digest prefix (its
+    hex digits, or with the algorithm: ``xxh128:3f2a...``)."""
     for r in records:
         if core in (r.path, r.name, r.location):
             return r
-    hits = [r for r in records if len(core) >= 8 and r.sha256.startswith(core)]
+    hits = [r for r in records if r.digest and len(core.partition(":")[2] or core) >= 8
+            and (r.digest.startswith(core) or digests.hex_part(r.digest).startswith(core))]
     return hits[0] if len(hits) == 1 else None

@@ -22,7 +22,7 @@ from flask import Flask, Response, abort, render_template_string, send_file
 from flask.typing import ResponseReturnValue
 
 from webhook.constants import METADATA_SUFFIX
-from webhook.inspect.download import human_size
+from webhook.inspect.download import digest_headers, human_size
 from webhook.inspect.listing import (
     CoreRecord,
     group_by_signature,
@@ -156,8 +156,7 @@ def create_page_app(cores_root: str, authorize: Callable[[str, str], bool], *, t
         if rec is None or not os.path.isfile(full) or not allowed(token, authorized_by(rec)):
             abort(404)  # not found and not allowed look the same: no namespace probing
         resp: Response = send_file(full, as_attachment=True, download_name=rec.name, conditional=True)
-        if rec.sha256:
-            resp.headers["X-Core-SHA256"] = rec.sha256
+        resp.headers.update(digest_headers(rec.digest))
         return resp
 
     return app
