@@ -4,7 +4,9 @@ functions) is read from the source, and none may reach a layer above its own.
     cli, demo                     (commands that wire everything)
     agent | inspect | server      (the node daemon, the inspection CLI and page, the webhook)
     admission                     (pure mutation, used by the webhook server)
-    diagnose, serving, certs, registry*, pattern, kubeclient, kubewatch, ...   (shared, below)
+    diagnose, serving, certs, registry                 (shared, below)
+    pattern, constants, kubeclient, kubewatch, logs, clock, digest, settings_fields, ...
+                                  (the bottom: they import no layer of the project)
 
 The daemon never imports the CLI nor the webhook, the CLI never the daemon, and what both use
 lives below them.
@@ -33,6 +35,12 @@ FORBIDDEN = {
     "webhook.certs": {"webhook.agent", "webhook.inspect", "webhook.server", "webhook.admission",
                       "webhook.demo", "webhook.cli", "webhook.serving", "webhook.diagnose"},
 }
+#: The bottom: modules every layer may use, which import no layer of this project at all.
+BOTTOM = ("webhook.pattern", "webhook.constants", "webhook.kubeclient", "webhook.kubewatch", "webhook.logs",
+          "webhook.rlimited", "webhook.clock", "webhook.digest", "webhook.settings_fields")
+FORBIDDEN.update({m: {"webhook.agent", "webhook.inspect", "webhook.server", "webhook.admission", "webhook.demo",
+                      "webhook.cli", "webhook.cli_options", "webhook.serving", "webhook.diagnose",
+                      "webhook.registry", "webhook.certs"} for m in BOTTOM})
 
 
 def _modules() -> dict[str, Path]:
@@ -63,6 +71,7 @@ def _under(name: str, package: str) -> bool:
 def test_layers_point_down() -> None:
     modules = _modules()
     assert len(modules) > 50 and "webhook.agent.crash" in modules and "webhook.certs.generate" in modules
+    assert set(BOTTOM) <= set(modules)  # a bottom module renamed away would silently lose its rule
     violations = []
     for module, path in sorted(modules.items()):
         layer = max((p for p in FORBIDDEN if _under(module, p)), key=len, default=None)
