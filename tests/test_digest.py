@@ -58,7 +58,9 @@ def test_the_agent_setting_is_an_option_with_its_variable_and_is_checked_at_star
 
     assert AgentSettings().digest == "xxh128"
     out = CliRunner().invoke(agent, ["run", "--help"], terminal_width=200).output
-    assert "--digest TEXT" in out and "xxh128sum" in out
+    assert "--digest [xxh128|sha256]" in out and "xxh128sum" in out
+    bad = CliRunner().invoke(agent, ["run", "--digest", "md5"])
+    assert bad.exit_code == 2 and "md5" in bad.output  # a usage error before anything starts
     option = next(p for p in agent.commands["run"].params if p.name == "digest")
     assert option.envvar == "COREDUMP_AGENT_DIGEST" and option.default == "xxh128"
     # refused before anything is installed: the kernel's settings are never touched
