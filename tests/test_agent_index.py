@@ -474,3 +474,39 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
     assert _row(crd, successor)["Count"] == 3 and _row(crd, successor)["Name"] == idx.coredump_name(crashes[3])
     pruned = sent[-1][1]
     assert _row(crd, pruned, wide=True)["State"] == "Pruned" and _row(crd, pruned)["Name"] == idx.coredump_name(crashes[0])
+
+
+def test_quota_state_load_settles_unanswered_writes_and_shrunk_settings(tmp_path, caplog):
+    """A state file from before a restart: an unanswered latest create is dropped and counted, an
+    unanswered first slot stays taken as gone, latest slots over a lowered keep_latest are counted
+    into the carry (the newest kept); damaged keys and emptyDir entries are skipped, logged once."""
+    from webhook.agent.index_state import QuotaState
+
+    def slot(name, count=1, created=True, gone=False):
+        return {"name": name, "core": name, "count": count, "rv": "1", "created": created, "gone": gone}
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"format": 1, "keys": [
+        {"key": ["ns", "crash", "ab", "w"], "carry": 1, "total": 9,
+         "first": [slot("f0"), slot("f1", count=2, created=False), slot("f2", count=4, created=False, gone=True)],
+         "latest": [slot("l0", count=3), slot("l1", count=5, created=False), slot("l2"), slot("l3", count=2)]},
+        {"key": ["ns", "crash", "cd", "w"], "carry": -3, "total": -1},
+        {"key": ["ns", "crash", 5, "w"]},
+        {"key": ["ns", "crash", "ef", "w"], "carry": "x"},
+        "junk"],
+        "emptyDir": [{"metadata": {}}, "junk"]}))
+    caplog.set_level("WARNING")
+    q = QuotaState(str(path), 3, 2)  # loads the file
+    ks = q.keys[("ns", "crash", "ab", "w")]
+    assert [(s.name, s.gone) for s in ks.first] == [("f0", False), ("f1", True), ("f2", True)]
+    assert [s.name for s in ks.latest] == ["l2", "l3"]
+    assert (ks.carry, ks.total) == (1 + 5 + 2 + 3, 9)
+    empty = q.keys[("ns", "crash", "cd", "w")]
+    assert (empty.first, empty.latest, empty.carry, empty.total) == ([], [], 0, 0)
+    assert len(q.keys) == 2 and q.emptydir == {}
+    skipped = [r for r in caplog.records if r.getMessage() == "index state: damaged entries skipped"]
+    assert len(skipped) == 1 and skipped[0].skipped == 5
+    # an oversized file is not read at all
+    small = QuotaState(str(path), 3, 2, max_bytes=10)
+    assert small.keys == {} and any(r.getMessage() == "index state not understood: starting without it"
+                                    for r in caplog.records)
