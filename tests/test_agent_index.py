@@ -510,3 +510,27 @@ def test_quota_state_load_settles_unanswered_writes_and_shrunk_settings(tmp_path
     small = QuotaState(str(path), 3, 2, max_bytes=10)
     assert small.keys == {} and any(r.getMessage() == "index state not understood: starting without it"
                                     for r in caplog.records)
+
+
+def test_coredump_fields_from_odd_summaries(tmp_path, validate):
+    """Numbers must be non-negative ints (a bool is none), an unknown compression is left out,
+    ``truncated`` is a bool whenever the summary has it, a node core has no volume, and a summary
+    without a time is stamped with now; over-long strings are cut to the CRD's limits."""
+    s = summary(tmp_path, outcome="partial", destination="node", path="/var/lib/cores/core.7", time=None,
+                pid=True, uid=0, gid=-1, signal=11, size="12", stored_size=7, truncated=0, compression="gzip",
+                node="Node_1!", image="i" * 2000, sysroot=None, symbols_store="", owner="StatefulSet/db",
+                signature_frames=[f"f{i}" * 200 for i in range(8)])
+    body = idx.build_coredump(s, 1700000100)
+    validate(body)
+    spec = body["spec"]
+    assert spec["time"] == "2023-11-14T22:15:00Z" and spec["location"] == {"kind": "node", "path": "/var/lib/cores/core.7"}
+    assert "pid" not in spec and "gid" not in spec and "size" not in spec
+    assert (spec["uid"], spec["signal"], spec["storedSize"], spec["truncated"]) == (0, 11, 7, False)
+    assert "compression" not in spec and len(spec["image"]) == 1024 and spec["node"] == "Node_1!"
+    assert body["metadata"]["labels"][idx.LABEL_NODE] == "Node_1" and spec["owner"] == {"kind": "StatefulSet", "name": "db"}
+    assert len(spec["topFrames"]) == idx.TOP_FRAMES and all(len(f) == 256 for f in spec["topFrames"])
+    assert len(spec["frames"]) == 512 and body["metadata"]["labels"][idx.LABEL_WORKLOAD] == "statefulset.db"
+    zstd = idx.build_coredump(summary(tmp_path, compression="zstd", owner=None, node=None), 1700000100)
+    assert zstd["spec"]["compression"] == "zstd" and "owner" not in zstd["spec"]
+    assert idx.LABEL_WORKLOAD not in zstd["metadata"]["labels"] and idx.LABEL_NODE not in zstd["metadata"]["labels"]
+    assert idx.build_coredump(summary(tmp_path, compression="none"), 1700000100)["spec"]["compression"] == "none"
