@@ -474,3 +474,63 @@ def test_kubectl_get_stays_useful_after_rolls_prunes_and_restarts(tmp_path, serv
     assert _row(crd, successor)["Count"] == 3 and _row(crd, successor)["Name"] == idx.coredump_name(crashes[3])
     pruned = sent[-1][1]
     assert _row(crd, pruned, wide=True)["State"] == "Pruned" and _row(crd, pruned)["Name"] == idx.coredump_name(crashes[0])
+
+
+def test_quota_state_load_settles_unanswered_writes_and_shrunk_settings(tmp_path, caplog):
+    """A state file from before a restart: an unanswered latest create is dropped and counted, an
+    unanswered first slot stays taken as gone, latest slots over a lowered keep_latest are counted
+    into the carry (the newest kept); damaged keys and emptyDir entries are skipped, logged once."""
+    from webhook.agent.index_state import QuotaState
+
+    def slot(name, count=1, created=True, gone=False):
+        return {"name": name, "core": name, "count": count, "rv": "1", "created": created, "gone": gone}
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"format": 1, "keys": [
+        {"key": ["ns", "crash", "ab", "w"], "carry": 1, "total": 9,
+         "first": [slot("f0"), slot("f1", count=2, created=False), slot("f2", count=4, created=False, gone=True)],
+         "latest": [slot("l0", count=3), slot("l1", count=5, created=False), slot("l2"), slot("l3", count=2)]},
+        {"key": ["ns", "crash", "cd", "w"], "carry": -3, "total": -1},
+        {"key": ["ns", "crash", 5, "w"]},
+        {"key": ["ns", "crash", "ef", "w"], "carry": "x"},
+        "junk"],
+        "emptyDir": [{"metadata": {}}, "junk"]}))
+    caplog.set_level("WARNING")
+    q = QuotaState(str(path), 3, 2)  # loads the file
+    ks = q.keys[("ns", "crash", "ab", "w")]
+    assert [(s.name, s.gone) for s in ks.first] == [("f0", False), ("f1", True), ("f2", True)]
+    assert [s.name for s in ks.latest] == ["l2", "l3"]
+    assert (ks.carry, ks.total) == (1 + 5 + 2 + 3, 9)
+    empty = q.keys[("ns", "crash", "cd", "w")]
+    assert (empty.first, empty.latest, empty.carry, empty.total) == ([], [], 0, 0)
+    assert len(q.keys) == 2 and q.emptydir == {}
+    skipped = [r for r in caplog.records if r.getMessage() == "index state: damaged entries skipped"]
+    assert len(skipped) == 1 and skipped[0].skipped == 5
+    # an oversized file is not read at all
+    small = QuotaState(str(path), 3, 2, max_bytes=10)
+    assert small.keys == {} and any(r.getMessage() == "index state not understood: starting without it"
+                                    for r in caplog.records)
+
+
+def test_coredump_fields_from_odd_summaries(tmp_path, validate):
+    """Numbers must be non-negative ints (a bool is none), an unknown compression is left out,
+    ``truncated`` is a bool whenever the summary has it, a node core has no volume, and a summary
+    without a time is stamped with now; over-long strings are cut to the CRD's limits."""
+    s = summary(tmp_path, outcome="partial", destination="node", path="/var/lib/cores/core.7", time=None,
+                pid=True, uid=0, gid=-1, signal=11, size="12", stored_size=7, truncated=0, compression="gzip",
+                node="Node_1!", image="i" * 2000, sysroot=None, symbols_store="", owner="StatefulSet/db",
+                signature_frames=[f"f{i}" * 200 for i in range(8)])
+    body = idx.build_coredump(s, 1700000100)
+    validate(body)
+    spec = body["spec"]
+    assert spec["time"] == "2023-11-14T22:15:00Z" and spec["location"] == {"kind": "node", "path": "/var/lib/cores/core.7"}
+    assert "pid" not in spec and "gid" not in spec and "size" not in spec
+    assert (spec["uid"], spec["signal"], spec["storedSize"], spec["truncated"]) == (0, 11, 7, False)
+    assert "compression" not in spec and len(spec["image"]) == 1024 and spec["node"] == "Node_1!"
+    assert body["metadata"]["labels"][idx.LABEL_NODE] == "Node_1" and spec["owner"] == {"kind": "StatefulSet", "name": "db"}
+    assert len(spec["topFrames"]) == idx.TOP_FRAMES and all(len(f) == 256 for f in spec["topFrames"])
+    assert len(spec["frames"]) == 512 and body["metadata"]["labels"][idx.LABEL_WORKLOAD] == "statefulset.db"
+    zstd = idx.build_coredump(summary(tmp_path, compression="zstd", owner=None, node=None), 1700000100)
+    assert zstd["spec"]["compression"] == "zstd" and "owner" not in zstd["spec"]
+    assert idx.LABEL_WORKLOAD not in zstd["metadata"]["labels"] and idx.LABEL_NODE not in zstd["metadata"]["labels"]
+    assert idx.build_coredump(summary(tmp_path, compression="none"), 1700000100)["spec"]["compression"] == "none"

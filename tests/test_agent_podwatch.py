@@ -172,3 +172,38 @@ def test_crash_metadata_gains_image_labels_and_owner(tmp_path, k8s_cgroup):
     finally:
         unshare.kill()
         unshare.wait()
+
+
+def test_record_of_odd_pods_keeps_what_it_can():
+    """Recorded pod objects are not trusted to be complete: no UID is no record; nameless
+    containers, statuses and volumes are left out; a status names the image the spec lacks; the
+    first container ID seen keeps its name; ephemeral containers have images but no mounts."""
+    assert podwatch.pod_record({}) is None
+    assert podwatch.pod_record({"metadata": {"uid": ""}, "spec": None}) is None
+    pod = {
+        "metadata": {"uid": "u1", "name": "p", "namespace": "ns", "annotations": None, "labels": None},
+        "spec": {"nodeName": None,
+                 "initContainers": [{"name": "init", "image": "i:1", "volumeMounts": [{"name": "v", "mountPath": "/c"}]}],
+                 "containers": [{"name": "app"}, {"image": "nameless:1"}, {"name": "side", "image": "s:1", "volumeMounts": None}],
+                 "ephemeralContainers": [{"name": "dbg", "image": "busybox", "volumeMounts": [{"name": "v", "mountPath": "/d"}]}],
+                 "volumes": [{"name": "v", "emptyDir": {}}, {"emptyDir": {}},
+                             {"name": "claim", "persistentVolumeClaim": {"claimName": "data"}}, {"name": "bare"}]},
+        "status": {"phase": "Running",
+                   "containerStatuses": [
+                       {"name": "app", "image": "app:2", "containerID": "containerd://aaa",
+                        "lastState": {"terminated": {"containerID": "containerd://bbb"}}},
+                       {"image": "x", "containerID": "containerd://ccc"},
+                       {"name": "side", "image": "other:9", "containerID": "docker://aaa", "lastState": {}},
+                       {"name": "gone", "containerID": "", "lastState": None}],
+                   "initContainerStatuses": None},
+    }
+    rec = podwatch.pod_record(pod)
+    assert rec is not None
+    v = rec.view
+    assert v.images == {"init": "i:1", "side": "s:1", "dbg": "busybox", "app": "app:2", "gone": ""}
+    assert v.container_ids == {"aaa": "app", "bbb": "app"}
+    assert v.volumes == {"v": ("emptyDir", ""), "claim": ("persistentVolumeClaim", "data"), "bare": ("", "")}
+    assert v.mount_names == {"init": [("/c", "v")], "app": [], "": [], "side": []}
+    assert (v.labels, v.owner, v.unwritable, rec.annotations) == ({}, None, "", {})
+    assert (rec.node, rec.hostname, rec.phase, rec.resource_version) == ("", "p", "Running", "")
+    assert podwatch.pod_record({"metadata": {"uid": "u2", "name": "n"}, "spec": {"hostname": "h"}}).hostname == "h"

@@ -282,3 +282,43 @@ def test_node_location_retention_deletes_the_records_of_the_cores_it_removes(tmp
         deletes = [r["path"].rsplit("/", 1)[1] for r in server.requests if r["method"] == "DELETE"]
         assert deletes == [names["core.old"]]
         writer.close()
+
+
+def test_node_retention_leaves_dumps_in_flight_and_orphans_and_survives_a_failing_listener(tmp_path, caplog):
+    """A fresh temporary file is a dump in flight (neither removed nor counted), a stale one is an
+    old file like any other; a companion without its core stays for the store sweep; a listener
+    that raises is logged and the others still hear; an emptied directory goes, never the root."""
+    from webhook.agent.writer import TMP_PREFIX
+
+    root = tmp_path / "cores"
+    d = root / "shop" / "web-0"
+    d.mkdir(parents=True)
+    now = time.time()
+    old = now - 30 * 86400
+    for name, t in (("core.a", old), ("core.b", old), (TMP_PREFIX + "fresh", old), (TMP_PREFIX + "stale", old)):
+        (d / name).write_bytes(b"x" * 8192)
+        os.utime(d / name, (t, t))
+    os.utime(d / (TMP_PREFIX + "fresh"), (now, now))  # mtime decides: fresh, however old its core
+    for core in ("core.a", "core.b"):
+        (d / f"{core}.json").write_text(json.dumps({"file": core}))
+        os.utime(d / f"{core}.json", (old, old))
+    for companion in ("orphan.sysroot", "orphan.d"):
+        (d / companion).mkdir()
+        (d / companion / "exe").write_bytes(b"y")
+        os.utime(d / companion / "exe", (old, old))
+    (root / "empty" / "deeper").mkdir(parents=True)
+    heard = []
+
+    def listener(doc):
+        heard.append(doc["file"])
+        raise RuntimeError("index down")
+
+    result = apply_retention(str(root), max_age_seconds=86400, max_total_bytes=0, now=now, on_removed=listener)
+    assert sorted(heard) == ["core.a", "core.b"]
+    assert sorted(p.name for p in d.iterdir()) == sorted([TMP_PREFIX + "fresh", "orphan.d", "orphan.sysroot"])
+    assert str(d / (TMP_PREFIX + "stale")) in result.removed and str(d / (TMP_PREFIX + "fresh")) not in result.removed
+    assert not (root / "empty").exists() and root.is_dir()
+    assert result.kept_bytes == 0 and result.freed_bytes >= 3 * 8192
+    assert len([r for r in caplog.records if r.getMessage() == "could not report a removed core"]) == 2
+    # nothing over the bound: only the ages count; a missing root is nothing to do
+    assert apply_retention(str(tmp_path / "none"), max_age_seconds=1, max_total_bytes=1).removed == ()

@@ -98,6 +98,66 @@ def volume_of(path: str, container: str | None, view: Any) -> dict:
     return {k: v for k, v in {"volume": best[1], "volumeType": kind, "claim": claim}.items() if v}
 
 
+#: spec field -> the summary's key, for the counts (kept when a non-negative int).
+_NUMBERS = (("pid", "pid"), ("uid", "uid"), ("gid", "gid"), ("signal", "signal"), ("size", "size"),
+            ("storedSize", "stored_size"))
+#: spec field -> the summary's key, for the strings (kept when set, cut to :data:`_MAX`).
+_STRINGS = (("podUID", "pod_uid"), ("container", "container"), ("containerID", "container_id"), ("node", "node"),
+            ("image", "image"), ("exe", "exe"), ("comm", "comm"), ("signalName", "signal_name"),
+            ("compression", "compression"), ("truncatedReason", "truncated_reason"))
+#: The compressions the CRD knows (any other is left out).
+_COMPRESSIONS = (None, "none", "zstd")
+
+
+def _labels(summary: dict, kind: str, workload: tuple[str, str] | None) -> dict[str, str]:
+    labels = {LABEL_POD: label_value(str(summary["pod"])), LABEL_KIND: kind}
+    if summary.get("node"):
+        labels[LABEL_NODE] = label_value(str(summary["node"]))
+    if summary.get("signature"):
+        labels[LABEL_SIGNATURE] = str(summary["signature"])[:16]
+    if workload:
+        labels[LABEL_WORKLOAD] = label_value(f"{workload[0].lower()}.{workload[1]}")
+    return labels
+
+
+def _location(summary: dict, view: Any) -> dict:
+    """Where the core lies: the pod (with its volume) or the node, its sysroot and symbols."""
+    location = {k: v for k, v in {
+        "kind": "pod" if summary.get("destination") == "pod" else "node",
+        "path": str(summary.get("path") or "")[:4096],
+        "sysroot": str(summary.get("sysroot") or "")[:4096],
+        "symbolsStore": str(summary.get("symbols_store") or "")[:4096],
+    }.items() if v}
+    if location["kind"] == "pod":
+        location.update(volume_of(str(summary.get("path") or ""), summary.get("container"), view))
+    return location
+
+
+def _optional_fields(summary: dict) -> dict[str, Any]:
+    """The strings and counts the summary has, in the CRD's bounds."""
+    optional = {field: summary.get(src) for field, src in _STRINGS}
+    optional.update(digest=digests.of_metadata(summary), signature=summary.get("signature"),
+                    buildID=summary.get("build_id"))
+    out: dict[str, Any] = {k: str(v)[:_MAX.get(k, 253)] for k, v in optional.items() if v}
+    for key, src in _NUMBERS:
+        value = _int(summary.get(src))
+        if value is not None and value >= 0:
+            out[key] = value
+    if "truncated" in summary:
+        out["truncated"] = bool(summary.get("truncated"))
+    return out
+
+
+def _frames_and_owner(frames: list[str], workload: tuple[str, str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if frames:
+        out["topFrames"] = frames
+        out["frames"] = " < ".join(frames[:3])[:512]
+    if workload:
+        out["owner"] = {"kind": workload[0][:63], "name": workload[1][:253]}
+    return out
+
+
 def build_coredump(summary: dict, now: float, view: Any = None) -> dict | None:
     """The CoreDump for a crash summary, or None when it gets none (unverified, nothing written).
 
@@ -107,54 +167,18 @@ def build_coredump(summary: dict, now: float, view: Any = None) -> dict | None:
         return None
     kind = "snapshot" if summary.get("gcore") else "crash"
     frames = [str(f)[:256] for f in (summary.get("signature_frames") or [])[:TOP_FRAMES]]
-    labels = {LABEL_POD: label_value(str(summary["pod"])), LABEL_KIND: kind}
-    if summary.get("node"):
-        labels[LABEL_NODE] = label_value(str(summary["node"]))
-    if summary.get("signature"):
-        labels[LABEL_SIGNATURE] = str(summary["signature"])[:16]
     workload = workload_of(summary)
-    if workload:
-        labels[LABEL_WORKLOAD] = label_value(f"{workload[0].lower()}.{workload[1]}")
     when = summary.get("time") or now
-    spec: dict[str, Any] = {
-        "kind": kind,
-        "pod": str(summary["pod"])[:253],
-        "time": iso_time(float(when)),
-        "location": {k: v for k, v in {
-            "kind": "pod" if summary.get("destination") == "pod" else "node",
-            "path": str(summary.get("path") or "")[:4096],
-            "sysroot": str(summary.get("sysroot") or "")[:4096],
-            "symbolsStore": str(summary.get("symbols_store") or "")[:4096],
-        }.items() if v},
-    }
-    if spec["location"]["kind"] == "pod":
-        spec["location"].update(volume_of(str(summary.get("path") or ""), summary.get("container"), view))
-    optional = {
-        "podUID": summary.get("pod_uid"), "container": summary.get("container"),
-        "containerID": summary.get("container_id"), "node": summary.get("node"), "image": summary.get("image"),
-        "exe": summary.get("exe"), "comm": summary.get("comm"), "signalName": summary.get("signal_name"),
-        "compression": summary.get("compression"), "truncatedReason": summary.get("truncated_reason"),
-        "digest": digests.of_metadata(summary), "signature": summary.get("signature"), "buildID": summary.get("build_id"),
-    }
-    spec.update({k: str(v)[:_MAX.get(k, 253)] for k, v in optional.items() if v})
-    for key, src in (("pid", "pid"), ("uid", "uid"), ("gid", "gid"), ("signal", "signal"), ("size", "size"),
-                     ("storedSize", "stored_size")):
-        value = _int(summary.get(src))
-        if value is not None and value >= 0:
-            spec[key] = value
-    if "truncated" in summary:
-        spec["truncated"] = bool(summary.get("truncated"))
-    if frames:
-        spec["topFrames"] = frames
-        spec["frames"] = " < ".join(frames[:3])[:512]
-    if workload:
-        spec["owner"] = {"kind": workload[0][:63], "name": workload[1][:253]}
-    if spec.get("compression") not in (None, "none", "zstd"):
+    spec: dict[str, Any] = {"kind": kind, "pod": str(summary["pod"])[:253], "time": iso_time(float(when)),
+                            "location": _location(summary, view)}
+    spec.update(_optional_fields(summary))
+    spec.update(_frames_and_owner(frames, workload))
+    if spec.get("compression") not in _COMPRESSIONS:
         spec.pop("compression")
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": coredump_name(summary), "namespace": ns, "labels": labels},
+        "metadata": {"name": coredump_name(summary), "namespace": ns, "labels": _labels(summary, kind, workload)},
         "spec": spec,
         "status": {"state": "Present", "count": 1, "lastSeen": iso_time(now)},
     }
@@ -165,4 +189,3 @@ def quota_key(body: dict) -> tuple[str, str, str, str]:
     labels = body["metadata"]["labels"]
     return (body["metadata"]["namespace"], labels[LABEL_KIND], labels.get(LABEL_SIGNATURE, ""),
             labels.get(LABEL_WORKLOAD) or labels[LABEL_POD])
-

@@ -20,7 +20,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -185,51 +185,77 @@ class QuotaState:
     def load(self) -> None:
         """Read the file; what cannot be read is logged and left out (an empty state at worst)."""
         assert self.path
+        doc = self._read()
+        if doc is None:
+            return
+        skipped = 0
+        for entry in doc["keys"][-self.max_keys:]:
+            loaded = self._load_key(entry)
+            if loaded is None:
+                skipped += 1
+            else:
+                self.keys[loaded[0]] = loaded[1]
+        skipped += self._load_emptydir(doc.get("emptyDir"))
+        if skipped:
+            log.warning("index state: damaged entries skipped", extra={"path": self.path, "skipped": skipped})
+
+    def _read(self) -> dict | None:
+        """The file's document when it is one this agent understands, else None (logged)."""
+        assert self.path
         try:
             with open(self.path, "rb") as f:
                 data = f.read(self.max_bytes + 1)
             doc = json.loads(data) if len(data) <= self.max_bytes else None
         except FileNotFoundError:
-            return
+            return None
         except (OSError, ValueError) as exc:
             log.warning("index state unreadable: starting without it", extra={"path": self.path, "error": str(exc)})
-            return
+            return None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("keys"), list):
             log.warning("index state not understood: starting without it", extra={"path": self.path})
-            return
+            return None
+        return doc
+
+    def _load_key(self, entry: Any) -> tuple[Key, KeyState] | None:
+        """One key of the file, settled for a restart; None when it is damaged."""
+        try:
+            key = tuple(entry["key"])
+            if len(key) != 4 or not all(isinstance(k, str) for k in key):
+                raise ValueError("key")
+            carry, total = int(entry.get("carry", 0)), int(entry.get("total", 0))
+            first = [Slot.from_json(s) for s in entry.get("first", [])]
+            latest = [Slot.from_json(s) for s in entry.get("latest", [])]
+        except (KeyError, TypeError, ValueError):
+            return None
+        carry = self._settle(first, latest, carry)
+        return cast(Key, key), KeyState(first, latest, max(0, carry), max(0, total))
+
+    def _settle(self, first: list[Slot], latest: list[Slot], carry: int) -> int:
+        """Writes the restart left unanswered and slots over today's settings: their counts
+        go to the carry (returned); ``first`` and ``latest`` are changed in place."""
+        # A create that was planned but never answered before the restart: no record to
+        # update; its crash is counted on the next one.
+        for slot in [s for s in latest if not s.created]:
+            latest.remove(slot)
+            carry += slot.count
+        for slot in first:
+            if not slot.created and not slot.gone:
+                slot.gone, carry = True, carry + slot.count
+        # Settings changed since (fewer first/latest): keep the newest, count the others.
+        while len(latest) > self.keep_latest:
+            carry += latest.pop(0).count
+        return carry
+
+    def _load_emptydir(self, emptydir: Any) -> int:
+        """The emptyDir records of the file; returns how many were skipped as damaged."""
         skipped = 0
-        for entry in doc["keys"][-self.max_keys:]:
-            try:
-                key = tuple(entry["key"])
-                if len(key) != 4 or not all(isinstance(k, str) for k in key):
-                    raise ValueError("key")
-                carry, total = int(entry.get("carry", 0)), int(entry.get("total", 0))
-                first = [Slot.from_json(s) for s in entry.get("first", [])]
-                latest = [Slot.from_json(s) for s in entry.get("latest", [])]
-            except (KeyError, TypeError, ValueError):
-                skipped += 1
-                continue
-            # A create that was planned but never answered before the restart: no record to
-            # update; its crash is counted on the next one.
-            for slot in [s for s in latest if not s.created]:
-                latest.remove(slot)
-                carry += slot.count
-            for slot in first:
-                if not slot.created and not slot.gone:
-                    slot.gone, carry = True, carry + slot.count
-            # Settings changed since (fewer first/latest): keep the newest, count the others.
-            while len(latest) > self.keep_latest:
-                carry += latest.pop(0).count
-            self.keys[key] = KeyState(first, latest, max(0, carry), max(0, total))
-        emptydir = doc.get("emptyDir")
         for body in (emptydir if isinstance(emptydir, list) else [])[-self.max_emptydir:]:
             if isinstance(body, dict) and _is_present_emptydir(body):
                 meta = body["metadata"]
                 self.emptydir[(meta["namespace"], meta["name"])] = body
             else:
                 skipped += 1
-        if skipped:
-            log.warning("index state: damaged entries skipped", extra={"path": self.path, "skipped": skipped})
+        return skipped
 
     def save(self) -> bool:
         """Rewrite the file atomically when something changed; bounded to ``max_bytes`` by

@@ -159,39 +159,56 @@ class IndexWriter:
 
     def _run(self) -> None:
         while not self._stop:
-            try:
-                timeout = 0.05 if self._ready else 0.5
-                body = self._inbox.get(timeout=timeout)
-                self._plan(body)
-                while True:  # drain what is there: several count updates become one write
-                    self._plan(self._inbox.get_nowait())
-            except queue.Empty:
-                pass
+            self._receive()
             now = self.monotonic()
-            if now >= self._next_sweep:
-                self._next_sweep = now + self.sweep_interval
-                self._sweep()
-            if self.state.dirty and (now >= self._next_save or not self._ready):
-                self._next_save = now + self.save_interval  # at most once a second in a storm
-                self.state.save()
-            due = [j for j in self._ready if j.not_before <= now]
-            if not due:
-                if not self._ready and self._inbox.empty() and not self.state.dirty:
-                    self._idle.set()
-                continue
-            wait = self._take_token()
-            if wait > 0:
-                time.sleep(min(wait, 0.5))
-                continue
-            job = due[0]
-            self._ready.remove(job)
-            try:
-                self._write(job)
-            except ApiFailure as exc:
-                self._retry(job, exc)
-            except Exception as exc:  # noqa: BLE001 - the thread must go on
-                self.failed += 1
-                log.exception("CoreDump write failed", extra={"error": str(exc)})
+            self._housekeep(now)
+            self._write_due(now)
+
+    def _receive(self) -> None:
+        """Plan what arrived: wait briefly for one body, then drain what is there (several count
+        updates become one write)."""
+        try:
+            timeout = 0.05 if self._ready else 0.5
+            body = self._inbox.get(timeout=timeout)
+            self._plan(body)
+            while True:
+                self._plan(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _housekeep(self, now: float) -> None:
+        """The periodic sweep, and the state saved when it changed."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self._sweep()
+        if self.state.dirty and (now >= self._next_save or not self._ready):
+            self._next_save = now + self.save_interval  # at most once a second in a storm
+            self.state.save()
+
+    def _write_due(self, now: float) -> None:
+        """One due job written when the rate allows (idle is signalled when nothing is left)."""
+        due = [j for j in self._ready if j.not_before <= now]
+        if not due:
+            if not self._ready and self._inbox.empty() and not self.state.dirty:
+                self._idle.set()
+            return
+        wait = self._take_token()
+        if wait > 0:
+            time.sleep(min(wait, 0.5))
+            return
+        job = due[0]
+        self._ready.remove(job)
+        self._write_or_retry(job)
+
+    def _write_or_retry(self, job: _Job) -> None:
+        """Write one job; an API failure is retried (or given up), anything else counted."""
+        try:
+            self._write(job)
+        except ApiFailure as exc:
+            self._retry(job, exc)
+        except Exception as exc:  # noqa: BLE001 - the thread must go on
+            self.failed += 1
+            log.exception("CoreDump write failed", extra={"error": str(exc)})
 
     def _retry(self, job: _Job, exc: ApiFailure) -> None:
         job.attempts += 1

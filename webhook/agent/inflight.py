@@ -264,46 +264,30 @@ def recover(journal: Journal, *, node_cores_dir: str, node: str = "", events: An
     return results
 
 
+#: How each result is logged (any other is a core lost).
+_RESULT_LOG = {
+    "partial": (logging.WARNING, "core of a dump cut by the agent's restart kept as partial"),
+    "removed_empty": (logging.INFO, "empty leftover of a dump cut by the agent's restart removed"),
+}
+_LOST = (logging.ERROR, "core lost: the agent was restarted mid-dump and its leftover cannot be recovered")
+#: The entry's keys a recovered crash's summary carries.
+_SUMMARY_KEYS = ("namespace", "pod", "pod_uid", "container", "container_id", "pid", "global_pid", "signal", "comm",
+                 "image", "node", "destination")
+
+
 def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None, pending: Any = None,
             pod_record: Callable[[str], Any] | None = None) -> None:
     e = dict(rec.entry, **_verified_names(rec.entry))
     state = identity_of(e)
-    line = {"result": rec.result, "namespace": e.get("namespace"), "pod": e.get("pod"),
-            "container": e.get("container"), "pod_uid": e.get("pod_uid"), "container_id": e.get("container_id"),
-            "identity": state, "pid": e.get("pid"), "global_pid": e.get("global_pid"),
-            "comm": e.get("comm"), "path": rec.path, "leftover": rec.leftover, "size": rec.size,
-            "detail": rec.detail, "via": rec.via or None}
-    if rec.result == "partial":
-        log.warning("core of a dump cut by the agent's restart kept as partial", extra=line)
-    elif rec.result == "removed_empty":
-        log.info("empty leftover of a dump cut by the agent's restart removed", extra=line)
-    else:
-        log.error("core lost: the agent was restarted mid-dump and its leftover cannot be recovered", extra=line)
+    level, message = _RESULT_LOG.get(rec.result, _LOST)
+    log.log(level, message, extra=_log_line(rec, e, state))
     if metrics is not None:
         metrics.recovered.labels(rec.result).inc()
     if rec.result == "removed_empty":
         return
-    summary: dict[str, Any] = {k: e.get(k) for k in ("namespace", "pod", "pod_uid", "container", "container_id", "pid",
-                                     "global_pid", "signal", "comm", "image", "node", "destination")}
-    summary["identity"] = state
-    summary["signal_name"] = meta.signal_name(int(e.get("signal") or 0))
-    if rec.result == "partial":
-        summary.update(outcome="partial", path=rec.path, size=rec.size, truncated_reason=REASON, reason=REASON)
-    else:
-        summary.update(outcome="failed", path=None, size=0,
-                       reason=f"{REASON}: dump cut by the agent's restart; leftover {rec.leftover} ({rec.detail})")
+    summary = _recovered_summary(rec, e, state)
     if state == UNVERIFIED and pending is not None:  # named (and announced) once the watch knows the pod
-        if rec.result == "partial":
-            summary["file_id"] = list(rec.file_id) if rec.file_id else None
-            if e.get("destination") == "node":
-                summary["host_path"] = rec.path
-        try:
-            pending.add(summary)
-            known = pod_record(summary["pod_uid"]) if pod_record is not None else None
-            if known is not None:  # listed before it was added: fill it in now
-                pending.on_pod(known)
-        except Exception:  # noqa: BLE001
-            log.exception("could not keep an unverified recovered crash for later")
+        _keep_for_later(rec, e, summary, pending, pod_record)
         return
     if events is None or state != VERIFIED:
         return
@@ -311,3 +295,40 @@ def _report(rec: Recovered, events: Any, metrics: RecoveryMetrics | None, pendin
         events.submit(summary)
     except Exception:  # noqa: BLE001
         log.exception("could not queue the Event of a recovered dump")
+
+
+def _log_line(rec: Recovered, e: dict, state: str) -> dict:
+    return {"result": rec.result, "namespace": e.get("namespace"), "pod": e.get("pod"),
+            "container": e.get("container"), "pod_uid": e.get("pod_uid"), "container_id": e.get("container_id"),
+            "identity": state, "pid": e.get("pid"), "global_pid": e.get("global_pid"),
+            "comm": e.get("comm"), "path": rec.path, "leftover": rec.leftover, "size": rec.size,
+            "detail": rec.detail, "via": rec.via or None}
+
+
+def _recovered_summary(rec: Recovered, e: dict, state: str) -> dict[str, Any]:
+    """What the Event sink gets for a recovered dump: kept as partial, or failed."""
+    summary: dict[str, Any] = {k: e.get(k) for k in _SUMMARY_KEYS}
+    summary["identity"] = state
+    summary["signal_name"] = meta.signal_name(int(e.get("signal") or 0))
+    if rec.result == "partial":
+        summary.update(outcome="partial", path=rec.path, size=rec.size, truncated_reason=REASON, reason=REASON)
+    else:
+        summary.update(outcome="failed", path=None, size=0,
+                       reason=f"{REASON}: dump cut by the agent's restart; leftover {rec.leftover} ({rec.detail})")
+    return summary
+
+
+def _keep_for_later(rec: Recovered, e: dict, summary: dict[str, Any], pending: Any,
+                    pod_record: Callable[[str], Any] | None) -> None:
+    """An unverified crash waits in ``pending`` until the pod watch names it (now, if it already can)."""
+    if rec.result == "partial":
+        summary["file_id"] = list(rec.file_id) if rec.file_id else None
+        if e.get("destination") == "node":
+            summary["host_path"] = rec.path
+    try:
+        pending.add(summary)
+        known = pod_record(summary["pod_uid"]) if pod_record is not None else None
+        if known is not None:  # listed before it was added: fill it in now
+            pending.on_pod(known)
+    except Exception:  # noqa: BLE001
+        log.exception("could not keep an unverified recovered crash for later")

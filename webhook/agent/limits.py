@@ -81,39 +81,64 @@ _COMPANION_DIRS = (".sysroot", ".d")
 def _core_groups(root: str) -> list[tuple[float, int, list[str]]]:
     """Cores under ``root`` with their companions (``.json``, ``.sysroot/``, ``.d/``), as
     (mtime, bytes, paths); the build-id store is not walked (see :func:`_collect_store`)."""
-    groups: dict[str, list[str]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        companions = [d for d in dirs if d.endswith(_COMPANION_DIRS)]
-        dirs[:] = [d for d in dirs if d != _STORE_DIR and d not in companions]
-        for name in companions:
-            base = name[: -len(".sysroot")] if name.endswith(".sysroot") else name[: -len(".d")]
-            groups.setdefault(os.path.join(dirpath, base), []).append(os.path.join(dirpath, name))
-        for name in files:
-            path = os.path.join(dirpath, name)
-            if name.startswith(TMP_PREFIX):
-                try:
-                    if time.time() - os.lstat(path).st_mtime < STALE_TMP_SECONDS:
-                        continue  # a dump in flight
-                except FileNotFoundError:
-                    continue
-            key = path[: -len(".json")] if name.endswith(".json") else path
-            groups.setdefault(key, []).append(path)
     out = []
-    for key, paths in groups.items():
+    for key, paths in _walk_groups(root).items():
         if not any(p == key or p == key + ".json" for p in paths):
             continue  # a companion without its core: left for the store collection below
-        total = 0
-        mtime = 0.0
-        for p in paths:
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                continue
-            total += st.st_blocks * 512
-            if not stat.S_ISDIR(st.st_mode):
-                mtime = max(mtime, st.st_mtime)
+        mtime, total = _measure(paths)
         out.append((mtime, total, paths))
     return out
+
+
+def _walk_groups(root: str) -> dict[str, list[str]]:
+    """core path -> the paths that go with it (itself included when present)."""
+    groups: dict[str, list[str]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for key, path in _companions(dirpath, dirs):
+            groups.setdefault(key, []).append(path)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if name.startswith(TMP_PREFIX) and _in_flight(path):
+                continue
+            key = path[: -len(".json")] if name.endswith(".json") else path
+            groups.setdefault(key, []).append(path)
+    return groups
+
+
+def _companions(dirpath: str, dirs: list[str]) -> list[tuple[str, str]]:
+    """(core path, companion path) of the companion directories in ``dirs``; the walk is kept
+    out of them and of the build-id store (``dirs`` is changed in place)."""
+    companions = [d for d in dirs if d.endswith(_COMPANION_DIRS)]
+    dirs[:] = [d for d in dirs if d != _STORE_DIR and d not in companions]
+    out = []
+    for name in companions:
+        base = name[: -len(".sysroot")] if name.endswith(".sysroot") else name[: -len(".d")]
+        out.append((os.path.join(dirpath, base), os.path.join(dirpath, name)))
+    return out
+
+
+def _in_flight(tmp_path: str) -> bool:
+    """A temporary file written lately is a dump in flight (one gone meanwhile: nothing to do)."""
+    try:
+        return time.time() - os.lstat(tmp_path).st_mtime < STALE_TMP_SECONDS
+    except FileNotFoundError:
+        return True
+
+
+def _measure(paths: list[str]) -> tuple[float, int]:
+    """(newest mtime of the files, bytes on disk) of a core's paths; directories add their bytes
+    but not their time, paths gone meanwhile nothing."""
+    total = 0
+    mtime = 0.0
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        total += st.st_blocks * 512
+        if not stat.S_ISDIR(st.st_mode):
+            mtime = max(mtime, st.st_mtime)
+    return mtime, total
 
 
 def _collect_store(root: str) -> list[str]:
@@ -169,6 +194,20 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
         return RetentionResult((), 0, 0)
     now = time.time() if now is None else now
     groups = sorted(_core_groups(root), key=lambda g: g[0])
+    removed, freed, total = _select(groups, now, max_age_seconds, max_total_bytes)
+    docs = _metadata_of(removed) if on_removed is not None else {}
+    _remove(removed)
+    if on_removed is not None:
+        _tell_removed(docs, on_removed)
+    if removed:
+        removed.extend(_collect_store(root))
+    _remove_empty_dirs(root)
+    return RetentionResult(tuple(removed), freed, total)
+
+
+def _select(groups: list[tuple[float, int, list[str]]], now: float, max_age_seconds: float,
+            max_total_bytes: int) -> tuple[list[str], int, int]:
+    """The paths to remove (too old, then the oldest over the total), bytes freed and kept."""
     removed: list[str] = []
     freed = 0
     keep = []
@@ -184,8 +223,11 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
         removed.extend(paths)
         freed += size
         total -= size
-    docs = _metadata_of(removed) if on_removed is not None else {}
-    for path in removed:
+    return removed, freed, total
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
         try:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)  # a companion (sysroot of links, saved binaries): links not followed
@@ -195,18 +237,23 @@ def apply_retention(root: str, *, max_age_seconds: float, max_total_bytes: int,
             pass
         except OSError as exc:
             log.warning("retention could not remove %s: %s", path, exc)
+
+
+def _tell_removed(docs: dict[str, dict], on_removed: Callable[[dict], Any]) -> None:
+    """``on_removed`` hears of each core really gone, best-effort."""
     for core, doc in docs.items():
-        if on_removed is not None and not os.path.lexists(core):
+        if not os.path.lexists(core):
             try:
                 on_removed(doc)
             except Exception:  # noqa: BLE001 - the index is told best-effort
                 log.exception("could not report a removed core")
-    if removed:
-        removed.extend(_collect_store(root))
+
+
+def _remove_empty_dirs(root: str) -> None:
+    """Directories left empty under ``root`` (deepest first; never ``root`` itself)."""
     for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda w: -len(w[0])):
         if dirpath != root:
             try:
                 os.rmdir(dirpath)
             except OSError:
                 pass
-    return RetentionResult(tuple(removed), freed, total)

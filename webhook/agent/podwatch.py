@@ -62,21 +62,27 @@ class PodRecord:
     hostname: str = ""
 
 
-def pod_record(pod: dict) -> PodRecord | None:
-    """A raw Pod (API JSON) -> :class:`PodRecord`; None when it has no UID."""
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    uid = meta.get("uid")
-    if not uid:
-        return None
+_SPEC_CONTAINERS = ("initContainers", "containers", "ephemeralContainers")
+_STATUS_CONTAINERS = ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
+#: Ephemeral containers cannot mount volumes of their own: no mount names for them.
+_MOUNTING_CONTAINERS = ("initContainers", "containers")
+
+
+def _spec_images(spec: dict) -> dict[str, str]:
+    """container name -> image, from the spec (containers without both left out)."""
     images: dict[str, str] = {}
-    for key in ("initContainers", "containers", "ephemeralContainers"):
+    for key in _SPEC_CONTAINERS:
         for c in spec.get(key) or []:
             if c.get("name") and c.get("image"):
                 images[c["name"]] = c["image"]
+    return images
+
+
+def _status_ids(status: dict, images: dict[str, str]) -> dict[str, str]:
+    """container ID -> name from the statuses (the current and the previous run); a status
+    also names the image the spec did not (``images`` is filled in place)."""
     ids: dict[str, str] = {}
-    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+    for key in _STATUS_CONTAINERS:
         for cs in status.get(key) or []:
             name = cs.get("name")
             if not name:
@@ -85,20 +91,44 @@ def pod_record(pod: dict) -> PodRecord | None:
             for cid in (cs.get("containerID"), (cs.get("lastState") or {}).get("terminated", {}).get("containerID")):
                 if cid:
                     ids.setdefault(strip_runtime(cid), name)
+    return ids
+
+
+def _volumes(spec: dict) -> dict[str, tuple[str, str]]:
+    """volume name -> (its kind, the claim name or "")."""
     volumes: dict[str, tuple[str, str]] = {}
     for v in spec.get("volumes") or []:
         kind = next((k for k in v if k != "name"), "")
         if v.get("name"):
             volumes[v["name"]] = (kind, str((v.get("persistentVolumeClaim") or {}).get("claimName") or ""))
+    return volumes
+
+
+def _mount_names(spec: dict) -> dict[str, list[tuple[str, str]]]:
+    """container name -> [(mountPath, volume name)]."""
     mount_names: dict[str, list[tuple[str, str]]] = {}
-    for key in ("initContainers", "containers"):
+    for key in _MOUNTING_CONTAINERS:
         for c in spec.get(key) or []:
             mount_names[c.get("name", "")] = [(m.get("mountPath", ""), m.get("name", "")) for m in c.get("volumeMounts") or []]
+    return mount_names
+
+
+def pod_record(pod: dict) -> PodRecord | None:
+    """A raw Pod (API JSON) -> :class:`PodRecord`; None when it has no UID."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    uid = meta.get("uid")
+    if not uid:
+        return None
+    images = _spec_images(spec)
+    ids = _status_ids(status, images)
+    annotations = meta.get("annotations") or {}
     view = PodView(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=uid, images=images,
                    container_ids=ids, labels=dict(meta.get("labels") or {}), owner=controller_owner(meta),
-                   volumes=volumes, mount_names=mount_names, mounts=volume_mounts(pod),
-                   unwritable=str((meta.get("annotations") or {}).get(constants.ANN_UNWRITABLE) or ""))
-    return PodRecord(view=view, node=spec.get("nodeName", "") or "", annotations=dict(meta.get("annotations") or {}),
+                   volumes=_volumes(spec), mount_names=_mount_names(spec), mounts=volume_mounts(pod),
+                   unwritable=str(annotations.get(constants.ANN_UNWRITABLE) or ""))
+    return PodRecord(view=view, node=spec.get("nodeName", "") or "", annotations=dict(annotations),
                      resource_version=meta.get("resourceVersion", ""), phase=status.get("phase", ""),
                      hostname=spec.get("hostname") or meta.get("name", ""))
 

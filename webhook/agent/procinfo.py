@@ -61,39 +61,51 @@ def parse_cgroup_path(path: str) -> CgroupIdentity:
     reader's cgroup namespace (``/../../kubepods...``): components are matched anywhere.
     """
     parts = [p for p in path.split("/") if p and p not in (".", "..")]
-    pod_index = None
-    pod_uid = None
-    qos = None
+    found = _pod_component(parts)
+    if found is None:
+        return CgroupIdentity(path=path)
+    pod_index, pod_uid = found
+    qos = _qos(parts[:pod_index + 1])
+    container_id = runtime = None
+    if pod_index + 1 < len(parts):
+        container_id, runtime = _container_leaf(parts[pod_index + 1])
+    return CgroupIdentity(pod_uid=pod_uid, container_id=container_id, runtime=runtime, qos=qos, path=path)
+
+
+def _pod_component(parts: list[str]) -> tuple[int, str] | None:
+    """(index, pod UID) of the first component naming a pod, else None."""
     for i, part in enumerate(parts):
         m = _POD_UID_RE.search(part)
         if m and ("kubepods" in part or part.startswith("pod")):
-            pod_uid = m.group(1).replace("_", "-")
-            pod_index = i
-            break
-    if pod_uid is None or pod_index is None:  # both are set together
-        return CgroupIdentity(path=path)
-    for part in parts[:pod_index + 1]:
+            return i, m.group(1).replace("_", "-")
+    return None
+
+
+def _qos(parts: list[str]) -> str:
+    """The QoS class named by the components down to the pod's (the last one named wins)."""
+    qos = None
+    for part in parts:
         for name in ("besteffort", "burstable"):
             if name in part and "kubepods" in part or part == name:
                 qos = name
-    if qos is None:
-        qos = "guaranteed"
-    container_id = None
+    return qos or "guaranteed"
+
+
+def _container_leaf(leaf: str) -> tuple[str | None, str | None]:
+    """(container ID, runtime) of the component under the pod's; (None, None) for conmon or
+    anything not a container ID."""
+    if leaf.endswith(".scope"):
+        leaf = leaf[: -len(".scope")]
+    if "conmon" in leaf:
+        return None, None
     runtime = None
-    if pod_index + 1 < len(parts):
-        leaf = parts[pod_index + 1]
-        if leaf.endswith(".scope"):
-            leaf = leaf[: -len(".scope")]
-        if "conmon" not in leaf:
-            for prefix, name in _RUNTIME_PREFIXES:
-                if leaf.startswith(prefix):
-                    leaf, runtime = leaf[len(prefix):], name
-                    break
-            if _CONTAINER_ID_RE.match(leaf):
-                container_id = leaf
-            else:
-                runtime = None
-    return CgroupIdentity(pod_uid=pod_uid, container_id=container_id, runtime=runtime, qos=qos, path=path)
+    for prefix, name in _RUNTIME_PREFIXES:
+        if leaf.startswith(prefix):
+            leaf, runtime = leaf[len(prefix):], name
+            break
+    if _CONTAINER_ID_RE.match(leaf):
+        return leaf, runtime
+    return None, None
 
 
 def parse_cgroup(text: str) -> CgroupIdentity:
