@@ -39,23 +39,25 @@ does, in a private mount namespace where /var/lib/systemd/coredump is a director
 each connection reads it afresh).
 
 Measured on the 2-core shared VM (medians of 5 interleaved rounds, 5 bursts; agent/systemd-coredump,
-256 MiB / 1 GiB cores; outputs on tmpfs | on ext4):
+256 MiB / 1 GiB cores; outputs on tmpfs | on ext4), after gdb stopped reading the node's separate
+debug files (webhook/diagnose/signature.py):
 
-    time to release          0.68 / 0.71 | 0.49 / 0.93     zstd 0.44 / 0.42 | 0.41 / 0.42
-    CPU until the release    0.54 / 0.92 | 0.41 / 0.94     zstd 0.42 / 0.33 | 0.41 / 0.42
-    CPU in all               1.19 / 1.26 | 1.01 / 1.16     zstd 0.49 / 0.40 | 0.46 / 0.46
-    16 x 64 MiB at once      0.62        | 0.71
+    time to release          0.77 / 0.45 | 0.45 / 0.74     zstd 0.47 / 0.23 | 0.45 / 0.30
+    CPU until the release    0.65 / 0.41 | 0.38 / 0.72     zstd 0.45 / 0.22 | 0.42 / 0.30
+    CPU in all               1.66 / 0.57 | 1.07 / 0.96     zstd 0.54 / 0.24 | 0.47 / 0.33
+    16 x 64 MiB at once      0.65        | 0.70
 
 the same bytes (zstd within 0.01%), a third fewer on disk uncompressed (holes); agent peak RSS
-86 MiB (92 with zstd; the pod watch and the API client included) whatever the core's size. The
-one miss, CPU in all for uncompressed cores, is gdb: each such core gets its signature (gdb's
-backtrace, on by default), 0.15 s of CPU after the release here, most of it gdb indexing the
-DWARF of the crasher's libpython (23 MiB with debug info; gdb alone on such a core: 0.27 s, its
-start-up 0.05 s). Everything else the agent does after the release (xxh128 digest, holes, fsync,
-metadata, index, Event) costs 0.01-0.06 s: with ``--agent-flag=--no-signatures`` (3 rounds) CPU
-in all is 0.69 / 0.85 | 0.52 / 0.50. systemd-coredump's backtrace is libdw's unwinder (eu-stack
-does this core's in 0.00-0.05 s); zstd cores get no gdb signature. The xxh128 digest of a 1 GiB
-core costs 0.03 s (sha256: 0.54 s).
+86 MiB (the pod watch and the API client included) whatever the core's size. The one miss, CPU in
+all for uncompressed 256 MiB cores, is gdb: each such core gets its signature (on by default),
+about 0.2 s of CPU after the release here against systemd-coredump's 0.19-0.31 s in all, most of it
+gdb reading the DWARF of the crasher's libpython (this machine's pyenv build, 23 MiB of debug
+info; on a stripped binary, as most images ship, gdb takes about 0.05 s). Everything else the agent
+does after the release (xxh128 digest, holes, fsync, metadata, index, Event) costs 0.01-0.06 s:
+with ``--agent-flag=--no-signatures`` (3 rounds, an earlier run) CPU in all was 0.69 / 0.85 |
+0.52 / 0.50. systemd-coredump's backtrace is libdw's unwinder (eu-stack does this core's in
+0.04 s); zstd cores get no gdb signature. The xxh128 digest of a 1 GiB core costs 0.03 s (sha256:
+0.55 s). The tmpfs 1 GiB systemd figures spread widely (0.59-1.61 s CPU) on this shared machine.
 
 Needs root; holds the test suite's kernel lock for the whole run and restores core_pattern,
 core_pipe_limit, core_uses_pid and suid_dumpable (tests/suite_support.py ``kernel_settings_guard``),
