@@ -3,24 +3,30 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 from typing import Any
 
 import click
 
+from webhook import logs
 from webhook.certs import generate as gen
 from webhook.certs.settings import BootstrapSettings, GenerateSettings, RemoveSettings
 from webhook.cli_options import settings_from, settings_options
 
+log = logging.getLogger(__name__)
+
 
 def _log(event: str, **fields: object) -> None:
-    click.echo(json.dumps({"event": event, **fields}, sort_keys=True), err=True)
+    """The command's result as one line of the one log schema (message = event)."""
+    level = logging.ERROR if event.endswith(".failed") else logging.INFO
+    log.log(level, event, extra={"event": event, **fields})
 
 
 @click.group()
 def certs() -> None:
     """Certificates of the webhook: a private CA and the serving certificate."""
+    logs.configure("info")
 
 
 @certs.command()

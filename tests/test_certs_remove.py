@@ -37,6 +37,10 @@ def test_remove_deletes_the_configuration_then_the_secret(tmp_path: Path) -> Non
         assert [(s.method, s.path) for s in api.seen()] == [("DELETE", MWC_PATH), ("DELETE", SECRET_PATH)]
         assert {s.authorization for s in api.seen()} == {"Bearer t0ken"}
     event = json.loads(proc.stderr.strip().splitlines()[-1])
+    # the one log schema (time, level, logger, message), then the result
+    assert {k: event.pop(k) for k in ("level", "logger", "message")} == {
+        "level": "info", "logger": "webhook.certs.commands", "message": "certs.remove"}
+    assert event.pop("time")
     assert event == {"event": "certs.remove", "namespace": NS, "webhookConfig": "deleted", "secret": "deleted"}
 
 
