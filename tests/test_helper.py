@@ -7,6 +7,7 @@ test_agent_kernel.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -306,7 +307,8 @@ def test_a_released_dump_frees_its_slot_while_it_finishes(host, serve):
             p.wait(timeout=30)
 
 
-def test_garbage_from_a_client_does_not_hurt_the_server(host, serve):
+def test_garbage_from_a_client_does_not_hurt_the_server(host, serve, caplog):
+    caplog.set_level(logging.INFO, logger="webhook.agent")
     rec = Recorder()
     server = serve(settings_for(host), rec)
     for payload in (b"hello", b"CDH/1\0no-terminator", b""):
@@ -327,6 +329,10 @@ def test_garbage_from_a_client_does_not_hurt_the_server(host, serve):
     assert run_helper(host, b"ok").returncode == 0
     assert rec.seen[-1][1] == b"ok"
     assert server.metrics.handovers.labels("protocol_error")._value.get() >= 2
+    # each is the warning it should be, with what was received, never a failed connection's traceback
+    unknown = [r for r in caplog.records if r.getMessage() == "unknown message from a helper; closing"]
+    assert {r.received for r in unknown} >= {b"hello".hex(), b"CDH/1\0no-terminator".hex()}, caplog.text
+    assert not [r for r in caplog.records if r.getMessage() == "helper connection failed"], caplog.text
 
 
 def test_health_and_metrics_endpoint(host, serve):

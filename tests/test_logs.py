@@ -62,3 +62,21 @@ def test_the_certificate_code_logs_inside_the_project_namespace() -> None:
     assert logs.PROJECT_LOGGERS == ("webhook",)
     assert kube.log.name == "webhook.certs.kube"
     assert page_server.log.name == "webhook.inspect.page_server"
+
+
+def test_no_call_passes_a_field_the_log_record_already_has() -> None:
+    """``extra={"message": ...}`` makes logging raise instead of writing the line (the agent once
+    lost its warning about a bad helper message that way): no literal ``extra`` key may be one of
+    the LogRecord's own attributes."""
+    reserved = set(logging.LogRecord("n", logging.INFO, __file__, 1, "", None, None).__dict__) | {"message", "asctime"}
+    seen, clashes = 0, []
+    for root in (REPO / "webhook", REPO / "certs"):
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.keyword) and node.arg == "extra" and isinstance(node.value, ast.Dict):
+                    for key in node.value.keys:
+                        if isinstance(key, ast.Constant):
+                            seen += 1
+                            if key.value in reserved:
+                                clashes.append(f"{path.relative_to(REPO)}:{key.lineno} {key.value!r}")
+    assert seen > 50 and clashes == []

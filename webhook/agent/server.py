@@ -233,7 +233,7 @@ class AgentServer:
         fields = hello.split(b"\0")
         if not hello.endswith(b"\0") or fields[0] != PROTO_HELLO:
             self.metrics.handovers.labels("protocol_error").inc()
-            log.warning("unknown message from a helper; closing", extra={"message": hello[:64].hex()})
+            log.warning("unknown message from a helper; closing", extra={"received": hello[:64].hex()})
             return
         argv = [f.decode("utf-8", "surrogateescape") for f in fields[1:-1]]
         conn.sendall(PROTO_ACK)
