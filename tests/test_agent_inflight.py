@@ -94,6 +94,24 @@ def test_a_recovered_leftover_is_hashed_with_the_agents_digest_setting(tmp_path)
     assert meta["digest"] == "sha256:" + hashlib.sha256(data).hexdigest() and "sha256" not in meta
 
 
+def test_a_recovered_zstd_leftover_has_no_digest_rather_than_a_wrong_one(tmp_path):
+    """The digest covers the original bytes (`coredump get` checks the decompressed download); a
+    cut zstd stream's are not at hand, so the metadata says null, never the compressed bytes' hash."""
+    import zstandard
+
+    cores = tmp_path / "cores"
+    (cores / "host").mkdir(parents=True)
+    entry = _entry(compression="zstd")
+    stream = zstandard.ZstdCompressor().compress(b"\x7fELF" + os.urandom(20000))
+    (cores / "host" / entry["tmp_name"]).write_bytes(stream[: len(stream) // 2])  # cut mid-frame
+    inflight.Journal(str(tmp_path), instance="dead-agent").begin(entry)
+    (rec,) = inflight.recover(inflight.Journal(str(tmp_path)), node_cores_dir=str(cores))
+    assert rec.result == "partial"
+    meta = json.loads((cores / "host" / "core.sleep.42.1700000000.zst.partial.json").read_text())
+    assert meta["compression"] == "zstd" and meta["truncated_reason"] == "agent_restarted"
+    assert meta["digest"] is None and "sha256" not in meta
+
+
 def test_unreachable_pod_leftover_is_reported_with_its_path(tmp_path):
     journal = Journal(str(tmp_path), instance="dead-agent")
     entry = _entry(destination="pod", directory="/pod/data/dump", name="core.6", namespace="shop", pod="web-0",

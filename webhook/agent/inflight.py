@@ -131,7 +131,7 @@ def _verified_names(entry: dict[str, Any]) -> dict[str, Any]:
         "labels": entry.get("labels") or {}}
 
 
-def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, digest: str, node: str) -> dict:
+def _metadata(entry: dict[str, Any], path: str, file: str, size: int, disk: int, digest: str | None, node: str) -> dict:
     names = _verified_names(entry)
     doc = meta.build(
         node=node or entry.get("node", ""), namespace=names["namespace"], pod=names["pod"],
@@ -208,7 +208,10 @@ def _finish(entry: dict[str, Any], dirfd: int, st: os.stat_result, tmp: str, met
     ext = ".zst" if entry.get("compression") == "zstd" else ""
     final = _commit_existing(dirfd, tmp, name + ext + constants.PARTIAL_SUFFIX)
     path = posixpath.join(view_dir, final)
-    doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, _digest(dirfd, final, digest), node)
+    # The digest covers a core's original bytes (`coredump get` checks the decompressed download):
+    # a cut zstd stream's original bytes are not at hand, so its digest stays null, never a wrong one.
+    value = None if ext else _digest(dirfd, final, digest)
+    doc = _metadata(entry, path, final, st.st_size, st.st_blocks * 512, value, node)
     if via:  # the crashed container was gone: reached through another container on its storage
         doc["recovered_through"] = via
     data = meta.dumps(doc)
