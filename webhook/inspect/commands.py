@@ -22,15 +22,10 @@ from webhook import constants
 from webhook.cli_options import settings_from, settings_options
 from webhook.clock import SYSTEM_CLOCK, Clock
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.listing import (
-    CoreRecord,
-    find_record,
-    listing_command,
-    parse_listing,
-    render,
-    wrapper_listing_command,
-)
+from webhook.inspect.listing import listing_command, parse_listing, wrapper_listing_command
 from webhook.inspect.page_settings import PageSettings
+from webhook.inspect.records import CoreRecord, find_record
+from webhook.inspect.rendering import render
 from webhook.inspect.settings import InspectSettings
 
 #: The settings every inspection command offers (-n, --context, --kubeconfig).

@@ -32,7 +32,7 @@ from webhook.inspect.commands import (
     cores_of_pod,
     kube_options,
 )
-from webhook.inspect.listing import CoreRecord, find_record, newest_first
+from webhook.inspect.records import CoreRecord, find_record, newest_first
 from webhook.inspect.settings import InspectSettings
 
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from webhook import digest as digests
-from webhook.inspect.listing import CoreRecord
+from webhook.inspect.records import CoreRecord
 
 #: Label of the pod on a CoreDump (webhook/agent/index.py; the inspection side never imports the agent).
 LABEL_POD = "coredump-webhook.io/pod"
