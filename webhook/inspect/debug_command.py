@@ -22,16 +22,8 @@ import yaml
 from webhook.cli_options import settings_options
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.commands import (
-    _api,
-    _clock,
-    _fail,
-    _namespace,
-    _settings,
-    _warn,
-    cores_of_pod,
-    kube_options,
-)
+from webhook.inspect.commands import _api, _clock, _fail, _settings, _warn, kube_options
+from webhook.inspect.pod_cores import cores_of_pod, default_namespace
 from webhook.inspect.records import CoreRecord, find_record, newest_first
 from webhook.inspect.settings import InspectSettings
 
@@ -44,7 +36,7 @@ def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: Ins
     meta = obj.setdefault("metadata", {})
     if pod and meta.get("name") and pod != meta["name"]:
         raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
-    ns = namespace or meta.get("namespace") or _namespace(None, s)
+    ns = namespace or meta.get("namespace") or default_namespace(None, s)
     meta.setdefault("namespace", ns)
     return ns, meta.get("name") or pod or "", obj
 
@@ -137,7 +129,7 @@ def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pul
                   wait_timeout=wait_timeout)
     if claim:
         return _debug_claim(s, claim, namespace, core or pod, uid, gid, dry_run)
-    from webhook.inspect import kube
+    from webhook.inspect import ephemeral_api
 
     try:
         if pod_file:
@@ -146,7 +138,7 @@ def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pul
         else:
             if not pod:
                 raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
-            ns, name = _namespace(namespace, s), pod
+            ns, name = default_namespace(namespace, s), pod
             api = _api(s)
             name, core, obj = _pod_or_coredump(api, ns, name, core)
         loc = eph.core_location(obj, container)
@@ -175,11 +167,11 @@ def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pul
             return
         if api is None:
             api = _api(s)
-        kube.patch_ephemeral(api, ns, name, body)
+        ephemeral_api.patch_ephemeral(api, ns, name, body)
         what = f"gdb on {target or 'the newest core'}" if not shell else "a shell"
         click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
         clock = _clock()
-        kube.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
+        ephemeral_api.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
     _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))
@@ -212,7 +204,7 @@ def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: st
                  gid: int | None, dry_run: bool) -> None:
     from webhook.inspect import kube
 
-    ns = _namespace(namespace, s)
+    ns = default_namespace(namespace, s)
     name = eph.unique_name({}, prefix="coredump-debug-")
     target = core or ""
     if not dry_run and (uid is None or gid is None or not target):

@@ -136,6 +136,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
     @app.get("/download/<namespace>/<name>")
     def download(namespace: str, name: str) -> ResponseReturnValue:
         from webhook.inspect import ephemeral as eph
+        from webhook.inspect import pod_exec
 
         token = request_token()
         if not token:
@@ -148,7 +149,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
             pod = kube.read_pod(api, namespace, rec.pod)
             loc = eph.core_location(pod, rec.container or None)
             wrapper = constants.WRAPPER_PATH if eph.has_wrapper(pod, loc.container) else ""
-            chunks = kube.ExecSource(api, namespace, rec.pod, loc.container, rec.path, wrapper).read_from(0)
+            chunks = pod_exec.ExecSource(api, namespace, rec.pod, loc.container, rec.path, wrapper).read_from(0)
             first = next(chunks, b"")
         except kube.KubeError as exc:
             if exc.status == 401:
