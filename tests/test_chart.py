@@ -1024,7 +1024,7 @@ def test_page_does_not_restart_the_agents(rendered: dict[str, list[dict[str, Any
 def test_page_daemonset_is_restricted_and_read_only(rendered: dict[str, list[dict[str, Any]]], helm: Path,
                                                      helm_env: dict[str, str], tls: bool) -> None:
     from webhook import constants
-    from webhook.inspect.commands import page
+    from webhook.inspect.page_command import page
 
     objs = rendered["page"] if tls else render(helm, helm_env, "--set", "agent.page.enabled=true")
     agent = agent_daemonset_named(objs)["spec"]["template"]["spec"]

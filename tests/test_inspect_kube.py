@@ -13,7 +13,7 @@ import xxhash
 from tests.kube_apiserver import Exec, FakeApiServer, Recorded
 from webhook.inspect import download as dl
 from webhook.inspect import ephemeral as eph
-from webhook.inspect import kube
+from webhook.inspect import ephemeral_api, kube, pod_exec
 
 POD = "web-7d9f8c6b5-x2kqp"
 POD_PATH = f"/api/v1/namespaces/shop/pods/{POD}"
@@ -42,7 +42,7 @@ def test_patch_sends_the_golden_body_as_strategic_merge_patch(server):
     pod = json.loads(open("tests/recorded/inspect/pod-web.json").read())
     name = eph.unique_name(pod, rng=random.Random(7))
     body = eph.ephemeral_patch(eph.debug_container(pod, image="ghcr.io/coredump-webhook/coredump-webhook:0.1.0", name=name))
-    got = kube.patch_ephemeral(server.api(), "shop", POD, body)
+    got = ephemeral_api.patch_ephemeral(server.api(), "shop", POD, body)
     assert got["spec"]["ephemeralContainers"][0]["targetContainerName"] == "app"
     req = server.requests[-1]
     assert req["method"] == "PATCH" and req["path"] == EPH_PATH
@@ -60,14 +60,14 @@ def test_patch_sends_the_golden_body_as_strategic_merge_patch(server):
 def test_patch_errors_are_explained(server, status, file, error, match):
     server.route("PATCH", EPH_PATH, Recorded(status, file))
     with pytest.raises(error, match=match):
-        kube.patch_ephemeral(server.api(), "shop", POD, {"spec": {"ephemeralContainers": []}})
+        ephemeral_api.patch_ephemeral(server.api(), "shop", POD, {"spec": {"ephemeralContainers": []}})
 
 
 def test_wait_until_running_polls_the_pod(server):
     server.route("GET", POD_PATH, Recorded(200, "pod-web-patched.json"), Recorded(200, "pod-web-debug-waiting.json"),
                  Recorded(200, "pod-web-debug-running.json"))
     sleeps = []
-    obj = kube.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", timeout=60, sleep=sleeps.append)
+    obj = ephemeral_api.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", timeout=60, sleep=sleeps.append)
     assert eph.ephemeral_state(obj, "coredump-debug-x7k2q")[0] == "running"
     assert len(sleeps) == 2 and len([r for r in server.requests if r["method"] == "GET"]) == 3
 
@@ -75,11 +75,11 @@ def test_wait_until_running_polls_the_pod(server):
 def test_wait_stops_on_image_pull_error_and_on_timeout(server):
     server.route("GET", POD_PATH, Recorded(200, "pod-web-debug-errimagepull.json"))
     with pytest.raises(kube.KubeError, match="cannot start: ErrImagePull"):
-        kube.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", sleep=lambda s: None)
+        ephemeral_api.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", sleep=lambda s: None)
     server.route("GET", POD_PATH, Recorded(200, "pod-web-debug-waiting.json"))
     now = iter(range(0, 1000, 10))
     with pytest.raises(kube.KubeError, match="not running after 30s.*PodInitializing"):
-        kube.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", timeout=30,
+        ephemeral_api.wait_ephemeral(server.api(), "shop", POD, "coredump-debug-x7k2q", timeout=30,
                             sleep=lambda s: None, clock=lambda: next(now))
 
 
@@ -88,19 +88,19 @@ def test_exec_streams_binary_and_reports_failures(server, tmp_path):
     (tmp_path / "blob").write_bytes(data)
     server.route("GET", EXEC_PATH, Exec(frame=32768, pace=0.02))
     api = server.api()
-    chunks = list(kube.exec_stream(api, "shop", POD, "app", ["cat", str(tmp_path / "blob")]))
+    chunks = list(pod_exec.exec_stream(api, "shop", POD, "app", ["cat", str(tmp_path / "blob")]))
     assert b"".join(chunks) == data and len(chunks) > 1
     q = server.requests[-1]["query"]
     assert q["command"] == ["cat", str(tmp_path / "blob")] and q["container"] == ["app"] and q["stdout"][0].lower() == "true"
     with pytest.raises(kube.KubeError, match="exit code 1.*No such file"):
-        kube.exec_output(api, "shop", POD, "app", ["cat", str(tmp_path / "missing")])
+        pod_exec.exec_output(api, "shop", POD, "app", ["cat", str(tmp_path / "missing")])
 
 
 def test_exec_forbidden_names_the_verb(server):
     server.route("GET", EXEC_PATH, Recorded(403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
                  "reason": "Forbidden", "message": f'pods "{POD}" is forbidden: User "bob" cannot create resource "pods/exec" in API group "" in the namespace "shop"'}))
     with pytest.raises(kube.Forbidden, match="verb 'create' on 'pods/exec'"):
-        kube.exec_output(server.api(), "shop", POD, "app", ["true"])
+        pod_exec.exec_output(server.api(), "shop", POD, "app", ["true"])
 
 
 def test_resumable_download_over_exec(server, tmp_path):
@@ -111,7 +111,7 @@ def test_resumable_download_over_exec(server, tmp_path):
     server.route("GET", EXEC_PATH, Exec(root=root))
     out = tmp_path / "core.7"
     (tmp_path / "core.7.part").write_bytes(data[:123_456])
-    src = kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7")
+    src = pod_exec.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7")
     res = dl.download(src, str(out), digest="xxh128:" + xxhash.xxh3_128(data).hexdigest(), size=len(data))
     assert res.resumed_from == 123_456 and out.read_bytes() == data
     assert server.requests[-1]["query"]["command"] == ["tail", "-c", "+123457", "/data/dump-a/core.7"]
@@ -126,7 +126,7 @@ def test_resumable_download_through_the_wrapper_without_a_shell(server, tmp_path
     data = os.urandom(200_000) + bytes(100_000)
     (root / "data/dump-a/core.7").write_bytes(data)
     server.route("GET", EXEC_PATH, Exec(root=root, wrapper=bin_dir / "coredump-wrapper", missing=DISTROLESS, frame=8192))
-    src = kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7", wrapper=constants.WRAPPER_PATH)
+    src = pod_exec.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7", wrapper=constants.WRAPPER_PATH)
     out = tmp_path / "core.7"
     (tmp_path / "core.7.part").write_bytes(data[:99_999])
     res = dl.download(src, str(out), digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
@@ -134,7 +134,7 @@ def test_resumable_download_through_the_wrapper_without_a_shell(server, tmp_path
     assert server.requests[-1]["query"]["command"] == [constants.WRAPPER_PATH, "--coredump-cat", "/data/dump-a/core.7", "99999"]
     # tail is not there: the same source without the wrapper fails with the runtime's message
     with pytest.raises(kube.KubeError, match='exec: "tail": executable file not found'):
-        list(kube.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7").read_from(0))
+        list(pod_exec.ExecSource(server.api(), "shop", POD, "app", "/data/dump-a/core.7").read_from(0))
 
 
 def test_list_pods_forbidden(server):

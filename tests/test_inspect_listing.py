@@ -11,6 +11,8 @@ import yaml
 
 from tests.inspect_data import write_core
 from webhook.inspect import listing
+from webhook.inspect.records import find_record, newest_first, record_from_metadata
+from webhook.inspect.rendering import group_by_signature, render
 
 SIG_A = "a" * 64
 SIG_B = "b" * 64
@@ -41,7 +43,7 @@ def test_listing_script_in_real_shells(tree, shell):
     records, warnings = listing.parse_listing(out, namespace="shop", pod="web-1")
     assert len(records) == 4
     assert any("broken.json" in w for w in warnings)
-    by_time = listing.newest_first(records)
+    by_time = newest_first(records)
     assert [r.time for r in by_time] == [1700000900, 1700000500, 1700000000, 1690000000]
     assert by_time[0].signal_name == "SIGABRT" and by_time[0].path.endswith("sub/core-!usr!local!bin!web-9-1700000900")
     assert [r.present for r in by_time] == [True, True, True, False]
@@ -59,7 +61,7 @@ def test_scan_directory_matches_the_exec_listing(tree):
 
 def test_grouping_counts_and_orders(tree):
     records, _ = listing.scan_directory(str(tree))
-    groups = listing.group_by_signature(records)
+    groups = group_by_signature(records)
     assert [(g.signature, g.count) for g in groups] == [(SIG_A, 2), (SIG_B, 1), ("", 1)]
     assert groups[0].top_frames() == ["f", "h", "main"]
     assert groups[0].last.time == 1700000500 and groups[0].first_seen == 1700000000
@@ -72,29 +74,29 @@ def test_snapshots_are_never_grouped_with_crashes(tree):
     meta_path = snap.with_name(snap.name + ".json")
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "gcore": True, "snapshot": True}))
     records, _ = listing.scan_directory(str(tree))
-    groups = listing.group_by_signature(records)
+    groups = group_by_signature(records)
     assert [(g.signature, g.kind, g.count) for g in groups][:2] == [(SIG_A, "crash", 2), (SIG_B, "crash", 1)]
     assert (SIG_A, "snapshot", 1) in [(g.signature, g.kind, g.count) for g in groups]
-    assert "(snapshot)" in listing.render(records, group=True)
-    assert {g["kind"] for g in json.loads(listing.render(records, "json", group=True))["groups"]} == {"crash", "snapshot"}
+    assert "(snapshot)" in render(records, group=True)
+    assert {g["kind"] for g in json.loads(render(records, "json", group=True))["groups"]} == {"crash", "snapshot"}
 
 
 def test_render_table_wide_group_json_yaml(tree):
     records, _ = listing.scan_directory(str(tree))
-    table = listing.render(records)
+    table = render(records)
     lines = table.splitlines()
     assert lines[0].split() == ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
     assert "SIGABRT" in lines[1] and "bbbbbbbbbbbb" in lines[1]
     assert "(missing)" in lines[-1]
-    wide = listing.render(records, "wide").splitlines()
+    wide = render(records, "wide").splitlines()
     assert "COUNT" in wide[0] and "TOP FRAME" in wide[0]
     assert wide[2].split()[-3:] == ["2", "node-3", "f"]
-    grouped = listing.render(records, group=True).splitlines()
+    grouped = render(records, group=True).splitlines()
     assert grouped[1].split()[:2] == ["aaaaaaaaaaaa", "2"] and "f < h < main" in grouped[1]
-    data = json.loads(listing.render(records, "json"))
+    data = json.loads(render(records, "json"))
     assert [c["time"] for c in data["cores"]] == [1700000900, 1700000500, 1700000000, 1690000000]
     assert data["cores"][0]["time_iso"].startswith("2023-11-14T")
-    ydata = yaml.safe_load(listing.render(records, "yaml", group=True))
+    ydata = yaml.safe_load(render(records, "yaml", group=True))
     assert ydata["groups"][0]["count"] == 2 and ydata["groups"][0]["pods"] == ["shop/web-1"]
 
 
@@ -102,12 +104,12 @@ def test_find_record_by_name_path_or_digest(tree):
     records, _ = listing.scan_directory(str(tree))
     r = records[0]
     assert r.digest.startswith("xxh128:")
-    assert listing.find_record(records, r.name) is r
-    assert listing.find_record(records, r.path) is r
-    assert listing.find_record(records, r.digest.partition(":")[2][:10]) is r  # the hex digits
-    assert listing.find_record(records, r.digest[:17]) is r  # with the algorithm
-    assert listing.find_record(records, r.digest.partition(":")[2][:7]) is None  # too short to be sure
-    assert listing.find_record(records, "nope") is None
+    assert find_record(records, r.name) is r
+    assert find_record(records, r.path) is r
+    assert find_record(records, r.digest.partition(":")[2][:10]) is r  # the hex digits
+    assert find_record(records, r.digest[:17]) is r  # with the algorithm
+    assert find_record(records, r.digest.partition(":")[2][:7]) is None  # too short to be sure
+    assert find_record(records, "nope") is None
 
 
 def test_metadata_of_older_agents_with_only_sha256_is_listed_found_and_verified(tmp_path):
@@ -125,7 +127,7 @@ def test_metadata_of_older_agents_with_only_sha256_is_listed_found_and_verified(
     out = subprocess.run(listing.listing_command([str(tmp_path / "data/dump-a")]), capture_output=True, text=True,
                          check=True).stdout
     (rec,) = listing.parse_listing(out, namespace="shop", pod="web-1")[0]
-    assert rec.digest == "sha256:" + sha and listing.find_record([rec], sha[:12]) is rec
+    assert rec.digest == "sha256:" + sha and find_record([rec], sha[:12]) is rec
     got = dl.download(dl.FileSource(rec.location), str(tmp_path / "got"), digest=rec.digest, size=rec.stored_size)
     assert got.digest == "sha256:" + sha and (tmp_path / "got").read_bytes() == core.read_bytes()
     core.write_bytes(b"\0" * core.stat().st_size)  # damaged: the old metadata's sha256 catches it
@@ -137,9 +139,9 @@ def test_a_digest_that_was_not_computed_is_shown_as_none(tmp_path):
     """null (the agent could not read the core back) or a malformed value: no digest, never a guess."""
     for value in (None, "xxh128:", "xxh128:" + "g" * 32, "crc32:12345678"):
         meta = {"digest": value, "size": 3, "time": 5}
-        rec = listing.record_from_metadata(meta, "/d/core.1.json")
+        rec = record_from_metadata(meta, "/d/core.1.json")
         assert rec is not None and rec.digest == ""
-    assert listing.record_from_metadata({"size": 3, "time": 5}, "/d/x.json") is None  # no digest key: not a core's
+    assert record_from_metadata({"size": 3, "time": 5}, "/d/x.json") is None  # no digest key: not a core's
 
 
 def test_core_path_command_offsets(tmp_path):

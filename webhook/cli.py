@@ -21,9 +21,9 @@ COMMANDS: dict[str, str] = {
     "list": "webhook.inspect.commands:list_cores",
     "get": "webhook.inspect.commands:get_core",
     "debug": "webhook.inspect.debug_command:debug",
-    "gcore": "webhook.inspect.commands:gcore",
+    "gcore": "webhook.inspect.gcore_command:gcore",
     "demo": "webhook.demo.command:demo",
-    "page": "webhook.inspect.commands:page",
+    "page": "webhook.inspect.page_command:page",
 }
 
 

@@ -39,10 +39,8 @@ def _chosen(cls: type, only: Iterable[str] | None) -> list[tuple[dataclasses.Fie
     return [(f, s) for f, s in settings_of(cls) if wanted is None or f.name in wanted]
 
 
-def _spec(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> tuple[list[str], dict[str, Any]]:
-    """The declarations and keyword arguments of one click option."""
-    kind = _kind(f)
-    flag = s.flag_name(f.name)
+def _common_attrs(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> dict[str, Any]:
+    """What every option gets: environment variable, help, visibility, default or required."""
     attrs: dict[str, Any] = {"envvar": s.env, "show_envvar": show_envvar, "show_default": s.show_default}
     if s.help:
         attrs["help"] = s.help
@@ -52,37 +50,53 @@ def _spec(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> tuple[lis
         attrs["required"] = True
     else:
         attrs["default"] = f.default
-    decls = [param_name(f), *([s.short] if s.short else []), flag]
-    if kind == "bool":
-        if s.negatable:
-            decls[-1] = f"{flag}/--no-{flag[2:]}"
-        else:
-            attrs["is_flag"] = True
-        return decls, attrs
-    if kind == "tuple":
-        if s.separator is not None:
-            attrs["default"] = s.separator.join(f.default) if isinstance(f.default, tuple) else ""
-            attrs["type"] = str
-        else:
-            attrs["multiple"] = True
-            attrs["type"] = str
-        return decls, attrs
+    return attrs
+
+
+def _tuple_attrs(f: dataclasses.Field[Any], s: Setting) -> dict[str, Any]:
+    """A tuple is one separated string (``separator``) or a repeated option."""
+    if s.separator is not None:
+        return {"default": s.separator.join(f.default) if isinstance(f.default, tuple) else "", "type": str}
+    return {"multiple": True, "type": str}
+
+
+#: ``Setting.path`` -> the click type of that kind of path.
+_PATH_TYPES: dict[str, Callable[[], click.Path]] = {
+    "existing_dir": lambda: click.Path(exists=True, file_okay=False, path_type=Path),
+    "dir": lambda: click.Path(file_okay=False),
+    "file": lambda: click.Path(dir_okay=False),
+}
+
+
+def _value_type(kind: str, s: Setting) -> Any:
+    """The click type of a single-valued, non-flag option."""
     if s.choices:
-        attrs["type"] = click.Choice(list(s.choices), case_sensitive=s.case_sensitive)
-    elif s.path == "existing_dir":
-        attrs["type"] = click.Path(exists=True, file_okay=False, path_type=Path)
-    elif s.path == "dir":
-        attrs["type"] = click.Path(file_okay=False)
-    elif s.path == "file":
-        attrs["type"] = click.Path(dir_okay=False)
-    elif kind == "Path":
-        attrs["type"] = click.Path(path_type=Path)
-    elif kind == "int":
-        attrs["type"] = click.IntRange(min=int(s.min)) if s.min is not None else int
-    elif kind == "float":
-        attrs["type"] = click.FloatRange(min=s.min) if s.min is not None else float
+        return click.Choice(list(s.choices), case_sensitive=s.case_sensitive)
+    if s.path in _PATH_TYPES:
+        return _PATH_TYPES[s.path]()
+    if kind == "Path":
+        return click.Path(path_type=Path)
+    if kind == "int":
+        return click.IntRange(min=int(s.min)) if s.min is not None else int
+    if kind == "float":
+        return click.FloatRange(min=s.min) if s.min is not None else float
+    return str
+
+
+def _spec(f: dataclasses.Field[Any], s: Setting, show_envvar: bool) -> tuple[list[str], dict[str, Any]]:
+    """The declarations and keyword arguments of one click option."""
+    kind = _kind(f)
+    flag = s.flag_name(f.name)
+    attrs = _common_attrs(f, s, show_envvar)
+    decls = [param_name(f), *([s.short] if s.short else []), flag]
+    if kind == "bool" and s.negatable:
+        decls[-1] = f"{flag}/--no-{flag[2:]}"
+    elif kind == "bool":
+        attrs["is_flag"] = True
+    elif kind == "tuple":
+        attrs.update(_tuple_attrs(f, s))
     else:
-        attrs["type"] = str
+        attrs["type"] = _value_type(kind, s)
     return decls, attrs
 
 
@@ -107,23 +121,21 @@ def settings_options(cls: type, *, only: Iterable[str] | None = None, show_envva
     return decorate
 
 
+def _parsed(f: dataclasses.Field[Any], s: Setting, value: Any) -> Any:
+    """A parsed option value as the field takes it: tuples split or collected, "" as None
+    where None is the default."""
+    if _kind(f) == "tuple":
+        if s.separator is not None:
+            return tuple(p.strip() for p in (value or "").split(s.separator) if p.strip())
+        return tuple(value or ())
+    if value == "" and f.default is None:
+        return None
+    return value
+
+
 def settings_values(cls: type, params: Mapping[str, Any], *, only: Iterable[str] | None = None) -> dict[str, Any]:
     """The field values of ``cls`` among a command's parsed ``params`` (other keys are ignored)."""
-    values: dict[str, Any] = {}
-    for f, s in _chosen(cls, only):
-        name = param_name(f)
-        if name not in params:
-            continue
-        value = params[name]
-        if _kind(f) == "tuple":
-            if s.separator is not None:
-                value = tuple(p.strip() for p in (value or "").split(s.separator) if p.strip())
-            else:
-                value = tuple(value or ())
-        elif value == "" and f.default is None:
-            value = None
-        values[f.name] = value
-    return values
+    return {f.name: _parsed(f, s, params[param_name(f)]) for f, s in _chosen(cls, only) if param_name(f) in params}
 
 
 def settings_from(cls: type[T], params: Mapping[str, Any], *, only: Iterable[str] | None = None,

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+from typing import Any
 
 import click
 import yaml
@@ -22,17 +23,9 @@ import yaml
 from webhook.cli_options import settings_options
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.commands import (
-    _api,
-    _clock,
-    _fail,
-    _namespace,
-    _settings,
-    _warn,
-    cores_of_pod,
-    kube_options,
-)
-from webhook.inspect.listing import CoreRecord, find_record, newest_first
+from webhook.inspect.commands import _api, _clock, _fail, _settings, _warn, kube_options
+from webhook.inspect.pod_cores import cores_of_pod, default_namespace
+from webhook.inspect.records import CoreRecord, find_record, newest_first
 from webhook.inspect.settings import InspectSettings
 
 
@@ -44,7 +37,7 @@ def _read_pod_file(pod_file: str, pod: str | None, namespace: str | None, s: Ins
     meta = obj.setdefault("metadata", {})
     if pod and meta.get("name") and pod != meta["name"]:
         raise eph.InspectError(f"{pod_file} holds pod {meta['name']}, not {pod}")
-    ns = namespace or meta.get("namespace") or _namespace(None, s)
+    ns = namespace or meta.get("namespace") or default_namespace(None, s)
     meta.setdefault("namespace", ns)
     return ns, meta.get("name") or pod or "", obj
 
@@ -137,52 +130,73 @@ def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pul
                   wait_timeout=wait_timeout)
     if claim:
         return _debug_claim(s, claim, namespace, core or pod, uid, gid, dry_run)
-    from webhook.inspect import kube
-
     try:
-        if pod_file:
-            ns, name, obj = _read_pod_file(pod_file, pod, namespace, s)
-            api = None
-        else:
-            if not pod:
-                raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
-            ns, name = _namespace(namespace, s), pod
-            api = _api(s)
-            name, core, obj = _pod_or_coredump(api, ns, name, core)
+        ns, name, core, obj, api = _target_pod(s, pod_file, pod, namespace, core)
         loc = eph.core_location(obj, container)
-        record = None
-        if api is not None and not shell:
-            records, warnings = _records(api, obj, ns, name, loc.container)
-            record = choose_core(records, core)
-            if record is None and core and records:
-                raise eph.InspectError(f"no core {core!r} in {ns}/{name} (see `coredump list {name}`)")
-            if record is None and not core:
-                for w in warnings:
-                    _warn(w)
-                _warn("the newest core is picked inside the debug container")
-        run_uid, run_gid = owner(record, obj, loc.container, uid, gid)
-        if run_uid is None:
-            _warn("the core's owner is unknown (no metadata, no runAsUser): the image's user runs gdb; "
-                  "pass --uid/--gid if it cannot read the core")
-        target = record.path if record is not None else (core or "")
-        command = None if shell else dbg.gdb_command(target)
-        ec = eph.debug_container(obj, image=s.debug_image, name=eph.unique_name(obj), container=loc.container,
-                                 pull_policy=s.pull_policy, command=command)
-        ec["securityContext"] = dbg.security_context(run_uid, run_gid)
-        body = eph.ephemeral_patch(ec)
+        record = _pick_record(api, obj, ns, name, loc.container, core) if api is not None and not shell else None
+        ec, body, target = _debug_container(s, obj, loc.container, record, core, shell, uid, gid)
         if dry_run:
             click.echo(json.dumps(body, indent=2))
             return
-        if api is None:
-            api = _api(s)
-        kube.patch_ephemeral(api, ns, name, body)
         what = f"gdb on {target or 'the newest core'}" if not shell else "a shell"
-        click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
-        clock = _clock()
-        kube.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
+        _add_and_wait(s, _api(s) if api is None else api, ns, name, ec, body, what)
     except eph.InspectError as exc:
         raise _fail(exc) from exc
     _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))
+
+
+def _target_pod(s: InspectSettings, pod_file: str | None, pod: str | None, namespace: str | None,
+                core: str | None) -> tuple[str, str, str | None, dict, Any]:
+    """(namespace, pod name, core, pod, API client or None) from -f POD_FILE, else the API (POD
+    may name a CoreDump: then its pod and core)."""
+    if pod_file:
+        ns, name, obj = _read_pod_file(pod_file, pod, namespace, s)
+        return ns, name, core, obj, None
+    if not pod:
+        raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
+    ns = default_namespace(namespace, s)
+    api = _api(s)
+    name, core, obj = _pod_or_coredump(api, ns, pod, core)
+    return ns, name, core, obj, api
+
+
+def _pick_record(api: Any, obj: dict, ns: str, name: str, container: str, core: str | None) -> CoreRecord | None:
+    """The core to debug (None: the newest, picked inside the debug container)."""
+    records, warnings = _records(api, obj, ns, name, container)
+    record = choose_core(records, core)
+    if record is None and core and records:
+        raise eph.InspectError(f"no core {core!r} in {ns}/{name} (see `coredump list {name}`)")
+    if record is None and not core:
+        for w in warnings:
+            _warn(w)
+        _warn("the newest core is picked inside the debug container")
+    return record
+
+
+def _debug_container(s: InspectSettings, obj: dict, container: str, record: CoreRecord | None, core: str | None,
+                     shell: bool, uid: int | None, gid: int | None) -> tuple[dict, dict, str]:
+    """The ephemeral container (gdb on the core, or a shell) run as the core's owner, its PATCH
+    body, and the core it opens."""
+    run_uid, run_gid = owner(record, obj, container, uid, gid)
+    if run_uid is None:
+        _warn("the core's owner is unknown (no metadata, no runAsUser): the image's user runs gdb; "
+              "pass --uid/--gid if it cannot read the core")
+    target = record.path if record is not None else (core or "")
+    command = None if shell else dbg.gdb_command(target)
+    ec = eph.debug_container(obj, image=s.debug_image, name=eph.unique_name(obj), container=container,
+                             pull_policy=s.pull_policy, command=command)
+    ec["securityContext"] = dbg.security_context(run_uid, run_gid)
+    return ec, eph.ephemeral_patch(ec), target
+
+
+def _add_and_wait(s: InspectSettings, api: Any, ns: str, name: str, ec: dict, body: dict, what: str) -> None:
+    """Add the debug container to the pod and wait until it runs."""
+    from webhook.inspect import ephemeral_api
+
+    ephemeral_api.patch_ephemeral(api, ns, name, body)
+    click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
+    clock = _clock()
+    ephemeral_api.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
 
 
 def claim_core(api, ns: str, claim: str, core: str | None) -> CoreRecord | None:
@@ -197,34 +211,27 @@ def claim_core(api, ns: str, claim: str, core: str | None) -> CoreRecord | None:
         return None
     on_claim = [o for o in items if isinstance(o, dict) and isinstance(o.get("spec"), dict)
                 and ((o["spec"].get("location") or {}).get("claim") == claim)]
-    records = index_view.records_from_coredumps(on_claim)
-    if core:
-        name = core.rsplit("/", 1)[-1]
-        found = choose_core(records, core) or next((r for r in records if r.path.rsplit("/", 1)[-1] == name), None)
-    else:
-        found = choose_core([r for r in records if r.metadata.get("state") in (None, "Present")], None)
+    found = _claim_record(index_view.records_from_coredumps(on_claim), core)
     if found is None:
         _warn(f"no CoreDump of claim {claim} in {ns}{' for ' + core if core else ''}: pass --uid/--gid if needed")
     return found
 
 
+def _claim_record(records: list[CoreRecord], core: str | None) -> CoreRecord | None:
+    """``core`` among a claim's records (also by file name alone), else the newest present one."""
+    if core:
+        name = core.rsplit("/", 1)[-1]
+        return choose_core(records, core) or next((r for r in records if r.path.rsplit("/", 1)[-1] == name), None)
+    return choose_core([r for r in records if r.metadata.get("state") in (None, "Present")], None)
+
+
 def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: str | None, uid: int | None,
                  gid: int | None, dry_run: bool) -> None:
-    from webhook.inspect import kube
-
-    ns = _namespace(namespace, s)
+    ns = default_namespace(namespace, s)
     name = eph.unique_name({}, prefix="coredump-debug-")
     target = core or ""
     if not dry_run and (uid is None or gid is None or not target):
-        try:
-            record = claim_core(_api(s), ns, claim, core)
-        except eph.InspectError as exc:
-            raise _fail(exc) from exc
-        if record is not None:
-            # the path the crashed container saw: the script finds that name on the claim
-            target = target or record.path
-            uid = uid if uid is not None else record.metadata.get("uid")
-            gid = gid if gid is not None else record.metadata.get("gid")
+        target, uid, gid = _claim_owner(s, ns, claim, core, uid, gid)
     if target and not target.startswith("/"):
         target = f"{dbg.DEBUG_POD_MOUNT}/{target}"
     pod = dbg.debug_pod(ns, claim, image=s.debug_image, name=name, uid=uid, gid=gid, core=target,
@@ -234,6 +241,31 @@ def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: st
         return
     if uid is None:
         _warn("pass --uid/--gid (the app's) so the pod can read 0600 cores and passes Pod Security 'restricted'")
+    _start_debug_pod(s, ns, name, claim, pod)
+    click.echo(f"it ends with gdb (or after an hour); remove it with: kubectl delete pod -n {ns} {name}", err=True)
+    _attach(eph.attach_command(ns, name, "debug", context=s.context, kubeconfig=s.kubeconfig))
+
+
+def _claim_owner(s: InspectSettings, ns: str, claim: str, core: str | None, uid: int | None,
+                 gid: int | None) -> tuple[str, int | None, int | None]:
+    """The core's path and owner from the index, where the arguments leave them open."""
+    target = core or ""
+    try:
+        record = claim_core(_api(s), ns, claim, core)
+    except eph.InspectError as exc:
+        raise _fail(exc) from exc
+    if record is not None:
+        # the path the crashed container saw: the script finds that name on the claim
+        target = target or record.path
+        uid = uid if uid is not None else record.metadata.get("uid")
+        gid = gid if gid is not None else record.metadata.get("gid")
+    return target, uid, gid
+
+
+def _start_debug_pod(s: InspectSettings, ns: str, name: str, claim: str, pod: dict) -> None:
+    """Create the pod that mounts the claim and wait until it runs (deleted when it does not)."""
+    from webhook.inspect import kube
+
     try:
         api = _api(s)
         kube.create_pod(api, pod)
@@ -245,5 +277,3 @@ def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: st
             raise
     except eph.InspectError as exc:
         raise _fail(exc) from exc
-    click.echo(f"it ends with gdb (or after an hour); remove it with: kubectl delete pod -n {ns} {name}", err=True)
-    _attach(eph.attach_command(ns, name, "debug", context=s.context, kubeconfig=s.kubeconfig))

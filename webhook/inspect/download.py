@@ -122,22 +122,51 @@ def download(
     a ``zstd`` core the check decompresses the downloaded file. Without a digest only the size is
     checked (the caller warns); a malformed one is an error, never a silent pass.
     """
-    algorithm = digests.DEFAULT
-    if digest:
-        parsed = digests.parse(digest)
-        if parsed is None:
-            raise DownloadError(f"the metadata's digest {digest!r} is not one this version can check")
-        algorithm = parsed[0]
+    algorithm = _algorithm(digest)
     zstd = compression == "zstd"
     part = dest + PART_SUFFIX
     if os.path.exists(dest) and digest:
         if _file_digest(dest, algorithm, zstd) == digest:
             return Result(dest, os.path.getsize(dest), digest, 0, already_done=True)
         raise DownloadError(f"{dest} exists and does not match {digest}: remove it or choose -o")
+    offset = _resume_offset(part, size)
+    h = _digest_of(part, algorithm, offset) if offset else digests.new(algorithm)
+    done = _write_from(source, part, offset, h, size, progress)
+    if size is not None and done != size:
+        raise DownloadError(
+            f"got {done} of {size} bytes; {part} kept: run the same command again to resume"
+        )
+    got = _downloaded_digest(part, algorithm, zstd, h)
+    if digest and got != digest:
+        raise DownloadError(
+            f"digest mismatch: metadata says {digest}, got {got}; {part} kept for inspection "
+            "(delete it to download again from the start)"
+        )
+    os.replace(part, dest)
+    return Result(dest, done, got, offset)
+
+
+def _algorithm(digest: str | None) -> str:
+    """The algorithm to check ``digest`` with (the default when there is none)."""
+    if not digest:
+        return digests.DEFAULT
+    parsed = digests.parse(digest)
+    if parsed is None:
+        raise DownloadError(f"the metadata's digest {digest!r} is not one this version can check")
+    return parsed[0]
+
+
+def _resume_offset(part: str, size: int | None) -> int:
+    """Where a kept ``.part`` lets the download resume (0: from the start)."""
     offset = os.path.getsize(part) if os.path.exists(part) else 0
     if size is not None and offset > size:
         offset = 0  # a .part larger than the core is not a prefix of it: start over
-    h = _digest_of(part, algorithm, offset) if offset else digests.new(algorithm)
+    return offset
+
+
+def _write_from(source: ByteSource, part: str, offset: int, h: digests.Hasher, size: int | None,
+                progress: Callable[[int, int | None], None] | None) -> int:
+    """Append ``source`` from ``offset`` to ``part``, hashing it; returns the bytes ``part`` holds."""
     done = offset
     mode = "r+b" if offset else "wb"
     with open(part, mode) as out:
@@ -153,21 +182,15 @@ def download(
                 progress(done, size)
         out.flush()
         os.fsync(out.fileno())
-    if size is not None and done != size:
-        raise DownloadError(
-            f"got {done} of {size} bytes; {part} kept: run the same command again to resume"
-        )
+    return done
+
+
+def _downloaded_digest(part: str, algorithm: str, zstd: bool, h: digests.Hasher) -> str:
+    """The digest of the original core: of what was fetched, or of it decompressed (``zstd``)."""
     try:
-        got = digests.format_digest(algorithm, _digest_zstd(part, algorithm) if zstd else h.hexdigest())
+        return digests.format_digest(algorithm, _digest_zstd(part, algorithm) if zstd else h.hexdigest())
     except Exception as exc:  # zstandard.ZstdError: a corrupt frame is a mismatch too
-        got = f"undecodable zstd ({exc})"
-    if digest and got != digest:
-        raise DownloadError(
-            f"digest mismatch: metadata says {digest}, got {got}; {part} kept for inspection "
-            "(delete it to download again from the start)"
-        )
-    os.replace(part, dest)
-    return Result(dest, done, got, offset)
+        return f"undecodable zstd ({exc})"
 
 
 class ProgressBar:

@@ -127,6 +127,48 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/") or root == "/"
 
 
+def _pattern_directory(pattern: str) -> str | None:
+    """The directory of an effective core pattern (None when there is none or it does not parse)."""
+    if not pattern:
+        return None
+    try:
+        return parse(pattern).directory
+    except PatternError:
+        return None
+
+
+def _annotated_mount(pod: dict, name: str, mounts: list[dict], raw: str) -> tuple[str, str, dict]:
+    """(volume, mount path, mount) named by the ``core-volume`` annotation ("<volume>@<mountPath>")."""
+    volume, _, mount_path = raw.partition("@")
+    mount = next((m for m in mounts if m.get("name") == volume), None)
+    if mount is None:
+        raise NoCoreVolume(
+            f"pod {pod_ref(pod)}: container {name!r} does not mount the core volume {volume!r}"
+            f" (annotation {constants.ANN_CORE_VOLUME}={raw!r}); choose the crashed container with -c"
+        )
+    return volume, mount.get("mountPath") or mount_path, mount
+
+
+def _mount_above(pod: dict, name: str, mounts: list[dict], directory: str) -> tuple[str, str, dict]:
+    """(volume, mount path, mount) of the volume mounted at the longest prefix of ``directory``."""
+    candidates = [m for m in mounts if m.get("mountPath") and _within(directory, m["mountPath"])]
+    if not candidates:
+        raise NoCoreVolume(
+            f"pod {pod_ref(pod)}: no volume of container {name!r} is mounted at or above {directory}"
+        )
+    mount = max(candidates, key=lambda m: len(m["mountPath"]))
+    return mount["name"], mount["mountPath"], mount
+
+
+def _not_prepared(pod: dict, ann: dict) -> NoCoreVolume:
+    status = ann.get(constants.ANN_STATUS)
+    return NoCoreVolume(
+        f"pod {pod_ref(pod)} has no core volume: it was not prepared by coredump-webhook "
+        f"({constants.ANN_STATUS}={status or 'unset'}); annotate it with "
+        f"{constants.ANN_PATTERN} and recreate it"
+    )
+
+
 def core_location(pod: dict, container: str | None = None) -> CoreLocation:
     """Find the core volume of a pod from the webhook's annotations.
 
@@ -138,37 +180,14 @@ def core_location(pod: dict, container: str | None = None) -> CoreLocation:
     spec = _container(pod, name) or {}
     mounts = spec.get("volumeMounts") or []
     pattern = effective_pattern(pod)
-    directory = None
-    if pattern:
-        try:
-            directory = parse(pattern).directory
-        except PatternError:
-            directory = None
+    directory = _pattern_directory(pattern)
     raw = ann.get(constants.ANN_CORE_VOLUME, "")
     if raw and "@" in raw:
-        volume, _, mount_path = raw.partition("@")
-        mount = next((m for m in mounts if m.get("name") == volume), None)
-        if mount is None:
-            raise NoCoreVolume(
-                f"pod {pod_ref(pod)}: container {name!r} does not mount the core volume {volume!r}"
-                f" (annotation {constants.ANN_CORE_VOLUME}={raw!r}); choose the crashed container with -c"
-            )
-        mount_path = mount.get("mountPath") or mount_path
+        volume, mount_path, mount = _annotated_mount(pod, name, mounts, raw)
     elif directory:
-        candidates = [m for m in mounts if m.get("mountPath") and _within(directory, m["mountPath"])]
-        if not candidates:
-            raise NoCoreVolume(
-                f"pod {pod_ref(pod)}: no volume of container {name!r} is mounted at or above {directory}"
-            )
-        mount = max(candidates, key=lambda m: len(m["mountPath"]))
-        volume, mount_path = mount["name"], mount["mountPath"]
+        volume, mount_path, mount = _mount_above(pod, name, mounts, directory)
     else:
-        status = ann.get(constants.ANN_STATUS)
-        raise NoCoreVolume(
-            f"pod {pod_ref(pod)} has no core volume: it was not prepared by coredump-webhook "
-            f"({constants.ANN_STATUS}={status or 'unset'}); annotate it with "
-            f"{constants.ANN_PATTERN} and recreate it"
-        )
+        raise _not_prepared(pod, ann)
     if not directory or not _within(directory, mount_path):
         directory = mount_path
     return CoreLocation(volume, mount_path, directory, name, dict(mount), pattern)

@@ -22,8 +22,8 @@ from flask.typing import ResponseReturnValue
 
 from webhook import constants
 from webhook.inspect.download import digest_headers, human_size
-from webhook.inspect.listing import group_by_signature
 from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
+from webhook.inspect.rendering import group_by_signature
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
     @app.get("/download/<namespace>/<name>")
     def download(namespace: str, name: str) -> ResponseReturnValue:
         from webhook.inspect import ephemeral as eph
+        from webhook.inspect import pod_exec
 
         token = request_token()
         if not token:
@@ -148,7 +149,7 @@ def create_index_page_app(api_for_token: Callable[[str], Any], *, title: str = "
             pod = kube.read_pod(api, namespace, rec.pod)
             loc = eph.core_location(pod, rec.container or None)
             wrapper = constants.WRAPPER_PATH if eph.has_wrapper(pod, loc.container) else ""
-            chunks = kube.ExecSource(api, namespace, rec.pod, loc.container, rec.path, wrapper).read_from(0)
+            chunks = pod_exec.ExecSource(api, namespace, rec.pod, loc.container, rec.path, wrapper).read_from(0)
             first = next(chunks, b"")
         except kube.KubeError as exc:
             if exc.status == 401:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from webhook import digest as digests
-from webhook.inspect.listing import CoreRecord
+from webhook.inspect.records import CoreRecord
 
 #: Label of the pod on a CoreDump (webhook/agent/index.py; the inspection side never imports the agent).
 LABEL_POD = "coredump-webhook.io/pod"
@@ -29,6 +29,24 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _text(d: dict, key: str) -> str:
+    return str(d.get(key) or "")
+
+
+def _metadata_view(meta: dict, spec: dict, status: dict, location: dict) -> dict:
+    """What the core's <core>.json says, in its key names (uid/gid for debug); unset keys left out."""
+    metadata = {"signature_frames": [str(f) for f in spec.get("topFrames") or []], "uid": _int(spec.get("uid")),
+                "gid": _int(spec.get("gid")), "owner": spec.get("owner"), "sysroot": location.get("sysroot"),
+                "symbols_store": location.get("symbolsStore"), "build_id": spec.get("buildID"),
+                "destination": location.get("kind"), "coredump": meta.get("name"),
+                "last_seen": status.get("lastSeen"), "state": status.get("state")}
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def _signal_name(spec: dict, signal: int | None) -> str:
+    return str(spec.get("signalName") or (f"SIG{signal}" if signal else ""))
+
+
 def record_from_coredump(obj: dict) -> CoreRecord | None:
     """A listing record from one CoreDump; None when it is not one."""
     if not isinstance(obj, dict) or not isinstance(obj.get("spec"), dict):
@@ -36,38 +54,31 @@ def record_from_coredump(obj: dict) -> CoreRecord | None:
     meta, spec = obj.get("metadata") or {}, obj["spec"]
     status = obj.get("status") or {}
     location = spec.get("location") or {}
-    frames = [str(f) for f in spec.get("topFrames") or []]
     signal = _int(spec.get("signal"))
-    # the metadata view: what the core's <core>.json says, in its key names (uid/gid for debug)
-    metadata = {"signature_frames": frames, "uid": _int(spec.get("uid")), "gid": _int(spec.get("gid")),
-                "owner": spec.get("owner"), "sysroot": location.get("sysroot"),
-                "symbols_store": location.get("symbolsStore"), "build_id": spec.get("buildID"),
-                "destination": location.get("kind"), "coredump": meta.get("name"),
-                "last_seen": status.get("lastSeen"), "state": status.get("state")}
     return CoreRecord(
-        namespace=str(meta.get("namespace") or ""),
-        pod=str(spec.get("pod") or ""),
-        container=str(spec.get("container") or ""),
+        namespace=_text(meta, "namespace"),
+        pod=_text(spec, "pod"),
+        container=_text(spec, "container"),
         time=_epoch(spec.get("time")),
         signal=signal,
-        signal_name=str(spec.get("signalName") or (f"SIG{signal}" if signal else "")),
+        signal_name=_signal_name(spec, signal),
         size=_int(spec.get("size")),
         digest=digests.of_metadata(spec),
-        path=str(location.get("path") or ""),
-        signature=str(spec.get("signature") or ""),
-        node=str(spec.get("node") or ""),
-        image=str(spec.get("image") or ""),
-        exe=str(spec.get("exe") or ""),
+        path=_text(location, "path"),
+        signature=_text(spec, "signature"),
+        node=_text(spec, "node"),
+        image=_text(spec, "image"),
+        exe=_text(spec, "exe"),
         truncated=bool(spec.get("truncated")),
-        truncated_reason=str(spec.get("truncatedReason") or ""),
-        compression=str(spec.get("compression") or ""),
+        truncated_reason=_text(spec, "truncatedReason"),
+        compression=_text(spec, "compression"),
         stored_size=_int(spec.get("storedSize")),
-        location=str(location.get("path") or ""),
+        location=_text(location, "path"),
         present=status.get("state") not in ("Gone", "Pruned"),
         kind=str(spec.get("kind") or "crash"),
         count=max(1, _int(status.get("count")) or 1),
-        coredump=str(meta.get("name") or ""),
-        metadata={k: v for k, v in metadata.items() if v is not None},
+        coredump=_text(meta, "name"),
+        metadata=_metadata_view(meta, spec, status, location),
     )
 
 

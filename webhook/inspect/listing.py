@@ -1,4 +1,4 @@
-"""Cores as rows: read metadata files, sort newest first, group by signature, render.
+"""Reading cores' metadata files: the exec commands that list them, and their output parsed.
 
 The metadata files (``<core>.json``, written by the agent next to each core) are read either
 through an exec stream in the pod, or from a local directory (:func:`scan_directory`, the page
@@ -12,21 +12,16 @@ output of either:
 - :data:`LISTING_SCRIPT`, plain POSIX ``sh`` + ``find`` + ``cat`` (busybox is enough), for
   containers without the wrapper and for the reader pod on a claim.
 
-Everything after that is pure.
+Records are :mod:`webhook.inspect.records`; grouping and output :mod:`webhook.inspect.rendering`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
-
-import yaml
 
 from webhook import constants
-from webhook import digest as digests
-from webhook.inspect.download import human_size
+from webhook.inspect.records import CoreRecord, record_from_metadata
 
 #: Record separator in the listing stream (ASCII RS: never in a path we care about or in JSON).
 RS = "\x1e"
@@ -45,11 +40,6 @@ done | while IFS= read -r f; do
   printf '\n'
 done
 """
-
-#: Metadata keys that mark a JSON file as a core's metadata (other JSON files are ignored): ``size``
-#: and one of these (``digest``; ``sha256`` in metadata written before it, null when not computed).
-_REQUIRED = ("size",)
-_DIGEST_KEYS = (digests.KEY, digests.LEGACY_KEY)
 
 
 def listing_command(directories: list[str]) -> list[str]:
@@ -70,132 +60,6 @@ def wrapper_listing_command(directories: list[str], wrapper: str = constants.WRA
 def wrapper_cat_command(path: str, offset: int = 0, wrapper: str = constants.WRAPPER_PATH) -> list[str]:
     """The exec argv that streams a core from ``offset`` through the wrapper's cat mode."""
     return [wrapper, constants.WRAPPER_CAT_FLAG, path, str(offset)]
-
-
-@dataclass
-class CoreRecord:
-    """One core as the CLI and the page show it."""
-
-    namespace: str
-    pod: str
-    container: str
-    time: float
-    signal: int | None
-    signal_name: str
-    size: int | None
-    #: "xxh128:<hex>" (or "sha256:<hex>") of the original core; "" when none was computed.
-    digest: str
-    #: Path of the core as the crashed container sees it (metadata ``path``).
-    path: str
-    signature: str = ""
-    backtrace: list[str] = field(default_factory=list)
-    node: str = ""
-    image: str = ""
-    exe: str = ""
-    truncated: bool = False
-    truncated_reason: str = ""
-    compression: str = ""
-    #: Bytes of the stored file (differs from ``size`` when compressed); what a download fetches.
-    stored_size: int | None = None
-    #: Where the core was found by whoever listed it (a path in the pod or reader pod the exec
-    #: ran in, or a local path for the page): what a download reads.
-    location: str = ""
-    #: False when the metadata is there but the core file is not (deleted by hand).
-    present: bool = True
-    #: "crash", or "snapshot" for a gcore of a live process (never grouped with crashes).
-    kind: str = "crash"
-    #: Crashes this record stands for (a CoreDump whose signature reached its quota counts the rest).
-    count: int = 1
-    #: The CoreDump's name when the record came from the index.
-    coredump: str = ""
-    #: The full metadata as read.
-    metadata: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def time_iso(self) -> str:
-        return self.metadata.get("time_iso") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time))
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("metadata")
-        d["time_iso"] = self.time_iso
-        return d
-
-
-def _num(value, default=None):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-#: The metadata's ``identity`` when the agent took namespace, pod and container from its pod
-#: watch (the API server); anything else (``unverified``, or metadata from before the key) names
-#: no namespace or pod anyone may be authorized by.
-VERIFIED = "verified"
-
-
-def is_verified(meta: dict) -> bool:
-    return isinstance(meta, dict) and meta.get("identity") == VERIFIED
-
-
-def _names(meta: dict, namespace: str, pod: str) -> tuple[str, str]:
-    """Namespace and pod a record is shown (and authorized) under.
-
-    Read through a pod (``namespace`` given: the user's own RBAC-checked exec), the namespace is
-    always that pod's, whatever the file says (a process can write any JSON into its volume);
-    the metadata's pod name is kept only when the agent verified it in that same namespace.
-    Read from a directory (the page, the node location), only verified names are shown.
-    """
-    verified = is_verified(meta)
-    if namespace:
-        same = verified and meta.get("namespace") == namespace and meta.get("pod")
-        return namespace, str(meta["pod"]) if same else pod
-    if verified:
-        return str(meta.get("namespace") or ""), str(meta.get("pod") or "")
-    return "", ""
-
-
-def record_from_metadata(meta: object, meta_path: str, *, present: bool = True, namespace: str = "", pod: str = "") -> CoreRecord | None:
-    """A record from one metadata dict; None when the JSON is not a core's metadata."""
-    if (not isinstance(meta, dict) or not all(k in meta for k in _REQUIRED)
-            or not any(k in meta for k in _DIGEST_KEYS)):
-        return None
-    shown_ns, shown_pod = _names(meta, namespace, pod)
-    core_path = meta_path[: -len(constants.METADATA_SUFFIX)] if meta_path.endswith(constants.METADATA_SUFFIX) else meta_path
-    try:
-        when = float(meta.get("time") or 0)
-    except (TypeError, ValueError):
-        when = 0.0
-    backtrace = meta.get("backtrace") or []
-    return CoreRecord(
-        namespace=shown_ns,
-        pod=shown_pod,
-        container=str(meta.get("container") or "") if is_verified(meta) else "",
-        time=when,
-        signal=_num(meta.get("signal")),
-        signal_name=str(meta.get("signal_name") or (f"SIG{meta['signal']}" if meta.get("signal") else "")),
-        size=_num(meta.get("size")),
-        digest=digests.of_metadata(meta),
-        path=str(meta.get("path") or core_path),
-        location=core_path,
-        signature=str(meta.get("signature") or ""),
-        backtrace=[str(x) for x in backtrace] if isinstance(backtrace, list) else [],
-        node=str(meta.get("node") or ""),
-        image=str(meta.get("image") or ""),
-        exe=str(meta.get("exe") or ""),
-        truncated=bool(meta.get("truncated")),
-        truncated_reason=str(meta.get("truncated_reason") or ""),
-        compression=str(meta.get("compression") or ""),
-        stored_size=_num(meta.get("stored_size"), _num(meta.get("size"))),
-        present=present,
-        kind="snapshot" if meta.get("gcore") or meta.get("snapshot") else "crash",
-        metadata=meta,
-    )
 
 
 #: One metadata file as a reader saw it: (path, state, body). ``state`` is "present" or
@@ -302,150 +166,3 @@ def read_metadata_file(meta_path: str) -> CoreRecord | None:
         meta = json.load(f)
     core = meta_path[: -len(constants.METADATA_SUFFIX)]
     return record_from_metadata(meta, meta_path, present=os.path.exists(core))
-
-
-def newest_first(records: list[CoreRecord]) -> list[CoreRecord]:
-    return sorted(records, key=lambda r: (-r.time, r.namespace, r.pod, r.path))
-
-
-@dataclass
-class Group:
-    """All cores sharing one signature ("" = not computed yet: each such core is its own group).
-
-    Snapshots (``coredump gcore``) form their own groups: a live process is not a crash."""
-
-    signature: str
-    records: list[CoreRecord]
-    kind: str = "crash"
-
-    @property
-    def count(self) -> int:
-        return sum(max(1, r.count) for r in self.records)
-
-    @property
-    def last(self) -> CoreRecord:
-        return self.records[0]
-
-    @property
-    def first_seen(self) -> float:
-        return min(r.time for r in self.records)
-
-    @property
-    def pods(self) -> list[str]:
-        return sorted({f"{r.namespace}/{r.pod}" for r in self.records})
-
-    def top_frames(self, n: int = 3) -> list[str]:
-        frames = self.last.metadata.get("signature_frames") or []
-        if frames:
-            return [str(f) for f in frames[:n]]
-        return [line.split(" ", 2)[1] if line.startswith("#") and " " in line else line for line in self.last.backtrace[:n]]
-
-    def as_dict(self) -> dict:
-        return {
-            "signature": self.signature,
-            "kind": self.kind,
-            "count": self.count,
-            "first_seen": self.first_seen,
-            "last_seen": self.last.time,
-            "pods": self.pods,
-            "top_frames": self.top_frames(),
-            "cores": [r.as_dict() for r in self.records],
-        }
-
-
-def group_by_signature(records: list[CoreRecord]) -> list[Group]:
-    """Groups, the most frequent first, then the most recent; cores newest first in each."""
-    buckets: dict[tuple[str, str], list[CoreRecord]] = {}
-    loose: list[Group] = []
-    for rec in newest_first(records):
-        if rec.signature:
-            buckets.setdefault((rec.kind, rec.signature), []).append(rec)
-        else:
-            loose.append(Group("", [rec], rec.kind))
-    groups = [Group(sig, recs, kind) for (kind, sig), recs in buckets.items()] + loose
-    return sorted(groups, key=lambda g: (-g.count, -g.last.time))
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for r in rows:
-        lines.append("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
-    return "\n".join(lines)
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "?"
-
-
-def _short(sig: str) -> str:
-    return sig[:12] if sig else "-"
-
-
-def _size(rec: CoreRecord) -> str:
-    s = human_size(rec.size)
-    if rec.truncated:
-        s += " (truncated)"
-    if not rec.present:
-        s += " (missing)"
-    return s
-
-
-def render_table(records: list[CoreRecord], *, wide: bool = False) -> str:
-    """kubectl-style table, newest first; ``wide`` adds node, count per signature, top frame."""
-    records = newest_first(records)
-    counts: dict[str, int] = {}
-    for r in records:
-        if r.signature:
-            counts[r.signature] = counts.get(r.signature, 0) + max(1, r.count)
-    headers = ["NAMESPACE", "POD", "CONTAINER", "TIME", "SIGNAL", "SIZE", "SIGNATURE", "CORE"]
-    named = wide and any(r.coredump for r in records)
-    if wide:
-        headers += ["COUNT", "NODE", "TOP FRAME"] + (["COREDUMP"] if named else [])
-    rows = []
-    for r in records:
-        row = [r.namespace, r.pod, r.container, _when(r.time), r.signal_name or "-", _size(r), _short(r.signature), r.path]
-        if wide:
-            top = Group(r.signature, [r]).top_frames(1)
-            row += [str(counts.get(r.signature, 1)), r.node or "-", top[0] if top else "-"]
-            if named:
-                row.append(r.coredump or "-")
-        rows.append(row)
-    return _table(headers, rows)
-
-
-def render_groups(groups: list[Group]) -> str:
-    headers = ["SIGNATURE", "COUNT", "LAST SEEN", "PODS", "TOP FRAMES", "LATEST CORE"]
-    rows = []
-    for g in groups:
-        pods = g.pods
-        shown = ", ".join(pods[:2]) + (f" +{len(pods) - 2}" if len(pods) > 2 else "")
-        sig = _short(g.signature) + (" (snapshot)" if g.kind == "snapshot" else "")
-        rows.append([sig, str(g.count), _when(g.last.time), shown, " < ".join(g.top_frames()) or "-", g.last.path])
-    return _table(headers, rows)
-
-
-def render(records: list[CoreRecord], output: str = "", *, group: bool = False) -> str:
-    """Render for ``-o``: "" (table), "wide", "json", "yaml"; ``group`` groups by signature."""
-    if output in ("json", "yaml"):
-        if group:
-            data: dict = {"groups": [g.as_dict() for g in group_by_signature(records)]}
-        else:
-            data = {"cores": [r.as_dict() for r in newest_first(records)]}
-        if output == "json":
-            return json.dumps(data, indent=2, sort_keys=True)
-        return yaml.safe_dump(data, sort_keys=True).rstrip("\n")
-    if group:
-        return render_groups(group_by_signature(records))
-    return render_table(records, wide=output == "wide")
-
-
-def find_record(records: list[CoreRecord], core: str) -> CoreRecord | None:
-    """Match ``coredump get``'s CORE argument: a full path, a file name, or a digest prefix (its
-    hex digits, or with the algorithm: ``xxh128:3f2a...``)."""
-    for r in records:
-        if core in (r.path, r.name, r.location):
-            return r
-    hits = [r for r in records if r.digest and len(core.partition(":")[2] or core) >= 8
-            and (r.digest.startswith(core) or digests.hex_part(r.digest).startswith(core))]
-    return hits[0] if len(hits) == 1 else None

@@ -23,15 +23,10 @@ from flask.typing import ResponseReturnValue
 
 from webhook.constants import METADATA_SUFFIX
 from webhook.inspect.download import digest_headers, human_size
-from webhook.inspect.listing import (
-    CoreRecord,
-    group_by_signature,
-    is_verified,
-    newest_first,
-    read_metadata_file,
-    scan_directory,
-)
+from webhook.inspect.listing import read_metadata_file, scan_directory
 from webhook.inspect.page_auth import request_token, sign_in_response
+from webhook.inspect.records import CoreRecord, is_verified, newest_first
+from webhook.inspect.rendering import group_by_signature
 
 #: The heading of cores whose pod the agent could not verify (no namespace is named for them:
 #: only users allowed in every namespace see them).
