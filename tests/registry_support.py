@@ -22,21 +22,27 @@ def serve(handler_cls, tls: LoopbackCA | None = None, host: str = "127.0.0.1") -
     return srv, srv.server_address[1]
 
 
+def self_signed_ca(common_name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A CA key and its self-signed certificate, valid from an hour ago for a day."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    return key, cert
+
+
 class LoopbackCA:
     """A CA of the tests and serving certificates for loopback addresses (token realms and
     redirect targets must be HTTPS)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry tests CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256()))
+        self.key, self.cert = self_signed_ca("registry tests CA")
         self.bundle = tmp / "tests-ca.pem"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 

@@ -5,6 +5,7 @@ Plain helpers for conftest.py and the support modules (fixtures live in conftest
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import os
@@ -72,3 +73,16 @@ def kernel_settings_guard():
                     f.write(value.rstrip("\n") or "\n")
             for path, value in saved.items():
                 assert Path(path).read_text() == value, f"{path} not restored"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every absolute import of a module, top level and inside functions: ``import a.b`` gives
+    ``a.b``; ``from a import b`` gives ``a`` and ``a.b`` (b may be a module or a name)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names

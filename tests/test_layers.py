@@ -14,8 +14,9 @@ lives below them.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.suite_support import imports_of
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = {"webhook": REPO / "webhook", "webhook.certs": REPO / "certs"}
@@ -53,15 +54,6 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
-    return names
 
 
 def _under(name: str, package: str) -> bool:
@@ -77,7 +69,7 @@ def test_layers_point_down() -> None:
         layer = max((p for p in FORBIDDEN if _under(module, p)), key=len, default=None)
         if layer is None:
             continue
-        for name in sorted(_imports(path)):
+        for name in sorted(imports_of(path)):
             for banned in FORBIDDEN[layer]:
                 # webhook.certs sits inside webhook's namespace: only a real import of a banned
                 # package counts, never the shared prefix
@@ -90,4 +82,4 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     """The AST walk finds imports inside functions too (the way the daemon once reached the CLI)."""
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from webhook.inspect.commands import main\n    import webhook.server.app\n")
-    assert {"webhook.inspect.commands", "webhook.server.app"} <= _imports(src)
+    assert {"webhook.inspect.commands", "webhook.server.app"} <= imports_of(src)

@@ -9,7 +9,6 @@ kubernetes ApiClient from recorded API responses (tests/recorded/registry/).
 from __future__ import annotations
 
 import base64
-import datetime
 import gzip
 import hashlib
 import http.server
@@ -28,13 +27,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from tests.process_support import free_port
-from tests.registry_support import LoopbackCA, serve
+from tests.registry_support import LoopbackCA, self_signed_ca, serve
 from tests.suite_support import which_or_fail
 from webhook.registry.challenges import parse_challenge
 from webhook.registry.config import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ImageConfig
@@ -64,16 +61,7 @@ class TokenIssuer:
     """Signs registry tokens (RS256 JWT with an x5c chain) the way a real token service does."""
 
     def __init__(self, tmp: Path) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token signer")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
+        self.key, self.cert = self_signed_ca("test token signer")
         self.bundle = tmp / "token-signer.pem"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.requests: list[dict] = []

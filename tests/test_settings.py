@@ -9,7 +9,6 @@ options build the dataclass back, and that click appears in command modules only
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from click.core import ParameterSource
 from click.testing import CliRunner
 
+from tests.suite_support import imports_of
 from webhook.cli import main
 from webhook.cli_options import settings_from, settings_params
 from webhook.settings_fields import SETTING, Setting, settings_of
@@ -146,14 +146,6 @@ def test_a_refused_value_is_a_usage_error() -> None:
     assert RegistrySettings.__dataclass_fields__["per_registry_concurrency"].metadata[SETTING].min == 1
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
 
 
 def _is_command_module(module: str) -> bool:
@@ -163,12 +155,12 @@ def _is_command_module(module: str) -> bool:
 
 def test_click_only_in_command_modules() -> None:
     modules = _modules()
-    users = {m for m, path in modules.items() if any(n == "click" or n.startswith("click.") for n in _imports(path))}
+    users = {m for m, path in modules.items() if any(n == "click" or n.startswith("click.") for n in imports_of(path))}
     assert "webhook.cli_options" in users and "webhook.agent.commands" in users  # the walk sees them
     assert sorted(m for m in users if not _is_command_module(m)) == []
     # nor the command layer's options module (it is click's end of the settings)
     assert sorted(m for m, path in modules.items()
-                  if "webhook.cli_options" in _imports(path) and not _is_command_module(m)) == []
+                  if "webhook.cli_options" in imports_of(path) and not _is_command_module(m)) == []
     # the settings themselves are declared without it
     for module in ("webhook.settings_fields", "webhook.admission.settings", "webhook.registry.settings",
                    "webhook.agent.settings", "webhook.serving.settings"):
