@@ -10,7 +10,8 @@ from typing import Any
 import kubernetes_validate
 
 from webhook import constants as C
-from webhook.admission.mutate import MAX_WARNING, MutationResult, apply, mutate_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.patch import MAX_WARNING, MutationResult, apply
 from webhook.admission.settings import AdmissionSettings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,8 @@ from tests.process_support import coredump_command, wait_for
 from tests.runc_support import UNLIMITED, Node, processes_rooted_under
 from tests.suite_support import KERNEL_SETTINGS
 from webhook import constants as C
-from webhook.admission.mutate import apply, mutate_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.patch import apply
 from webhook.admission.settings import AdmissionSettings
 
 NAMESPACE = "shop"

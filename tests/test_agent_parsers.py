@@ -8,16 +8,9 @@ import pytest
 from webhook import constants
 from webhook.agent import chain, metadata, notify
 from webhook.agent.crash_request import HELPER_ARGS, CrashRequest
-from webhook.agent.procinfo import (
-    CgroupIdentity,
-    identify,
-    parse_cgroup,
-    parse_cgroup_path,
-    parse_environ,
-    parse_status,
-    strip_root,
-)
+from webhook.agent.procinfo import CgroupIdentity, identify, parse_cgroup, parse_cgroup_path, parse_environ, strip_root
 from webhook.agent.stream import parse_size
+from webhook.diagnose.procstatus import parse_status
 from webhook.pattern import CrashInfo
 
 UID = "0c3a7f5e-9b1d-4e2a-8f6c-1234567890ab"

@@ -11,6 +11,7 @@ import pytest
 
 from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
+from webhook import kubewatch
 from webhook.agent import podwatch
 from webhook.agent.podwatch import PodIndex, PodWatcher
 
@@ -55,9 +56,9 @@ def test_watch_lines_apply_in_order():
     index = PodIndex()
     index.replace(json.loads((AGENT / "podlist-node-3.json").read_text())["items"])
     kinds = []
-    for line in podwatch.iter_lines([(AGENT / "watch-pods-1.ndjson").read_bytes()[i:i + 777]
+    for line in kubewatch.iter_lines([(AGENT / "watch-pods-1.ndjson").read_bytes()[i:i + 777]
                                      for i in range(0, 100_000, 777)]):
-        kind, obj = podwatch.parse_event(line)
+        kind, obj = kubewatch.parse_event(line)
         kinds.append(kind)
         if kind != "BOOKMARK":
             index.apply(kind, obj)
@@ -65,8 +66,8 @@ def test_watch_lines_apply_in_order():
     assert index.lookup(DB_UID) is None
     assert index.lookup(BATCH_UID).owner == "Job/batch-28861290"
     assert index.lookup(WEB_UID).labels["tier"] == "frontend"
-    with pytest.raises(podwatch.Expired, match="too old"):
-        podwatch.parse_event((AGENT / "watch-pods-expired.ndjson").read_bytes())
+    with pytest.raises(kubewatch.Expired, match="too old"):
+        kubewatch.parse_event((AGENT / "watch-pods-expired.ndjson").read_bytes())
 
 
 def test_list_watch_expire_relist_against_a_real_socket():

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from webhook import constants as C
-from webhook.admission.mutate import apply, mutate_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.patch import apply
 from webhook.admission.settings import AdmissionSettings
 from webhook.pattern import parse
 

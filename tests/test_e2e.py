@@ -47,7 +47,8 @@ from tests.e2e_support import (
 from tests.process_support import wait_for
 from tests.runc_support import CGROUP_FLAVOURS
 from webhook import constants as C
-from webhook.admission.mutate import apply, mutate_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.patch import apply
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 

@@ -14,7 +14,8 @@ from tests.inspect_data import write_core
 from tests.kube_apiserver import RECORDED, ByToken, Exec, FakeApiServer, Recorded
 from tests.page_support import INDEX, Served, api_for, auth_proxy, chromium_dom, take_screenshot
 from tests.suite_support import which_or_fail
-from webhook.inspect.index_page import TOKEN_COOKIE, create_index_page_app
+from webhook.inspect.index_page import create_index_page_app
+from webhook.inspect.page_auth import TOKEN_COOKIE
 
 POD = "web-7d9f8c6b5-x2kqp"
 

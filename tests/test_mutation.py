@@ -29,14 +29,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from webhook import constants as C
-from webhook.admission.mutate import (
-    MAX_WARNING,
-    covers,
-    escape_pointer,
-    mutate_pod,
-    parse_coredump_filter,
-    parse_size,
-)
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.options import parse_coredump_filter, parse_size
+from webhook.admission.patch import MAX_WARNING, escape_pointer
+from webhook.admission.podspec import covers
 from webhook.admission.settings import AdmissionSettings
 from webhook.pattern import PatternError, parse
 

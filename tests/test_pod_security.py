@@ -23,8 +23,9 @@ from tests import pod_security as pss
 from tests.kube_apiserver import FakeApiServer, Recorded
 from tests.process_support import wait_for
 from webhook import constants as C
-from webhook.admission.mutate import apply, mutate_pod
+from webhook.admission.mutate import mutate_pod
 from webhook.admission.namespaces import NamespaceLevels, NamespaceWatcher
+from webhook.admission.patch import apply
 from webhook.admission.podsecurity import ANN_ADD_CAPABILITY, level_of
 from webhook.admission.review import decoded_patch, handle_review
 from webhook.admission.settings import AdmissionSettings

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from webhook import constants as C
 from webhook.admission import review as review_module
 from webhook.admission.commands import review as review_command
-from webhook.admission.mutate import apply
+from webhook.admission.patch import apply
 from webhook.admission.review import REFUSAL_CODE, ReviewError, decoded_patch, handle_review
 from webhook.admission.settings import AdmissionSettings
 from webhook.admission.summary import summarize

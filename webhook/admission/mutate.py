@@ -18,21 +18,14 @@ from typing import Any
 
 from webhook import constants as C
 from webhook.admission import podsecurity
-from webhook.admission.options import parse_compress, parse_coredump_filter, parse_size, registration_options
-from webhook.admission.patch import MAX_WARNING, Draft, MutationResult, Refused, apply, clip, escape_pointer
-from webhook.admission.podspec import Target, covers, dicts, normalize_path, unique
+from webhook.admission.options import registration_options
+from webhook.admission.patch import Draft, MutationResult, Refused, escape_pointer
+from webhook.admission.podspec import Target, dicts, normalize_path, unique
 from webhook.admission.settings import AdmissionSettings
 from webhook.admission.targets import reserved_path_user, select_targets
 from webhook.admission.volume import place_cores
-from webhook.admission.wrapping import ImageConfig, ImageLookup, Resolver, escape_dollars, wrap_command
+from webhook.admission.wrapping import ImageLookup, Resolver, wrap_command
 from webhook.pattern import Pattern, PatternError, parse
-
-#: What callers import from here (the steps' modules are the mutation's internals).
-__all__ = [
-    "CAPABILITY", "MAX_WARNING", "ImageConfig", "MutationResult", "Resolver", "apply", "clip", "covers",
-    "escape_dollars", "escape_pointer", "is_prepared", "mutate_pod", "normalize_path", "parse_compress",
-    "parse_coredump_filter", "parse_size",
-]
 
 #: The capability that lets the wrapper raise the hard RLIMIT_CORE.
 CAPABILITY = "SYS_RESOURCE"

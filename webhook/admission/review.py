@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission.mutate import MutationResult, Resolver, mutate_pod
+from webhook.admission.mutate import mutate_pod
+from webhook.admission.patch import MutationResult
 from webhook.admission.podsecurity import LevelLookup
 from webhook.admission.settings import AdmissionSettings
 from webhook.admission.workloads import is_workload, misplaced_annotation, pod_template, synthetic_pod
+from webhook.admission.wrapping import Resolver
 
 logger = logging.getLogger(__name__)
 

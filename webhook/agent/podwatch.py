@@ -23,14 +23,12 @@ from typing import Any
 from webhook import constants
 from webhook.agent.metadata import PodView
 from webhook.agent.podvolumes import volume_mounts
-from webhook.kubewatch import (  # noqa: F401
+from webhook.kubewatch import (
     BACKOFF_MAX_SECONDS,
     BACKOFF_START_SECONDS,
     WATCH_TIMEOUT_SECONDS,
     Expired,
     ListWatcher,
-    iter_lines,
-    parse_event,
 )
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from webhook import constants
 from webhook.agent.creds import Credentials, parse_credentials
-from webhook.diagnose.procstatus import Status, parse_status  # noqa: F401 - re-exported
+from webhook.diagnose.procstatus import Status, parse_status
 
 #: A pod UID in a cgroup path: dashes (cgroupfs) or underscores (systemd slice names).
 _POD_UID_RE = re.compile(

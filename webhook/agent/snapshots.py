@@ -28,8 +28,9 @@ from webhook import constants
 from webhook.agent.background import QueueWorker
 from webhook.agent.crash_request import CrashRequest
 from webhook.agent.podwatch import PodRecord
-from webhook.agent.procinfo import container_process, identify, parse_status, read_process
+from webhook.agent.procinfo import container_process, identify, read_process
 from webhook.agent.taken import TakenRequests
+from webhook.diagnose.procstatus import parse_status
 
 log = logging.getLogger(__name__)
 

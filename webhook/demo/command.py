@@ -117,7 +117,7 @@ class WebhookServer:
 
 def run_scenarios(server: WebhookServer) -> dict[str, tuple[str, dict]]:
     """Send every scenario; return name -> (namespace, mutated object) for admitted pods."""
-    from webhook.admission.mutate import apply
+    from webhook.admission.patch import apply
     from webhook.admission.review import decoded_patch
     from webhook.admission.summary import summarize
 

@@ -22,7 +22,7 @@ from flask.typing import ResponseReturnValue
 
 from webhook import constants
 from webhook.inspect.download import digest_headers, human_size
-from webhook.inspect.page_auth import TOKEN_COOKIE, request_token, sign_in_response  # noqa: F401 - re-exported
+from webhook.inspect.page_auth import request_token, sign_in_response
 from webhook.inspect.rendering import group_by_signature
 
 log = logging.getLogger(__name__)
