@@ -241,6 +241,32 @@ def wait_serving(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen, log_pat
             time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def serving_webhook(tmp: str, *flags: str, env: dict[str, str] | None = None):
+    """`coredump serve` on a free loopback port with a fresh CA (``tmp``/certs), its log in
+    ``tmp``/server.log; yields ``(port, TLS context trusting the CA, CA file, log path)``, or None
+    when it never served (its log on stderr). Its whole process group is stopped on exit."""
+    cert_dir = Path(tmp, "certs")
+    gen.write_bundle(gen.generate(), cert_dir)
+    port = free_port()
+    log_path = Path(tmp, "server.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(COREDUMP), "serve", "--cert-dir", str(cert_dir), "--bind", f"127.0.0.1:{port}", *flags],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
+        yield (port, ctx, cert_dir / "ca.crt", log_path) if wait_serving(port, ctx, proc, log_path) else None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests of each kind (sequential part)")
@@ -253,40 +279,23 @@ def main() -> int:
     bodies = {"mutate": review(mutate_pod, "bench-mutate"), "no-op": review(noop_pod, "bench-noop")}
     pod_size = len(json.dumps(mutate_pod))
 
-    with tempfile.TemporaryDirectory(prefix="coredump-bench-") as tmp:
-        cert_dir = Path(tmp, "certs")
-        gen.write_bundle(gen.generate(), cert_dir)
-        port = free_port()
-        log_path = Path(tmp, "server.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [str(COREDUMP), "serve", "--cert-dir", str(cert_dir), "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(args.workers), "--threads", str(args.threads)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
-            if not wait_serving(port, ctx, proc, log_path):
-                return 1
-            # check the mutation really happens (and that no-op really is one)
-            check = connect(port, ctx)
-            check.request("POST", "/mutate", body=bodies["mutate"], headers={"Content-Type": "application/json"})
-            answer = json.loads(check.getresponse().read())["response"]
-            ops = json.loads(base64.b64decode(answer["patch"]))
-            check.request("POST", "/mutate", body=bodies["no-op"], headers={"Content-Type": "application/json"})
-            assert "patch" not in json.loads(check.getresponse().read())["response"]
-            check.close()
+    with tempfile.TemporaryDirectory(prefix="coredump-bench-") as tmp, serving_webhook(
+            tmp, "--workers", str(args.workers), "--threads", str(args.threads)) as served:
+        if served is None:
+            return 1
+        port, ctx, _ca, log_path = served
+        # check the mutation really happens (and that no-op really is one)
+        check = connect(port, ctx)
+        check.request("POST", "/mutate", body=bodies["mutate"], headers={"Content-Type": "application/json"})
+        answer = json.loads(check.getresponse().read())["response"]
+        ops = json.loads(base64.b64decode(answer["patch"]))
+        check.request("POST", "/mutate", body=bodies["no-op"], headers={"Content-Type": "application/json"})
+        assert "patch" not in json.loads(check.getresponse().read())["response"]
+        check.close()
 
-            seq = sequential(port, ctx, bodies, args.requests)
-            conc = {kind: concurrent(port, ctx, body, args.requests, args.concurrency) for kind, body in bodies.items()}
-            srv = server_side(log_path)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        seq = sequential(port, ctx, bodies, args.requests)
+        conc = {kind: concurrent(port, ctx, body, args.requests, args.concurrency) for kind, body in bodies.items()}
+        srv = server_side(log_path)
 
     print(f"pod JSON: {pod_size} bytes, 3 containers; review body {len(bodies['mutate'])} bytes; "
           f"patch: {len(ops)} operations, {len(answer.get('warnings', []))} warnings")

@@ -24,10 +24,8 @@ import contextlib
 import http.server
 import multiprocessing as mp
 import os
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,9 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_mutate import connect, free_port, pct, post, realistic_pod, review, wait_serving  # noqa: E402
-
-from webhook.certs import generate as gen  # noqa: E402
+from bench_mutate import connect, pct, post, realistic_pod, review, serving_webhook  # noqa: E402
 
 COREDUMP = REPO / ".venv" / "bin" / "coredump"
 
@@ -154,36 +150,22 @@ def main() -> int:
         pooled[(kind, n)] = (old[0] + lat, old[1] + done)
 
     with tempfile.TemporaryDirectory(prefix="coredump-bench-") as tmp:
-        cert_dir = Path(tmp, "certs")
-        gen.write_bundle(gen.generate(), cert_dir)
-        port = free_port()
-        log_path = Path(tmp, "server.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [str(COREDUMP), "serve", "--cert-dir", str(cert_dir), "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(args.workers), "--threads", str(args.threads),
-                 "--registry-insecure", "127.0.0.1", "--registry-allow-network", "127.0.0.1/32",
-                 "--registry-negative-ttl", "0", "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "KUBECONFIG": str(Path(tmp, "none"))})
         try:
-            ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
-            if not wait_serving(port, ctx, proc, log_path):
-                return 1
-            for _ in range(args.rounds):
-                record("unloaded", 0, probe(port, ctx, args.probes), 0)
-                for n in counts_of:
-                    for kind, registry in (("stalled", stalled_host), ("answering", answering_host)):
-                        lat, done = loaded_phase(port, ctx, cert_dir / "ca.crt", registry, n, args, kind)
-                        record(kind, n, lat, done)
+            with serving_webhook(
+                    tmp, "--workers", str(args.workers), "--threads", str(args.threads),
+                    "--registry-insecure", "127.0.0.1", "--registry-allow-network", "127.0.0.1/32",
+                    "--registry-negative-ttl", "0", "--log-level", "warning",
+                    env={**os.environ, "KUBECONFIG": str(Path(tmp, "none"))}) as served:
+                if served is None:
+                    return 1
+                port, ctx, ca_file, _log = served
+                for _ in range(args.rounds):
+                    record("unloaded", 0, probe(port, ctx, args.probes), 0)
+                    for n in counts_of:
+                        for kind, registry in (("stalled", stalled_host), ("answering", answering_host)):
+                            lat, done = loaded_phase(port, ctx, ca_file, registry, n, args, kind)
+                            record(kind, n, lat, done)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
             stalled.close()
             answering.shutdown()
 
