@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from webhook.agent.statefile import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -269,17 +270,8 @@ class QuotaState:
                 for _ in range(min(len(pool), max(1, len(pool) // 8))):
                     pool.popitem(last=False)
             data = json.dumps(self.to_json(), separators=(",", ":")).encode()
-        tmp = f"{self.path}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            write_atomically(self.path, data)
         except OSError as exc:
             log.warning("index state not saved", extra={"path": self.path, "error": str(exc)})
             return False

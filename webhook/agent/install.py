@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from webhook.agent import hostdir
 from webhook.agent.settings import AgentSettings
+from webhook.agent.statefile import write_atomically
 from webhook.agent.sysctl import (
     CORE_PATTERN,
     CORE_PIPE_LIMIT,
@@ -21,7 +22,6 @@ from webhook.agent.sysctl import (
     Backup,
     KernelSettings,
     Sysctl,
-    _atomic_write,
 )
 from webhook.pattern import MAX_PATTERN_LENGTH
 
@@ -189,7 +189,8 @@ def prepare(settings: AgentSettings) -> Backup:
     os.makedirs(settings.host_dir, mode=0o755, exist_ok=True)
     os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
     install_helper_binary(settings)
-    _atomic_write(os.path.join(settings.host_dir, HELPER_CONFIG_NAME), helper_config(settings), 0o644)
+    write_atomically(os.path.join(settings.host_dir, HELPER_CONFIG_NAME), helper_config(settings).encode(), 0o644,
+                     sync_dir=True)
     return kernel_settings(settings).save()
 
 

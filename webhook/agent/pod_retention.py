@@ -28,6 +28,7 @@ from typing import Any
 from webhook.agent.creds import CredentialsError, as_process_credentials, parse_credentials
 from webhook.agent.procinfo import parse_cgroup
 from webhook.agent.retention import cores_in, prune, remove_tree
+from webhook.agent.statefile import write_atomically
 from webhook.agent.writer import RESOLVE_CONTAINER, RESOLVE_NAME, openat2
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,8 @@ class PodDirs:
         if not self.path:
             return
         data = json.dumps({"dirs": list(self.entries.values())}).encode()
-        tmp = f"{self.path}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            write_atomically(self.path, data)
         except OSError as exc:
             log.warning("pod directories not saved", extra={"path": self.path, "error": str(exc)})
 

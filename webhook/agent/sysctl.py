@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from webhook.agent.statefile import write_atomically
+
 log = logging.getLogger(__name__)
 
 CORE_PATTERN = "kernel.core_pattern"
@@ -127,22 +129,9 @@ class Backup:
 
 
 def _atomic_write(path: str, text: str, mode: int = 0o600) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file is old or new, never half."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """The file old or new after a crash, never half (webhook/agent/statefile.py), its directory made."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_atomically(path, text.encode(), mode, sync_dir=True)
 
 
 class KernelSettings:

@@ -13,6 +13,8 @@ import logging
 import os
 import threading
 
+from webhook.agent.statefile import write_atomically
+
 log = logging.getLogger(__name__)
 
 #: Ids remembered; the file is rewritten with the newest ones when it grows past twice this.
@@ -84,13 +86,8 @@ class TakenRequests:
         """Keep the newest ``keep`` ids (called with the lock held); atomic replace."""
         while len(self._ids) > self.keep:
             self._ids.pop(next(iter(self._ids)))
-        tmp = self.path + ".tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(i + "\n" for i in self._ids))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, "".join(i + "\n" for i in self._ids).encode())
             self._lines = len(self._ids)
         except OSError as exc:
             log.warning("cannot compact the taken request ids", extra={"path": self.path, "error": str(exc)})
