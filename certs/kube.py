@@ -133,7 +133,7 @@ def _status_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-def _fail(action: str, exc: ApiException) -> KubeError:
+def api_failure(action: str, exc: ApiException) -> KubeError:
     hint = " (the Job's ServiceAccount lacks RBAC for it)" if exc.status == 403 else ""
     return KubeError(f"{action}: HTTP {exc.status}: {_status_message(exc)}{hint}")
 
@@ -160,7 +160,7 @@ def ensure_secret(
             return _ensure_secret_once(api, settings, now=now, make=make)
         except ApiException as exc:
             if exc.status != 409 or attempt == CONFLICT_ATTEMPTS:
-                raise _fail(f"writing secret {settings.namespace}/{settings.secret}", exc) from exc
+                raise api_failure(f"writing secret {settings.namespace}/{settings.secret}", exc) from exc
             log.info("secret changed concurrently; reading it again",
                      extra={"event": "certs.conflict", "attempt": attempt})
     raise AssertionError("unreachable")  # pragma: no cover
@@ -183,7 +183,7 @@ def _ensure_secret_once(
             settings.secret, settings.namespace, _preload_content=False, _request_timeout=timeout))
     except ApiException as exc:
         if exc.status != 404:
-            raise _fail(f"reading {where}", exc) from exc
+            raise api_failure(f"reading {where}", exc) from exc
         existing = None
 
     if existing is None:
@@ -195,7 +195,7 @@ def _ensure_secret_once(
         except ApiException as exc:
             if exc.status == 409:
                 raise
-            raise _fail(f"creating {where}", exc) from exc
+            raise api_failure(f"creating {where}", exc) from exc
         return bundle, "created", "no Secret yet"
 
     current = bundle_from_secret(existing)
@@ -217,7 +217,7 @@ def _ensure_secret_once(
     except ApiException as exc:
         if exc.status == 409:
             raise
-        raise _fail(f"replacing {where} ({renewal.reason})", exc) from exc
+        raise api_failure(f"replacing {where} ({renewal.reason})", exc) from exc
     return bundle, "rotated", renewal.reason
 
 
@@ -250,7 +250,7 @@ def patch_ca_bundle(
     try:
         config = _json(getattr(adm, read)(name, _preload_content=False, _request_timeout=settings.request_timeout))
     except ApiException as exc:
-        raise _fail(f"reading {where}", exc) from exc
+        raise api_failure(f"reading {where}", exc) from exc
     ops, names = ca_bundle_patch(config, ca_crt, now=now)
     if not ops:
         return []
@@ -258,7 +258,7 @@ def patch_ca_bundle(
         getattr(adm, patch)(name, ops, _content_type="application/json-patch+json",
                             _preload_content=False, _request_timeout=settings.request_timeout)
     except ApiException as exc:
-        raise _fail(f"patching the caBundle of {where}", exc) from exc
+        raise api_failure(f"patching the caBundle of {where}", exc) from exc
     return names
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from webhook.certs.kube import KubeError, _fail
+from webhook.certs.kube import KubeError, api_failure
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def _delete(action: str, call, *args: str, timeout: float) -> str:
     except ApiException as exc:
         if exc.status == 404:
             return "absent"
-        raise _fail(action, exc) from exc
+        raise api_failure(action, exc) from exc
     return "deleted"
 
 

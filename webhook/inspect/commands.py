@@ -31,12 +31,12 @@ KUBE_SETTINGS = ("namespace", "context", "kubeconfig")
 kube_options = settings_options(InspectSettings, only=KUBE_SETTINGS, show_envvar=False)
 
 
-def _settings(**kw: Any) -> InspectSettings:
+def inspect_settings(**kw: Any) -> InspectSettings:
     """The settings from a command's parsed values (None: the field's default)."""
     return settings_from(InspectSettings, {k: v for k, v in kw.items() if v is not None})
 
 
-def _clock() -> Clock:
+def command_clock() -> Clock:
     """The clock a command waits on: the system's, unless the caller put one in click's context
     object (``main(obj=clock)``, as the tests do)."""
     ctx = click.get_current_context(silent=True)
@@ -44,17 +44,17 @@ def _clock() -> Clock:
     return obj if isinstance(obj, Clock) else SYSTEM_CLOCK
 
 
-def _api(s: InspectSettings):
+def api_from(s: InspectSettings):
     from webhook.inspect import kube
 
     return kube.api_client(s.context, s.kubeconfig)
 
 
-def _warn(msg: str) -> None:
+def warn_user(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 
 
-def _fail(exc: Exception) -> click.ClickException:
+def fail_with(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
@@ -74,9 +74,9 @@ def _fail(exc: Exception) -> click.ClickException:
 def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, group, claim, reader_image, reader_uid,
                from_pods):
     """List cores of the pods you can see, newest first (from the CoreDump index: one API call)."""
-    s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image, reader_uid=reader_uid)
+    s = inspect_settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image, reader_uid=reader_uid)
     try:
-        api = _api(s)
+        api = api_from(s)
         records = None
         if not claim and not from_pods:
             records, warnings = _from_index(api, s, pod, namespace, all_ns)
@@ -92,9 +92,9 @@ def list_cores(pod, namespace, context, kubeconfig, all_ns, container, output, g
         else:
             records, warnings = collect(api, s, pod=pod, namespace=namespace, all_ns=all_ns, container=container)
     except eph.InspectError as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc
     for w in warnings:
-        _warn(w)
+        warn_user(w)
     if not records and output not in ("json", "yaml"):
         click.echo("No cores found.", err=True)
         return
@@ -109,7 +109,7 @@ def _from_index(api, s: InspectSettings, pod: str | None, namespace: str | None,
     try:
         return index_view.read_index(api, None if all_ns else default_namespace(namespace, s), pod=pod)
     except kube.NotFound:
-        _warn("the CoreDump index is not installed (no coredumps.coredump-webhook.io CRD): reading each pod")
+        warn_user("the CoreDump index is not installed (no coredumps.coredump-webhook.io CRD): reading each pod")
         return None, []
 
 
@@ -130,10 +130,10 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
     With one argument it is a CoreDump's name (`coredump list -o wide`): its pod and core."""
     from webhook.inspect import download as dl
 
-    s = _settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image)
+    s = inspect_settings(context=context, kubeconfig=kubeconfig, reader_image=reader_image)
     cleanup = None
     try:
-        api = _api(s)
+        api = api_from(s)
         ns = default_namespace(namespace, s)
         if not core:  # a CoreDump's name
             pod, core = _coredump_target(api, ns, pod)
@@ -148,7 +148,7 @@ def get_core(pod, core, namespace, context, kubeconfig, container, output, claim
             raise eph.InspectError(f"no core {core!r} in {ns}/{pod} (see `coredump list {pod} -n {ns}`)")
         res = _download(api, ns, exec_pod, exec_container, wrapper, rec, output)
     except (eph.InspectError, dl.DownloadError) as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc
     finally:
         if cleanup:
             cleanup()
@@ -175,7 +175,7 @@ def _pod_source(api, ns: str, pod: str, container: str | None) -> tuple[list[Cor
     exec_container = eph.core_location(p, container).container
     if not records:
         for w in warnings:
-            _warn(w)
+            warn_user(w)
     return records, pod, exec_container, wrapper
 
 
@@ -187,7 +187,7 @@ def _download(api, ns: str, exec_pod: str, exec_container: str, wrapper: str, re
 
     dest = output or rec.name
     if not rec.digest:
-        _warn("metadata has no digest: the download is checked by size only")
+        warn_user("metadata has no digest: the download is checked by size only")
     bar = dl.ProgressBar(sys.stderr, rec.name)
     return dl.download(pod_exec.ExecSource(api, ns, exec_pod, exec_container, rec.location, wrapper), dest,
                        digest=rec.digest or None, size=rec.stored_size, progress=bar, compression=rec.compression)

@@ -23,7 +23,7 @@ import yaml
 from webhook.cli_options import settings_options
 from webhook.inspect import debugging as dbg
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.commands import _api, _clock, _fail, _settings, _warn, kube_options
+from webhook.inspect.commands import api_from, command_clock, fail_with, inspect_settings, kube_options, warn_user
 from webhook.inspect.pod_cores import cores_of_pod, default_namespace
 from webhook.inspect.records import CoreRecord, find_record, newest_first
 from webhook.inspect.settings import InspectSettings
@@ -126,7 +126,7 @@ def _attach(line: list[str]) -> None:
 def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pull_policy, claim, uid, gid, shell,
           dry_run, pod_file, wait_timeout):
     """Open gdb on POD's newest core (or CORE), binaries found by build-id, as the core's owner."""
-    s = _settings(context=context, kubeconfig=kubeconfig, debug_image=debug_image, pull_policy=pull_policy,
+    s = inspect_settings(context=context, kubeconfig=kubeconfig, debug_image=debug_image, pull_policy=pull_policy,
                   wait_timeout=wait_timeout)
     if claim:
         return _debug_claim(s, claim, namespace, core or pod, uid, gid, dry_run)
@@ -139,9 +139,9 @@ def debug(pod, core, namespace, context, kubeconfig, container, debug_image, pul
             click.echo(json.dumps(body, indent=2))
             return
         what = f"gdb on {target or 'the newest core'}" if not shell else "a shell"
-        _add_and_wait(s, _api(s) if api is None else api, ns, name, ec, body, what)
+        _add_and_wait(s, api_from(s) if api is None else api, ns, name, ec, body, what)
     except eph.InspectError as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc
     _attach(eph.attach_command(ns, name, ec["name"], context=s.context, kubeconfig=s.kubeconfig))
 
 
@@ -155,7 +155,7 @@ def _target_pod(s: InspectSettings, pod_file: str | None, pod: str | None, names
     if not pod:
         raise eph.InspectError("POD is required (or -f POD_FILE, or --claim CLAIM)")
     ns = default_namespace(namespace, s)
-    api = _api(s)
+    api = api_from(s)
     name, core, obj = _pod_or_coredump(api, ns, pod, core)
     return ns, name, core, obj, api
 
@@ -168,8 +168,8 @@ def _pick_record(api: Any, obj: dict, ns: str, name: str, container: str, core: 
         raise eph.InspectError(f"no core {core!r} in {ns}/{name} (see `coredump list {name}`)")
     if record is None and not core:
         for w in warnings:
-            _warn(w)
-        _warn("the newest core is picked inside the debug container")
+            warn_user(w)
+        warn_user("the newest core is picked inside the debug container")
     return record
 
 
@@ -179,7 +179,7 @@ def _debug_container(s: InspectSettings, obj: dict, container: str, record: Core
     body, and the core it opens."""
     run_uid, run_gid = owner(record, obj, container, uid, gid)
     if run_uid is None:
-        _warn("the core's owner is unknown (no metadata, no runAsUser): the image's user runs gdb; "
+        warn_user("the core's owner is unknown (no metadata, no runAsUser): the image's user runs gdb; "
               "pass --uid/--gid if it cannot read the core")
     target = record.path if record is not None else (core or "")
     command = None if shell else dbg.gdb_command(target)
@@ -195,7 +195,7 @@ def _add_and_wait(s: InspectSettings, api: Any, ns: str, name: str, ec: dict, bo
 
     ephemeral_api.patch_ephemeral(api, ns, name, body)
     click.echo(f"debug container {ec['name']} ({what}) added to {ns}/{name}; waiting for it to run...", err=True)
-    clock = _clock()
+    clock = command_clock()
     ephemeral_api.wait_ephemeral(api, ns, name, ec["name"], timeout=s.wait_timeout, sleep=clock.sleep, clock=clock.monotonic)
 
 
@@ -207,13 +207,13 @@ def claim_core(api, ns: str, claim: str, core: str | None) -> CoreRecord | None:
     try:
         items = kube.list_coredumps(api, ns)
     except kube.KubeError as exc:
-        _warn(f"the CoreDump index cannot tell whose the cores of claim {claim} are: {exc}")
+        warn_user(f"the CoreDump index cannot tell whose the cores of claim {claim} are: {exc}")
         return None
     on_claim = [o for o in items if isinstance(o, dict) and isinstance(o.get("spec"), dict)
                 and ((o["spec"].get("location") or {}).get("claim") == claim)]
     found = _claim_record(index_view.records_from_coredumps(on_claim), core)
     if found is None:
-        _warn(f"no CoreDump of claim {claim} in {ns}{' for ' + core if core else ''}: pass --uid/--gid if needed")
+        warn_user(f"no CoreDump of claim {claim} in {ns}{' for ' + core if core else ''}: pass --uid/--gid if needed")
     return found
 
 
@@ -240,7 +240,7 @@ def _debug_claim(s: InspectSettings, claim: str, namespace: str | None, core: st
         click.echo(json.dumps(pod, indent=2))
         return
     if uid is None:
-        _warn("pass --uid/--gid (the app's) so the pod can read 0600 cores and passes Pod Security 'restricted'")
+        warn_user("pass --uid/--gid (the app's) so the pod can read 0600 cores and passes Pod Security 'restricted'")
     _start_debug_pod(s, ns, name, claim, pod)
     click.echo(f"it ends with gdb (or after an hour); remove it with: kubectl delete pod -n {ns} {name}", err=True)
     _attach(eph.attach_command(ns, name, "debug", context=s.context, kubeconfig=s.kubeconfig))
@@ -251,9 +251,9 @@ def _claim_owner(s: InspectSettings, ns: str, claim: str, core: str | None, uid:
     """The core's path and owner from the index, where the arguments leave them open."""
     target = core or ""
     try:
-        record = claim_core(_api(s), ns, claim, core)
+        record = claim_core(api_from(s), ns, claim, core)
     except eph.InspectError as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc
     if record is not None:
         # the path the crashed container saw: the script finds that name on the claim
         target = target or record.path
@@ -267,7 +267,7 @@ def _start_debug_pod(s: InspectSettings, ns: str, name: str, claim: str, pod: di
     from webhook.inspect import kube
 
     try:
-        api = _api(s)
+        api = api_from(s)
         kube.create_pod(api, pod)
         click.echo(f"pod {ns}/{name} mounts claim {claim}; waiting for it to run...", err=True)
         try:
@@ -276,4 +276,4 @@ def _start_debug_pod(s: InspectSettings, ns: str, name: str, claim: str, pod: di
             kube.delete_pod(api, ns, name)
             raise
     except eph.InspectError as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc

@@ -12,7 +12,7 @@ import yaml
 from webhook import constants
 from webhook.cli_options import settings_options
 from webhook.inspect import ephemeral as eph
-from webhook.inspect.commands import _api, _clock, _fail, _settings, kube_options
+from webhook.inspect.commands import api_from, command_clock, fail_with, inspect_settings, kube_options
 from webhook.inspect.gcore_request import gcore_annotation, gcore_request, wait_gcore
 from webhook.inspect.pod_cores import default_namespace
 from webhook.inspect.settings import InspectSettings
@@ -32,7 +32,7 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
     Sets the annotation coredump-webhook.io/gcore-request on the pod (RBAC: patch pods), then
     waits for the agent's CoreSnapshot Event (RBAC: list events) and prints the core's path.
     """
-    s = _settings(context=context, kubeconfig=kubeconfig, gcore_timeout=gcore_timeout,
+    s = inspect_settings(context=context, kubeconfig=kubeconfig, gcore_timeout=gcore_timeout,
                   gcore_request_id=gcore_request_id)
     request_id = s.gcore_request_id or "gc-" + secrets.token_hex(4)
     try:
@@ -44,7 +44,7 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
                 raise eph.InspectError("POD is required (or -f POD_FILE)")
             from webhook.inspect import kube
 
-            api = _api(s)
+            api = api_from(s)
             obj = kube.read_pod(api, default_namespace(namespace, s), pod)
         eph.core_location(obj, container)  # the pod must have a core volume to receive it
         req = gcore_request(obj, container, pid)
@@ -57,11 +57,11 @@ def gcore(pod, namespace, context, kubeconfig, container, pid, dry_run, pod_file
             raise eph.InspectError("-f works with --dry-run only: the request goes through the API")
         kube.annotate_pod(api, req["namespace"], req["pod"], {constants.ANN_GCORE_REQUEST: value})
         click.echo(f"gcore {request_id} requested from the agent on node {req['node']}; waiting...", err=True)
-        clock = _clock()
+        clock = command_clock()
         answer = wait_gcore(api, req["namespace"], req["pod"], request_id, timeout=s.gcore_timeout,
                             sleep=clock.sleep, clock=clock.monotonic)
     except eph.InspectError as exc:
-        raise _fail(exc) from exc
+        raise fail_with(exc) from exc
     if "error" in answer:
         raise click.ClickException(f"gcore {request_id} failed on node {req['node']}: {answer['error']}")
     click.echo(f"{answer['size']} bytes (container {req['container']}; `coredump get {req['pod']} "
