@@ -117,6 +117,18 @@ def test_no_command_offers_two_options_under_one_name() -> None:
         assert len(envvars) == len(set(envvars)), path
 
 
+def test_the_readme_names_every_flag_and_environment_variable() -> None:
+    """A user reads the README, not the source: every option of every command is in it (by its
+    flag; environment variables follow the documented COREDUMP_<AREA>_<FLAG> rule)."""
+    readme = (REPO / "README.md").read_text()
+    options = [(path, p) for path, command in _commands().items() for p in command.params
+               if isinstance(p, click.Option) and not p.hidden]
+    assert len(options) > 100
+    missing = [f"{path or 'coredump'} {name}" for path, p in options
+               for name in p.opts if name.startswith("--") and name not in readme]
+    assert missing == []
+
+
 @pytest.mark.parametrize(
     "cls", [c for c in CLASSES if all(f.default is not dataclasses.MISSING for f in dataclasses.fields(c))],
     ids=lambda c: c.__name__)
