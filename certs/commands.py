@@ -17,9 +17,8 @@ from webhook.cli_options import settings_from, settings_options
 log = logging.getLogger(__name__)
 
 
-def _log(event: str, **fields: object) -> None:
+def _log(event: str, level: int = logging.INFO, **fields: object) -> None:
     """The command's result as one line of the one log schema (message = event)."""
-    level = logging.ERROR if event.endswith(".failed") else logging.INFO
     log.log(level, event, extra={"event": event, **fields})
 
 
@@ -61,7 +60,7 @@ def bootstrap(**params: Any) -> None:
         with api_client(settings.kubeconfig) as api:
             result = kube.bootstrap(api, settings, secret_only=settings.secret_only)
     except (kube.KubeError, ApiConfigError) as exc:
-        _log("certs.bootstrap.failed", error=str(exc))
+        _log("certs.bootstrap.failed", logging.ERROR, error=str(exc))
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     _log("certs.bootstrap", namespace=settings.namespace, secretName=settings.secret,
@@ -83,7 +82,7 @@ def remove(**params: Any) -> None:
             result = teardown.remove(api, namespace=s.namespace, webhook_config=s.webhook_config, secret=s.secret,
                                      request_timeout=s.request_timeout)
     except (KubeError, ApiConfigError) as exc:
-        _log("certs.remove.failed", error=str(exc))
+        _log("certs.remove.failed", logging.ERROR, error=str(exc))
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     _log("certs.remove", namespace=s.namespace, **result.describe())
