@@ -14,7 +14,7 @@ here), where the agent splices the pipe into the file.
 
 The crashers are a pod's: they run in its container's cgroup (``kubepods/.../pod<uid>/<id>``)
 with the environment the webhook gives it, and the agent's pod watch lists that pod from a small
-stand-in API server on loopback (``FakeKube``: pods, Events, CoreDumps), so the agent takes the
+stand-in API server on loopback (the suite's, tests/kube_apiserver.py: pods, Events, CoreDumps), so the agent takes the
 path users' crashes take: verified names, the core written into the pod's volume, the build-id
 store beside it (kept across rounds, as for a program that crashes again), the CoreDump record
 and the Event; gdb's signature of each uncompressed core (on by default) is in its "total" CPU.
@@ -78,20 +78,19 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import xxhash
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.kube_apiserver import Echo, FakeApiServer  # noqa: E402
+from tests.pod_api import PodApi  # noqa: E402
 from tests.suite_support import kernel_settings_guard  # noqa: E402  (the suite's lock and restore)
 from webhook import constants  # noqa: E402
 from webhook.agent.symbols import STORE_DIR as STORE  # noqa: E402
@@ -167,88 +166,22 @@ class Pod:
                     time.sleep(0.05)
 
 
-class FakeKube:
-    """The little of the API server the agent talks to, on loopback: the pod list and an idle
-    watch (the pod watch), Events and CoreDumps accepted (201) as a cluster would."""
-
-    def __init__(self, pods: list[dict]) -> None:
-        self.pods = pods
-        self.stop = threading.Event()
-        kube = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_a: object) -> None:
-                pass
-
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> dict:
-                n = int(self.headers.get("Content-Length") or 0)
-                try:
-                    doc = json.loads(self.rfile.read(n) or b"{}")
-                except ValueError:
-                    doc = {}
-                return doc if isinstance(doc, dict) else {}
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                if url.path != "/api/v1/pods":
-                    self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
-                                     "reason": "NotFound"})
-                elif parse_qs(url.query).get("watch", [""])[0] in ("true", "1"):
-                    kube.stop.wait(30)  # nothing changes: the watch idles, ends, and the agent watches again
-                    self._send(200, {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
-                                                                    "metadata": {"resourceVersion": "1"}}})
-                else:
-                    self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-                                     "items": kube.pods})
-
-            def do_POST(self) -> None:
-                doc = self._body()
-                meta = doc.setdefault("metadata", {})
-                meta.setdefault("name", meta.get("generateName", "x") + uuid.uuid4().hex[:5])
-                meta["resourceVersion"] = "2"
-                self._send(201, doc)
-
-            def do_PUT(self) -> None:
-                self._send(200, self._body())
-
-            do_PATCH = do_PUT
-
-            def do_DELETE(self) -> None:
-                self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a watch whose agent stopped: its connection is gone, nothing to say
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def kubeconfig(self, path: Path) -> Path:
-        url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "bench",
-            "clusters": [{"name": "bench", "cluster": {"server": url}}],
-            "users": [{"name": "agent", "user": {"token": "agent-token"}}],
-            "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "agent"}}]}))
-        return path
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+def stand_in_api(pod: dict) -> tuple[FakeApiServer, PodApi]:
+    """The suite's one stand-in API server (tests/kube_apiserver.py) on loopback, with what the
+    agent talks to: the pod watch (tests/pod_api.py) listing ``pod``, Events and CoreDumps
+    accepted as a cluster would."""
+    server = FakeApiServer().__enter__()
+    pods = PodApi(server)
+    pods.set_pod(pod)
+    namespace = pod["metadata"]["namespace"]
+    pods.route_events(namespace)
+    records = f"/apis/coredump-webhook.io/v1alpha1/namespaces/{namespace}/coredumps"
+    echo = Echo()
+    server.route("POST", records, echo)
+    for method in ("PUT", "PATCH"):
+        server.route(method, records + "/*", echo)
+    server.route("DELETE", records + "/*", (200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+    return server, pods
 
 
 def write(path: str | Path, value: str) -> None:
@@ -437,7 +370,7 @@ def start_agent(work: Path, name: str, helper: Path, compression: str, group: Gr
     """The agent as a node runs it by default (pod watch, signatures, build-id store, index,
     Events, kernel log, xxh128 digest), but: no rate limit (every round crashes the same
     container), retention keeping every core (the run checks each output; deleting is cheap),
-    no metrics port (a fixed port would collide), and the pod watch's API server is FakeKube."""
+    no metrics port (a fixed port would collide), and the pod watch's API server is the suite's stand-in."""
     host = work / f"host-{name.replace('+', '-')}"
     args = [
         sys.executable, "-m", "webhook.cli", "agent", "run", "--host-dir", str(host),
@@ -584,8 +517,8 @@ def run(opts: argparse.Namespace, work: Path) -> dict:
                     "agent_flags": opts.agent_flag,
                     "dir": str(work), "fs": fs_type(work), "loadavg_before": os.getloadavg()[0]}
     pod = Pod()
-    kube = FakeKube([pod.manifest()])
-    kubeconfig = kube.kubeconfig(work / "kubeconfig")
+    api, _pods = stand_in_api(pod.manifest())
+    kubeconfig = api.kubeconfig(work / "kubeconfig", namespace=None, token="agent-token")
     try:
         def group(name: str) -> Group:
             g = Group(name)
@@ -662,7 +595,7 @@ def run(opts: argparse.Namespace, work: Path) -> dict:
                 pass
         for g in groups:
             g.remove()
-        kube.close()
+        api.__exit__(None, None, None)
         pod.remove()
 
     result["loadavg_after"] = os.getloadavg()[0]
