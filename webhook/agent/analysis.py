@@ -178,11 +178,6 @@ def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, 
         os.close(core_fd)
 
 
-def frames_text(frames: list[str], n: int = 3) -> str:
-    """'h < f < main': the top frames of a signature, innermost first."""
-    return " < ".join(frames[:n])
-
-
 class SignatureWorker(QueueWorker):
     """One thread running gdb over cores, one at a time; ``submit`` never blocks."""
 

@@ -15,7 +15,6 @@ DOCKER_MANIFEST_V1_SIGNED = "application/vnd.docker.distribution.manifest.v1+pre
 #: Sent on every manifest GET: without it registries answer 400/404 for newer formats.
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
-IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 
 
 @dataclass(frozen=True)
