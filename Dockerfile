@@ -35,8 +35,18 @@ RUN sh webhook/native/build.sh /out/bin --arch "${TARGETARCH:-$BUILDARCH}"
 
 # --- 2. a virtualenv holding the package and its dependencies -------------------------------
 FROM ${PYTHON_IMAGE} AS venv
+ARG TARGETARCH
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# drgn (the crash-signature unwinder) publishes x86_64 wheels only: elsewhere pip builds it from
+# its sdist against Debian's elfutils (the final image has libdw1 and libelf1 through elfutils).
+RUN case "${TARGETARCH:-amd64}" in \
+      amd64) ;; \
+      *) apt-get update \
+         && apt-get install -y --no-install-recommends gcc make autoconf automake libtool pkg-config \
+              libelf-dev libdw-dev \
+         && rm -rf /var/lib/apt/lists/* ;; \
+    esac
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE constraints.txt ./
@@ -62,9 +72,9 @@ LABEL org.opencontainers.image.title="coredump-webhook" \
       org.opencontainers.image.source="https://github.com/coredump-webhook/coredump-webhook" \
       org.opencontainers.image.url="https://github.com/coredump-webhook/coredump-webhook" \
       org.opencontainers.image.vendor="coredump-webhook"
-# gdb: the agent records crash signatures and takes gcore snapshots with it, and `coredump debug`
-# uses this image for its ephemeral debug container (gdb with debuginfod support, elfutils, zstd
-# for compressed cores, and a shell next to the core).
+# gdb: the agent takes gcore snapshots with it, and `coredump debug` uses this image for its
+# ephemeral debug container (gdb with debuginfod support, elfutils, zstd for compressed cores, and
+# a shell next to the core). Crash signatures come from drgn in the venv (libdw from elfutils).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gdb elfutils zstd \
  && rm -rf /var/lib/apt/lists/*

@@ -17,8 +17,9 @@ SYSTEM_PACKAGES=(gcc libc6-dev make python3 python3-venv ca-certificates unzip u
                  runc busybox-static docker-registry gdb zstd pigz chromium file prometheus
                  containerd docker.io podman crun conmon
                  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
-                 elfutils debuginfod xxhash
-                 libc6-dbg)  # separate debug files the agent's gdb must not read (test_inspect_signature)
+                 elfutils debuginfod xxhash strace g++
+                 autoconf automake libtool pkg-config libelf-dev libdw-dev  # drgn's sdist (arm64 image)
+                 libc6-dbg)  # separate debug files the signature unwinder must not read (test_inspect_signature)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -467,3 +467,64 @@ def test_nothing_imports_a_top_level_certs_package() -> None:
     cli = (REPO / "webhook/cli.py").read_text()
     assert '"webhook.certs.commands:certs"' in cli
     assert offenders == []
+
+
+def _venv_build_packages(venv: Stage, targetarch: str, tmp: Path) -> list[str]:
+    """The venv stage's build packages for ``targetarch`` (its RUN line with apt-get recorded)."""
+    (run,) = [i for i in venv.all("RUN") if "apt-get install" in i.args]
+    fake = tmp / f"venv-{targetarch or 'none'}"
+    fake.mkdir()
+    for name in ("apt-get", "rm"):
+        (fake / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {fake}/log\n')
+        (fake / name).chmod(0o755)
+    proc = subprocess.run(["sh", "-c", run.args], capture_output=True, text=True,
+                          env={"PATH": f"{fake}:{os.environ['PATH']}", "TARGETARCH": targetarch})
+    assert proc.returncode == 0, proc.stderr
+    log = (fake / "log").read_text().splitlines() if (fake / "log").exists() else []
+    return [w for ln in log if ln.startswith("apt-get install ") for w in ln.split()[2:] if not w.startswith("-")]
+
+
+def test_the_venv_stage_can_build_drgn_where_it_has_no_wheel(parsed: tuple[dict[str, str], list[Stage]],
+                                                              tmp_path: Path) -> None:
+    _, stages = parsed
+    venv = next(s for s in stages if s.alias == "venv")
+    assert _venv_build_packages(venv, "amd64", tmp_path) == []  # a wheel: nothing to build
+    arm = _venv_build_packages(venv, "arm64", tmp_path)
+    assert {"gcc", "make", "autoconf", "automake", "libtool", "pkg-config", "libelf-dev", "libdw-dev"} <= set(arm)
+    final = stages[-1]
+    (run,) = final.all("RUN")
+    assert " elfutils " in run.args  # libdw1 and libelf1 at run time, for a drgn built from its sdist
+
+
+def test_the_pinned_drgn_builds_from_its_sdist_against_debians_elfutils(tmp_path: Path) -> None:
+    """What an arm64 image build does (there is no aarch64 wheel), done here on amd64: the
+    pinned drgn's sdist builds against this Debian's libdw and the unwinder runs on it."""
+    pin = next(ln for ln in (REPO / "constraints.txt").read_text().splitlines() if ln.startswith("drgn=="))
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-binary", "drgn", "-w", str(wheels), pin], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = wheels.glob("drgn-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    (ext,) = site.glob("_drgn*.so")
+    linked = subprocess.run(["ldd", str(ext)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"libdw\.so\.1 => /(usr/)?lib/", linked), linked  # Debian's, not a bundled copy
+    src = tmp_path / "crash.c"
+    src.write_text("#include <signal.h>\nstatic void crash_here(void) { raise(SIGSEGV); }\n"
+                   "int main(void) { crash_here(); return 0; }\n")
+    subprocess.run(["gcc", "-g", "-o", str(tmp_path / "crash"), str(src)], check=True)
+    core = tmp_path / "core"
+    subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", f"generate-core-file {core}", str(tmp_path / "crash")],
+                   check=True, capture_output=True, timeout=120)
+    libc = re.search(r"=> (/\S+libc\.so\.6)", subprocess.run(["ldd", str(tmp_path / "crash")], capture_output=True,
+                                                             text=True, check=True).stdout)[1]
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
+            "import drgn; assert drgn.__file__.startswith(sys.argv[1]), drgn.__file__; "
+            "from webhook.diagnose.signature import analyze; "
+            "print(analyze(sys.argv[2], sys.argv[3], [sys.argv[4]]).signature_frames)")
+    out = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code, str(site), str(tmp_path / "crash"), str(core),
+                          libc], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"})
+    assert out.stdout.strip() == "['crash_here', 'main']", out.stderr[-2000:]

@@ -1,8 +1,9 @@
-"""gdb for crash signatures runs under limits of its own (webhook/rlimited.py).
+"""The crash-signature unwinder runs under limits of its own (webhook/rlimited.py).
 
-Real gdb over a real core (written by gdb's generate-core-file, so no kernel setting is
-touched): under the default cap a 320 MiB core still gets its backtrace (gdb reads cores
-lazily); under a cap too small gdb fails alone, with an error that says so, and the caller lives.
+The real unwinder over a real core (written by gdb's generate-core-file, so no kernel setting is
+touched): under the default cap a 320 MiB core still gets its backtrace (the core is mapped, not
+read); under a cap too small the unwinder fails alone, with an error that says so, and the
+caller lives.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.crash_support import build_programs
+from tests.signature_support import libraries
 from tests.suite_support import which_or_fail
 from webhook.agent.settings import AgentSettings
 from webhook.diagnose.signature import SignatureError, analyze
@@ -48,37 +50,34 @@ def big_core(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_default_cap_still_gives_a_large_core_its_signature(big_core: tuple[Path, Path]) -> None:
     exe, core = big_core
     cap = AgentSettings().signature_memory_bytes
-    assert 0 < cap < core.stat().st_size  # the core is larger than gdb may map
-    result = analyze(str(exe), str(core), memory_bytes=cap, timeout=60)
+    assert 0 < cap < core.stat().st_size  # the core is larger than the unwinder may map
+    result = analyze(str(exe), str(core), libraries(exe), memory_bytes=cap, timeout=60)
     functions = [f.function for f in result.frames]
     assert functions.index("crash_here") < functions.index("main"), functions
 
 
-def test_a_cap_too_small_fails_gdb_alone_and_says_why(big_core: tuple[Path, Path]) -> None:
+def test_a_cap_too_small_fails_the_unwinder_alone_and_says_why(big_core: tuple[Path, Path]) -> None:
     exe, core = big_core
-    with pytest.raises(SignatureError, match="address space capped at 64 MiB"):
-        analyze(str(exe), str(core), memory_bytes=64 << 20, timeout=60)
-    # without the cap the same gdb succeeds: the cap is what failed it
-    assert "main" in [f.function for f in analyze(str(exe), str(core), timeout=60).frames]
+    with pytest.raises(SignatureError, match="address space capped at 16 MiB"):
+        analyze(str(exe), str(core), libraries(exe), memory_bytes=16 << 20, timeout=60)
+    # without the cap the same unwinder succeeds: the cap is what failed it
+    assert "main" in [f.function for f in analyze(str(exe), str(core), libraries(exe), timeout=60).frames]
 
 
-def test_the_launcher_sets_every_limit_in_the_child_only() -> None:
+def test_the_limits_hold_in_the_child_only() -> None:
     script = "ulimit -v; ulimit -t; ulimit -c; cat /proc/self/oom_score_adj"
-    from webhook.rlimited import command
-
-    out = subprocess.run(command(["sh", "-c", script], 100 << 20, 7), capture_output=True, text=True, check=True,
+    child = ("import os, sys; from webhook.rlimited import apply; apply(100 << 20, 7); "
+             f"os.execvp('sh', ['sh', '-c', {script!r}])")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True,
                          timeout=30).stdout.split()
     assert out == [str(100 << 10), "7", "0", "1000"]
     mine = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert mine[0] == "unlimited" and mine[3] != "1000"  # the caller keeps its own limits
-    bad = subprocess.run([sys.executable, "-m", "webhook.rlimited", "1"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 def test_the_agent_passes_its_cap_to_the_signature_worker(tmp_path: Path) -> None:
     from webhook.agent.crash import CrashProcessor
 
-    which_or_fail("gdb")
     settings = AgentSettings(host_dir=str(tmp_path), events=False, watch_pods=False, signature_memory_bytes=300 << 20)
     processor = CrashProcessor(settings)
     try:

@@ -6,18 +6,18 @@ every mapped file are opened through the kernel's references (:mod:`webhook.agen
 :func:`prepare_job` keeps those fds, with a duplicate of the core directory's fd (it keeps the
 pod's volume reachable after ``/proc/<pid>/root`` vanished).
 
-*Off the crash path* (:class:`SignatureWorker`, one thread, a bounded queue): ``gdb -batch`` over
-the core (``signature.analyze``) with a private sysroot on the node (``host_dir/staging/<random>``,
-0700, ours) whose entries are links to those fds, so gdb reads the very inodes the process mapped
-and the abort machinery of the container's libc unwinds to the real frames; without them, the
-executable through its fd and a sysroot that does not exist (the node's own libraries must never
-stand in for the container's), else the core alone; the result (``signature``, ``backtrace``,
-``signature_frames``, ``signature_source``) is merged into ``<core>.json`` by writing a new file and
-renaming it over the old one (the metadata file is ours: the one place where replacing is right).
+*Off the crash path* (:class:`SignatureWorker`, one thread, a bounded queue): the core and those
+fds go to the unwinder (``signature.analyze_fds``: drgn in a confined child,
+webhook/diagnose/unwind.py), so the frames are named from the very inodes the process mapped and
+the abort machinery of the container's libc unwinds to the real frames; without them, the
+executable alone (the node's own libraries never stand in for the container's), else the core
+alone. The result (``signature``, ``backtrace``, ``signature_frames``, ``signature_source``) is
+merged into ``<core>.json`` by writing a new file and renaming it over the old one (the metadata
+file is ours: the one place where replacing is right).
 
 The pod Event and the notification wait for the analysis, up to ``event_wait`` seconds, so they
 carry the top frames: one Event per crash (no second "update" Event to aggregate, no extra RBAC
-verb to patch Events), and a slow or stuck gdb only delays it by that bound.
+verb to patch Events), and a slow or stuck unwinder only delays it by that bound.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import secrets
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +56,6 @@ class SignatureJob:
     exe: str = ""
     #: The process's mapped files, open (kernel references taken while pinned); owned by the job.
     files: list[MappedFile] = field(default_factory=list)
-    #: The process root's top-level links (``lib -> usr/lib``) for the private sysroot.
-    links: dict[str, str] = field(default_factory=dict)
     #: The crash summary for the Event and the notification (set by the crash processor).
     summary: dict | None = None
     #: Owner of the metadata file (the crashing process's for a pod, None for the node location).
@@ -85,7 +80,7 @@ class SignatureJob:
 
 
 def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc: dict, exe: str,
-                files: list[MappedFile], links: dict[str, str] | None = None, *, uid: int | None,
+                files: list[MappedFile], *, uid: int | None,
                 gid: int | None, proc: str = "/proc", creds: Credentials | None = None) -> SignatureJob:
     """Take the fds the analysis needs while the process is still there (``files`` become the job's)."""
     exe_fd = -1
@@ -94,51 +89,20 @@ def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc
             exe_fd = os.open(f"{proc}/{global_pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             exe_fd = -1
-    return SignatureJob(os.dup(dirfd), core_name, json_name, doc, exe_fd, exe, list(files), dict(links or {}),
+    return SignatureJob(os.dup(dirfd), core_name, json_name, doc, exe_fd, exe, list(files),
                         uid=uid, gid=gid, creds=creds)
 
 
-def private_sysroot(job: SignatureJob, staging: str) -> tuple[str, str | None] | None:
-    """A new 0700 directory below ``staging`` whose paths (as the process saw them) are links to
-    the job's open files (``/proc/<agent>/fd/N``: the very inodes mapped); (sysroot, exe link)."""
-    usable = [f for f in job.files if f.fd >= 0 and f.path.startswith("/")]
-    if not usable:
-        return None
-    os.makedirs(staging, mode=0o700, exist_ok=True)
-    root = os.path.join(staging, secrets.token_hex(8))
-    os.mkdir(root, 0o700)
-    exe_link = None
-    me = os.getpid()
-    for f in usable:
-        parts = [p for p in f.path.split("/") if p and p != "."]
-        if not parts or ".." in parts:
-            continue
-        target = os.path.join(root, *parts)
-        try:
-            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-            os.symlink(f"/proc/{me}/fd/{f.fd}", target)
-        except OSError:
-            continue  # under one of our own links, or a name given twice
-        if f.is_exe:
-            exe_link = target
-    for name, link in job.links.items():
-        try:
-            os.symlink(link, os.path.join(root, name))
-        except OSError:
-            pass
-    return root, exe_link
-
-
 # --- off the crash path ----------------------------------------------------------------------
-def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, no_sysroot: str = "",
-                memory_bytes: int = 0) -> dict:
-    """Run gdb for a job; the metadata keys to merge (``signature_error`` when it failed).
+def analyze_job(job: SignatureJob, *, timeout: float = 120.0, memory_bytes: int = 0,
+                unwinder: Sequence[str] | None = None) -> dict:
+    """Unwind a job's core; the metadata keys to merge (``signature_error`` when it failed).
 
-    ``no_sysroot`` is a path that does not exist and that nobody else can create (below our
-    0700 staging directory): as gdb's sysroot it makes libraries unresolved rather than the
-    node's own.
+    The unwinder gets the core and the process's files as the fds the job holds: the very
+    inodes the process mapped, never a path (so never the node's own libraries either).
     """
-    from webhook.diagnose.signature import SignatureError, analyze
+    from webhook.diagnose.signature import UNWINDER, SignatureError, analyze_fds
+    from webhook.diagnose.unwind import FileRef
 
     core_fd = openat2(job.dirfd, job.core_name, os.O_RDONLY, resolve=RESOLVE_NAME)
     try:
@@ -147,29 +111,15 @@ def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, 
             return {"signature_error": "the core file changed since it was written"}
         head = os.pread(core_fd, 18, 0)
         if head[:4] != b"\x7fELF" or int.from_bytes(head[16:18], "little" if head[5:6] == b"\x01" else "big") != 4:
-            return {"signature_error": "not an ELF core file: not analyzed"}  # gdb never sees junk
-        core = f"/proc/{os.getpid()}/fd/{core_fd}"
-        staging = os.path.dirname(no_sysroot) if no_sysroot else os.path.join(tempfile.gettempdir(), "coredump-webhook-staging")
-        private = private_sysroot(job, staging)
-        made = private[0] if private else None
-        if private and not private[1]:
-            shutil.rmtree(private[0], ignore_errors=True)
-            made = private = None
-        if private and private[1]:
-            sysroot, exe, source = private[0], private[1], "mapped_files"
-        else:
-            if job.exe_fd >= 0:
-                exe, source = f"/proc/{os.getpid()}/fd/{job.exe_fd}", "exe"
-            else:
-                exe, source = None, "core_only"
-            sysroot = no_sysroot or f"/nonexistent/coredump-no-sysroot-{secrets.token_hex(8)}"
+            return {"signature_error": "not an ELF core file: not analyzed"}  # the unwinder never sees junk
+        libraries = [FileRef(f.fd, f.start, f.path) for f in job.files if f.fd >= 0 and not f.is_exe]
+        exe_fd = next((f.fd for f in job.files if f.fd >= 0 and f.is_exe), job.exe_fd)
+        source = "mapped_files" if libraries else "exe" if exe_fd >= 0 else "core_only"
         try:
-            result = analyze(exe, core, sysroot=sysroot, gdb=gdb, timeout=timeout, memory_bytes=memory_bytes)
+            result = analyze_fds(core_fd, exe_fd, libraries, timeout=timeout, memory_bytes=memory_bytes,
+                                 unwinder=unwinder or UNWINDER)
         except SignatureError as exc:
             return {"signature_error": str(exc)[:500], "signature_source": source}
-        finally:
-            if made:
-                shutil.rmtree(made, ignore_errors=True)
         found = {**result.metadata(), "signature_source": source}
         if job.doc.get("gcore"):
             found["snapshot"] = True  # a live process's snapshot: never grouped with crashes
@@ -179,22 +129,21 @@ def analyze_job(job: SignatureJob, *, gdb: str = "gdb", timeout: float = 120.0, 
 
 
 class SignatureWorker(QueueWorker):
-    """One thread running gdb over cores, one at a time; ``submit`` never blocks."""
+    """One thread unwinding cores, one at a time; ``submit`` never blocks."""
 
-    def __init__(self, sinks: Callable[[], list[Any]], *, gdb: str = "gdb", timeout: float = 120.0,
-                 event_wait: float = 30.0, maxsize: int = 16, no_sysroot: str = "", memory_bytes: int = 0,
+    def __init__(self, sinks: Callable[[], list[Any]], *, unwinder: Sequence[str] | None = None, timeout: float = 120.0,
+                 event_wait: float = 30.0, maxsize: int = 16, memory_bytes: int = 0,
                  retention: tuple[int, int] = (0, 0), on_pruned: Callable[[dict], Any] | None = None,
                  max_age: float = 0.0) -> None:
         """``retention``: (keep_first, keep_latest) per signature in the core's directory
         (webhook/agent/retention.py); ``on_pruned(doc)`` hears of each core deleted;
-        ``memory_bytes``: gdb's own address-space cap (webhook/rlimited.py)."""
+        ``memory_bytes``: the unwinder's own address-space cap (webhook/rlimited.py)."""
         self.sinks = sinks
         self.memory_bytes = memory_bytes
+        self.unwinder = unwinder
         self.retention = retention
         self.max_age = max_age
         self.on_pruned = on_pruned
-        self.no_sysroot = no_sysroot
-        self.gdb = gdb
         self.timeout = timeout
         self.event_wait = event_wait
         self.done = 0
@@ -245,11 +194,10 @@ class SignatureWorker(QueueWorker):
 
     def _handle(self, job: SignatureJob) -> None:
         try:
-            found = analyze_job(job, gdb=self.gdb, timeout=self.timeout, no_sysroot=self.no_sysroot,
-                                memory_bytes=self.memory_bytes)
+            found = analyze_job(job, timeout=self.timeout, memory_bytes=self.memory_bytes, unwinder=self.unwinder)
         except OSError as exc:
             found = {"signature_error": f"core unreadable: {exc.strerror or exc}"}
-        close_all(job.files)  # gdb is done with them
+        close_all(job.files)  # the unwinder is done with them
         doc = {**job.doc, **found}
         try:
             for name in (job.core_name, job.json_name):  # deleted meanwhile: nothing to update

@@ -90,9 +90,9 @@ class Capture:
         doc = self._describe(request, proc, ident, who, target, result, path, final, fallback_reason,
                              fallback_detail)
         pinned = None if request.spooled else proc  # a spooled core's process is gone: no binaries of it
-        files, links = self.pinned.keep_binaries(request, pinned, dirfd, final, doc, target)
+        files, _links = self.pinned.keep_binaries(request, pinned, dirfd, final, doc, target)
         job = self.pinned.signature_job(pinned, dirfd, final, final and final + constants.METADATA_SUFFIX, doc,
-                                        target, files, links)
+                                        target, files)
 
         # --- the process is let go here (webhook/agent/release.py): the rest can wait ---------
         release_now()

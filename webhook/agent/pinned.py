@@ -7,10 +7,10 @@ later by the worker (webhook/agent/analysis.py), off the crash path.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import posixpath
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 def make_signatures(settings: AgentSettings, given: Any, sinks: Callable[[], list[Any]],
                     on_pruned: Callable[[dict], Any] | None) -> Any:
-    """The signature worker: ``given`` (False: none), else built from the settings when gdb is
+    """The signature worker: ``given`` (False: none), else built from the settings when drgn is
     there; its results go to ``sinks()`` (the processor's publish: Events only under verified names)."""
     if given is not None:
         return given or None
     if not settings.signatures:
         return None
-    if shutil.which("gdb") is None:
-        log.info("gdb not found: crash signatures are off (install gdb in the agent image)")
+    if importlib.util.find_spec("drgn") is None:
+        log.info("drgn not found: crash signatures are off (pip install drgn in the agent's environment)")
         return None
     from webhook.agent.analysis import SignatureWorker
 
@@ -40,7 +40,6 @@ def make_signatures(settings: AgentSettings, given: Any, sinks: Callable[[], lis
     return SignatureWorker(sinks,  # publish(): Events only under verified names
                            timeout=s.signature_timeout_seconds, event_wait=s.signature_event_wait_seconds,
                            maxsize=s.signature_queue_size,
-                           no_sysroot=os.path.join(s.host_dir, "staging", ".no-sysroot"),
                            memory_bytes=s.signature_memory_bytes,
                            retention=(s.retention_keep_first, s.retention_keep_latest),
                            max_age=s.pod_retention_max_age_seconds,
@@ -104,7 +103,7 @@ class PinnedWork:
         return fd, "/".join([".."] * (len(parts) - 1) + [STORE_DIR])
 
     def signature_job(self, proc: ProcessInfo | None, dirfd: int, final: str | None, json_name: str | None,
-                      doc: dict, target: Target, files: list, links: dict) -> Any:
+                      doc: dict, target: Target, files: list) -> Any:
         """Still pinned: what the signature worker needs later (None: no signature for this core)."""
         if not final or not json_name or self.signatures is None or target.compression == "zstd":
             from webhook.agent.mappings import close_all
@@ -115,5 +114,5 @@ class PinnedWork:
 
         # A spooled or vanished process: its PID may be another process's now, so no exe fd.
         return prepare_job(proc.global_pid if proc is not None else 0, dirfd, final, json_name, doc,
-                           proc.exe if proc else "", files, links, uid=target.uid, gid=target.gid, proc=self.proc,
+                           proc.exe if proc else "", files, uid=target.uid, gid=target.gid, proc=self.proc,
                            creds=target.creds)

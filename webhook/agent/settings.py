@@ -178,14 +178,14 @@ class AgentSettings:
         "the next core there gets its signature (0 = keep; the node location has its own).")
     signatures: bool = setting(
         True, env=_env("signatures"),
-        help="Run gdb over each core off the crash path and add backtrace and signature to its metadata "
-        "(turned off, with a log line, when gdb is not installed).")
+        help="Unwind each core off the crash path (drgn, in a confined child) and add backtrace and signature to "
+        "its metadata (turned off, with a log line, when drgn is not installed).")
     signature_timeout_seconds: float = setting(
         120.0, env=_env("signature_timeout_seconds"),
-        help="gdb gets this long per core (wall clock, and as its CPU-time limit).")
+        help="The unwinder gets this long per core (wall clock, and as its CPU-time limit).")
     signature_memory_bytes: int = setting(
         256 * 1024**2, env=_env("signature_memory_bytes"),
-        help="gdb's own address-space cap (RLIMIT_AS, bytes; 0 = none): gdb runs in the agent's container, so "
+        help="The unwinder's own address-space cap (RLIMIT_AS, bytes; 0 = none): it runs in the agent's container, so "
         "a core it cannot read within this fails its signature, not the agent.")
     signature_event_wait_seconds: float = setting(
         30.0, env=_env("signature_event_wait_seconds"),

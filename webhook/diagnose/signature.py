@@ -6,23 +6,25 @@ addresses, offsets, argument values or line numbers. The frames of the C library
 machinery (``raise``, ``abort``, ``__pthread_kill_*``) are dropped from the top first: they are
 the same for every ``abort()`` and would hide the caller that matters.
 
-The executable and libraries a pinned process mapped are kept by the agent
-(``webhook/agent/binaries.py``), read only through the kernel's own references.
+The frames come from webhook/diagnose/unwind.py, which reads the core and the files the
+process mapped as open fds (taken by the agent while the process was pinned, through the
+kernel's own references: ``webhook/agent/mappings.py``), in a confined child.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import re
-import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+from webhook.diagnose.unwind import FileRef, child_env, request
 
 #: Default number of frames whose function names make the signature.
 DEFAULT_TOP = 5
-#: Marker printed between gdb's load chatter and the backtrace we parse.
-_MARK = "@@coredump-webhook-backtrace@@"
 
 #: Frames at the top of a backtrace that only say "the process signalled itself".
 NOISE_FUNCTIONS = frozenset(
@@ -49,27 +51,22 @@ NOISE_FUNCTIONS = frozenset(
     }
 )
 
-_FRAME = re.compile(r"^#(?P<index>\d+)\s+(?:(?P<address>0x[0-9a-fA-F]+) in )?(?P<rest>.*)$")
-_AT = re.compile(r"\) at (?P<source>\S+:\d+)\s*$")
-_FROM = re.compile(r"\) from (?P<library>\S+)\s*$")
-
-
 class SignatureError(RuntimeError):
-    """gdb could not produce a backtrace (missing gdb, unreadable core, timeout)."""
+    """No backtrace (unreadable core, a file the unwinder could not parse, timeout, memory cap)."""
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One backtrace frame as gdb printed it, with the parts a signature may use split out."""
+    """One backtrace frame, with the parts a signature may use split out (gdb's ``bt`` fields)."""
 
     index: int
-    #: Function name; "??" when gdb knows none.
+    #: Function name; "??" when none is known.
     function: str
-    #: Program counter, when gdb printed one (absent on frame #0 and on inline frames).
+    #: Program counter (absent on inline frames, which share their caller's).
     address: str | None = None
     #: "file.c:LINE" when debug info is there.
     source: str | None = None
-    #: Shared object the frame is in, when gdb printed "from LIB" (no symbols).
+    #: Shared object the frame is in, when there is no source line to show.
     library: str | None = None
 
     def key(self) -> str:
@@ -111,33 +108,6 @@ class Analysis:
         return {**self.metadata(), "frames": [asdict(f) for f in self.frames]}
 
 
-def parse_backtrace(text: str) -> list[Frame]:
-    """Parse gdb ``bt`` output. Lines that are not frames ("Backtrace stopped", source lines,
-    warnings) are ignored; a frame number seen again ends the list (gdb re-prints frame #0)."""
-    if _MARK in text:
-        text = text.split(_MARK, 1)[1]
-    frames: list[Frame] = []
-    seen: set[int] = set()
-    for line in text.splitlines():
-        m = _FRAME.match(line.strip())
-        if not m:
-            continue
-        index = int(m["index"])
-        if index in seen:
-            break
-        seen.add(index)
-        rest = m["rest"]
-        # The function name ends where gdb's argument list " (" starts; "??" has "()".
-        function = rest.split(" (", 1)[0].strip() or "??"
-        source = library = None
-        if at := _AT.search(rest):
-            source = at["source"]
-        elif frm := _FROM.search(rest):
-            library = frm["library"]
-        frames.append(Frame(index, function, m["address"], source, library))
-    return frames
-
-
 def signature_of(frames: list[Frame], top: int = DEFAULT_TOP) -> tuple[str, list[str]]:
     """sha256 (hex) of the top ``top`` frame keys after the noise frames, cut after ``main``;
     and those keys."""
@@ -152,86 +122,71 @@ def signature_of(frames: list[Frame], top: int = DEFAULT_TOP) -> tuple[str, list
         if keys[i - 1] in NOISE_FUNCTIONS:
             start = i
     picked = keys[start : start + top]
-    # Frames below main are the C runtime's start-up (__libc_start_main, _start): whether gdb
-    # can name them depends on whether the libraries were saved, so they never sign a crash.
+    # Frames below main are the C runtime's start-up (__libc_start_main, _start): whether they
+    # have names depends on whether the libraries were saved, so they never sign a crash.
     if "main" in picked:
         picked = picked[: picked.index("main") + 1]
     digest = hashlib.sha256("\n".join(picked).encode()).hexdigest()
     return digest, picked
 
 
-def gdb_command(
-    executable: str | None, core: str, *, sysroot: str | None = None, gdb: str = "gdb"
-) -> list[str]:
-    """The gdb invocation: batch, no init files, no pager, the current (crashing) thread's bt.
+#: The unwinder's command (webhook/diagnose/unwind.py reads its request on stdin).
+UNWINDER = (sys.executable, "-m", "webhook.diagnose.unwind")
 
-    The kernel writes the crashing thread's NT_PRSTATUS first, and gdb selects that thread,
-    so a plain ``bt`` is the crashing thread's.
+
+def run_unwinder(core_fd: int, exe_fd: int = -1, files: list[FileRef] | None = None, *,
+                 timeout: float = 120.0, memory_bytes: int = 0, unwinder: Sequence[str] = UNWINDER) -> list[Frame]:
+    """The crashing thread's frames (webhook/diagnose/unwind.py in a child). Raises
+    :class:`SignatureError`.
+
+    ``memory_bytes`` > 0 caps the child's address space (and its CPU time at ``timeout``): a core
+    it cannot read fails alone rather than take the agent down.
     """
-    # No separate debug files: only what the process itself mapped (through ``sysroot``) names
-    # its frames. The agent's own /usr/lib/debug describes the agent's image, not the crashed
-    # container; reading it made signatures depend on the node's packages, and it was half of
-    # gdb's CPU on a core (benchmarks/bench_vs_systemd.py).
-    cmd = [gdb, "-batch", "-nx", "-iex", "set debug-file-directory", "-ex", "set pagination off", "-ex", "set width 0"]
-    cmd += ["-ex", "set confirm off", "-ex", "set debuginfod enabled off"]
-    if sysroot:
-        cmd += ["-ex", f"set sysroot {sysroot}"]
-    cmd += ["-ex", f"echo \\n{_MARK}\\n", "-ex", "bt"]
-    return cmd + ([executable, core] if executable else ["--core", core])
-
-
-def run_gdb(
-    executable: str | None,
-    core: str,
-    *,
-    sysroot: str | None = None,
-    gdb: str = "gdb",
-    timeout: float = 120.0,
-    memory_bytes: int = 0,
-) -> str:
-    """Run gdb over a core and return its output. Raises :class:`SignatureError`.
-
-    ``memory_bytes`` > 0 caps gdb's address space (and its CPU time at ``timeout``) through
-    webhook/rlimited.py: the agent's gdb must fail alone rather than take the agent down.
-    """
-    if shutil.which(gdb) is None and not os.path.exists(gdb):
-        raise SignatureError(f"{gdb} not found: install gdb to compute crash signatures")
+    files = [f for f in files or [] if f.fd >= 0]
+    req = request(core_fd, exe_fd, files, memory_bytes=memory_bytes, cpu_seconds=int(timeout) + 1)
+    fds = sorted({core_fd, *([exe_fd] if exe_fd >= 0 else []), *(f.fd for f in files)})
     try:
-        cmd = gdb_command(executable, core, sysroot=sysroot, gdb=gdb)
-        if memory_bytes > 0:
-            from webhook.rlimited import command
-
-            cmd = command(cmd, memory_bytes, int(timeout) + 1)
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = subprocess.run(list(unwinder), input=json.dumps(req),
+                              capture_output=True, text=True, errors="replace", timeout=timeout,
+                              pass_fds=fds, env=child_env(), cwd="/")
     except subprocess.TimeoutExpired as exc:
-        raise SignatureError(f"gdb took more than {timeout:.0f}s on {core}") from exc
-    if _MARK not in proc.stdout:
-        cap = f" (address space capped at {memory_bytes >> 20} MiB)" if memory_bytes > 0 and proc.returncode else ""
-        raise SignatureError(f"gdb failed on {core}{cap}: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
+        raise SignatureError(f"the unwinder took more than {timeout:.0f}s") from exc
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        out = {"error": (proc.stderr.strip() or f"exit status {proc.returncode}")[-500:]}
+    if "frames" not in out:
+        cap = f" (address space capped at {memory_bytes >> 20} MiB)" if memory_bytes > 0 else ""
+        raise SignatureError(f"no backtrace{cap}: {out.get('error')}")
+    return [Frame(**f) for f in out["frames"]]
 
 
-def analyze(
-    executable: str | None,
-    core: str,
-    *,
-    top: int = DEFAULT_TOP,
-    sysroot: str | None = None,
-    gdb: str = "gdb",
-    timeout: float = 120.0,
-    memory_bytes: int = 0,
-) -> Analysis:
-    """Backtrace and signature of a core (the agent runs this off the crash path)."""
-    frames = parse_backtrace(run_gdb(executable, core, sysroot=sysroot, gdb=gdb, timeout=timeout,
-                                     memory_bytes=memory_bytes))
+def analyze_fds(core_fd: int, exe_fd: int = -1, files: list[FileRef] | None = None, *, top: int = DEFAULT_TOP,
+                timeout: float = 120.0, memory_bytes: int = 0, unwinder: Sequence[str] = UNWINDER) -> Analysis:
+    """Backtrace and signature of an open core (the agent runs this off the crash path)."""
+    frames = run_unwinder(core_fd, exe_fd, files, timeout=timeout, memory_bytes=memory_bytes, unwinder=unwinder)
     if not frames:
-        raise SignatureError(f"gdb printed no frames for {core}")
+        raise SignatureError("the core's crashing thread has no frames")
     digest, picked = signature_of(frames, top)
     return Analysis(digest, [f.text() for f in frames], picked, frames)
+
+
+def analyze(executable: str | None, core: str, libraries: list[str] | None = None, *, top: int = DEFAULT_TOP,
+            timeout: float = 120.0, memory_bytes: int = 0) -> Analysis:
+    """:func:`analyze_fds` for files by path (a core of this host's; ``libraries`` are matched to
+    the core's by build-id, the others stay unresolved)."""
+    opened: list[int] = []
+    try:
+        core_fd = os.open(core, os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(core_fd)
+        exe_fd = os.open(executable, os.O_RDONLY | os.O_CLOEXEC) if executable else -1
+        if exe_fd >= 0:
+            opened.append(exe_fd)
+        files = []
+        for path in libraries or []:
+            opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            files.append(FileRef(opened[-1], 0, path))
+        return analyze_fds(core_fd, exe_fd, files, top=top, timeout=timeout, memory_bytes=memory_bytes)
+    finally:
+        for fd in opened:
+            os.close(fd)

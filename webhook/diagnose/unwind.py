@@ -1,0 +1,194 @@
+"""The crashing thread's frames from a core, read by drgn in a child process of its own.
+
+Why drgn and not gdb: a signature needs the crashing thread's function names, nothing more.
+gdb reads every symbol table it is given in full before it prints a frame (0.13-0.2 s of CPU
+per core on a Python crash, flat in the core's size: benchmarks/bench_vs_systemd.py); drgn
+unwinds with the files' call-frame information and names a frame from the DWARF scopes at its
+address (libdw, what systemd-coredump and eu-stack use), about 5 ms on the same core. Inline
+frames are listed as gdb lists them, so the signature keys are the same names.
+
+Why a child: the core and every file handed over were made by the crashed container. The
+parent (the agent) passes them as open fds (the kernel's own references, taken while the
+process was pinned), and the child, before it parses a byte, caps itself
+(:mod:`webhook.rlimited`), drops to an unprivileged user and forbids new privileges: it opens
+no path at all, so a file a container planted can cost its signature and nothing else. drgn's
+plugins and debug-info finders are off, so nothing of the node (``/usr/lib/debug``,
+debuginfod, libraries by name) ever names a container's frame.
+
+Protocol: ``python -m webhook.diagnose.unwind`` reads one JSON request on stdin
+(:func:`request`) and writes one JSON object on stdout, ``{"frames": [...]}`` or
+``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from webhook.diagnose.cxxnames import load_demangler, short_name
+
+#: Unprivileged identity the child runs as when started as root (the image's ``nobody``).
+NOBODY = 65534
+#: Frames read at most (a corrupt stack can loop; a signature uses the top few).
+MAX_FRAMES = 256
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file the process mapped, as an fd the child inherits."""
+
+    fd: int
+    #: Where its first mapping starts (matches it to drgn's module by address); 0 = unknown.
+    start: int = 0
+    #: The path the process knew it by: a label for the frames, never opened.
+    path: str = ""
+
+
+def request(core_fd: int, exe_fd: int, files: list[FileRef], *, memory_bytes: int, cpu_seconds: int) -> dict:
+    """The child's stdin: fds it inherits (``pass_fds``) and its limits."""
+    return {
+        "core_fd": core_fd,
+        "exe_fd": exe_fd,
+        "files": [{"fd": f.fd, "start": f.start, "path": f.path} for f in files],
+        "memory_bytes": memory_bytes,
+        "cpu_seconds": cpu_seconds,
+    }
+
+
+def child_env() -> dict[str, str]:
+    """The child's whole environment: drgn's plugins off (no entry points imported)."""
+    env = {"DRGN_DISABLE_PLUGINS": "*", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
+    for name in ("PATH", "PYTHONPATH"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def _confine(memory_bytes: int, cpu_seconds: int) -> None:
+    """Limits, then no privilege (everything the child reads is open already; its own modules
+    are imported before: the agent's venv need not be readable by nobody)."""
+    import ctypes
+
+    from webhook.rlimited import apply
+
+    apply(memory_bytes, cpu_seconds)
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+    PR_SET_NO_NEW_PRIVS = 38
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _candidates(module, files: list[FileRef], exe_fd: int) -> list[int]:
+    """The inherited fds that may be this module's file: the one mapped in its address range,
+    else every file whose address is unknown (drgn keeps only one whose build-id matches)."""
+    import drgn
+
+    if isinstance(module, drgn.MainModule) and exe_fd >= 0:
+        return [exe_fd]
+    ranges = module.address_ranges or ()
+    for f in files:
+        if f.start and any(lo <= f.start < hi for lo, hi in ranges):
+            return [f.fd]
+    return [f.fd for f in files if not f.start]
+
+
+def _library(prog, pc: int) -> str | None:
+    try:
+        return prog.module(pc).name
+    except LookupError:
+        return None
+
+
+def read_frames(core_fd: int, exe_fd: int, files: list[FileRef],
+                demangle: Callable[[str], str | None] | None = None) -> list[dict]:
+    """The crashing thread's frames, innermost first, as :class:`signature.Frame` fields."""
+    import drgn
+
+    prog = drgn.Program()
+    prog.set_core_dump(core_fd)
+    prog.set_enabled_debug_info_finders([])  # only what we hand over names a frame
+    for module, _new in prog.loaded_modules():
+        for fd in _candidates(module, files, exe_fd):
+            try:
+                module.try_file(module.name or "exe", fd=os.dup(fd))  # drgn closes the dup
+            except Exception:  # noqa: BLE001 - a bad file costs its names, not the other frames
+                continue
+            if not module.wants_loaded_file():
+                break
+    frames: list[dict] = []
+    for index, frame in enumerate(prog.crashed_thread().stack_trace()):
+        if index >= MAX_FRAMES:
+            break
+        try:
+            _ = frame.pc
+        except LookupError:
+            break  # unwinding lost its way (no call-frame information for the frame above)
+        frames.append(_frame(prog, index, frame, demangle))
+        if index and frames[-1]["library"] is None and frames[-1]["source"] is None:
+            break  # an address in no module: what lies above it is guesswork
+    return frames
+
+
+def _name(frame, demangle: Callable[[str], str | None] | None) -> str | None:
+    """The DWARF name, else the ELF symbol's (without its version); a C++ function's symbol
+    demangled and cut to its qualified name (webhook/diagnose/cxxnames.py), with or without
+    debug info alike. Inline frames have no symbol of their own: their DWARF name it is."""
+    name = frame.function_name
+    if frame.is_inline and name:
+        return name
+    try:
+        symbol = frame.symbol().name.split("@", 1)[0]
+    except LookupError:
+        return name
+    if symbol.startswith("_Z") and demangle is not None and (full := demangle(symbol)):
+        return short_name(full)
+    return name or symbol
+
+
+def _frame(prog, index: int, frame, demangle: Callable[[str], str | None] | None = None) -> dict:
+    """One frame as :class:`signature.Frame` fields."""
+    name = _name(frame, demangle)
+    pc: int = frame.pc
+    source = None
+    try:
+        filename, line, _column = frame.source()
+        source = f"{os.path.basename(filename)}:{line}"
+    except LookupError:
+        pass
+    # A return address is one past the call: look its module up at the call itself.
+    at = pc if frame.interrupted else pc - 1
+    return {
+        "index": index,
+        "function": name or "??",
+        "address": None if frame.is_inline else f"0x{pc:016x}",
+        "source": source,
+        "library": None if source else _library(prog, at),
+    }
+
+
+def main() -> int:
+    try:
+        req = json.load(sys.stdin)
+        # Imported while their files are still readable (drgn calls its plugin hook lazily).
+        import _drgn_util.plugins  # noqa: F401
+        import drgn  # noqa: F401
+
+        demangle = load_demangler()  # libstdc++ is opened now, not after the drop
+        _confine(int(req.get("memory_bytes", 0)), int(req.get("cpu_seconds", 0)))
+        files = [FileRef(int(f["fd"]), int(f.get("start", 0)), str(f.get("path", ""))) for f in req["files"]]
+        out: dict = {"frames": read_frames(int(req["core_fd"]), int(req.get("exe_fd", -1)), files, demangle)}
+    except MemoryError:
+        out = {"error": "out of memory (address space cap)"}
+    except Exception as exc:  # noqa: BLE001 - the parent wants the reason, not a traceback
+        out = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    json.dump(out, sys.stdout)
+    return 0 if "frames" in out else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
