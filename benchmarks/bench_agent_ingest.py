@@ -128,7 +128,7 @@ def clear(d: Path) -> None:
 
 
 def optional_flags() -> list[str]:
-    """Background analysis off, where the agent has it: gdb over the previous 400 MiB core would
+    """Background analysis off, where the agent has it: unwinding the previous 400 MiB core would
     compete with the next round (it runs after the reap, so it is not part of the crash path)."""
     help_text = subprocess.run([sys.executable, "-m", "webhook.cli", "agent", "run", "--help"], cwd=str(REPO),
                                capture_output=True, text=True).stdout

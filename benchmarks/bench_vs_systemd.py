@@ -17,7 +17,7 @@ with the environment the webhook gives it, and the agent's pod watch lists that 
 stand-in API server on loopback (the suite's, tests/kube_apiserver.py: pods, Events, CoreDumps), so the agent takes the
 path users' crashes take: verified names, the core written into the pod's volume, the build-id
 store beside it (kept across rounds, as for a program that crashes again), the CoreDump record
-and the Event; gdb's signature of each uncompressed core (on by default) is in its "total" CPU.
+and the Event; the signature of each uncompressed core (on by default) is in its "total" CPU.
 Run as users run it by default (signatures, symbols, index, Events, kernel log, xxh128 digest)
 but without the rate limit (every round crashes the same container), with retention keeping
 every core (each output is checked) and no metrics port.
@@ -27,7 +27,7 @@ every core (each output is checked) and no metrics port.
 - CPU: every process of the collector, from its own cpuacct cgroup (the kernel-invoked helper is
   moved there by a two-line wrapper script, the same for all five): at the release ("pinned")
   and once everything it does for that core is over ("total": the agent's digest, holes, fsync,
-  metadata and gdb signature run after the release; systemd-coredump's backtrace too);
+  metadata and signature run after the release; systemd-coredump's backtrace too);
 - bytes stored (apparent and allocated), each output checked complete: its length (decompressed
   for zstd) reaches the end of the last segment its own ELF program headers name, and the
   agent's metadata agrees (its xxh128 digest checked against the file in the first round).
@@ -323,7 +323,7 @@ class Collector:
     samples: dict[int, list[Sample]] = field(default_factory=dict)
     #: The pod's core pattern its crashers carry (the agent writes into the pod's volume).
     pod_pattern: str = "/core.%p"
-    #: The agent computes signatures (gdb) of uncompressed cores: settled once they are in.
+    #: The agent computes signatures of uncompressed cores: settled once they are in.
     signatures: bool = True
 
     def outputs(self, pids: list[int]) -> list[Path]:
@@ -343,7 +343,7 @@ class Collector:
 
     def settled(self, pids: list[int]) -> bool:
         """Everything it does for these crashers' cores is over (for the agent: digest, holes,
-        fsync, metadata, and gdb's signature of an uncompressed core)."""
+        fsync, metadata, and the signature of an uncompressed core)."""
         n = len(pids)
         if self.agent is not None:
             busy = [p for p in self.group.pids() if p != self.agent.pid]

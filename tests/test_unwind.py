@@ -1,17 +1,18 @@
 """The signature unwinder's child (webhook/diagnose/unwind.py) and its C++ names (cxxnames.py).
 
-The child reads a core a container made, with files the container mapped: before it parses a
-byte it must be unprivileged and must never open a path (a module's name in the core is the
-container's text). Both are observed here for real, with strace over the child.
+The server and its child per core read a core a container made, with files the container
+mapped: before they parse a byte they must be unprivileged and must never open a path (a
+module's name in the core is the container's text). Both are observed here for real, with strace
+over the server.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from tests.crash_support import build_programs
 from tests.signature_support import libraries
 from tests.suite_support import which_or_fail
 from webhook.diagnose.cxxnames import load_demangler, short_name
-from webhook.diagnose.unwind import NOBODY, FileRef, child_env, request
+from webhook.diagnose.unwind import NOBODY, FileRef
+from webhook.diagnose.unwind_client import SERVER, Unwinder, UnwindError
 
 PROGRAM = r"""
 #include <signal.h>
@@ -40,47 +42,84 @@ def small_core(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return exe, core
 
 
-def _child_under_strace(exe: Path, core: Path, trace: Path) -> dict:
-    opened = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in (core, exe, *libraries(exe))]
-    try:
-        req = request(opened[0], opened[1], [FileRef(fd, 0, "/planted/../../etc/shadow") for fd in opened[2:]],
-                      memory_bytes=0, cpu_seconds=30)
-        proc = subprocess.run([which_or_fail("strace"), "-f", "-o", str(trace), "-e",
-                               "trace=open,openat,openat2,setresuid,setresgid,prctl,connect",
-                               sys.executable, "-m", "webhook.diagnose.unwind"],
-                              input=json.dumps(req), capture_output=True, text=True, pass_fds=opened,
-                              env=child_env(), timeout=120)
-    finally:
-        for fd in opened:
-            os.close(fd)
-    return json.loads(proc.stdout)
+def _open(exe: Path, core: Path) -> list[int]:
+    return [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in (core, exe, *libraries(exe))]
+
+
+def _functions(unwinder: Unwinder, fds: list[int]) -> list[str]:
+    files = [FileRef(fd, 0, "/planted/../../etc/shadow") for fd in fds[2:]]
+    return [f["function"] for f in unwinder.frames(fds[0], fds[1], files, timeout=60)]
 
 
 def test_the_child_unwinds_unprivileged_and_opens_no_path(small_core: tuple[Path, Path], tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the drop to nobody is what root does")  # CI runs as root
     exe, core = small_core
-    out = _child_under_strace(exe, core, tmp_path / "trace")
-    functions = [f["function"] for f in out["frames"]]
-    assert functions.index("crash_here") < functions.index("main"), out
-    lines = (tmp_path / "trace").read_text().splitlines()
+    trace = tmp_path / "trace"
+    strace = [which_or_fail("strace"), "-f", "-o", str(trace), "-e",
+              "trace=open,openat,openat2,setresuid,setresgid,prctl,connect,fork,clone,clone3"]
+    unwinder = Unwinder(command=[*strace, *SERVER])
+    fds = _open(exe, core)
+    try:
+        functions = _functions(unwinder, fds)
+    finally:
+        unwinder.close()
+        for fd in fds:
+            os.close(fd)
+    assert functions.index("crash_here") < functions.index("main"), functions
+    lines = trace.read_text().splitlines()
     drop = next(i for i, ln in enumerate(lines) if re.search(rf"setresuid\({NOBODY}, {NOBODY}, {NOBODY}\)\s+= 0", ln))
     assert any(re.search(r"prctl\(PR_SET_NO_NEW_PRIVS, 1", ln) for ln in lines[drop:]), lines[drop:]
+    assert any(re.search(r"\b(clone3?|fork)\(", ln) for ln in lines[drop:])  # a child for the core
     after = [ln for ln in lines[drop:] if re.search(r"\bopen(at2?)?\(", ln)]
     assert after == [], after  # everything it read was an fd it was given
 
 
-def test_the_child_reports_a_core_it_cannot_read(tmp_path: Path) -> None:
+def test_one_server_outlives_a_bad_core_and_its_own_death(small_core: tuple[Path, Path], tmp_path: Path) -> None:
+    """A core the unwinder cannot read fails alone; the next core gets the same server; a server
+    that is gone is started afresh."""
+    exe, core = small_core
     junk = tmp_path / "core"
     junk.write_bytes(b"\x7fELF" + b"\0" * 60)
-    fd = os.open(junk, os.O_RDONLY)
+    unwinder = Unwinder(memory_bytes=256 << 20)
+    fds = _open(exe, core)
+    bad = os.open(junk, os.O_RDONLY)
     try:
-        proc = subprocess.run([sys.executable, "-m", "webhook.diagnose.unwind"], capture_output=True, text=True,
-                              input=json.dumps(request(fd, -1, [], memory_bytes=0, cpu_seconds=30)),
-                              pass_fds=[fd], env=child_env(), timeout=60)
+        with pytest.raises(UnwindError):
+            unwinder.frames(bad, -1, [], timeout=60)
+        assert unwinder._proc is not None
+        first = unwinder._proc.pid
+        assert "crash_here" in _functions(unwinder, fds)
+        assert unwinder._proc.pid == first  # the same server
+        os.kill(first, signal.SIGKILL)
+        unwinder._proc.wait(10)
+        assert "crash_here" in _functions(unwinder, fds)
+        assert unwinder._proc.pid != first
+    finally:
+        unwinder.close()
+        os.close(bad)
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_hung_unwinder_is_killed_with_its_child(tmp_path: Path) -> None:
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nsleep 60 &\necho $! > " + str(tmp_path / "child") + "\nwait\n")
+    hang.chmod(0o755)
+    unwinder = Unwinder(command=[str(hang)])
+    fd = os.open(hang, os.O_RDONLY)
+    try:
+        with pytest.raises(UnwindError, match="took more than 1s"):
+            unwinder.frames(fd, -1, [], timeout=1)
     finally:
         os.close(fd)
-    assert proc.returncode == 1 and "error" in json.loads(proc.stdout)
+        unwinder.close()
+    child = int((tmp_path / "child").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and \
+            open(f"/proc/{child}/stat").read().split(") ")[1][0] != "Z":
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z"
 
 
 @pytest.mark.parametrize(("demangled", "short"), [

@@ -36,6 +36,7 @@ from webhook.agent.background import QueueWorker
 from webhook.agent.creds import Credentials, CredentialsError, as_process_credentials
 from webhook.agent.mappings import MappedFile, close_all
 from webhook.agent.writer import RESOLVE_NAME, openat2, replace_small_file
+from webhook.diagnose.unwind_client import SERVER, Unwinder
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,13 @@ def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc
 
 
 # --- off the crash path ----------------------------------------------------------------------
-def analyze_job(job: SignatureJob, *, timeout: float = 120.0, memory_bytes: int = 0,
-                unwinder: Sequence[str] | None = None) -> dict:
+def analyze_job(job: SignatureJob, *, timeout: float = 120.0, unwinder: Unwinder | None = None) -> dict:
     """Unwind a job's core; the metadata keys to merge (``signature_error`` when it failed).
 
     The unwinder gets the core and the process's files as the fds the job holds: the very
     inodes the process mapped, never a path (so never the node's own libraries either).
     """
-    from webhook.diagnose.signature import UNWINDER, SignatureError, analyze_fds
+    from webhook.diagnose.signature import SignatureError, analyze_fds
     from webhook.diagnose.unwind import FileRef
 
     core_fd = openat2(job.dirfd, job.core_name, os.O_RDONLY, resolve=RESOLVE_NAME)
@@ -116,8 +116,7 @@ def analyze_job(job: SignatureJob, *, timeout: float = 120.0, memory_bytes: int 
         exe_fd = next((f.fd for f in job.files if f.fd >= 0 and f.is_exe), job.exe_fd)
         source = "mapped_files" if libraries else "exe" if exe_fd >= 0 else "core_only"
         try:
-            result = analyze_fds(core_fd, exe_fd, libraries, timeout=timeout, memory_bytes=memory_bytes,
-                                 unwinder=unwinder or UNWINDER)
+            result = analyze_fds(core_fd, exe_fd, libraries, timeout=timeout, unwinder=unwinder)
         except SignatureError as exc:
             return {"signature_error": str(exc)[:500], "signature_source": source}
         found = {**result.metadata(), "signature_source": source}
@@ -131,7 +130,7 @@ def analyze_job(job: SignatureJob, *, timeout: float = 120.0, memory_bytes: int 
 class SignatureWorker(QueueWorker):
     """One thread unwinding cores, one at a time; ``submit`` never blocks."""
 
-    def __init__(self, sinks: Callable[[], list[Any]], *, unwinder: Sequence[str] | None = None, timeout: float = 120.0,
+    def __init__(self, sinks: Callable[[], list[Any]], *, unwinder: Sequence[str] = SERVER, timeout: float = 120.0,
                  event_wait: float = 30.0, maxsize: int = 16, memory_bytes: int = 0,
                  retention: tuple[int, int] = (0, 0), on_pruned: Callable[[dict], Any] | None = None,
                  max_age: float = 0.0) -> None:
@@ -140,7 +139,8 @@ class SignatureWorker(QueueWorker):
         ``memory_bytes``: the unwinder's own address-space cap (webhook/rlimited.py)."""
         self.sinks = sinks
         self.memory_bytes = memory_bytes
-        self.unwinder = unwinder
+        #: The unwinder server, started at the first core and kept (webhook/diagnose/unwind_client.py).
+        self.unwinder = Unwinder(memory_bytes=memory_bytes, command=unwinder)
         self.retention = retention
         self.max_age = max_age
         self.on_pruned = on_pruned
@@ -194,7 +194,7 @@ class SignatureWorker(QueueWorker):
 
     def _handle(self, job: SignatureJob) -> None:
         try:
-            found = analyze_job(job, timeout=self.timeout, memory_bytes=self.memory_bytes, unwinder=self.unwinder)
+            found = analyze_job(job, timeout=self.timeout, unwinder=self.unwinder)
         except OSError as exc:
             found = {"signature_error": f"core unreadable: {exc.strerror or exc}"}
         close_all(job.files)  # the unwinder is done with them
@@ -247,3 +247,7 @@ class SignatureWorker(QueueWorker):
 
     def flush(self, timeout: float = 60.0) -> bool:
         return super().flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
+        self.unwinder.close()

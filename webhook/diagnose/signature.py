@@ -14,14 +14,11 @@ kernel's own references: ``webhook/agent/mappings.py``), in a confined child.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from webhook.diagnose.unwind import FileRef, child_env, request
+from webhook.diagnose.unwind import FileRef
+from webhook.diagnose.unwind_client import Unwinder, UnwindError
 
 #: Default number of frames whose function names make the signature.
 DEFAULT_TOP = 5
@@ -130,39 +127,33 @@ def signature_of(frames: list[Frame], top: int = DEFAULT_TOP) -> tuple[str, list
     return digest, picked
 
 
-#: The unwinder's command (webhook/diagnose/unwind.py reads its request on stdin).
-UNWINDER = (sys.executable, "-m", "webhook.diagnose.unwind")
-
-
 def run_unwinder(core_fd: int, exe_fd: int = -1, files: list[FileRef] | None = None, *,
-                 timeout: float = 120.0, memory_bytes: int = 0, unwinder: Sequence[str] = UNWINDER) -> list[Frame]:
-    """The crashing thread's frames (webhook/diagnose/unwind.py in a child). Raises
-    :class:`SignatureError`.
+                 timeout: float = 120.0, unwinder: Unwinder | None = None, memory_bytes: int = 0) -> list[Frame]:
+    """The crashing thread's frames (webhook/diagnose/unwind.py, through ``unwinder`` or a server
+    started for this core alone). Raises :class:`SignatureError`.
 
-    ``memory_bytes`` > 0 caps the child's address space (and its CPU time at ``timeout``): a core
-    it cannot read fails alone rather than take the agent down.
+    ``memory_bytes`` > 0 caps a one-off server's address space (a kept ``unwinder`` has its own):
+    a core it cannot read fails alone rather than take the agent down.
     """
-    files = [f for f in files or [] if f.fd >= 0]
-    req = request(core_fd, exe_fd, files, memory_bytes=memory_bytes, cpu_seconds=int(timeout) + 1)
-    fds = sorted({core_fd, *([exe_fd] if exe_fd >= 0 else []), *(f.fd for f in files)})
+    own = unwinder is None
+    server = Unwinder(memory_bytes=memory_bytes) if unwinder is None else unwinder
     try:
-        proc = subprocess.run(list(unwinder), input=json.dumps(req),
-                              capture_output=True, text=True, errors="replace", timeout=timeout,
-                              pass_fds=fds, env=child_env(), cwd="/")
-    except subprocess.TimeoutExpired as exc:
-        raise SignatureError(f"the unwinder took more than {timeout:.0f}s") from exc
+        found = server.frames(core_fd, exe_fd, files or [], timeout=timeout)
+    except UnwindError as exc:
+        cap = f" (address space capped at {server.memory_bytes >> 20} MiB)" if server.memory_bytes > 0 else ""
+        raise SignatureError(f"no backtrace{cap}: {exc}") from exc
+    finally:
+        if own:
+            server.close()
     try:
-        out = json.loads(proc.stdout)
-    except ValueError:
-        out = {"error": (proc.stderr.strip() or f"exit status {proc.returncode}")[-500:]}
-    if "frames" not in out:
-        cap = f" (address space capped at {memory_bytes >> 20} MiB)" if memory_bytes > 0 else ""
-        raise SignatureError(f"no backtrace{cap}: {out.get('error')}")
-    return [Frame(**f) for f in out["frames"]]
+        return [Frame(int(f["index"]), str(f["function"]), f.get("address"), f.get("source"), f.get("library"))
+                for f in found]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureError(f"the unwinder's frames are malformed: {exc}") from exc
 
 
 def analyze_fds(core_fd: int, exe_fd: int = -1, files: list[FileRef] | None = None, *, top: int = DEFAULT_TOP,
-                timeout: float = 120.0, memory_bytes: int = 0, unwinder: Sequence[str] = UNWINDER) -> Analysis:
+                timeout: float = 120.0, memory_bytes: int = 0, unwinder: Unwinder | None = None) -> Analysis:
     """Backtrace and signature of an open core (the agent runs this off the crash path)."""
     frames = run_unwinder(core_fd, exe_fd, files, timeout=timeout, memory_bytes=memory_bytes, unwinder=unwinder)
     if not frames:

@@ -15,15 +15,20 @@ no path at all, so a file a container planted can cost its signature and nothing
 plugins and debug-info finders are off, so nothing of the node (``/usr/lib/debug``,
 debuginfod, libraries by name) ever names a container's frame.
 
-Protocol: ``python -m webhook.diagnose.unwind`` reads one JSON request on stdin
-(:func:`request`) and writes one JSON object on stdout, ``{"frames": [...]}`` or
-``{"error": "..."}``.
+Protocol: the agent starts ``python -m webhook.diagnose.unwind --serve FD AS_BYTES`` once
+(webhook/diagnose/unwind_client.py) with one end of a SOCK_SEQPACKET pair. The server imports
+drgn, confines itself, and then for each request (JSON, with the core's and the files' fds in
+SCM_RIGHTS) forks a child that answers ``{"frames": [...]}`` or ``{"error": "..."}``. A child
+per core keeps one core from touching another's answer; a server kept warm keeps Python's start
+and drgn's import (0.04 s, most of what a signature cost) off every core.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +39,12 @@ from webhook.diagnose.cxxnames import load_demangler, short_name
 NOBODY = 65534
 #: Frames read at most (a corrupt stack can loop; a signature uses the top few).
 MAX_FRAMES = 256
+#: fds one request carries at most (the kernel's SCM_MAX_FD is 253): the core, the executable
+#: and the first mapped files; a process with more has its later libraries unnamed.
+MAX_FDS = 250
+#: Largest request and answer (bytes).
+MAX_REQUEST = 1 << 20
+MAX_ANSWER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,15 +58,17 @@ class FileRef:
     path: str = ""
 
 
-def request(core_fd: int, exe_fd: int, files: list[FileRef], *, memory_bytes: int, cpu_seconds: int) -> dict:
-    """The child's stdin: fds it inherits (``pass_fds``) and its limits."""
-    return {
-        "core_fd": core_fd,
-        "exe_fd": exe_fd,
-        "files": [{"fd": f.fd, "start": f.start, "path": f.path} for f in files],
-        "memory_bytes": memory_bytes,
+def request(core_fd: int, exe_fd: int, files: list[FileRef], *, cpu_seconds: int) -> tuple[dict, list[int]]:
+    """One request and the fds it sends along (SCM_RIGHTS); the request names them by index."""
+    fds = [core_fd] + ([exe_fd] if exe_fd >= 0 else [])
+    files = [f for f in files if f.fd >= 0][: MAX_FDS - len(fds)]
+    req = {
+        "core_fd": 0,
+        "exe_fd": 1 if exe_fd >= 0 else -1,
+        "files": [{"fd": len(fds) + i, "start": f.start, "path": f.path[:4096]} for i, f in enumerate(files)],
         "cpu_seconds": cpu_seconds,
     }
+    return req, fds + [f.fd for f in files]
 
 
 def child_env() -> dict[str, str]:
@@ -171,24 +184,79 @@ def _frame(prog, index: int, frame, demangle: Callable[[str], str | None] | None
     }
 
 
-def main() -> int:
-    try:
-        req = json.load(sys.stdin)
-        # Imported while their files are still readable (drgn calls its plugin hook lazily).
-        import _drgn_util.plugins  # noqa: F401
-        import drgn  # noqa: F401
+def _answer(req: dict, fds: list[int], demangle: Callable[[str], str | None] | None) -> dict:
+    """One request, in the forked child: its fds are the received ones, by index."""
+    def fd_at(i: object) -> int:
+        return fds[i] if isinstance(i, int) and 0 <= i < len(fds) else -1
 
-        demangle = load_demangler()  # libstdc++ is opened now, not after the drop
-        _confine(int(req.get("memory_bytes", 0)), int(req.get("cpu_seconds", 0)))
-        files = [FileRef(int(f["fd"]), int(f.get("start", 0)), str(f.get("path", ""))) for f in req["files"]]
-        out: dict = {"frames": read_frames(int(req["core_fd"]), int(req.get("exe_fd", -1)), files, demangle)}
+    try:
+        cpu = int(req.get("cpu_seconds", 0))
+        if cpu > 0:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # this child's own CPU time
+        files = [FileRef(fd_at(f.get("fd")), int(f.get("start", 0)), str(f.get("path", ""))) for f in req["files"]]
+        return {"frames": read_frames(fd_at(req.get("core_fd")), fd_at(req.get("exe_fd")),
+                                      [f for f in files if f.fd >= 0], demangle)}
     except MemoryError:
-        out = {"error": "out of memory (address space cap)"}
-    except Exception as exc:  # noqa: BLE001 - the parent wants the reason, not a traceback
-        out = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    json.dump(out, sys.stdout)
-    return 0 if "frames" in out else 1
+        return {"error": "out of memory (address space cap)"}
+    except Exception as exc:  # noqa: BLE001 - the agent wants the reason, not a traceback
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _one(sock: socket.socket, req: dict, fds: list[int], demangle: Callable[[str], str | None] | None) -> bytes:
+    """Fork a child for one core and return its answer (or why there is none): a core that
+    crashes or corrupts the unwinder takes that child with it, never the next core's."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer, exit
+        os.close(rd)
+        sock.close()
+        answer = json.dumps(_answer(req, fds, demangle)).encode()
+        with os.fdopen(wr, "wb") as out:
+            out.write(answer)
+        os._exit(0)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as answer_pipe:
+        answer = answer_pipe.read(MAX_ANSWER + 1)
+    _, status = os.waitpid(pid, 0)
+    if not answer:
+        why = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {status}"
+        return json.dumps({"error": f"the unwinder died ({why})"}).encode()
+    return answer[:MAX_ANSWER]
+
+
+def serve(sock_fd: int, memory_bytes: int) -> int:
+    """The unwinder server: import, confine, then one forked child per request until EOF."""
+    # Imported while their files are still readable (drgn calls its plugin hook lazily).
+    import _drgn_util.plugins  # noqa: F401
+    import drgn  # noqa: F401
+
+    demangle = load_demangler()  # libstdc++ is opened now, not after the drop
+    sock = socket.socket(fileno=sock_fd)
+    _confine(memory_bytes, 0)
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS)
+        except OSError:
+            return 1
+        if not msg:
+            return 0  # the agent closed its end
+        try:
+            req = json.loads(msg)
+            answer = _one(sock, req, fds, demangle) if isinstance(req, dict) else b'{"error": "bad request"}'
+        except ValueError:
+            answer = b'{"error": "bad request"}'
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.sendall(answer)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "--serve":
+        print("usage: python -m webhook.diagnose.unwind --serve SOCKET_FD AS_BYTES", file=sys.stderr)
+        return 2
+    return serve(int(argv[1]), int(argv[2]))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
