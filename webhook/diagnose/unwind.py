@@ -1,4 +1,4 @@
-"""The crashing thread's frames from a core, read by drgn in a child process of its own.
+"""The crashing thread's frames from a core, read by drgn in a confined process of its own.
 
 Why drgn and not gdb: a signature needs the crashing thread's function names, nothing more.
 gdb reads every symbol table it is given in full before it prints a frame (0.13-0.2 s of CPU
@@ -7,11 +7,10 @@ unwinds with the files' call-frame information and names a frame from the DWARF 
 address (libdw, what systemd-coredump and eu-stack use), about 5 ms on the same core. Inline
 frames are listed as gdb lists them, so the signature keys are the same names.
 
-Why a child: the core and every file handed over were made by the crashed container. The
-parent (the agent) passes them as open fds (the kernel's own references, taken while the
-process was pinned), and the child, before it parses a byte, caps itself
-(:mod:`webhook.rlimited`), drops to an unprivileged user and forbids new privileges: it opens
-no path at all, so a file a container planted can cost its signature and nothing else. drgn's
+Why another process: the core and every file handed over were made by the crashed container.
+The agent passes them as open fds (the kernel's own references, taken while the process was
+pinned), and the unwinder, before it parses a byte, caps itself (:mod:`webhook.rlimited`), drops
+to an unprivileged user and forbids new privileges: it opens no path at all, so a file a container planted can cost its signature and nothing else. drgn's
 plugins and debug-info finders are off, so nothing of the node (``/usr/lib/debug``,
 debuginfod, libraries by name) ever names a container's frame.
 
@@ -49,7 +48,7 @@ MAX_ANSWER = 1 << 20
 
 @dataclass(frozen=True)
 class FileRef:
-    """A file the process mapped, as an fd the child inherits."""
+    """A file the process mapped, as an fd the unwinder is sent."""
 
     fd: int
     #: Where its first mapping starts (matches it to drgn's module by address); 0 = unknown.
@@ -72,7 +71,7 @@ def request(core_fd: int, exe_fd: int, files: list[FileRef], *, cpu_seconds: int
 
 
 def child_env() -> dict[str, str]:
-    """The child's whole environment: drgn's plugins off (no entry points imported)."""
+    """The unwinder's whole environment: drgn's plugins off (no entry points imported)."""
     env = {"DRGN_DISABLE_PLUGINS": "*", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
     for name in ("PATH", "PYTHONPATH"):
         if name in os.environ:
@@ -81,7 +80,7 @@ def child_env() -> dict[str, str]:
 
 
 def _confine(memory_bytes: int, cpu_seconds: int) -> None:
-    """Limits, then no privilege (everything the child reads is open already; its own modules
+    """Limits, then no privilege (everything the unwinder reads comes as an fd; its own modules
     are imported before: the agent's venv need not be readable by nobody)."""
     import ctypes
 
