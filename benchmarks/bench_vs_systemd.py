@@ -39,25 +39,25 @@ does, in a private mount namespace where /var/lib/systemd/coredump is a director
 each connection reads it afresh).
 
 Measured on the 2-core shared VM (medians of 5 interleaved rounds, 5 bursts; agent/systemd-coredump,
-256 MiB / 1 GiB cores; outputs on tmpfs | on ext4), after gdb stopped reading the node's separate
-debug files (webhook/diagnose/signature.py):
+256 MiB / 1 GiB cores; outputs on tmpfs | on ext4), with signatures by the resident drgn unwinder
+(webhook/diagnose/unwind.py):
 
-    time to release          0.77 / 0.45 | 0.45 / 0.74     zstd 0.47 / 0.23 | 0.45 / 0.30
-    CPU until the release    0.65 / 0.41 | 0.38 / 0.72     zstd 0.45 / 0.22 | 0.42 / 0.30
-    CPU in all               1.66 / 0.57 | 1.07 / 0.96     zstd 0.54 / 0.24 | 0.47 / 0.33
-    16 x 64 MiB at once      0.65        | 0.70
+    time to release          0.46 / 0.48 | 0.49 / 0.58     zstd 0.47 / 0.26 | 0.42 / 0.45
+    CPU until the release    0.41 / 0.45 | 0.39 / 0.48     zstd 0.43 / 0.24 | 0.39 / 0.43
+    CPU in all               0.52 / 0.47 | 0.50 / 0.55     zstd 0.50 / 0.27 | 0.45 / 0.48
+    16 x 64 MiB at once      0.53        | 0.77
 
 the same bytes (zstd within 0.01%), a third fewer on disk uncompressed (holes); agent peak RSS
-86 MiB (the pod watch and the API client included) whatever the core's size. The one miss, CPU in
-all for uncompressed 256 MiB cores, is gdb: each such core gets its signature (on by default),
-about 0.2 s of CPU after the release here against systemd-coredump's 0.19-0.31 s in all, most of it
-gdb reading the DWARF of the crasher's libpython (this machine's pyenv build, 23 MiB of debug
-info; on a stripped binary, as most images ship, gdb takes about 0.05 s). Everything else the agent
-does after the release (xxh128 digest, holes, fsync, metadata, index, Event) costs 0.01-0.06 s:
-with ``--agent-flag=--no-signatures`` (3 rounds, an earlier run) CPU in all was 0.69 / 0.85 |
-0.52 / 0.50. systemd-coredump's backtrace is libdw's unwinder (eu-stack does this core's in
-0.04 s); zstd cores get no gdb signature. The xxh128 digest of a 1 GiB core costs 0.03 s (sha256:
-0.55 s). The tmpfs 1 GiB systemd figures spread widely (0.59-1.61 s CPU) on this shared machine.
+86 MiB (the pod watch and the API client included) whatever the core's size, and 25 MiB for the
+unwinder server beside it. Everything the agent does after the release (xxh128 digest, holes,
+fsync, metadata, index, Event, the signature) costs 0.02-0.07 s. The signature was the last
+miss: gdb took 0.13-0.2 s of CPU per core here after the release (CPU in all 1.66 / 0.57 | 1.07 /
+0.96), reading the whole DWARF of the crasher's libpython (this machine's pyenv build, 23 MiB of
+debug info); a fresh Python with drgn per core still took 0.05 s (1.13 for 256 MiB on tmpfs),
+most of it Python's start and drgn's import, which the resident server pays once (the uncounted
+warm-up crash); a core now costs it about 0.015 s. systemd-coredump's backtrace is libdw's
+unwinder too. The xxh128 digest of a 1 GiB core costs 0.03 s (sha256: 0.55 s). The systemd
+figures spread widely on this shared machine (256 MiB on tmpfs: 0.17-0.51 s CPU).
 
 Needs root; holds the test suite's kernel lock for the whole run and restores core_pattern,
 core_pipe_limit, core_uses_pid and suid_dumpable (tests/suite_support.py ``kernel_settings_guard``),
@@ -313,6 +313,17 @@ class Sample:
     disk: int  # allocated bytes
 
 
+def unwind_server(pid: int, agent_pid: int) -> bool:
+    """The agent's resident unwinder server (webhook/diagnose/unwind_client.py): the agent's own
+    child, idle between cores; a child it forked for a core is its child, not the agent's."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return False
+    return ppid == agent_pid and b"webhook.diagnose.unwind" in cmdline and b"--serve" in cmdline
+
+
 @dataclass
 class Collector:
     name: str
@@ -346,7 +357,7 @@ class Collector:
         fsync, metadata, and the signature of an uncompressed core)."""
         n = len(pids)
         if self.agent is not None:
-            busy = [p for p in self.group.pids() if p != self.agent.pid]
+            busy = [p for p in self.group.pids() if p != self.agent.pid and not unwind_server(p, self.agent.pid)]
             cores = self.outputs(pids)
             if busy or len(cores) < n or list(self.out.rglob(".coredump-tmp.*")):
                 return False
