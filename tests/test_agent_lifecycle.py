@@ -215,6 +215,8 @@ def test_a_dump_still_running_after_the_stop_timeout_is_cut_and_recorded(
              timeout=10)
     (record,) = [r for r in caplog.records if r.getMessage() == "crash" and getattr(r, "global_pid", 0) == a.pid]
     assert record.outcome in ("failed", "partial"), record.__dict__
+    # the reason is the stop, not a read error: the server says why it cut the pipe
+    assert record.reason.startswith("agent_stopped"), record.reason
 
 
 @pytest.mark.kernel

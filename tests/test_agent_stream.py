@@ -495,3 +495,36 @@ def test_a_zstd_core_cut_by_the_floor_is_hashed_as_far_as_it_decompresses(privat
             pass
     assert 0 < len(got) == result.size < len(data) and data.startswith(bytes(got))
     assert result.digest == "xxh128:" + xxhash.xxh3_128(got).hexdigest()
+
+
+@pytest.mark.parametrize("code", ["agent_stopped", "timeout"])
+def test_a_core_the_server_cut_records_why_it_was_cut(tmp_path, code):
+    """The server's cut (CoreFd.cut) says why: a stopping agent's or a dump timeout's cut core
+    is marked with that reason, not as a read error of its own."""
+    from webhook.agent.corefd import CoreFd
+
+    data = os.urandom(1 << 20)
+    r, w = os.pipe()
+    os.write(w, data[: 1 << 15])
+    core = CoreFd(r)
+    out = tmp_path / "core"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(result=copy_core(r, fd, StreamLimits(deadline=time.monotonic() + 30))))
+    t.start()
+    deadline = time.monotonic() + 10
+    while os.stat(out).st_size < (1 << 15) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    placeholder = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    assert core.cut(placeholder, "why, for the log", code)
+    os.close(w)
+    t.join(30)
+    core.release()
+    core.release()  # the last holder closes it, and the reason is forgotten with the number
+    os.close(fd)
+    os.close(placeholder)
+    result = box["result"]
+    assert not result.complete and result.reason == code and result.size == 1 << 15
+    from webhook.agent.stream_limits import cut_reason
+
+    assert cut_reason(r) == "read_error"

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from webhook.agent.stream_limits import REASON_READ_ERROR, forget_cut, mark_cut
+
 log = logging.getLogger(__name__)
 
 
@@ -43,21 +45,25 @@ class CoreFd:
             return False
         return (st.st_dev, st.st_ino) in (self._identity, self._placeholder)
 
-    def _swap(self, placeholder: int, reason: str | None) -> bool:
-        """Put ``placeholder`` where the core's fd was, once, and only while the fd is still ours."""
+    def _swap(self, placeholder: int, reason: str | None, code: str | None = None) -> bool:
+        """Put ``placeholder`` where the core's fd was, once, and only while the fd is still ours;
+        ``code`` (a stream_limits REASON_*) is what the handler's failed read will record."""
         with self._lock:
             if self._closed or self._placeholder is not None or not self._still_ours():
                 return False
             ph = os.fstat(placeholder)
+            if code is not None:
+                mark_cut(self.fd, code)  # before the swap: the handler's read may fail at once
             os.dup2(placeholder, self.fd, inheritable=False)
             self._placeholder = (ph.st_dev, ph.st_ino)
             if reason is not None:
                 self.cut_reason = reason
             return True
 
-    def cut(self, placeholder: int, reason: str) -> bool:
-        """Drop our reference to the core; the handler's next read fails (EISDIR)."""
-        return self._swap(placeholder, reason)
+    def cut(self, placeholder: int, reason: str, code: str = REASON_READ_ERROR) -> bool:
+        """Drop our reference to the core; the handler's next read fails (EISDIR) and records
+        ``code`` as the core's ``truncated_reason``."""
+        return self._swap(placeholder, reason, code)
 
     def let_go(self, placeholder: int) -> bool:
         """The handler has the whole core: drop the pipe now (the kernel reaps the process)
@@ -77,6 +83,7 @@ class CoreFd:
             if self._closed:
                 return
             self._closed = True
+            forget_cut(self.fd)
             if self._still_ours():
                 os.close(self.fd)
             else:

@@ -38,6 +38,7 @@ from webhook.agent.release import releasing
 from webhook.agent.server_metrics import ServerMetrics
 from webhook.agent.settings import AgentSettings
 from webhook.agent.spool_drain import STOPPING, SpoolDrain
+from webhook.agent.stream_limits import REASON_AGENT_STOPPED, REASON_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -350,13 +351,13 @@ class AgentServer:
         while not done.wait(max(0.0, min(0.2, deadline - time.monotonic()))):
             if self._abandon.is_set():
                 reason = "agent stopped before the dump finished"
-                if core.cut(self._placeholder, reason):
+                if core.cut(self._placeholder, reason, REASON_AGENT_STOPPED):
                     self.metrics.stop_cut.inc()
                     log.warning("dump cut: the agent is stopping", extra={"argv": argv, "reason": reason})
                 break
             if time.monotonic() >= deadline:
                 reason = f"dump timeout ({timeout:g}s)"
-                if core.cut(self._placeholder, reason):
+                if core.cut(self._placeholder, reason, REASON_TIMEOUT):
                     self.metrics.dump_timeouts.inc()
                     log.warning("dump cut by the timeout; the process is released",
                                 extra={"argv": argv, "reason": reason})

@@ -24,11 +24,11 @@ from webhook.agent.core_sink import Sink, zero_runs
 from webhook.agent.pipe_source import Source
 from webhook.agent.stream_limits import (
     CHUNK,
-    REASON_READ_ERROR,
     REASON_TIMEOUT,
     Cut,
     StreamLimits,
     StreamResult,
+    cut_reason,
     write_cut,
 )
 
@@ -113,7 +113,7 @@ class _Copy:
         try:
             more = os.read(self.source.fd, 1)
         except OSError as exc:
-            raise Cut(REASON_READ_ERROR, f"{exc.strerror or exc}") from exc
+            raise Cut(cut_reason(self.source.fd), f"{exc.strerror or exc}") from exc
         if more:
             raise Cut(self.limits.max_reason, f"cut at {self.limits.max_bytes} bytes")
 
@@ -126,8 +126,8 @@ class _Copy:
         while True:
             try:
                 n, eof, timed_out = self.source.fill(view)
-            except OSError as exc:  # e.g. EISDIR: the server cut the dump (its timeout)
-                raise Cut(REASON_READ_ERROR, f"{exc.strerror or exc}") from exc
+            except OSError as exc:  # e.g. EISDIR: the server cut the dump (its timeout, its stop)
+                raise Cut(cut_reason(self.source.fd), f"{exc.strerror or exc}") from exc
             cap_hit = False
             if max_bytes is not None and self.size + n > max_bytes:
                 cap_hit = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass
 
 #: Read size of the buffered path (its one buffer).
@@ -23,6 +24,30 @@ REASON_KEEP_FREE = "keep_free"
 REASON_TIMEOUT = "timeout"
 REASON_READ_ERROR = "read_error"
 REASON_WRITE_ERROR = "write_error"
+#: The agent stopped while the dump was running, and its stop timeout ran out (a cut by the server).
+REASON_AGENT_STOPPED = "agent_stopped"
+
+# Why the server cut a pipe it received (webhook/agent/corefd.py): the handler's next read then
+# fails with EISDIR, which says only *that* it was cut. The server notes why under the fd's
+# number (unique while the fd is held: it is closed only after the handler let go of it).
+_cuts: dict[int, str] = {}
+_cuts_lock = threading.Lock()
+
+
+def mark_cut(fd: int, reason: str) -> None:
+    with _cuts_lock:
+        _cuts[fd] = reason
+
+
+def forget_cut(fd: int) -> None:
+    with _cuts_lock:
+        _cuts.pop(fd, None)
+
+
+def cut_reason(fd: int) -> str:
+    """Why a read of ``fd`` failed: the server's reason for cutting it, else a read error."""
+    with _cuts_lock:
+        return _cuts.get(fd, REASON_READ_ERROR)
 
 
 @dataclass(frozen=True)
