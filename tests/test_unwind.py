@@ -146,3 +146,21 @@ def test_the_demangler_is_libstdcxx() -> None:
     assert demangle is not None
     assert demangle("_ZNK2ns3ObjclEPi") == "ns::Obj::operator()(int*) const"
     assert demangle("main") is None and demangle("_Zbogus") is None
+
+
+def test_a_server_that_cannot_confine_itself_parses_nothing_and_says_why(small_core: tuple[Path, Path]) -> None:
+    """Without the privilege to drop (no CAP_SETUID/SETGID), the core is not parsed as root:
+    every answer is the reason, and the core's metadata will say it."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping capabilities needs root")  # CI runs as root
+    exe, core = small_core
+    setpriv = which_or_fail("setpriv")
+    unwinder = Unwinder(command=[setpriv, "--inh-caps=-setuid,-setgid", "--bounding-set=-setuid,-setgid", *SERVER])
+    fds = _open(exe, core)
+    try:
+        with pytest.raises(UnwindError, match="cannot start: PermissionError"):
+            unwinder.frames(fds[0], fds[1], [], timeout=60)
+    finally:
+        unwinder.close()
+        for fd in fds:
+            os.close(fd)

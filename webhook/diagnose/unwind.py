@@ -224,14 +224,22 @@ def _one(sock: socket.socket, req: dict, fds: list[int], demangle: Callable[[str
 
 
 def serve(sock_fd: int, memory_bytes: int) -> int:
-    """The unwinder server: import, confine, then one forked child per request until EOF."""
-    # Imported while their files are still readable (drgn calls its plugin hook lazily).
-    import _drgn_util.plugins  # noqa: F401
-    import drgn  # noqa: F401
+    """The unwinder server: import, confine, then one forked child per request until EOF.
 
-    demangle = load_demangler()  # libstdc++ is opened now, not after the drop
+    A server that cannot start as it must (drgn missing, no privilege to drop) parses nothing
+    and answers every request with why, so each core's metadata says it."""
     sock = socket.socket(fileno=sock_fd)
-    _confine(memory_bytes, 0)
+    demangle = None
+    broken = ""
+    try:
+        # Imported while their files are still readable (drgn calls its plugin hook lazily).
+        import _drgn_util.plugins  # noqa: F401
+        import drgn  # noqa: F401
+
+        demangle = load_demangler()  # libstdc++ is opened now, not after the drop
+        _confine(memory_bytes, 0)
+    except (ImportError, OSError) as exc:
+        broken = json.dumps({"error": f"the unwinder cannot start: {type(exc).__name__}: {exc}"[:500]})
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS)
@@ -241,7 +249,10 @@ def serve(sock_fd: int, memory_bytes: int) -> int:
             return 0  # the agent closed its end
         try:
             req = json.loads(msg)
-            answer = _one(sock, req, fds, demangle) if isinstance(req, dict) else b'{"error": "bad request"}'
+            if broken:
+                answer = broken.encode()
+            else:
+                answer = _one(sock, req, fds, demangle) if isinstance(req, dict) else b'{"error": "bad request"}'
         except ValueError:
             answer = b'{"error": "bad request"}'
         finally:
