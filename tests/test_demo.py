@@ -47,3 +47,30 @@ def test_demo_end_to_end(kernel, bin_dir, tmp_path):
     assert meta["signal_name"] == "SIGSEGV"
     assert Path("/proc/sys/kernel/core_pattern").read_text() == before
     assert not os.path.exists("/sys/fs/cgroup/unified/kubepods/besteffort"), "demo cgroup left behind"
+
+
+@pytest.mark.root
+def test_the_demo_cgroup_goes_even_while_its_last_process_is_still_leaving():
+    """A cgroup stays populated (EBUSY) until its last process is gone: the clean-up waits for
+    that instead of leaving the cgroup behind (seen once in CI, right after the crash)."""
+    import threading
+    import time
+    import uuid
+
+    from webhook.demo.command import _make_cgroup, _remove_cgroup
+
+    leaf = _make_cgroup(f"test-{uuid.uuid4()}", uuid.uuid4().hex)
+    if leaf is None:
+        pytest.skip("no cgroup v2 hierarchy")
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (leaf / "cgroup.procs").write_text(str(proc.pid))
+        threading.Timer(0.3, lambda: (proc.kill(), proc.wait())).start()
+        started = time.monotonic()
+        _remove_cgroup(leaf)
+        assert not leaf.exists() and not leaf.parent.exists()
+        assert time.monotonic() - started >= 0.25  # it did wait for the process
+    finally:
+        proc.kill()
+        proc.wait()
+        _remove_cgroup(leaf, wait=0)

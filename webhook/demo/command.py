@@ -8,6 +8,7 @@ namespaces, a busybox root, a kubelet-shaped cgroup, the registration env the we
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -168,11 +169,19 @@ def _make_cgroup(pod_uid: str, container_id: str) -> Path | None:
     return None
 
 
-def _remove_cgroup(path: Path | None) -> None:
+def _remove_cgroup(path: Path | None, wait: float = 5.0) -> None:
+    """Remove the demo's cgroup and its empty parents. The container's cgroup, whose last
+    process was just reaped, can still count as populated for a moment (EBUSY): it is retried
+    for up to ``wait`` s; a parent that is busy holds other cgroups and stays."""
+    deadline = time.monotonic() + wait
+    leaf = path
     while path is not None and path.name and "kubepods" in str(path):
         try:
             path.rmdir()
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and path == leaf and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             return
         if path.name == "kubepods":
             return
