@@ -279,20 +279,27 @@ def test_native_stage_runs_the_shared_build_script(parsed: tuple[dict[str, str],
 ELF_MACHINES = {"amd64": 62, "arm64": 183}
 
 
-def _native_toolchain_packages(native: Stage, targetarch: str, buildarch: str, tmp: Path) -> list[str]:
-    """Run the native stage's package RUN line with apt-get (and rm) recorded instead of run:
-    the packages it installs when building ``targetarch`` on ``buildarch``."""
-    (run,) = [i for i in native.all("RUN") if "apt-get install" in i.args]
-    fake = tmp / f"fake-{targetarch or 'none'}-{buildarch}"
+def _apt_packages(stage: Stage, tmp: Path, **env: str) -> list[str]:
+    """Run the stage's package RUN line with apt-get (and rm) recorded instead of run, under
+    these build arguments: the packages it installs (none when it skips apt-get)."""
+    (run,) = [i for i in stage.all("RUN") if "apt-get install" in i.args]
+    fake = tmp / ("fake-" + "-".join(f"{k}={v}" for k, v in sorted(env.items())) + f"-{stage.alias}")
     fake.mkdir()
     for name in ("apt-get", "rm"):
         (fake / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {fake}/log\n')
         (fake / name).chmod(0o755)
     proc = subprocess.run(["sh", "-c", run.args], capture_output=True, text=True,
-                          env={"PATH": f"{fake}:{os.environ['PATH']}", "TARGETARCH": targetarch, "BUILDARCH": buildarch})
+                          env={"PATH": f"{fake}:{os.environ['PATH']}", **env})
     assert proc.returncode == 0, proc.stderr
-    (install,) = [ln for ln in (fake / "log").read_text().splitlines() if ln.startswith("apt-get install ")]
-    return [w for w in install.split()[2:] if not w.startswith("-")]
+    log = (fake / "log").read_text().splitlines() if (fake / "log").exists() else []
+    installs = [ln for ln in log if ln.startswith("apt-get install ")]
+    assert len(installs) <= 1, installs
+    return [w for ln in installs for w in ln.split()[2:] if not w.startswith("-")]
+
+
+def _native_toolchain_packages(native: Stage, targetarch: str, buildarch: str, tmp: Path) -> list[str]:
+    """The packages the native stage installs when building ``targetarch`` on ``buildarch``."""
+    return _apt_packages(native, tmp, TARGETARCH=targetarch, BUILDARCH=buildarch)
 
 
 def test_multi_platform_native_stage(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path) -> None:
@@ -469,27 +476,12 @@ def test_nothing_imports_a_top_level_certs_package() -> None:
     assert offenders == []
 
 
-def _venv_build_packages(venv: Stage, targetarch: str, tmp: Path) -> list[str]:
-    """The venv stage's build packages for ``targetarch`` (its RUN line with apt-get recorded)."""
-    (run,) = [i for i in venv.all("RUN") if "apt-get install" in i.args]
-    fake = tmp / f"venv-{targetarch or 'none'}"
-    fake.mkdir()
-    for name in ("apt-get", "rm"):
-        (fake / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {fake}/log\n')
-        (fake / name).chmod(0o755)
-    proc = subprocess.run(["sh", "-c", run.args], capture_output=True, text=True,
-                          env={"PATH": f"{fake}:{os.environ['PATH']}", "TARGETARCH": targetarch})
-    assert proc.returncode == 0, proc.stderr
-    log = (fake / "log").read_text().splitlines() if (fake / "log").exists() else []
-    return [w for ln in log if ln.startswith("apt-get install ") for w in ln.split()[2:] if not w.startswith("-")]
-
-
 def test_the_venv_stage_can_build_drgn_where_it_has_no_wheel(parsed: tuple[dict[str, str], list[Stage]],
                                                               tmp_path: Path) -> None:
     _, stages = parsed
     venv = next(s for s in stages if s.alias == "venv")
-    assert _venv_build_packages(venv, "amd64", tmp_path) == []  # a wheel: nothing to build
-    arm = _venv_build_packages(venv, "arm64", tmp_path)
+    assert _apt_packages(venv, tmp_path, TARGETARCH="amd64") == []  # a wheel: nothing to build
+    arm = _apt_packages(venv, tmp_path, TARGETARCH="arm64")
     assert {"gcc", "make", "autoconf", "automake", "libtool", "pkg-config", "libelf-dev", "libdw-dev"} <= set(arm)
     final = stages[-1]
     (run,) = final.all("RUN")

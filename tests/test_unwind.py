@@ -47,7 +47,7 @@ def _open(exe: Path, core: Path) -> list[int]:
 
 
 def _functions(unwinder: Unwinder, fds: list[int]) -> list[str]:
-    files = [FileRef(fd, 0, "/planted/../../etc/shadow") for fd in fds[2:]]
+    files = [FileRef(fd) for fd in fds[2:]]
     return [f["function"] for f in unwinder.frames(fds[0], fds[1], files, timeout=60)]
 
 

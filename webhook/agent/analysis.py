@@ -112,7 +112,7 @@ def analyze_job(job: SignatureJob, *, timeout: float = 120.0, unwinder: Unwinder
         head = os.pread(core_fd, 18, 0)
         if head[:4] != b"\x7fELF" or int.from_bytes(head[16:18], "little" if head[5:6] == b"\x01" else "big") != 4:
             return {"signature_error": "not an ELF core file: not analyzed"}  # the unwinder never sees junk
-        libraries = [FileRef(f.fd, f.start, f.path) for f in job.files if f.fd >= 0 and not f.is_exe]
+        libraries = [FileRef(f.fd, f.start) for f in job.files if f.fd >= 0 and not f.is_exe]
         exe_fd = next((f.fd for f in job.files if f.fd >= 0 and f.is_exe), job.exe_fd)
         source = "mapped_files" if libraries else "exe" if exe_fd >= 0 else "core_only"
         try:

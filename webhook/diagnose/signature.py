@@ -176,7 +176,7 @@ def analyze(executable: str | None, core: str, libraries: list[str] | None = Non
         files = []
         for path in libraries or []:
             opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-            files.append(FileRef(opened[-1], 0, path))
+            files.append(FileRef(opened[-1]))
         return analyze_fds(core_fd, exe_fd, files, top=top, timeout=timeout, memory_bytes=memory_bytes)
     finally:
         for fd in opened:

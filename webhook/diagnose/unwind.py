@@ -53,8 +53,6 @@ class FileRef:
     fd: int
     #: Where its first mapping starts (matches it to drgn's module by address); 0 = unknown.
     start: int = 0
-    #: The path the process knew it by: a label for the frames, never opened.
-    path: str = ""
 
 
 def request(core_fd: int, exe_fd: int, files: list[FileRef], *, cpu_seconds: int) -> tuple[dict, list[int]]:
@@ -64,13 +62,13 @@ def request(core_fd: int, exe_fd: int, files: list[FileRef], *, cpu_seconds: int
     req = {
         "core_fd": 0,
         "exe_fd": 1 if exe_fd >= 0 else -1,
-        "files": [{"fd": len(fds) + i, "start": f.start, "path": f.path[:4096]} for i, f in enumerate(files)],
+        "files": [{"fd": len(fds) + i, "start": f.start} for i, f in enumerate(files)],
         "cpu_seconds": cpu_seconds,
     }
     return req, fds + [f.fd for f in files]
 
 
-def child_env() -> dict[str, str]:
+def server_env() -> dict[str, str]:
     """The unwinder's whole environment: drgn's plugins off (no entry points imported)."""
     env = {"DRGN_DISABLE_PLUGINS": "*", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
     for name in ("PATH", "PYTHONPATH"):
@@ -79,14 +77,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _confine(memory_bytes: int, cpu_seconds: int) -> None:
+def _confine(memory_bytes: int) -> None:
     """Limits, then no privilege (everything the unwinder reads comes as an fd; its own modules
-    are imported before: the agent's venv need not be readable by nobody)."""
+    are imported before: the agent's venv need not be readable by nobody). CPU time is capped
+    per core, in each child (:func:`_answer`)."""
     import ctypes
 
     from webhook.rlimited import apply
 
-    apply(memory_bytes, cpu_seconds)
+    apply(memory_bytes, 0)
     if os.geteuid() == 0:
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -192,7 +191,7 @@ def _answer(req: dict, fds: list[int], demangle: Callable[[str], str | None] | N
         cpu = int(req.get("cpu_seconds", 0))
         if cpu > 0:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # this child's own CPU time
-        files = [FileRef(fd_at(f.get("fd")), int(f.get("start", 0)), str(f.get("path", ""))) for f in req["files"]]
+        files = [FileRef(fd_at(f.get("fd")), int(f.get("start", 0))) for f in req["files"]]
         return {"frames": read_frames(fd_at(req.get("core_fd")), fd_at(req.get("exe_fd")),
                                       [f for f in files if f.fd >= 0], demangle)}
     except MemoryError:
@@ -237,7 +236,7 @@ def serve(sock_fd: int, memory_bytes: int) -> int:
         import drgn  # noqa: F401
 
         demangle = load_demangler()  # libstdc++ is opened now, not after the drop
-        _confine(memory_bytes, 0)
+        _confine(memory_bytes)
     except (ImportError, OSError) as exc:
         broken = json.dumps({"error": f"the unwinder cannot start: {type(exc).__name__}: {exc}"[:500]})
     while True:

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from webhook.diagnose.unwind import MAX_ANSWER, FileRef, child_env, request
+from webhook.diagnose.unwind import MAX_ANSWER, FileRef, request, server_env
 
 #: The server's command; ``FD AS_BYTES`` are appended.
 SERVER = (sys.executable, "-m", "webhook.diagnose.unwind", "--serve")
@@ -43,7 +43,7 @@ class Unwinder:
             # A session of its own: a timeout kills the server and the child it forked at once.
             self._proc = subprocess.Popen([*self.command, str(theirs.fileno()), str(self.memory_bytes)],
                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env(),
                                           cwd="/", start_new_session=True)
         except OSError:
             ours.close()
