@@ -83,9 +83,10 @@ class SignatureJob:
 def prepare_job(global_pid: int, dirfd: int, core_name: str, json_name: str, doc: dict, exe: str,
                 files: list[MappedFile], *, uid: int | None,
                 gid: int | None, proc: str = "/proc", creds: Credentials | None = None) -> SignatureJob:
-    """Take the fds the analysis needs while the process is still there (``files`` become the job's)."""
+    """Take the fds the analysis needs while the process is still there (``files`` become the job's;
+    the executable is opened here only when they lack it)."""
     exe_fd = -1
-    if global_pid > 0:
+    if global_pid > 0 and not any(f.is_exe and f.fd >= 0 for f in files):
         try:
             exe_fd = os.open(f"{proc}/{global_pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
