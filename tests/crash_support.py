@@ -68,6 +68,15 @@ def build_programs(out: Path, sources: dict[str, str]) -> dict[str, Path]:
     return built
 
 
+def gdb_core(exe: Path, core: Path, *args: str) -> Path:
+    """Run ``exe ARGS`` under gdb until it faults and write its core with generate-core-file:
+    a real core with no kernel setting touched."""
+    gdb = which_or_fail("gdb")
+    subprocess.run([gdb, "-batch", "-ex", "run", "-ex", f"generate-core-file {core}", "--args", str(exe), *args],
+                   check=True, capture_output=True, timeout=120)
+    return core
+
+
 def start_sleepers(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 import webhook
+from tests.crash_support import gdb_core
 from tests.native_support import is_static_elf
 from webhook import constants as C
 
@@ -508,8 +509,7 @@ def test_the_pinned_drgn_builds_from_its_sdist_against_debians_elfutils(tmp_path
                    "int main(void) { crash_here(); return 0; }\n")
     subprocess.run(["gcc", "-g", "-o", str(tmp_path / "crash"), str(src)], check=True)
     core = tmp_path / "core"
-    subprocess.run(["gdb", "-batch", "-ex", "run", "-ex", f"generate-core-file {core}", str(tmp_path / "crash")],
-                   check=True, capture_output=True, timeout=120)
+    gdb_core(tmp_path / "crash", core)
     libc = re.search(r"=> (/\S+libc\.so\.6)", subprocess.run(["ldd", str(tmp_path / "crash")], capture_output=True,
                                                              text=True, check=True).stdout)[1]
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); "

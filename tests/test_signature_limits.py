@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash_support import build_programs
+from tests.crash_support import build_programs, gdb_core
 from tests.signature_support import libraries
-from tests.suite_support import which_or_fail
 from webhook.agent.settings import AgentSettings
 from webhook.diagnose.signature import SignatureError, analyze
 
@@ -37,12 +36,9 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def big_core(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    gdb = which_or_fail("gdb")
     out = tmp_path_factory.mktemp("bigcore")
     exe = build_programs(out, {"big": BIG})["big"]
-    core = out / "core.big"
-    subprocess.run([gdb, "-batch", "-ex", "run", "-ex", f"generate-core-file {core}", "--args", str(exe), "320"],
-                   check=True, capture_output=True, timeout=120)
+    core = gdb_core(exe, out / "core.big", "320")
     assert core.stat().st_size > 320 << 20
     return exe, core
 

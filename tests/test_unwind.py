@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.crash_support import build_programs
+from tests.crash_support import build_programs, gdb_core
 from tests.signature_support import libraries
 from tests.suite_support import which_or_fail
 from webhook.diagnose.cxxnames import load_demangler, short_name
@@ -33,13 +32,9 @@ int main(void) { crash_here(); return 0; }
 
 @pytest.fixture(scope="module")
 def small_core(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    gdb = which_or_fail("gdb")
     out = tmp_path_factory.mktemp("unwind")
     exe = build_programs(out, {"small": PROGRAM})["small"]
-    core = out / "core.small"
-    subprocess.run([gdb, "-batch", "-ex", "run", "-ex", f"generate-core-file {core}", str(exe)],
-                   check=True, capture_output=True, timeout=120)
-    return exe, core
+    return exe, gdb_core(exe, out / "core.small")
 
 
 def _open(exe: Path, core: Path) -> list[int]:
